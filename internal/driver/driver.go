@@ -1,0 +1,229 @@
+// Package driver defines the small interface every hypervisor backend implements, the
+// optional capabilities a backend may add, and the registry that maps a --host value to a
+// backend.
+//
+// The engine only ever sees these types. It discovers optional capabilities by type
+// assertion (see Features), in the style of rclone's fs.Features.
+package driver
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Kind is the kind of guest: a full virtual machine or a container.
+type Kind string
+
+// Guest kinds.
+const (
+	KindQEMU Kind = "qemu"
+	KindLXC  Kind = "lxc"
+)
+
+// State is a guest's run state, normalised across hypervisors.
+type State string
+
+// Guest states.
+const (
+	StateRunning   State = "running"
+	StatePaused    State = "paused"
+	StateShutoff   State = "shutoff"
+	StateShutdown  State = "shutdown" // shutting down
+	StateCrashed   State = "crashed"
+	StateSuspended State = "pmsuspended"
+	StateBlocked   State = "blocked"
+	StateUnknown   State = "unknown" // e.g. its node is offline
+)
+
+// Active reports whether the guest has a live QEMU process (running, paused, blocked…).
+func (s State) Active() bool {
+	switch s {
+	case StateRunning, StatePaused, StateBlocked, StateShutdown, StateSuspended:
+		return true
+	}
+	return false
+}
+
+// Guest is one VM or container as a driver sees it. Guests are plain values; a driver
+// finds its own object again from Node and UUID (or ID where UUIDs do not exist).
+type Guest struct {
+	// Node is the host the guest lives on: the libvirt host name or the PVE node.
+	Node string `json:"node"`
+	// ID is the numeric id: the PVE vmid, or the libvirt domain ID of a running
+	// domain. 0 means the guest has none (a libvirt domain that is not running).
+	ID int `json:"id,omitempty"`
+	// Name is the guest's name. Not unique on Proxmox VE.
+	Name string `json:"name"`
+	// UUID is the stable identity where the hypervisor has one (libvirt, PVE smbios).
+	UUID     string   `json:"uuid,omitempty"`
+	State    State    `json:"state"`
+	Kind     Kind     `json:"kind"`
+	Template bool     `json:"template"`
+	Tags     []string `json:"tags"`
+	Pools    []string `json:"pools,omitempty"`
+}
+
+// Key is a stable identity for the guest across runs: node plus UUID (or id).
+func (g Guest) Key() string {
+	if g.UUID != "" {
+		return g.Node + "/" + g.UUID
+	}
+	return g.Node + "/" + g.Name
+}
+
+// Location says where a snapshot's data lives.
+type Location string
+
+// Snapshot locations.
+const (
+	LocationInternal Location = "internal" // inside the disk images (qcow2 internal / PVE storage)
+	LocationExternal Location = "external" // overlay files on top of the disks
+	LocationMixed    Location = "mixed"
+)
+
+// Consistency records how a snapshot's disks were captured.
+type Consistency string
+
+// Consistency levels.
+const (
+	ConsistencyQuiesced Consistency = "quiesced" // filesystems frozen through the guest agent
+	ConsistencyCrash    Consistency = "crash"    // as after a power loss
+	ConsistencyOffline  Consistency = "offline"  // guest was not running: trivially consistent
+	ConsistencyUnknown  Consistency = ""
+)
+
+// SnapshotDisk is one disk's part of a snapshot.
+type SnapshotDisk struct {
+	Name     string `json:"name"`           // target (vda) or PVE key (scsi0)
+	Snapshot string `json:"snapshot"`       // internal | external | no
+	File     string `json:"file,omitempty"` // the overlay created for an external snapshot
+}
+
+// Snapshot is a snapshot as listed by a driver.
+type Snapshot struct {
+	Name        string    `json:"name"`
+	Description string    `json:"description"`
+	Created     time.Time `json:"time"`
+	Parent      string    `json:"parent,omitempty"`
+	Current     bool      `json:"current"`
+	// Memory is true when the snapshot holds the guest's RAM (restorable running state).
+	Memory bool `json:"vmstate"`
+	// DiskOnly is true for disk-only snapshots of a running guest.
+	DiskOnly    bool           `json:"disk_only"`
+	Location    Location       `json:"location"`
+	Consistency Consistency    `json:"consistency,omitempty"`
+	GuestState  string         `json:"guest_state,omitempty"` // state recorded at snapshot time
+	Disks       []SnapshotDisk `json:"disks,omitempty"`
+}
+
+// CreateOptions asks for one snapshot of one guest.
+type CreateOptions struct {
+	Name        string
+	Description string
+	// Memory includes the guest's RAM (ignored for guests that are not running).
+	Memory bool
+	// Quiesce freezes the guest's filesystems through its agent for the snapshot. The
+	// driver fails rather than silently taking a crash-consistent snapshot.
+	Quiesce bool
+}
+
+// Driver is the core every backend implements. Every method honours ctx: it returns
+// no later than shortly after ctx is done, even if the hypervisor does not answer.
+type Driver interface {
+	// Name is the driver's short name ("libvirt", "proxmox", "qmp").
+	Name() string
+	// Guests lists every guest the connection can see, templates included.
+	Guests(ctx context.Context) ([]Guest, error)
+	// Snapshots lists a guest's snapshots, oldest first. Pseudo-entries such as PVE's
+	// "current" are not included.
+	Snapshots(ctx context.Context, g Guest) ([]Snapshot, error)
+	// CreateSnapshot takes a snapshot. On error no snapshot of that name is left behind.
+	CreateSnapshot(ctx context.Context, g Guest, opts CreateOptions) (Snapshot, error)
+	// DeleteSnapshot removes one snapshot and its data, merging external overlays so
+	// no guest data is lost. It returns an error wrapping ErrNotFound when there is no
+	// such snapshot.
+	DeleteSnapshot(ctx context.Context, g Guest, name string) error
+	// RevertSnapshot makes the guest's state the snapshot's.
+	RevertSnapshot(ctx context.Context, g Guest, name string, opts RevertOptions) error
+	// Close releases the connection.
+	Close() error
+}
+
+// RevertOptions controls the guest's state after a revert.
+type RevertOptions struct {
+	Running bool // start the guest after reverting
+	Paused  bool // leave it paused
+	Force   bool // allow stopping a running guest / risky reverts
+}
+
+// AgentPinger can tell whether a guest's agent answers.
+type AgentPinger interface {
+	AgentPing(ctx context.Context, g Guest) error
+}
+
+// Quiescer can freeze and thaw a guest's filesystems directly.
+type Quiescer interface {
+	Freeze(ctx context.Context, g Guest) (int, error)
+	Thaw(ctx context.Context, g Guest) (int, error)
+	FrozenState(ctx context.Context, g Guest) (frozen bool, err error)
+}
+
+// StorageUsage is the fill level of one storage a guest's disks sit on.
+type StorageUsage struct {
+	Name     string  // pool or storage name, or the directory for unpooled files
+	Capacity uint64  // bytes; 0 when unknown
+	Used     uint64  // bytes
+	Percent  float64 // 0-100
+}
+
+// StorageReporter reports the storages a guest's disks sit on.
+type StorageReporter interface {
+	Storage(ctx context.Context, g Guest) ([]StorageUsage, error)
+}
+
+// Tagger sets a guest's tags where the hypervisor has no native tags of its own.
+type Tagger interface {
+	SetTags(ctx context.Context, g Guest, tags []string) error
+}
+
+// ChainInfo is one disk's backing chain, active layer first.
+type ChainInfo struct {
+	Disk   string   `json:"disk"`
+	Images []string `json:"images"`
+}
+
+// ChainReporter reports each disk's backing chain.
+type ChainReporter interface {
+	Chains(ctx context.Context, g Guest) ([]ChainInfo, error)
+}
+
+// Features lists the optional capabilities of a driver.
+type Features struct {
+	AgentPing bool
+	Quiesce   bool
+	Storage   bool
+	Tags      bool
+	Chains    bool
+}
+
+// FeaturesOf reports which optional interfaces d implements.
+func FeaturesOf(d Driver) Features {
+	_, ping := d.(AgentPinger)
+	_, q := d.(Quiescer)
+	_, st := d.(StorageReporter)
+	_, tg := d.(Tagger)
+	_, ch := d.(ChainReporter)
+	return Features{AgentPing: ping, Quiesce: q, Storage: st, Tags: tg, Chains: ch}
+}
+
+// Sentinel errors drivers wrap so callers can branch with errors.Is.
+var (
+	ErrNotFound    = errors.New("not found")
+	ErrUnsupported = errors.New("not supported")
+	ErrLocked      = errors.New("locked")
+	// ErrConnect marks a failure to reach or authenticate to the hypervisor.
+	ErrConnect = errors.New("connection failed")
+	// ErrAgent marks a guest agent that did not answer.
+	ErrAgent = errors.New("guest agent unavailable")
+)
