@@ -1,0 +1,233 @@
+// Package cli holds autosnap's commands: each file defines one command's options, its
+// flags and a run function that tests call directly. Logic lives in the engine, driver
+// and pure packages; commands only parse, connect, call and print.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/naming"
+	"github.com/autosnap/autosnap/internal/report"
+	"github.com/autosnap/autosnap/internal/selector"
+)
+
+// Version is set at build time with -ldflags "-X …/internal/cli.Version=…".
+var Version = "dev"
+
+// GlobalOptions are the flags that come before the command, cv4pve-autosnap style.
+type GlobalOptions struct {
+	Host            string
+	VMID            string
+	Timeout         int // seconds per operation
+	TimestampFormat string
+	Output          string
+	DryRun          bool
+	LogLevel        string
+	Debug           bool
+	MaxParallel     int
+	Username        string
+	Password        string
+	APIToken        string
+
+	stdout io.Writer
+	stderr io.Writer
+	log    *slog.Logger
+	// openDriver is replaceable in tests; nil uses driver.Open.
+	openDriver func(ctx context.Context, hosts string, cfg driver.Config) (driver.Driver, error)
+}
+
+func envOr(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+// NewRootCommand builds the autosnap command tree writing to stdout and stderr.
+func NewRootCommand(stdout, stderr io.Writer) (*cobra.Command, *GlobalOptions) {
+	g := &GlobalOptions{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:   "autosnap",
+		Short: "Automatic, retention-managed snapshots of KVM/QEMU virtual machines",
+		Long: `autosnap takes automatic, retention-managed snapshots of KVM/QEMU guests.
+
+Hosts (--host): a libvirt URI — qemu:///system (default), qemu:///session,
+qemu+ssh://user@host/system, qemu+tls://host/system. Several comma-separated
+libvirt hosts form a fleet: each host's guests are candidates and the host name
+is the guest's node.
+
+Global flags come before the command:
+  autosnap --vmid @all snap --label hourly --keep 24
+
+Environment: AUTOSNAP_HOST, AUTOSNAP_USERNAME, AUTOSNAP_PASSWORD, AUTOSNAP_API_TOKEN
+set the flags of the same name. --password file:PATH reads the password from a file.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			return g.setup()
+		},
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usage(err) })
+	root.SetHelpTemplate(root.HelpTemplate() + exitStatusHelp)
+
+	f := root.PersistentFlags()
+	f.StringVar(&g.Host, "host", envOr("AUTOSNAP_HOST", driver.DefaultHost), "hypervisor: libvirt URI(s), comma-separated (env AUTOSNAP_HOST)")
+	f.StringVar(&g.VMID, "vmid", "", "guests: all, @all-NODE, @node-NODE, @pool-NAME, @tag-NAME, id, a:b, name, %part%, start%, %end, UUID; -TOKEN excludes")
+	f.IntVar(&g.Timeout, "timeout", 30, "seconds allowed for each operation (connect, snapshot, merge, hook lock wait)")
+	f.StringVar(&g.TimestampFormat, "timestamp-format", "yyMMddHHmmss", "timestamp in snapshot names (.NET subset: yy yyyy MM dd HH mm ss fff, literals)")
+	f.StringVarP(&g.Output, "output", "o", "text", "output: "+strings.Join(report.Formats(), ", "))
+	f.BoolVar(&g.DryRun, "dry-run", false, "show what would be done; change nothing, run no hooks")
+	f.StringVar(&g.LogLevel, "log-level", "warn", "log level: debug, info, warn, error")
+	f.BoolVar(&g.Debug, "debug", false, "same as --log-level debug")
+	f.IntVar(&g.MaxParallel, "max-parallel", 4, "guests processed at once")
+	f.StringVar(&g.Username, "username", envOr("AUTOSNAP_USERNAME", ""), "user for hypervisors that need one (env AUTOSNAP_USERNAME)")
+	f.StringVar(&g.Password, "password", envOr("AUTOSNAP_PASSWORD", ""), "password, or file:PATH (env AUTOSNAP_PASSWORD)")
+	f.StringVar(&g.APIToken, "api-token", envOr("AUTOSNAP_API_TOKEN", ""), "API token USER@REALM!ID=UUID (env AUTOSNAP_API_TOKEN)")
+
+	root.AddCommand(newVersionCommand(g), newVMCommand(g), newSnapCommand(g), newCleanCommand(g), newStatusCommand(g))
+	return root, g
+}
+
+func (g *GlobalOptions) setup() error {
+	level := slog.LevelWarn
+	if g.Debug {
+		g.LogLevel = "debug"
+	}
+	switch strings.ToLower(g.LogLevel) {
+	case "debug", "trace":
+		level = slog.LevelDebug
+	case "info", "information":
+		level = slog.LevelInfo
+	case "warn", "warning":
+		level = slog.LevelWarn
+	case "error", "critical":
+		level = slog.LevelError
+	default:
+		return usage(fmt.Errorf("--log-level %q: use debug, info, warn or error", g.LogLevel))
+	}
+	g.log = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level}))
+	if g.Timeout <= 0 {
+		return usage(fmt.Errorf("--timeout must be a positive number of seconds"))
+	}
+	if g.MaxParallel < 1 || g.MaxParallel > 256 {
+		return usage(fmt.Errorf("--max-parallel must be between 1 and 256"))
+	}
+	if _, err := report.ParseFormat(g.Output); err != nil {
+		return usage(err)
+	}
+	if _, err := naming.ParseFormat(g.TimestampFormat); err != nil {
+		return usage(fmt.Errorf("--timestamp-format: %w", err))
+	}
+	pw, err := resolveSecret(g.Password)
+	if err != nil {
+		return usage(err)
+	}
+	g.Password = pw
+	return nil
+}
+
+// resolveSecret reads "file:PATH" secrets; any other value is the secret itself.
+func resolveSecret(v string) (string, error) {
+	path, ok := strings.CutPrefix(v, "file:")
+	if !ok {
+		return v, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--password file:%s: %w", path, errors.Unwrap(err))
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+func (g *GlobalOptions) timeout() time.Duration { return time.Duration(g.Timeout) * time.Second }
+
+func (g *GlobalOptions) format() report.Format {
+	f, _ := report.ParseFormat(g.Output)
+	return f
+}
+
+func (g *GlobalOptions) tsFormat() naming.Format {
+	f, _ := naming.ParseFormat(g.TimestampFormat)
+	return f
+}
+
+// connect opens the driver for --host within --timeout.
+func (g *GlobalOptions) connect(ctx context.Context) (driver.Driver, error) {
+	open := g.openDriver
+	if open == nil {
+		open = driver.Open
+	}
+	cfg := driver.Config{Timeout: g.timeout(), Username: g.Username, Password: g.Password, APIToken: g.APIToken}
+	cctx, cancel := context.WithTimeout(ctx, g.timeout())
+	defer cancel()
+	g.log.Debug("connecting", "host", g.Host)
+	d, err := open(cctx, g.Host, cfg)
+	if err != nil {
+		if errors.Is(err, driver.ErrConnect) {
+			return nil, err
+		}
+		return nil, usage(err)
+	}
+	return d, nil
+}
+
+// selectGuests lists the connection's guests and applies --vmid. An empty --vmid
+// selects every guest when allowEmpty, and is a usage error otherwise.
+func (g *GlobalOptions) selectGuests(ctx context.Context, d driver.Driver, allowEmpty bool) ([]driver.Guest, error) {
+	expr := g.VMID
+	var sel *selector.Selector
+	if strings.TrimSpace(expr) == "" {
+		if !allowEmpty {
+			return nil, usage(errors.New("--vmid is required: say which guests, e.g. --vmid @all or --vmid web1,web2 (it comes before the command)"))
+		}
+	} else {
+		var err error
+		if sel, err = selector.Parse(expr); err != nil {
+			return nil, usage(fmt.Errorf("--vmid: %w", err))
+		}
+	}
+	lctx, cancel := context.WithTimeout(ctx, g.timeout())
+	defer cancel()
+	guests, err := d.Guests(lctx)
+	if err != nil {
+		return nil, err
+	}
+	if sel == nil {
+		return guests, nil
+	}
+	res, err := sel.Select(guests)
+	for _, u := range res.Unmatched {
+		fmt.Fprintf(g.stderr, "WARNING: --vmid token %q matches no guest\n", u)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return res.Guests, nil
+}
+
+// Main runs autosnap with args and returns the exit status.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root, _ := NewRootCommand(stdout, stderr)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err != nil {
+		if strings.HasPrefix(err.Error(), "unknown command") || strings.HasPrefix(err.Error(), "unknown flag") ||
+			strings.Contains(err.Error(), "accepts ") || strings.Contains(err.Error(), "required flag") {
+			err = usage(err)
+		}
+		fmt.Fprintf(stderr, "ERROR: %v\n", err)
+	}
+	return ExitCode(err)
+}

@@ -1,0 +1,156 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/engine"
+	"github.com/autosnap/autosnap/internal/hook"
+	"github.com/autosnap/autosnap/internal/naming"
+	"github.com/autosnap/autosnap/internal/report"
+)
+
+// SnapOptions are the flags of `snap`.
+type SnapOptions struct {
+	Label          string
+	Keep           int
+	State          bool
+	OnlyRunning    bool
+	Script         string
+	Quiesce        string
+	MaxPercStorage float64
+	HookTimeout    time.Duration
+}
+
+func newSnapCommand(g *GlobalOptions) *cobra.Command {
+	o := &SnapOptions{}
+	cmd := &cobra.Command{
+		Use:   "snap",
+		Short: "Take one snapshot of every selected guest and remove the oldest beyond --keep",
+		Long: `Take one snapshot named auto{label}{timestamp} of every selected guest, then
+remove that label's oldest snapshots so that --keep remain (the new one counts).
+
+On libvirt a running or paused guest gets an external, disk-only, atomic snapshot
+of all its disks, quiesced through the guest agent when it answers (--quiesce
+auto); --state adds the guest's RAM. A shut-off guest gets an offline external
+snapshot. Removing a snapshot merges its overlay back, so each disk's chain stays
+--keep+1 images deep. Snapshots autosnap did not make are never touched.`,
+		Example: `  autosnap --vmid @all snap --label hourly --keep 24
+  autosnap --vmid 'web%,-web-test' snap --label daily --keep 7 --script /etc/autosnap/hook.sh`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runSnap(cmd.Context(), g, o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Label, "label", "", "label in the snapshot name, e.g. hourly, daily (required)")
+	f.IntVar(&o.Keep, "keep", 0, "snapshots of this label to keep per guest, the new one included (required, ≥ 1)")
+	f.BoolVar(&o.State, "state", false, "include the guest's RAM (running guests)")
+	f.BoolVar(&o.OnlyRunning, "only-running", false, "skip guests that are not running")
+	f.StringVar(&o.Script, "script", "", "hook script run at each phase (see docs/hooks.md)")
+	f.StringVar(&o.Quiesce, "quiesce", "auto", "freeze guest filesystems via the agent: auto, on, off")
+	f.Float64Var(&o.MaxPercStorage, "max-perc-storage", 95, "fail a guest whose storage is fuller than this percentage")
+	f.DurationVar(&o.HookTimeout, "script-timeout", hook.DefaultTimeout, "time allowed for one hook run")
+	_ = cmd.MarkFlagRequired("label")
+	_ = cmd.MarkFlagRequired("keep")
+	return cmd
+}
+
+func runSnap(ctx context.Context, g *GlobalOptions, o *SnapOptions) error {
+	if o.Keep < 1 {
+		return usage(errors.New("snap --keep must be at least 1 (it counts the new snapshot); to remove all of a label use clean --keep 0"))
+	}
+	q, err := engine.ParseQuiesce(o.Quiesce)
+	if err != nil {
+		return usage(err)
+	}
+	if o.MaxPercStorage <= 0 || o.MaxPercStorage > 100 {
+		return usage(errors.New("--max-perc-storage must be in (0, 100]"))
+	}
+	job, err := g.newJob(o.Label, o.Keep, o.Script, o.HookTimeout)
+	if err != nil {
+		return err
+	}
+	job.Memory, job.OnlyRunning, job.Quiesce, job.MaxPercStorage = o.State, o.OnlyRunning, q, o.MaxPercStorage
+	return g.runJob(ctx, job, "Snap", (*engine.Job).Snap)
+}
+
+// newJob validates what snap and clean share and builds the engine job.
+func (g *GlobalOptions) newJob(label string, keep int, script string, hookTimeout time.Duration) (*engine.Job, error) {
+	f := g.tsFormat()
+	if err := naming.Validate(label, f); err != nil {
+		return nil, usage(err)
+	}
+	var hooks *hook.Runner
+	if script != "" {
+		if err := hook.Validate(script); err != nil {
+			return nil, usage(err)
+		}
+		hooks = &hook.Runner{Path: script, Timeout: hookTimeout}
+	}
+	return &engine.Job{
+		Hooks: hooks, Label: label, Keep: keep, Format: f, DryRun: g.DryRun, Debug: g.Debug,
+		MaxParallel: g.MaxParallel, Timeout: g.timeout(),
+	}, nil
+}
+
+// runJob connects, selects, runs the job and prints its report.
+func (g *GlobalOptions) runJob(ctx context.Context, job *engine.Job, action string, run func(*engine.Job, context.Context, []driver.Guest) (*engine.Report, error)) error {
+	d, err := g.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	guests, err := g.selectGuests(ctx, d, false)
+	if err != nil {
+		return err
+	}
+	job.Driver = d
+	machine := g.format() == report.FormatJSON || g.format() == report.FormatJSONPretty
+	job.Out = g.stdout
+	if machine {
+		job.Out = g.stderr // the JSON report alone goes to stdout
+	}
+	fmt.Fprintf(job.Out, "ACTION %s\nHost: %s\nVMs: %s\nLabel: %s\nKeep: %d\nTimeout: %d sec.\nTimestamp format: %s\n",
+		action, g.Host, g.VMID, job.Label, job.Keep, g.Timeout, g.TimestampFormat)
+	if g.DryRun {
+		fmt.Fprintln(job.Out, "Dry run: nothing will be changed and no hook runs")
+	}
+	rep, jobErr := run(job, ctx, guests)
+	if rep != nil {
+		fmt.Fprintf(job.Out, "Total execution %s\n", rep.Duration.Round(time.Millisecond))
+		if machine {
+			if err := printJobReport(g, rep); err != nil {
+				return err
+			}
+		}
+	}
+	return jobErr
+}
+
+func printJobReport(g *GlobalOptions, rep *engine.Report) error {
+	t := report.Table{Columns: []report.Column{
+		{Header: "NODE", Key: "node"}, {Header: "VMID", Key: "vmid"}, {Header: "VM NAME", Key: "vmname"},
+		{Header: "OUTCOME", Key: "outcome"}, {Header: "REASON", Key: "reason"}, {Header: "CREATED", Key: "created"},
+		{Header: "CONSISTENCY", Key: "consistency"}, {Header: "REMOVED", Key: "removed"}, {Header: "ERROR", Key: "error"},
+		{Header: "SECONDS", Key: "seconds"},
+	}}
+	for _, r := range rep.Guests {
+		var errText any
+		if r.Err != nil {
+			errText = r.Err.Error()
+		}
+		removed := r.Removed
+		if removed == nil {
+			removed = []string{}
+		}
+		t.Rows = append(t.Rows, []any{r.Guest.Node, idOf(r.Guest), r.Guest.Name, string(r.Outcome), r.Reason, r.Created,
+			string(r.Consistency), removed, errText, r.Duration.Seconds()})
+	}
+	return report.Render(g.stdout, g.format(), t)
+}

@@ -1,0 +1,412 @@
+package libvirt
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	golibvirt "github.com/digitalocean/go-libvirt"
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/autosnap/autosnap/internal/driver"
+)
+
+// Chains implements driver.ChainReporter.
+func (d *Driver) Chains(ctx context.Context, g driver.Guest) ([]driver.ChainInfo, error) {
+	dom, err := d.lookup(ctx, g)
+	if err != nil {
+		return nil, err
+	}
+	state, err := d.domState(ctx, dom)
+	if err != nil {
+		return nil, err
+	}
+	x, err := d.domainXML(ctx, dom, !state.Active())
+	if err != nil {
+		return nil, err
+	}
+	chains, err := d.chainsOf(ctx, x, state.Active())
+	if err != nil {
+		return nil, fmt.Errorf("guest %s: %w", g.Name, err)
+	}
+	var out []driver.ChainInfo
+	for _, dk := range x.Devices.Disks {
+		if dk.Target != nil {
+			if c, ok := chains[dk.Target.Dev]; ok {
+				out = append(out, driver.ChainInfo{Disk: dk.Target.Dev, Images: c})
+			}
+		}
+	}
+	return out, nil
+}
+
+// chains returns each disk's backing chain, active image first.
+func (d *Driver) chains(ctx context.Context, dom golibvirt.Domain, active bool) (map[string][]string, error) {
+	x, err := d.domainXML(ctx, dom, !active)
+	if err != nil {
+		return nil, err
+	}
+	return d.chainsOf(ctx, x, active)
+}
+
+func (d *Driver) chainsOf(ctx context.Context, x *libvirtxml.Domain, active bool) (map[string][]string, error) {
+	out := map[string][]string{}
+	if x.Devices == nil {
+		return out, nil
+	}
+	for _, dk := range x.Devices.Disks {
+		if dk.Target == nil || dk.Source == nil {
+			continue
+		}
+		top := sourcePath(dk.Source)
+		if top == "" {
+			continue
+		}
+		chain := []string{top}
+		// The live definition carries the chain libvirt detected; the persistent one
+		// of a shut-off guest does not, so ask qemu-img there.
+		if active || dk.BackingStore != nil {
+			for b := dk.BackingStore; b != nil && b.Source != nil; b = b.BackingStore {
+				if p := sourcePath(b.Source); p != "" {
+					chain = append(chain, p)
+				}
+			}
+		} else if dk.Device != "cdrom" && dk.Device != "floppy" {
+			if !d.local {
+				return nil, fmt.Errorf("disk %s: the backing chain of a shut-off guest can only be read when autosnap runs on the guest's host (connect with qemu:///system there)", dk.Target.Dev)
+			}
+			c, err := imageChain(ctx, top)
+			if err != nil {
+				return nil, fmt.Errorf("disk %s: %w", dk.Target.Dev, err)
+			}
+			chain = c
+		}
+		out[dk.Target.Dev] = chain
+	}
+	return out, nil
+}
+
+func sourcePath(s *libvirtxml.DomainDiskSource) string {
+	switch {
+	case s.File != nil:
+		return s.File.File
+	case s.Block != nil:
+		return s.Block.Dev
+	}
+	return ""
+}
+
+type imageInfo struct {
+	Filename        string `json:"filename"`
+	Format          string `json:"format"`
+	BackingFilename string `json:"full-backing-filename"`
+}
+
+// imageChain reads an image's backing chain with qemu-img (which libvirt itself uses for
+// shut-off guests). -U lets it read images another process holds open.
+func imageChain(ctx context.Context, path string) ([]string, error) {
+	infos, err := qemuImgInfo(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	var chain []string
+	for _, i := range infos {
+		chain = append(chain, i.Filename)
+	}
+	return chain, nil
+}
+
+func qemuImgInfo(ctx context.Context, path string) ([]imageInfo, error) {
+	out, err := runCmd(ctx, "qemu-img", "info", "--backing-chain", "-U", "--output=json", path)
+	if err != nil {
+		return nil, err
+	}
+	var infos []imageInfo
+	if err := json.Unmarshal(out, &infos); err != nil {
+		return nil, fmt.Errorf("qemu-img info %s: unreadable output: %w", path, err)
+	}
+	return infos, nil
+}
+
+func runCmd(ctx context.Context, name string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		if errors.Is(err, exec.ErrNotFound) {
+			return nil, fmt.Errorf("%s is not installed (Debian: apt-get install qemu-utils): %w", name, err)
+		}
+		return nil, fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
+}
+
+// commitLive merges top into base on a running or paused guest with a libvirt block
+// commit: an active commit with a pivot when top is the disk's active image, a plain
+// commit otherwise. libvirt deletes top once the merge succeeded. If ctx ends first
+// the job is aborted, which leaves a valid chain (top still overlays base).
+func (d *Driver) commitLive(ctx context.Context, g driver.Guest, dom golibvirt.Domain, disk, top, base string, activeTop bool) error {
+	flags := golibvirt.DomainBlockCommitDelete
+	if activeTop {
+		flags |= golibvirt.DomainBlockCommitActive
+	}
+	err := call0(ctx, func() error {
+		return d.l.DomainBlockCommit(dom, disk, golibvirt.OptString{base}, golibvirt.OptString{top}, 0, flags)
+	})
+	if err != nil {
+		return fmt.Errorf("starting block commit of %s into %s: %w", top, base, err)
+	}
+	abort := func(cause error) error {
+		actx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		aerr := call0(actx, func() error { return d.l.DomainBlockJobAbort(dom, disk, 0) })
+		if aerr != nil {
+			return fmt.Errorf("%w; aborting the block job also failed: %v (check with: virsh blockjob %s %s)", cause, aerr, dom.Name, disk)
+		}
+		return fmt.Errorf("%w; the merge was aborted and the disk chain is unchanged", cause)
+	}
+	type info struct {
+		found    int32
+		cur, end uint64
+	}
+	poll := func() (info, error) {
+		return call(ctx, func() (info, error) {
+			f, _, _, c, e, err := d.l.DomainGetBlockJobInfo(dom, disk, 0)
+			return info{f, c, e}, err
+		})
+	}
+	pivoted := false
+	for {
+		i, err := poll()
+		if err != nil {
+			return abort(fmt.Errorf("watching block commit of %s: %w", top, err))
+		}
+		if i.found == 0 {
+			break
+		}
+		// libvirt reports cur == end for a two-phase job only once it is ready to pivot.
+		if activeTop && !pivoted && i.end > 0 && i.cur == i.end {
+			err := call0(ctx, func() error { return d.l.DomainBlockJobAbort(dom, disk, golibvirt.DomainBlockJobAbortPivot) })
+			if err != nil {
+				return abort(fmt.Errorf("pivoting %s to %s: %w", disk, base, err))
+			}
+			pivoted = true
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return abort(fmt.Errorf("block commit of %s did not finish in time: %w", top, ctx.Err()))
+		case <-time.After(d.jobPoll):
+		}
+	}
+	// A job that vanished may have failed: the chain tells.
+	chains, err := d.chains(ctx, dom, true)
+	if err != nil {
+		return err
+	}
+	if indexOf(chains[disk], top) >= 0 {
+		return fmt.Errorf("block commit of %s into %s ended but %s is still in the chain %v (see the QEMU log of %s)", top, base, top, chains[disk], dom.Name)
+	}
+	return nil
+}
+
+// commitOffline merges top into base for a shut-off guest with qemu-img: commit, then
+// point whatever sat above top (the next overlay, or the domain definition) at base,
+// then delete top. Each step leaves a valid chain if interrupted.
+func (d *Driver) commitOffline(ctx context.Context, g driver.Guest, dom golibvirt.Domain, disk, top, base, above string) error {
+	if !d.local {
+		return fmt.Errorf("merging a shut-off guest's snapshot needs autosnap on the guest's host (qemu:///system there), or start the guest first")
+	}
+	infos, err := qemuImgInfo(ctx, base)
+	if err != nil {
+		return err
+	}
+	baseFmt := infos[0].Format
+	// -d: top is deleted below, so emptying it would be wasted writes.
+	if _, err := runCmd(ctx, "qemu-img", "commit", "-q", "-d", "-f", "qcow2", top); err != nil {
+		return err
+	}
+	if above != "" {
+		if _, err := runCmd(ctx, "qemu-img", "rebase", "-u", "-f", "qcow2", "-F", baseFmt, "-b", base, above); err != nil {
+			return err
+		}
+	} else if err := d.repointDisk(ctx, dom, disk, base, baseFmt); err != nil {
+		return err
+	}
+	return d.removeFile(top)
+}
+
+// repointDisk changes a shut-off guest's persistent definition so disk uses image.
+func (d *Driver) repointDisk(ctx context.Context, dom golibvirt.Domain, disk, image, format string) error {
+	x, err := d.domainXML(ctx, dom, true)
+	if err != nil {
+		return err
+	}
+	found := false
+	for i := range x.Devices.Disks {
+		dk := &x.Devices.Disks[i]
+		if dk.Target == nil || dk.Target.Dev != disk || dk.Source == nil {
+			continue
+		}
+		switch {
+		case dk.Source.File != nil:
+			dk.Source.File.File = image
+		case dk.Source.Block != nil:
+			dk.Source.Block.Dev = image
+		}
+		if dk.Driver == nil {
+			dk.Driver = &libvirtxml.DomainDiskDriver{}
+		}
+		dk.Driver.Type = format
+		dk.BackingStore = nil
+		found = true
+	}
+	if !found {
+		return fmt.Errorf("disk %s vanished from the definition of %s", disk, dom.Name)
+	}
+	out, err := x.Marshal()
+	if err != nil {
+		return err
+	}
+	_, err = call(ctx, func() (golibvirt.Domain, error) { return d.l.DomainDefineXML(out) })
+	if err != nil {
+		return fmt.Errorf("updating the definition of %s to use %s: %w", dom.Name, image, err)
+	}
+	return nil
+}
+
+func (d *Driver) exists(path string) bool {
+	if !d.local {
+		return true // cannot tell: assume it is there and let the caller refuse
+	}
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// removeFile deletes an image or memory file autosnap created. On a remote host the
+// file is left in place (libvirt has no file API outside storage pools).
+func (d *Driver) removeFile(path string) error {
+	if !d.local {
+		return d.removeRemote(path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// removeRemote deletes a file on the libvirt host through its storage volume, which
+// works when the file sits in a storage pool.
+func (d *Driver) removeRemote(path string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), d.timeout)
+	defer cancel()
+	vol, err := call(ctx, func() (golibvirt.StorageVol, error) { return d.l.StorageVolLookupByPath(path) })
+	if err != nil {
+		return fmt.Errorf("cannot delete %s on %s: it is not in a libvirt storage pool (delete it by hand): %w", path, d.node, err)
+	}
+	return call0(ctx, func() error { return d.l.StorageVolDelete(vol, 0) })
+}
+
+// Storage implements driver.StorageReporter: the storage pool of each disk image, or
+// the filesystem holding it when it is in no pool and autosnap runs on the host.
+func (d *Driver) Storage(ctx context.Context, g driver.Guest) ([]driver.StorageUsage, error) {
+	dom, err := d.lookup(ctx, g)
+	if err != nil {
+		return nil, err
+	}
+	state, err := d.domState(ctx, dom)
+	if err != nil {
+		return nil, err
+	}
+	x, err := d.domainXML(ctx, dom, !state.Active())
+	if err != nil {
+		return nil, err
+	}
+	disks, err := snapshotDisks(g, x)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var out []driver.StorageUsage
+	for _, dk := range disks {
+		u, err := d.storageOf(ctx, dk.active)
+		if err != nil {
+			return nil, fmt.Errorf("guest %s: disk %s: %w", g.Name, dk.target, err)
+		}
+		if !seen[u.Name] {
+			seen[u.Name] = true
+			out = append(out, u)
+		}
+	}
+	return out, nil
+}
+
+func (d *Driver) storageOf(ctx context.Context, path string) (driver.StorageUsage, error) {
+	type poolInfo struct {
+		name          string
+		capacity, use uint64
+	}
+	pi, err := call(ctx, func() (poolInfo, error) {
+		vol, err := d.l.StorageVolLookupByPath(path)
+		if err != nil {
+			return poolInfo{}, err
+		}
+		pool, err := d.l.StoragePoolLookupByVolume(vol)
+		if err != nil {
+			return poolInfo{}, err
+		}
+		_, c, a, _, err := d.l.StoragePoolGetInfo(pool)
+		return poolInfo{"pool:" + pool.Name, c, a}, err
+	})
+	if err == nil && pi.capacity > 0 {
+		return driver.StorageUsage{Name: pi.name, Capacity: pi.capacity, Used: pi.use, Percent: 100 * float64(pi.use) / float64(pi.capacity)}, nil
+	}
+	if ctx.Err() != nil {
+		return driver.StorageUsage{}, ctx.Err()
+	}
+	if !d.local {
+		return driver.StorageUsage{Name: path}, nil // unknown: not in a pool, not reachable
+	}
+	dir := path
+	if fi, err := os.Stat(path); err == nil && !fi.IsDir() {
+		dir = path[:strings.LastIndex(path, "/")+1]
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return driver.StorageUsage{}, fmt.Errorf("reading free space of %s: %w", dir, err)
+	}
+	capacity := st.Blocks * uint64(st.Bsize)
+	used := (st.Blocks - st.Bavail) * uint64(st.Bsize)
+	u := driver.StorageUsage{Name: "fs:" + mountOf(dir), Capacity: capacity, Used: used}
+	if capacity > 0 {
+		u.Percent = 100 * float64(used) / float64(capacity)
+	}
+	return u, nil
+}
+
+// mountOf returns the mount point holding dir, for naming a filesystem in reports.
+func mountOf(dir string) string {
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return dir
+	}
+	best := "/"
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		mp := f[1]
+		if (dir == mp || strings.HasPrefix(dir, strings.TrimSuffix(mp, "/")+"/")) && len(mp) > len(best) {
+			best = mp
+		}
+	}
+	return best
+}

@@ -1,0 +1,103 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/naming"
+)
+
+// StatusRow is one autosnap snapshot of one guest.
+type StatusRow struct {
+	Node        string
+	VMID        string
+	VMName      string
+	Name        string
+	Label       string
+	Time        time.Time
+	Parent      string
+	Description string
+	VMState     bool
+	Location    driver.Location
+	Consistency driver.Consistency
+}
+
+// Status lists the autosnap (and cv4pve-autosnap) snapshots of the guests, in guest
+// order and oldest first per guest. An empty label lists every label.
+func Status(ctx context.Context, d driver.Driver, guests []driver.Guest, label string, f naming.Format, loc *time.Location, timeout time.Duration, parallel int) ([]StatusRow, error) {
+	if loc == nil {
+		loc = time.Local
+	}
+	if parallel < 1 {
+		parallel = 1
+	}
+	per := make([][]StatusRow, len(guests))
+	errs := make([]error, len(guests))
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for i, g := range guests {
+		if g.State == driver.StateUnknown {
+			continue
+		}
+		wg.Add(1)
+		go func(i int, g driver.Guest) {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			cctx, cancel := ctx, context.CancelFunc(func() {})
+			if timeout > 0 {
+				cctx, cancel = context.WithTimeout(ctx, timeout)
+			}
+			defer cancel()
+			snaps, err := d.Snapshots(cctx, g)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			for _, s := range snaps {
+				if !naming.IsOurs(s.Description) {
+					continue
+				}
+				var l string
+				if label != "" {
+					if _, ok := naming.Match(s.Name, label, f, loc); !ok {
+						continue
+					}
+					l = label
+				} else {
+					var ok bool
+					if l, _, ok = naming.Split(s.Name, f, loc); !ok {
+						continue
+					}
+				}
+				per[i] = append(per[i], StatusRow{
+					Node: g.Node, VMID: guestID(g), VMName: g.Name, Name: s.Name, Label: l,
+					Time: s.Created, Parent: s.Parent, Description: firstLine(s.Description),
+					VMState: s.Memory, Location: s.Location, Consistency: s.Consistency,
+				})
+			}
+		}(i, g)
+	}
+	wg.Wait()
+	var rows []StatusRow
+	var failed []string
+	for i := range guests {
+		if errs[i] != nil {
+			failed = append(failed, errs[i].Error())
+		}
+		rows = append(rows, per[i]...)
+	}
+	if len(failed) > 0 {
+		return rows, fmt.Errorf("listing snapshots failed for %d guests: %s: %w", len(failed), strings.Join(failed, "; "), ErrGuestsFailed)
+	}
+	return rows, nil
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return strings.TrimSpace(l)
+}

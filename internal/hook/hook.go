@@ -1,0 +1,251 @@
+// Package hook runs user hook scripts at the phases of a snap or clean job,
+// with the environment variables of cv4pve-autosnap so existing scripts
+// (template.sh, send-metrics.sh, ...) work unchanged.
+//
+// The engine decides when each phase happens and what the variables hold;
+// this package only formats the variables and executes the script.
+package hook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Phase is the value of CV4PVE_AUTOSNAP_PHASE / AUTOSNAP_PHASE.
+//
+// Order for one guest in snap: snap-create-pre, then for each expired
+// snapshot snap-remove-pre followed by snap-remove-post or snap-remove-abort
+// (an abort ends the guest's phases), then snap-create-post. A failed
+// creation is reported by snap-create-abort instead of the rest. The whole
+// snap job is framed by snap-job-start and snap-job-end; a clean job by
+// clean-job-start and clean-job-end with snap-remove-* per removal in
+// between. Skipped guests get no phase at all.
+type Phase string
+
+// The ten phases, spelled as cv4pve-autosnap spells them.
+const (
+	SnapJobStart    Phase = "snap-job-start"
+	SnapJobEnd      Phase = "snap-job-end"
+	SnapCreatePre   Phase = "snap-create-pre"
+	SnapCreatePost  Phase = "snap-create-post"
+	SnapCreateAbort Phase = "snap-create-abort"
+	SnapRemovePre   Phase = "snap-remove-pre"
+	SnapRemovePost  Phase = "snap-remove-post"
+	SnapRemoveAbort Phase = "snap-remove-abort"
+	CleanJobStart   Phase = "clean-job-start"
+	CleanJobEnd     Phase = "clean-job-end"
+)
+
+// Phases returns all phases in cv4pve's enum order (clean-job-start = 0 ...
+// snap-remove-abort = 9).
+func Phases() []Phase {
+	return []Phase{
+		CleanJobStart, CleanJobEnd,
+		SnapJobStart, SnapJobEnd,
+		SnapCreatePre, SnapCreatePost, SnapCreateAbort,
+		SnapRemovePre, SnapRemovePost, SnapRemoveAbort,
+	}
+}
+
+// Env is the information passed to one hook invocation. Vars formats it
+// verbatim; filling it with cv4pve's semantics is the caller's job:
+//
+//   - VMID, VMName, VMType are empty in the *-job-* phases. VMType is
+//     "qemu" for KVM/QEMU guests (cv4pve also knows "lxc").
+//   - Node is the hypervisor host of the guest (autosnap addition, exported
+//     only as AUTOSNAP_NODE).
+//   - Label and Keep are the --label and --keep of the job.
+//   - SnapName is the snapshot being created (snap-create-*) or removed
+//     (snap-remove-*); empty in job phases, including snap-job-end.
+//   - VMState is --state in snap-job-* and snap-create-*; always false in
+//     remove and clean phases.
+//   - Duration is the guest's elapsed time including removals in
+//     snap-create-post/abort, the removal's elapsed time in
+//     snap-remove-post/abort, the whole job in *-job-end, and 0 otherwise.
+//   - State is true on success. In pre phases cv4pve uses: snap-job-start
+//     and snap-create-pre true, snap-remove-pre and clean-job-start false.
+//     In *-job-end it is true only if every guest succeeded.
+//   - Debug is --debug; DryRun is --dry-run (scripts are not run in a dry
+//     run, so in practice it is false).
+type Env struct {
+	Phase    Phase
+	VMID     string
+	VMName   string
+	VMType   string
+	Node     string
+	Label    string
+	Keep     int
+	SnapName string
+	VMState  bool
+	Duration time.Duration
+	State    bool
+	Debug    bool
+	DryRun   bool
+}
+
+// Vars returns the environment entries ("KEY=value") for the script: the
+// cv4pve set CV4PVE_AUTOSNAP_{PHASE, VMID, VMNAME, VMTYPE, LABEL, KEEP,
+// SNAP_NAME, VMSTATE, DURATION, STATE, DEBUG, DRY_RUN}, followed by the same
+// set with the prefix AUTOSNAP_ plus AUTOSNAP_NODE.
+//
+// Booleans are "1" or "0". DURATION is in seconds as a decimal with a '.'
+// separator and as many digits as needed (e.g. "0.5802054", "0", "12").
+func (e Env) Vars() []string {
+	kv := [][2]string{
+		{"PHASE", string(e.Phase)},
+		{"VMID", e.VMID},
+		{"VMNAME", e.VMName},
+		{"VMTYPE", e.VMType},
+		{"LABEL", e.Label},
+		{"KEEP", strconv.Itoa(e.Keep)},
+		{"SNAP_NAME", e.SnapName},
+		{"VMSTATE", flag(e.VMState)},
+		{"DURATION", strconv.FormatFloat(e.Duration.Seconds(), 'f', -1, 64)},
+		{"STATE", flag(e.State)},
+		{"DEBUG", flag(e.Debug)},
+		{"DRY_RUN", flag(e.DryRun)},
+	}
+	vars := make([]string, 0, 2*len(kv)+1)
+	for _, p := range kv {
+		vars = append(vars, "CV4PVE_AUTOSNAP_"+p[0]+"="+p[1])
+	}
+	for _, p := range kv {
+		vars = append(vars, "AUTOSNAP_"+p[0]+"="+p[1])
+	}
+	return append(vars, "AUTOSNAP_NODE="+e.Node)
+}
+
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// Validate checks that path names an existing regular file (symlinks are
+// followed) that the current user may execute. The errors are meant to be
+// shown to the user as they are.
+func Validate(path string) error {
+	if path == "" {
+		return errors.New("hook script: empty path")
+	}
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("hook script %s: not found", path)
+	case err != nil:
+		return fmt.Errorf("hook script %s: %w", path, err)
+	case fi.IsDir():
+		return fmt.Errorf("hook script %s: is a directory, not a file", path)
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("hook script %s: not a regular file (%s)", path, fi.Mode().Type())
+	case fi.Mode().Perm()&0o111 == 0:
+		return fmt.Errorf("hook script %s: not executable: run chmod +x %s", path, path)
+	}
+	// The mode bits may grant execution to someone else only (e.g. 0744 owned
+	// by another user); access(2) answers for the current user.
+	const xOK = 1
+	if err := syscall.Access(path, xOK); err != nil {
+		return fmt.Errorf("hook script %s: not executable by the current user: %w", path, err)
+	}
+	return nil
+}
+
+// DefaultTimeout is used when Runner.Timeout is zero or negative.
+const DefaultTimeout = 5 * time.Minute
+
+// waitDelay bounds how long Run waits for the output pipe after the script
+// exited or was killed: a background process that escaped the process group
+// (setsid, daemon) may keep it open indefinitely.
+const waitDelay = 2 * time.Second
+
+// Runner executes one hook script. A nil Runner or one with an empty Path
+// runs nothing. A Runner is safe for concurrent use (hooks of different
+// guests may overlap with --max-parallel).
+type Runner struct {
+	// Path is the script file, absolute or relative to the working
+	// directory. It is executed directly, never through a shell, so its
+	// #! line chooses the interpreter and spaces or shell metacharacters in
+	// the name have no meaning. A name without '/' is not searched in PATH.
+	Path string
+	// Timeout is how long one invocation may run before the script and every
+	// process in its process group are killed. Zero means DefaultTimeout.
+	Timeout time.Duration
+}
+
+// Run executes the script once for env and waits for it.
+//
+// The script inherits the environment of autosnap plus env.Vars() (which
+// override inherited variables of the same name), reads stdin from
+// /dev/null, and writes both stdout and stderr to out (nil discards them).
+// The caller should buffer out per guest so parallel output does not mix.
+// The script runs in its own process group; on timeout or cancellation of
+// ctx the whole group is killed with SIGKILL.
+//
+// The returned error describes a failed start, a non-zero exit status, a
+// death by signal, a timeout or a cancellation. Hook failures must never
+// fail a snapshot, removal or job: callers report the error and go on.
+// Background processes that the script leaves running are not waited for:
+// if they keep out open, Run returns shortly after the script exited and
+// their further output is lost.
+func (r *Runner) Run(ctx context.Context, env Env, out io.Writer) error {
+	if r == nil || r.Path == "" {
+		return nil
+	}
+	timeout := r.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	runCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	path := r.Path
+	if !strings.ContainsRune(path, '/') {
+		// exec would otherwise look a bare name up in PATH.
+		path = "./" + path
+	}
+	cmd := exec.CommandContext(runCtx, path)
+	cmd.Env = append(os.Environ(), env.Vars()...) // later duplicates win
+	cmd.Stdin = nil                               // /dev/null
+	cmd.Stdout = out
+	cmd.Stderr = out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error {
+		// Negative pid: the whole group, so children of the script die too.
+		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	cmd.WaitDelay = waitDelay
+
+	err := cmd.Run()
+	what := fmt.Sprintf("hook script %s (phase %s)", r.Path, env.Phase)
+	switch {
+	case err == nil, errors.Is(err, exec.ErrWaitDelay):
+		// ErrWaitDelay: the script succeeded but a leftover background
+		// process still held the output open.
+		return nil
+	case ctx.Err() != nil:
+		return fmt.Errorf("%s canceled: %w", what, ctx.Err())
+	case errors.Is(runCtx.Err(), context.DeadlineExceeded):
+		return fmt.Errorf("%s killed after timeout of %s", what, timeout)
+	}
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) {
+		if ws, ok := exitErr.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return fmt.Errorf("%s terminated by signal %s", what, ws.Signal())
+		}
+		return fmt.Errorf("%s exited with status %d", what, exitErr.ExitCode())
+	}
+	if errors.Is(err, syscall.ENOEXEC) {
+		return fmt.Errorf("%s: %w (missing #! line?)", what, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
