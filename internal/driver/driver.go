@@ -9,6 +9,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"strconv"
 	"time"
 )
 
@@ -64,10 +65,14 @@ type Guest struct {
 	Pools    []string `json:"pools,omitempty"`
 }
 
-// Key is a stable identity for the guest across runs: node plus UUID (or id).
+// Key is a stable identity for the guest across runs: node plus UUID, else node plus
+// the numeric id (PVE names are not unique), else node plus name.
 func (g Guest) Key() string {
-	if g.UUID != "" {
+	switch {
+	case g.UUID != "":
 		return g.Node + "/" + g.UUID
+	case g.ID > 0:
+		return g.Node + "/" + strconv.Itoa(g.ID)
 	}
 	return g.Node + "/" + g.Name
 }

@@ -1,0 +1,220 @@
+// Package naming builds, validates and recognises autosnap snapshot names and
+// descriptions, compatibly with cv4pve-autosnap.
+//
+// A snapshot name is "auto" + label + timestamp, where the timestamp is rendered
+// with a Format (a subset of .NET custom DateTime formats, default yyMMddHHmmss).
+// A snapshot is ours when its description's first line is Marker or LegacyMarker;
+// only then, and only when its name parses, does retention count it.
+//
+// The package is pure: it never reads the clock; times are passed in.
+package naming
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Marker is the first line of the description of every snapshot autosnap creates.
+const Marker = "autosnap"
+
+// LegacyMarker is the description cv4pve-autosnap sets; snapshots carrying it are
+// ours too, so existing cv4pve-autosnap snapshots rotate out normally.
+const LegacyMarker = "cv4pve-autosnap"
+
+// Prefix starts every snapshot name.
+const Prefix = "auto"
+
+// MaxNameLen is Proxmox VE's limit on snapshot names (pve-snapshot-name).
+const MaxNameLen = 40
+
+// Name returns the snapshot name for label at t: "auto" + label + f.Render(t).
+func Name(label string, f Format, t time.Time) string {
+	return Prefix + label + f.Render(t)
+}
+
+// probeTimes are the dates cv4pve-autosnap renders to check a format: a format is
+// usable only if all renderings have one length and sort ordinally in time order.
+var probeTimes = func() []time.Time {
+	base := time.Date(2026, 1, 1, 1, 1, 1, 0, time.UTC)
+	return []time.Time{
+		base,
+		base.Add(9 * time.Second),
+		base.Add(9 * time.Minute),
+		base.Add(9 * time.Hour),
+		base.Add(12 * time.Hour),
+		base.AddDate(0, 0, 9),
+		base.AddDate(0, 9, 0),
+		base.AddDate(0, 11, 30).Add(22 * time.Hour),
+		base.AddDate(1, 0, 0),
+	}
+}()
+
+// Validate checks that snapshots named with label and f are usable: the label
+// and the rendered timestamp use only letters, digits, '-' and '_'; the name fits
+// MaxNameLen; and timestamps of f sort ordinally in time order, so that the
+// newest snapshot is also the last by name (this rejects e.g. ddMMyy). A format
+// without seconds (or minutes…) is valid: equal renderings do not break the order.
+// Error messages say what to change.
+func Validate(label string, f Format) error {
+	if label == "" {
+		return fmt.Errorf("label is empty: use e.g. hourly, daily, weekly or monthly")
+	}
+	for _, r := range label {
+		if validNameRune(r) {
+			continue
+		}
+		if r == ' ' {
+			return fmt.Errorf("label %q contains a space: use letters, digits, '-' or '_'", label)
+		}
+		return fmt.Errorf("label %q contains %q: use letters, digits, '-' or '_'", label, r)
+	}
+	if len(f.elems) == 0 {
+		return fmt.Errorf("timestamp format is empty: use e.g. %s", DefaultFormat)
+	}
+
+	renders := make([]string, len(probeTimes))
+	for i, t := range probeTimes {
+		renders[i] = f.Render(t)
+	}
+	for _, r := range renders[0] {
+		if !validNameRune(r) {
+			return fmt.Errorf("timestamp format %q renders %q, which contains %q: snapshot names may only contain letters, digits, '-' or '_'", f.src, renders[0], r)
+		}
+	}
+	for i := 1; i < len(renders); i++ {
+		if len(renders[i]) != len(renders[0]) {
+			return fmt.Errorf("timestamp format %q renders timestamps of different lengths (%q, %q): use fixed-width patterns (%s)", f.src, renders[0], renders[i], SupportedPatterns)
+		}
+		if renders[i] < renders[i-1] {
+			return fmt.Errorf("timestamp format %q does not sort in time order (%s renders %q, later %s renders %q): order the patterns from year to second, e.g. yyyyMMddHHmmss",
+				f.src, probeTimes[i-1].Format(time.DateTime), renders[i-1], probeTimes[i].Format(time.DateTime), renders[i])
+		}
+	}
+	if !hasDateOrder(renders) {
+		return fmt.Errorf("timestamp format %q renders the same timestamp for every probe date: include a year, e.g. yyyyMMddHHmmss", f.src)
+	}
+
+	name := Prefix + label + renders[0]
+	if len(name) > MaxNameLen {
+		room := MaxNameLen - len(Prefix) - len(renders[0])
+		if room < 1 {
+			return fmt.Errorf("name %s (%d chars) exceeds Proxmox VE's %d-character limit: timestamp format %q alone renders %d characters: use a shorter one", name, len(name), MaxNameLen, f.src, len(renders[0]))
+		}
+		return fmt.Errorf("name %s (%d chars) exceeds Proxmox VE's %d-character limit: shorten the label to at most %d %s", name, len(name), MaxNameLen, room, plural(room, "character"))
+	}
+	return nil
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return word
+	}
+	return word + "s"
+}
+
+// hasDateOrder reports whether the probe renderings differ at all; a format whose
+// renderings are all equal (only literals) names every snapshot alike.
+func hasDateOrder(renders []string) bool {
+	return renders[0] != renders[len(renders)-1]
+}
+
+// validNameRune reports whether r may appear in a snapshot name after its first
+// letter: Proxmox VE's configid is [a-z][a-z0-9_-]+, case-insensitive.
+func validNameRune(r rune) bool {
+	return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_'
+}
+
+// IsOurs reports whether a snapshot description marks an autosnap or
+// cv4pve-autosnap snapshot: its first line, trimmed, is Marker or LegacyMarker,
+// or the whole description with line breaks removed is (cv4pve-autosnap's test;
+// Proxmox VE may store a description with a trailing newline).
+func IsOurs(description string) bool {
+	first, _, _ := strings.Cut(description, "\n")
+	if isMarker(strings.TrimSpace(first)) {
+		return true
+	}
+	joined := strings.NewReplacer("\r", "", "\n", "").Replace(description)
+	return isMarker(strings.TrimSpace(joined))
+}
+
+func isMarker(s string) bool { return s == Marker || s == LegacyMarker }
+
+// Match reports whether name is "auto" + label + a timestamp that f parses (in
+// loc), and returns that time. It does not look at the description: callers
+// check IsOurs too.
+func Match(name, label string, f Format, loc *time.Location) (time.Time, bool) {
+	rest, ok := strings.CutPrefix(name, Prefix+label)
+	if !ok {
+		return time.Time{}, false
+	}
+	t, err := f.Parse(rest, loc)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return t, true
+}
+
+// Split takes a name apart into a non-empty label and the time of its trailing
+// timestamp, for listing every label at once: the name must start with "auto"
+// and end with f.Width() bytes that f parses (in loc).
+func Split(name string, f Format, loc *time.Location) (label string, t time.Time, ok bool) {
+	rest, found := strings.CutPrefix(name, Prefix)
+	if !found || len(rest) <= f.width {
+		return "", time.Time{}, false
+	}
+	cut := len(rest) - f.width
+	t, err := f.Parse(rest[cut:], loc)
+	if err != nil {
+		return "", time.Time{}, false
+	}
+	return rest[:cut], t, true
+}
+
+// Description returns the description for a new snapshot: Marker, then one
+// "key: value" line per entry of extra, sorted by key. Line breaks in keys and
+// values become spaces and ':' in keys becomes '_', so DescriptionFields reads
+// back exactly what it is given after that cleaning; entries with an empty key
+// are dropped.
+func Description(extra map[string]string) string {
+	var b strings.Builder
+	b.WriteString(Marker)
+	clean := make(map[string]string, len(extra))
+	for k, v := range extra {
+		k = strings.TrimSpace(strings.ReplaceAll(oneLine(k), ":", "_"))
+		if k == "" {
+			continue
+		}
+		clean[k] = strings.TrimSpace(oneLine(v))
+	}
+	for _, k := range slices.Sorted(maps.Keys(clean)) {
+		b.WriteString("\n")
+		b.WriteString(k)
+		b.WriteString(": ")
+		b.WriteString(clean[k])
+	}
+	return b.String()
+}
+
+func oneLine(s string) string {
+	return strings.NewReplacer("\r\n", " ", "\r", " ", "\n", " ").Replace(s)
+}
+
+// DescriptionFields parses the "key: value" lines after a description's first
+// line, as written by Description. Lines without ':' or with an empty key are
+// ignored; keys and values are trimmed. It never returns nil.
+func DescriptionFields(desc string) map[string]string {
+	fields := map[string]string{}
+	_, rest, _ := strings.Cut(desc, "\n")
+	for line := range strings.Lines(rest) {
+		k, v, ok := strings.Cut(line, ":")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" {
+			continue
+		}
+		fields[k] = strings.TrimSpace(v)
+	}
+	return fields
+}
