@@ -171,13 +171,13 @@ func (s DomainSpec) normalize(t testing.TB) DomainSpec {
 		s.Disks = 1
 	}
 	if s.Disks < 1 || s.Disks > 3 {
-		t.Fatalf("testbed: DomainSpec.Disks = %d, want 1..3", s.Disks)
+		t.Fatalf("testbed: spec Disks = %d, want 1..3", s.Disks)
 	}
 	if s.DiskMiB == 0 {
 		s.DiskMiB = 64
 	}
 	if s.DiskMiB < 1 {
-		t.Fatalf("testbed: DomainSpec.DiskMiB = %d", s.DiskMiB)
+		t.Fatalf("testbed: spec DiskMiB = %d", s.DiskMiB)
 	}
 	if s.MemoryMiB == 0 {
 		s.MemoryMiB = 64
@@ -186,10 +186,10 @@ func (s DomainSpec) normalize(t testing.TB) DomainSpec {
 		}
 	}
 	if s.Writer && !s.Guest {
-		t.Fatalf("testbed: DomainSpec.Writer requires Guest")
+		t.Fatalf("testbed: spec Writer requires Guest")
 	}
 	if s.State < Running || s.State > Shutoff {
-		t.Fatalf("testbed: DomainSpec.State = %v", s.State)
+		t.Fatalf("testbed: spec State = %v", s.State)
 	}
 	return s
 }

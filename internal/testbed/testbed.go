@@ -154,11 +154,3 @@ func fileTail(path string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
-
-// targetIndex maps vda→0, vdb→1, … ; -1 for anything else.
-func targetIndex(target string) int {
-	if len(target) != 3 || !strings.HasPrefix(target, "vd") || target[2] < 'a' || target[2] > 'z' {
-		return -1
-	}
-	return int(target[2] - 'a')
-}

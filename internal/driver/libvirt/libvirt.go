@@ -124,8 +124,13 @@ func (d *Driver) Name() string { return "libvirt" }
 // Node is the host name guests of this connection report.
 func (d *Driver) Node() string { return d.node }
 
-// Close implements driver.Driver.
-func (d *Driver) Close() error { return d.l.Disconnect() }
+// Close implements driver.Driver. It gives up after the connection timeout: a hung
+// daemon would otherwise block the goodbye RPC forever.
+func (d *Driver) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), d.timeout)
+	defer cancel()
+	return call0(ctx, d.l.Disconnect)
+}
 
 // call runs one blocking go-libvirt call, abandoning it when ctx ends. An abandoned
 // call finishes (or fails) in the background; its result is dropped.
