@@ -38,6 +38,9 @@ type GlobalOptions struct {
 	Username        string
 	Password        string
 	APIToken        string
+	Fingerprint     string
+	Insecure        bool
+	ValidateCert    bool
 
 	stdout io.Writer
 	stderr io.Writer
@@ -95,6 +98,10 @@ set the flags of the same name. --password file:PATH reads the password from a f
 	f.StringVar(&g.Username, "username", envOr("AUTOSNAP_USERNAME", ""), "user for hypervisors that need one (env AUTOSNAP_USERNAME)")
 	f.StringVar(&g.Password, "password", envOr("AUTOSNAP_PASSWORD", ""), "password, or file:PATH (env AUTOSNAP_PASSWORD)")
 	f.StringVar(&g.APIToken, "api-token", envOr("AUTOSNAP_API_TOKEN", ""), "API token USER@REALM!ID=UUID (env AUTOSNAP_API_TOKEN)")
+
+	f.StringVar(&g.Fingerprint, "fingerprint", envOr("AUTOSNAP_FINGERPRINT", ""), "accept the server certificate with this SHA-256 fingerprint (self-signed Proxmox VE)")
+	f.BoolVar(&g.Insecure, "insecure", false, "do not verify TLS certificates (dangerous; prefer --fingerprint)")
+	f.BoolVar(&g.ValidateCert, "validate-certificate", true, "verify TLS certificates (cv4pve-autosnap compatibility; --validate-certificate=false equals --insecure)")
 
 	root.AddCommand(newVersionCommand(g), newVMCommand(g), newSnapCommand(g), newCleanCommand(g), newStatusCommand(g))
 	return root, g
@@ -169,7 +176,11 @@ func (g *GlobalOptions) connect(ctx context.Context) (driver.Driver, error) {
 	if open == nil {
 		open = driver.Open
 	}
-	cfg := driver.Config{Timeout: g.timeout(), Username: g.Username, Password: g.Password, APIToken: g.APIToken}
+	cfg := driver.Config{Timeout: g.timeout(), Username: g.Username, Password: g.Password, APIToken: g.APIToken,
+		Fingerprint: g.Fingerprint, Insecure: g.Insecure || !g.ValidateCert}
+	if cfg.Insecure {
+		fmt.Fprintln(g.stderr, "WARNING: TLS certificate verification is OFF (--insecure): anyone on the network path can read your credentials; use --fingerprint instead")
+	}
 	cctx, cancel := context.WithTimeout(ctx, g.timeout())
 	defer cancel()
 	g.log.Debug("connecting", "host", g.Host)

@@ -176,6 +176,7 @@ func testNotFound(t *testing.T, f Fixture) {
 	gone := g
 	gone.UUID = "00000000-0000-4000-8000-000000000000"
 	gone.Name = "autosnap-no-such-guest"
+	gone.ID = 987654
 	if _, err := d.Snapshots(ctx(t), gone); !errors.Is(err, driver.ErrNotFound) {
 		t.Errorf("Snapshots of a missing guest: %v, want ErrNotFound", err)
 	}
