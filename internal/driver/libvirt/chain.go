@@ -23,15 +23,11 @@ func (d *Driver) Chains(ctx context.Context, g driver.Guest) ([]driver.ChainInfo
 	if err != nil {
 		return nil, err
 	}
-	state, err := d.domState(ctx, dom)
+	x, active, err := d.currentXML(ctx, dom)
 	if err != nil {
 		return nil, err
 	}
-	x, err := d.domainXML(ctx, dom, !state.Active())
-	if err != nil {
-		return nil, err
-	}
-	chains, err := d.chainsOf(ctx, x, state.Active())
+	chains, err := d.chainsOf(ctx, x, active)
 	if err != nil {
 		return nil, fmt.Errorf("guest %s: %w", g.Name, err)
 	}
@@ -46,13 +42,15 @@ func (d *Driver) Chains(ctx context.Context, g driver.Guest) ([]driver.ChainInfo
 	return out, nil
 }
 
-// chains returns each disk's backing chain, active image first.
-func (d *Driver) chains(ctx context.Context, dom golibvirt.Domain, active bool) (map[string][]string, error) {
-	x, err := d.domainXML(ctx, dom, !active)
+// chains returns each disk's backing chain, active image first, and whether the
+// domain is active.
+func (d *Driver) chains(ctx context.Context, dom golibvirt.Domain) (map[string][]string, bool, error) {
+	x, active, err := d.currentXML(ctx, dom)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return d.chainsOf(ctx, x, active)
+	c, err := d.chainsOf(ctx, x, active)
+	return c, active, err
 }
 
 func (d *Driver) chainsOf(ctx context.Context, x *libvirtxml.Domain, active bool) (map[string][]string, error) {
@@ -183,6 +181,7 @@ func (d *Driver) commitLive(ctx context.Context, g driver.Guest, dom golibvirt.D
 		})
 	}
 	pivoted := false
+	wait := time.Millisecond
 	for {
 		i, err := poll()
 		if err != nil {
@@ -191,23 +190,27 @@ func (d *Driver) commitLive(ctx context.Context, g driver.Guest, dom golibvirt.D
 		if i.found == 0 {
 			break
 		}
-		// libvirt reports cur == end for a two-phase job only once it is ready to pivot.
-		if activeTop && !pivoted && i.end > 0 && i.cur == i.end {
+		// cur == end can come before QEMU declares the job ready; the pivot is only
+		// allowed once the live definition shows <mirror ready='yes'>.
+		if activeTop && !pivoted && i.end > 0 && i.cur == i.end && d.mirrorReady(ctx, dom, disk) {
 			err := call0(ctx, func() error { return d.l.DomainBlockJobAbort(dom, disk, golibvirt.DomainBlockJobAbortPivot) })
 			if err != nil {
 				return abort(fmt.Errorf("pivoting %s to %s: %w", disk, base, err))
 			}
 			pivoted = true
+			wait = time.Millisecond
 			continue
 		}
 		select {
 		case <-ctx.Done():
 			return abort(fmt.Errorf("block commit of %s did not finish in time: %w", top, ctx.Err()))
-		case <-time.After(d.jobPoll):
+		case <-time.After(wait):
 		}
+		// Small merges finish in milliseconds; back off for long ones.
+		wait = min(2*wait, d.jobPoll)
 	}
 	// A job that vanished may have failed: the chain tells.
-	chains, err := d.chains(ctx, dom, true)
+	chains, _, err := d.chains(ctx, dom)
 	if err != nil {
 		return err
 	}
@@ -215,6 +218,20 @@ func (d *Driver) commitLive(ctx context.Context, g driver.Guest, dom golibvirt.D
 		return fmt.Errorf("block commit of %s into %s ended but %s is still in the chain %v (see the QEMU log of %s)", top, base, top, chains[disk], dom.Name)
 	}
 	return nil
+}
+
+// mirrorReady reports whether disk's two-phase block job is ready to pivot.
+func (d *Driver) mirrorReady(ctx context.Context, dom golibvirt.Domain, disk string) bool {
+	x, err := d.domainXML(ctx, dom, false)
+	if err != nil || x.Devices == nil {
+		return false
+	}
+	for _, dk := range x.Devices.Disks {
+		if dk.Target != nil && dk.Target.Dev == disk {
+			return dk.Mirror != nil && dk.Mirror.Ready == "yes"
+		}
+	}
+	return false
 }
 
 // commitOffline merges top into base for a shut-off guest with qemu-img: commit, then
@@ -321,11 +338,7 @@ func (d *Driver) Storage(ctx context.Context, g driver.Guest) ([]driver.StorageU
 	if err != nil {
 		return nil, err
 	}
-	state, err := d.domState(ctx, dom)
-	if err != nil {
-		return nil, err
-	}
-	x, err := d.domainXML(ctx, dom, !state.Active())
+	x, _, err := d.currentXML(ctx, dom)
 	if err != nil {
 		return nil, err
 	}

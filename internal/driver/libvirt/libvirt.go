@@ -39,7 +39,7 @@ type Driver struct {
 	local   bool // the daemon runs on this machine: image files are reachable directly
 	timeout time.Duration
 
-	// jobPoll is how often block-job progress is polled.
+	// jobPoll is the longest pause between block-job progress polls.
 	jobPoll time.Duration
 	// mu serialises chain-changing operations per domain inside this process; libvirt's
 	// own per-domain job lock would otherwise reject the second with a confusing error.
@@ -85,7 +85,7 @@ func Open(ctx context.Context, cfg driver.Config) (*Driver, error) {
 		return nil, fmt.Errorf("cannot connect to libvirt at %s: no answer within %s: %w", redactURI(u), cfg.Timeout, driver.ErrConnect)
 	}
 
-	d := &Driver{l: l, uri: u, timeout: cfg.Timeout, jobPoll: 20 * time.Millisecond, domMus: map[string]*sync.Mutex{}}
+	d := &Driver{l: l, uri: u, timeout: cfg.Timeout, jobPoll: 100 * time.Millisecond, domMus: map[string]*sync.Mutex{}}
 	d.local = isLocal(u)
 	d.node = u.Hostname()
 	if d.node == "" {
@@ -176,27 +176,30 @@ func (d *Driver) domLock(key string) func() {
 	return m.Unlock
 }
 
-// lookup finds the domain of g by UUID (names can be reused after an undefine).
+// lookup returns the handle of g's domain. With a UUID no RPC is needed: the daemon
+// identifies domains by UUID, so a vanished domain shows up as ErrNoDomain on the first
+// real call (see notFound).
 func (d *Driver) lookup(ctx context.Context, g driver.Guest) (golibvirt.Domain, error) {
-	var dom golibvirt.Domain
-	var err error
 	if g.UUID != "" {
-		var u golibvirt.UUID
-		u, err = parseUUID(g.UUID)
+		u, err := parseUUID(g.UUID)
 		if err != nil {
-			return dom, fmt.Errorf("guest %s: %w", g.Name, err)
+			return golibvirt.Domain{}, fmt.Errorf("guest %s: %w", g.Name, err)
 		}
-		dom, err = call(ctx, func() (golibvirt.Domain, error) { return d.l.DomainLookupByUUID(u) })
-	} else {
-		dom, err = call(ctx, func() (golibvirt.Domain, error) { return d.l.DomainLookupByName(g.Name) })
+		return golibvirt.Domain{Name: g.Name, UUID: u, ID: int32(g.ID)}, nil
 	}
+	dom, err := call(ctx, func() (golibvirt.Domain, error) { return d.l.DomainLookupByName(g.Name) })
 	if err != nil {
-		if golibvirt.IsNotFound(err) {
-			return dom, fmt.Errorf("guest %s on %s no longer exists: %w", g.Name, d.node, driver.ErrNotFound)
-		}
-		return dom, fmt.Errorf("guest %s on %s: lookup failed: %w", g.Name, d.node, err)
+		return dom, d.notFound(g.Name, err)
 	}
 	return dom, nil
+}
+
+// notFound turns libvirt's "no domain" into an error wrapping driver.ErrNotFound.
+func (d *Driver) notFound(name string, err error) error {
+	if golibvirt.IsNotFound(err) {
+		return fmt.Errorf("guest %s on %s no longer exists: %w", name, d.node, driver.ErrNotFound)
+	}
+	return err
 }
 
 func parseUUID(s string) (golibvirt.UUID, error) {
@@ -355,7 +358,8 @@ func (d *Driver) SetTags(ctx context.Context, g driver.Guest, tags []string) err
 	return nil
 }
 
-// domainXML reads and parses a domain definition; inactive selects the persistent one.
+// domainXML reads and parses a domain definition; inactive selects the persistent one
+// (with secrets, for redefining), otherwise the live one of an active domain.
 func (d *Driver) domainXML(ctx context.Context, dom golibvirt.Domain, inactive bool) (*libvirtxml.Domain, error) {
 	var flags golibvirt.DomainXMLFlags
 	if inactive {
@@ -363,13 +367,23 @@ func (d *Driver) domainXML(ctx context.Context, dom golibvirt.Domain, inactive b
 	}
 	s, err := call(ctx, func() (string, error) { return d.l.DomainGetXMLDesc(dom, flags) })
 	if err != nil {
-		return nil, fmt.Errorf("reading definition of %s: %w", dom.Name, err)
+		return nil, fmt.Errorf("reading definition of %s: %w", dom.Name, d.notFound(dom.Name, err))
 	}
 	var x libvirtxml.Domain
 	if err := x.Unmarshal(s); err != nil {
 		return nil, fmt.Errorf("parsing definition of %s: %w", dom.Name, err)
 	}
 	return &x, nil
+}
+
+// currentXML reads the definition in force — live for an active domain, persistent
+// otherwise — and whether the domain is active, in one RPC.
+func (d *Driver) currentXML(ctx context.Context, dom golibvirt.Domain) (*libvirtxml.Domain, bool, error) {
+	x, err := d.domainXML(ctx, dom, false)
+	if err != nil {
+		return nil, false, err
+	}
+	return x, x.ID != nil && *x.ID > 0, nil
 }
 
 func (d *Driver) domState(ctx context.Context, dom golibvirt.Domain) (driver.State, error) {
@@ -379,7 +393,7 @@ func (d *Driver) domState(ctx context.Context, dom golibvirt.Domain) (driver.Sta
 		return st{s, r}, err
 	})
 	if err != nil {
-		return driver.StateUnknown, fmt.Errorf("reading state of %s: %w", dom.Name, err)
+		return driver.StateUnknown, fmt.Errorf("reading state of %s: %w", dom.Name, d.notFound(dom.Name, err))
 	}
 	return stateOf(v.s), nil
 }

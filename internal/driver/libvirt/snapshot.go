@@ -38,7 +38,10 @@ func (d *Driver) snapshots(ctx context.Context, g driver.Guest, dom golibvirt.Do
 	if err != nil {
 		return nil, err
 	}
-	cur, err := call(ctx, func() (golibvirt.DomainSnapshot, error) { return d.l.DomainSnapshotCurrent(dom, 0) })
+	var cur golibvirt.DomainSnapshot
+	if len(xs) > 0 {
+		cur, err = call(ctx, func() (golibvirt.DomainSnapshot, error) { return d.l.DomainSnapshotCurrent(dom, 0) })
+	}
 	if err != nil && errCode(err) != golibvirt.ErrNoDomainSnapshot {
 		return nil, fmt.Errorf("guest %s: reading current snapshot: %w", g.Name, err)
 	}
@@ -63,7 +66,7 @@ func (d *Driver) snapshotXMLs(ctx context.Context, g driver.Guest, dom golibvirt
 		return s, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("guest %s: listing snapshots: %w", g.Name, err)
+		return nil, fmt.Errorf("guest %s: listing snapshots: %w", g.Name, d.notFound(g.Name, err))
 	}
 	out := make([]*libvirtxml.DomainSnapshot, 0, len(snaps))
 	for _, s := range snaps {
@@ -203,11 +206,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, g driver.Guest, opts driver
 	unlock := d.domLock(g.Key())
 	defer unlock()
 
-	state, err := d.domState(ctx, dom)
-	if err != nil {
-		return driver.Snapshot{}, fmt.Errorf("guest %s: %w", g.Name, err)
-	}
-	x, err := d.domainXML(ctx, dom, !state.Active())
+	x, active, err := d.currentXML(ctx, dom)
 	if err != nil {
 		return driver.Snapshot{}, fmt.Errorf("guest %s: %w", g.Name, err)
 	}
@@ -228,7 +227,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, g driver.Guest, opts driver
 		})
 	}
 	var flags golibvirt.DomainSnapshotCreateFlags
-	memory := opts.Memory && state.Active()
+	memory := opts.Memory && active
 	if memory {
 		f := memoryPath(dom.Name, disks[0].active, opts.Name)
 		files = append(files, f)
@@ -239,6 +238,10 @@ func (d *Driver) CreateSnapshot(ctx context.Context, g driver.Guest, opts driver
 		flags |= golibvirt.DomainSnapshotCreateDiskOnly | golibvirt.DomainSnapshotCreateAtomic
 	}
 	if opts.Quiesce {
+		state, err := d.domState(ctx, dom)
+		if err != nil {
+			return driver.Snapshot{}, fmt.Errorf("guest %s: %w", g.Name, err)
+		}
 		if state != driver.StateRunning {
 			return driver.Snapshot{}, fmt.Errorf("guest %s is %s: only a running guest can be quiesced (use --quiesce auto or off): %w", g.Name, state, driver.ErrAgent)
 		}
@@ -269,9 +272,14 @@ func (d *Driver) CreateSnapshot(ctx context.Context, g driver.Guest, opts driver
 		}
 		return driver.Snapshot{}, fmt.Errorf("guest %s: creating snapshot %s failed: %w%s", g.Name, opts.Name, err, hint)
 	}
-	s, err := d.snapshotByName(ctx, g, dom, opts.Name)
-	if err != nil {
-		return driver.Snapshot{}, err
+	// Built from what was asked rather than read back: saves three RPCs per guest
+	// on a busy daemon. The creation time is libvirt's second-resolution clock.
+	s := fromXML(sx)
+	s.Created = time.Now().Truncate(time.Second)
+	s.Current = true
+	if active && !memory {
+		s.GuestState = "disk-snapshot"
+		s.DiskOnly = true
 	}
 	return s, nil
 }
@@ -365,7 +373,7 @@ func (d *Driver) deleteSnapshot(ctx context.Context, g driver.Guest, dom golibvi
 		if errCode(err) == golibvirt.ErrNoDomainSnapshot {
 			return fmt.Errorf("guest %s has no snapshot %q: %w", g.Name, name, driver.ErrNotFound)
 		}
-		return fmt.Errorf("guest %s: reading snapshot %s: %w", g.Name, name, err)
+		return fmt.Errorf("guest %s: reading snapshot %s: %w", g.Name, name, d.notFound(g.Name, err))
 	}
 	s := fromXML(x)
 	if s.Location == driver.LocationInternal {
@@ -383,11 +391,7 @@ func (d *Driver) deleteSnapshot(ctx context.Context, g driver.Guest, dom golibvi
 
 // mergeExternal merges an external snapshot's overlays; see DeleteSnapshot.
 func (d *Driver) mergeExternal(ctx context.Context, g driver.Guest, dom golibvirt.Domain, x *libvirtxml.DomainSnapshot) error {
-	state, err := d.domState(ctx, dom)
-	if err != nil {
-		return fmt.Errorf("guest %s: %w", g.Name, err)
-	}
-	chains, err := d.chains(ctx, dom, state.Active())
+	chains, active, err := d.chains(ctx, dom)
 	if err != nil {
 		return fmt.Errorf("guest %s: %w", g.Name, err)
 	}
@@ -415,7 +419,7 @@ func (d *Driver) mergeExternal(ctx context.Context, g driver.Guest, dom golibvir
 			return fmt.Errorf("guest %s: disk %s: overlay %s has no backing image to merge into", g.Name, dk.Name, overlay)
 		}
 		base := chain[idx+1]
-		if state.Active() {
+		if active {
 			err = d.commitLive(ctx, g, dom, dk.Name, overlay, base, idx == 0)
 		} else {
 			var above string

@@ -1,0 +1,520 @@
+package proxmox
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/autosnap/autosnap/internal/driver"
+)
+
+// endpoint is one --host entry.
+type endpoint struct {
+	hostport string // host:port as shown to users
+	base     string // https://host:port/api2/json
+}
+
+// client is a minimal Proxmox VE API client: JSON envelope, API token or ticket
+// authentication with CSRF, and failover across endpoints. It never puts a password,
+// ticket or token secret into an error.
+type client struct {
+	eps   []endpoint
+	http  *http.Client
+	token string // USER@REALM!TOKENID=SECRET; empty for ticket authentication
+	user  string // user@realm for ticket authentication
+	pass  string
+
+	mu       sync.Mutex
+	cur      int // index into eps of the endpoint in use; -1 before the first connect
+	ticket   string
+	csrf     string
+	loginGen int // bumped on every successful login, so concurrent 401s log in once
+}
+
+// apiError is an HTTP error answer of the API.
+type apiError struct {
+	Method, Path string
+	Status       int
+	Msg          string            // reason phrase or message, first line, no trailing newline
+	Params       map[string]string // per-parameter errors of a 400
+}
+
+func (e *apiError) Error() string {
+	s := fmt.Sprintf("%s %s: HTTP %d %s", e.Method, e.Path, e.Status, e.Msg)
+	if len(e.Params) > 0 {
+		var ps []string
+		for k, v := range e.Params {
+			ps = append(ps, k+": "+strings.TrimSpace(v))
+		}
+		s += " (" + strings.Join(ps, "; ") + ")"
+	}
+	return s
+}
+
+// transient reports statuses pveproxy uses for a failed hop to another node or to
+// pvedaemon; they say nothing about the request itself.
+func (e *apiError) transient() bool {
+	switch e.Status {
+	case 502, 503, 504, 595, 596, 597, 599:
+		return true
+	}
+	return false
+}
+
+// hostError is a transport failure talking to one endpoint: refused, reset, TLS,
+// timeout. sent is false when the request certainly never reached the server.
+type hostError struct {
+	host string
+	sent bool
+	err  error
+}
+
+func (e *hostError) Error() string { return e.host + ": " + e.err.Error() }
+func (e *hostError) Unwrap() error { return e.err }
+
+// authError is a rejected login, token or ticket; its text says which and what to
+// check.
+type authError struct{ msg string }
+
+func (e *authError) Error() string { return e.msg }
+
+// newHTTPClient builds the transport: verified TLS by default, a pinned leaf
+// certificate with fingerprint, or no verification with insecure.
+func newHTTPClient(fingerprint string, insecure bool, roots *x509.CertPool, timeout time.Duration) (*http.Client, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}
+	switch {
+	case fingerprint != "":
+		want, err := parseFingerprint(fingerprint)
+		if err != nil {
+			return nil, err
+		}
+		// The pin replaces chain and name verification: Proxmox VE nodes use
+		// self-signed certificates whose names rarely match the address used.
+		tc.InsecureSkipVerify = true
+		tc.VerifyConnection = func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("server sent no certificate")
+			}
+			got := sha256.Sum256(cs.PeerCertificates[0].Raw)
+			if got != want {
+				return fmt.Errorf("certificate fingerprint %s does not match --fingerprint %s", formatFingerprint(got[:]), formatFingerprint(want[:]))
+			}
+			return nil
+		}
+	case insecure:
+		tc.InsecureSkipVerify = true
+	}
+	tr := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:       tc,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: timeout,
+		MaxIdleConnsPerHost:   32,
+		IdleConnTimeout:       90 * time.Second,
+	}
+	return &http.Client{Transport: tr, Timeout: timeout}, nil
+}
+
+// parseFingerprint accepts a SHA-256 fingerprint as AA:BB:… or plain hex, any case.
+func parseFingerprint(s string) ([32]byte, error) {
+	var out [32]byte
+	h := strings.NewReplacer(":", "", " ", "", "-", "").Replace(strings.TrimSpace(s))
+	h = strings.TrimPrefix(strings.ToLower(h), "sha256")
+	b, err := hex.DecodeString(h)
+	if err != nil || len(b) != len(out) {
+		return out, fmt.Errorf("--fingerprint %q is not a SHA-256 fingerprint: give 64 hex digits, optionally separated by ':' (Proxmox VE shows it under Node → System → Certificates)", s)
+	}
+	copy(out[:], b)
+	return out, nil
+}
+
+func formatFingerprint(b []byte) string {
+	parts := make([]string, len(b))
+	for i, c := range b {
+		parts[i] = fmt.Sprintf("%02X", c)
+	}
+	return strings.Join(parts, ":")
+}
+
+// connect makes the first endpoint (in --host order, skipping skip) that answers and
+// authenticates the current one. It returns an error wrapping driver.ErrConnect that
+// lists why every endpoint failed.
+func (c *client) connect(ctx context.Context, skip int) error {
+	var why []string
+	for i, ep := range c.eps {
+		if i == skip {
+			continue
+		}
+		err := c.authenticate(ctx, ep)
+		if err == nil {
+			c.mu.Lock()
+			c.cur = i
+			c.mu.Unlock()
+			return nil
+		}
+		if ctx.Err() != nil {
+			why = append(why, fmt.Sprintf("%s: %v", ep.hostport, ctx.Err()))
+			break
+		}
+		why = append(why, describeConnErr(ep, err))
+	}
+	return fmt.Errorf("cannot connect to Proxmox VE: %s: %w", strings.Join(why, "; "), driver.ErrConnect)
+}
+
+func describeConnErr(ep endpoint, err error) string {
+	var he *hostError
+	var ae *authError
+	switch {
+	case errors.As(err, &ae):
+		return err.Error()
+	case errors.As(err, &he):
+		hint := "is the host up and pveproxy listening on this port?"
+		var ue x509.UnknownAuthorityError
+		var ce *tls.CertificateVerificationError
+		switch {
+		case errors.As(err, &ue), errors.As(err, &ce):
+			hint = "the certificate is not trusted: pass --fingerprint with the node's SHA-256 fingerprint (or install its CA)"
+		case strings.Contains(err.Error(), "fingerprint"):
+			hint = "check --fingerprint"
+		}
+		return fmt.Sprintf("%s: %v (%s)", ep.hostport, he.err, hint)
+	}
+	return fmt.Sprintf("%s: %v", ep.hostport, err)
+}
+
+// authenticate checks that ep answers and accepts the credentials: GET /version
+// with the token or the current ticket, logging in first when there is no ticket or
+// the ticket is refused.
+func (c *client) authenticate(ctx context.Context, ep endpoint) error {
+	if c.token == "" {
+		c.mu.Lock()
+		have := c.ticket != ""
+		c.mu.Unlock()
+		if !have {
+			if err := c.login(ctx, ep); err != nil {
+				return err
+			}
+		}
+	}
+	_, err := c.send(ctx, ep, http.MethodGet, "/version", nil, nil)
+	var ae *apiError
+	if errors.As(err, &ae) && ae.Status == http.StatusUnauthorized && c.token == "" {
+		if err = c.login(ctx, ep); err != nil {
+			return err
+		}
+		_, err = c.send(ctx, ep, http.MethodGet, "/version", nil, nil)
+	}
+	if errors.As(err, &ae) && ae.Status == http.StatusUnauthorized {
+		return &authError{fmt.Sprintf("%s: API token %s rejected (%s): check --api-token, the token's expiry and that the user is enabled", ep.hostport, c.tokenID(), ae.Msg)}
+	}
+	return err
+}
+
+// tokenID is the token without its secret, for messages.
+func (c *client) tokenID() string {
+	id, _, _ := strings.Cut(c.token, "=")
+	return id
+}
+
+func (c *client) login(ctx context.Context, ep endpoint) error {
+	var res struct {
+		Ticket  string `json:"ticket"`
+		CSRF    string `json:"CSRFPreventionToken"`
+		NeedTFA pveInt `json:"NeedTFA"`
+	}
+	form := url.Values{"username": {c.user}, "password": {c.pass}}
+	_, err := c.send(ctx, ep, http.MethodPost, "/access/ticket", form, &res)
+	var ae *apiError
+	if errors.As(err, &ae) && (ae.Status == http.StatusUnauthorized || ae.Status == http.StatusForbidden) {
+		return &authError{fmt.Sprintf("%s: login as %s refused (%s): check --username (USER@REALM, realm pam by default) and --password", ep.hostport, c.user, ae.Msg)}
+	}
+	if err != nil {
+		return err
+	}
+	if res.NeedTFA != 0 {
+		return &authError{fmt.Sprintf("%s: user %s has two-factor authentication, which autosnap cannot answer: use an API token (--api-token)", ep.hostport, c.user)}
+	}
+	if res.Ticket == "" {
+		return &authError{fmt.Sprintf("%s: login as %s returned no ticket", ep.hostport, c.user)}
+	}
+	c.mu.Lock()
+	c.ticket, c.csrf = res.Ticket, res.CSRF
+	c.loginGen++
+	c.mu.Unlock()
+	return nil
+}
+
+// endpoint returns the endpoint in use and its index.
+func (c *client) current() (endpoint, int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.eps[c.cur], c.cur
+}
+
+// failover moves away from endpoint idx after a transport failure. When another
+// goroutine already moved, it keeps that choice.
+func (c *client) failover(ctx context.Context, idx int) error {
+	c.mu.Lock()
+	moved := c.cur != idx
+	c.mu.Unlock()
+	if moved {
+		return nil
+	}
+	return c.connect(ctx, idx)
+}
+
+// maxTransientRetries bounds the retries of a read that failed with a 59x status
+// (100, 200 and 400 ms apart).
+const maxTransientRetries = 3
+
+// result tells how a request ended beyond its error.
+type result struct {
+	// lost is true when a write was sent to an endpoint that then failed: the
+	// server may or may not have acted on it. The request was not repeated.
+	lost bool
+}
+
+// do sends one request to the endpoint in use. On a transport failure it fails over
+// to the next endpoint that answers and authenticates; it then repeats the request
+// when that is safe (reads, and writes that certainly never left) and otherwise
+// returns with result.lost set, so the caller can look at the cluster's state first.
+// A rejected ticket is renewed once. Proxy-hop failures (59x) of reads are retried a
+// few times: a node that stays unreachable must not eat the whole operation's time.
+func (c *client) do(ctx context.Context, method, path string, params url.Values, out any) (result, error) {
+	var res result
+	backoff := 100 * time.Millisecond
+	retries := 0
+	renewed := false
+	for {
+		ep, idx := c.current()
+		c.mu.Lock()
+		gen := c.loginGen
+		c.mu.Unlock()
+		_, err := c.send(ctx, ep, method, path, params, out)
+		if err == nil {
+			return res, nil
+		}
+		if ctx.Err() != nil {
+			return res, err
+		}
+		var he *hostError
+		if errors.As(err, &he) {
+			if ferr := c.failover(ctx, idx); ferr != nil {
+				return res, fmt.Errorf("%w (after %v)", ferr, err)
+			}
+			if method != http.MethodGet && he.sent {
+				res.lost = true
+				return res, err
+			}
+			continue
+		}
+		var ae *apiError
+		if !errors.As(err, &ae) {
+			return res, err
+		}
+		switch {
+		case ae.Status == http.StatusUnauthorized && c.token == "" && !renewed:
+			renewed = true
+			c.mu.Lock()
+			stale := gen == c.loginGen
+			c.mu.Unlock()
+			if stale {
+				if lerr := c.login(ctx, ep); lerr != nil {
+					return res, fmt.Errorf("%s %s: ticket expired and renewing it failed: %v: %w", method, path, lerr, driver.ErrConnect)
+				}
+			}
+			continue
+		case ae.Status == http.StatusUnauthorized:
+			return res, fmt.Errorf("%w: %w", err, driver.ErrConnect)
+		case ae.transient() && method == http.MethodGet && retries < maxTransientRetries:
+			retries++
+			if serr := sleep(ctx, backoff); serr != nil {
+				return res, err
+			}
+			backoff *= 2
+			continue
+		}
+		return res, err
+	}
+}
+
+func (c *client) get(ctx context.Context, path string, params url.Values, out any) error {
+	_, err := c.do(ctx, http.MethodGet, path, params, out)
+	return err
+}
+
+// send performs one HTTP request against ep and decodes the data member of the
+// answer into out.
+func (c *client) send(ctx context.Context, ep endpoint, method, path string, params url.Values, out any) (int, error) {
+	u := ep.base + path
+	var body io.Reader
+	if method == http.MethodPost || method == http.MethodPut {
+		body = strings.NewReader(params.Encode())
+	} else if len(params) > 0 {
+		// PVE rejects a body on GET and DELETE: parameters go in the query.
+		u += "?" + params.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	if err != nil {
+		return 0, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	req.Header.Set("Accept", "application/json")
+	if path != "/access/ticket" {
+		if c.token != "" {
+			req.Header.Set("Authorization", "PVEAPIToken="+c.token)
+		} else {
+			c.mu.Lock()
+			ticket, csrf := c.ticket, c.csrf
+			c.mu.Unlock()
+			req.AddCookie(&http.Cookie{Name: "PVEAuthCookie", Value: url.QueryEscape(ticket)})
+			if method != http.MethodGet {
+				req.Header.Set("CSRFPreventionToken", csrf)
+			}
+		}
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return 0, fmt.Errorf("%s %s on %s: %w", method, path, ep.hostport, ctx.Err())
+		}
+		return 0, &hostError{host: ep.hostport, sent: !isDialError(err), err: cleanURLError(err)}
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		if ctx.Err() != nil {
+			return resp.StatusCode, fmt.Errorf("%s %s on %s: %w", method, path, ep.hostport, ctx.Err())
+		}
+		return resp.StatusCode, &hostError{host: ep.hostport, sent: true, err: err}
+	}
+	if resp.StatusCode >= 400 {
+		return resp.StatusCode, decodeError(method, path, resp, raw)
+	}
+	if out == nil {
+		return resp.StatusCode, nil
+	}
+	var env struct {
+		Data json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal(raw, &env); err != nil {
+		return resp.StatusCode, fmt.Errorf("%s %s on %s: answer is not JSON: %v", method, path, ep.hostport, err)
+	}
+	if len(env.Data) == 0 || string(env.Data) == "null" {
+		return resp.StatusCode, nil
+	}
+	if err := json.Unmarshal(env.Data, out); err != nil {
+		return resp.StatusCode, fmt.Errorf("%s %s on %s: unexpected answer: %v", method, path, ep.hostport, err)
+	}
+	return resp.StatusCode, nil
+}
+
+// decodeError reads the message from the reason phrase (all versions) or the
+// message member (pve-http-server ≥ 5.2), and a 400's per-parameter errors.
+func decodeError(method, path string, resp *http.Response, raw []byte) error {
+	e := &apiError{Method: method, Path: path, Status: resp.StatusCode}
+	reason := strings.TrimSpace(strings.TrimPrefix(resp.Status, strconv.Itoa(resp.StatusCode)))
+	var env struct {
+		Message string            `json:"message"`
+		Errors  map[string]string `json:"errors"`
+	}
+	_ = json.Unmarshal(raw, &env)
+	msg := strings.TrimSpace(env.Message)
+	// Go servers cannot set a custom reason phrase; prefer the message then.
+	if msg == "" || (reason != "" && reason != http.StatusText(resp.StatusCode)) {
+		msg = reason
+	}
+	if first, _, ok := strings.Cut(msg, "\n"); ok {
+		msg = first
+	}
+	e.Msg, e.Params = msg, env.Errors
+	return e
+}
+
+func isDialError(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
+}
+
+// cleanURLError drops net/http's "Get \"https://…\":" prefix; the host is named by
+// the caller.
+func cleanURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// pveInt decodes the API's integers, which arrive as numbers, numeric strings,
+// booleans or null depending on the endpoint and version.
+type pveInt int64
+
+func (p *pveInt) UnmarshalJSON(b []byte) error {
+	s := strings.Trim(string(b), `"`)
+	switch s {
+	case "null", "":
+		*p = 0
+		return nil
+	case "true":
+		*p = 1
+		return nil
+	case "false":
+		*p = 0
+		return nil
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return fmt.Errorf("not a number: %s", b)
+	}
+	*p = pveInt(f)
+	return nil
+}
+
+// pveString decodes values that may be strings or numbers (config values).
+type pveString string
+
+func (p *pveString) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		*p = pveString(s)
+		return nil
+	}
+	if string(b) == "null" {
+		*p = ""
+		return nil
+	}
+	*p = pveString(b)
+	return nil
+}

@@ -1,0 +1,243 @@
+// Package proxmox is autosnap's Proxmox VE driver: it manages snapshots of QEMU VMs and
+// LXC containers through the PVE REST API (/api2/json), as cv4pve-autosnap does, so
+// either tool recognises the other's snapshots.
+//
+// Hosts. --host takes pve://HOST[:PORT] or plain HOST[:PORT] (IPv6 in brackets),
+// comma-separated; the port defaults to 8006. The first host that answers and
+// authenticates is used. When it stops answering mid-run the driver continues on the
+// next one; a write whose answer was lost is not repeated blindly: the driver first
+// looks at the guest's snapshots and tasks to see whether PVE already acted on it.
+//
+// Credentials. --api-token USER@REALM!TOKENID=SECRET, or --username (realm defaults to
+// pam) with --password. TLS is verified against the system roots by default;
+// --fingerprint pins the node certificate's SHA-256 fingerprint instead (for
+// self-signed certificates) and --insecure turns verification off.
+//
+// Long operations. Snapshot creation, removal and rollback run as PVE tasks; the
+// driver polls them until ctx ends and treats "OK" and "WARNINGS: N" as success. A
+// guest that is locked (a backup, another snapshot) is retried with backoff until ctx
+// ends instead of failing at once.
+//
+// The driver uses its own small HTTP client rather than go-proxmox: the calls a
+// snapshot tool needs (vmstate, description, force, start, ctx-aware task polling,
+// multi-host failover, lost-write checks) are exactly the ones go-proxmox cannot make.
+package proxmox
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/autosnap/autosnap/internal/driver"
+)
+
+func init() {
+	driver.Register("proxmox", Match, func(ctx context.Context, cfg driver.Config) (driver.Driver, error) {
+		return Open(ctx, cfg)
+	})
+}
+
+// DefaultPort is pveproxy's port.
+const DefaultPort = 8006
+
+// requestTimeout bounds one API request. It is well above PVE's 3 s delay on failed
+// logins and below the default --timeout, so that a host that stopped answering is
+// abandoned for the next --host entry while the operation still has time left.
+const requestTimeout = 20 * time.Second
+
+// Match reports whether a --host entry names a Proxmox VE host: pve://HOST[:PORT] or a
+// plain HOST[:PORT] without a scheme.
+func Match(host string) bool {
+	switch driver.SchemeOf(host) {
+	case "pve", "":
+		_, err := parseEndpoint(host)
+		return err == nil
+	}
+	return false
+}
+
+// parseEndpoint parses one --host entry.
+func parseEndpoint(entry string) (endpoint, error) {
+	s := strings.TrimSpace(entry)
+	if driver.SchemeOf(s) == "pve" {
+		s = s[len("pve://"):]
+	}
+	s = strings.TrimSuffix(s, "/")
+	bad := func(why string) (endpoint, error) {
+		return endpoint{}, fmt.Errorf("--host %q is not a Proxmox VE host: %s; use HOST[:PORT] or pve://HOST[:PORT]", entry, why)
+	}
+	if s == "" {
+		return bad("empty")
+	}
+	if strings.ContainsAny(s, "/@?#\\ \t") {
+		return bad("unexpected character")
+	}
+	host, port := s, strconv.Itoa(DefaultPort)
+	switch {
+	case strings.HasPrefix(s, "["):
+		if strings.HasSuffix(s, "]") {
+			host = s[1 : len(s)-1]
+		} else {
+			h, p, err := net.SplitHostPort(s)
+			if err != nil {
+				return bad(err.Error())
+			}
+			host, port = h, p
+		}
+		if net.ParseIP(host) == nil {
+			return bad("not an IPv6 address in brackets")
+		}
+	case strings.Count(s, ":") == 1:
+		h, p, err := net.SplitHostPort(s)
+		if err != nil {
+			return bad(err.Error())
+		}
+		host, port = h, p
+	case strings.Count(s, ":") > 1:
+		return bad("write IPv6 addresses in brackets, e.g. [fd00::1]:8006")
+	}
+	if host == "" {
+		return bad("no host name")
+	}
+	if !strings.HasPrefix(s, "[") {
+		for _, r := range host {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_') {
+				return bad(fmt.Sprintf("%q in host name", r))
+			}
+		}
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return bad("port must be 1-65535")
+	}
+	hp := net.JoinHostPort(host, port)
+	return endpoint{hostport: hp, base: "https://" + hp + "/api2/json"}, nil
+}
+
+// Options are settings a driver.Config cannot carry.
+type Options struct {
+	// RootCAs, when set, replaces the system roots for TLS verification.
+	RootCAs *x509.CertPool
+	// KeepDescription sends snapshot descriptions unchanged. By default a description
+	// whose first line is naming.Marker ("autosnap") is sent as exactly
+	// naming.LegacyMarker ("cv4pve-autosnap"), because cv4pve-autosnap only
+	// recognises snapshots whose whole description is that string.
+	KeepDescription bool
+}
+
+// Driver talks to one Proxmox VE cluster (or standalone node) through its API.
+type Driver struct {
+	c    *client
+	opts Options
+	// poll bounds the interval between task status polls.
+	pollMin, pollMax time.Duration
+	// lockMax caps the backoff between attempts on a locked guest.
+	lockMax time.Duration
+}
+
+// Open connects with cfg: cfg.Host is the whole comma-separated --host value. It
+// returns an error wrapping driver.ErrConnect when no host answers and
+// authenticates within ctx and cfg.Timeout.
+func Open(ctx context.Context, cfg driver.Config) (*Driver, error) {
+	return OpenWith(ctx, cfg, Options{})
+}
+
+// OpenWith is Open with Options.
+func OpenWith(ctx context.Context, cfg driver.Config, opts Options) (*Driver, error) {
+	var eps []endpoint
+	for _, h := range strings.Split(cfg.Host, ",") {
+		if strings.TrimSpace(h) == "" {
+			continue
+		}
+		ep, err := parseEndpoint(h)
+		if err != nil {
+			return nil, err
+		}
+		eps = append(eps, ep)
+	}
+	if len(eps) == 0 {
+		return nil, errors.New("--host names no Proxmox VE host")
+	}
+	c := &client{eps: eps, cur: -1}
+	switch {
+	case cfg.APIToken != "":
+		tok, err := parseToken(cfg.APIToken)
+		if err != nil {
+			return nil, err
+		}
+		c.token = tok
+	case cfg.Username != "":
+		if cfg.Password == "" {
+			return nil, fmt.Errorf("--username %s needs --password (or use --api-token)", cfg.Username)
+		}
+		c.user = cfg.Username
+		if !strings.Contains(c.user, "@") {
+			c.user += "@pam"
+		}
+		c.pass = cfg.Password
+	default:
+		return nil, errors.New("Proxmox VE needs credentials: --api-token USER@REALM!TOKENID=SECRET, or --username USER[@REALM] with --password")
+	}
+	hc, err := newHTTPClient(cfg.Fingerprint, cfg.Insecure, opts.RootCAs, requestTimeout)
+	if err != nil {
+		return nil, err
+	}
+	c.http = hc
+	if cfg.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cfg.Timeout)
+		defer cancel()
+	}
+	if err := c.connect(ctx, -1); err != nil {
+		hc.CloseIdleConnections()
+		return nil, err
+	}
+	return &Driver{c: c, opts: opts, pollMin: 50 * time.Millisecond, pollMax: time.Second, lockMax: 2 * time.Second}, nil
+}
+
+// parseToken validates USER@REALM!TOKENID=SECRET. Its errors never repeat the value,
+// which holds the secret.
+func parseToken(v string) (string, error) {
+	v = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), "PVEAPIToken="))
+	id, secret, ok := cutLast(v, "=")
+	user, tokenName, ok2 := strings.Cut(id, "!")
+	if !ok || !ok2 || secret == "" || !strings.Contains(user, "@") || tokenName == "" {
+		return "", errors.New("--api-token must look like USER@REALM!TOKENID=SECRET (e.g. root@pam!autosnap=xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
+	}
+	return v, nil
+}
+
+func cutLast(s, sep string) (before, after string, found bool) {
+	i := strings.LastIndex(s, sep)
+	if i < 0 {
+		return s, "", false
+	}
+	return s[:i], s[i+len(sep):], true
+}
+
+// Name implements driver.Driver.
+func (d *Driver) Name() string { return "proxmox" }
+
+// Host is the host:port of the endpoint in use.
+func (d *Driver) Host() string {
+	ep, _ := d.c.current()
+	return ep.hostport
+}
+
+// Close implements driver.Driver. Tickets expire on their own; there is nothing to
+// log out of.
+func (d *Driver) Close() error {
+	d.c.http.CloseIdleConnections()
+	return nil
+}
+
+var (
+	_ driver.Driver          = (*Driver)(nil)
+	_ driver.AgentPinger     = (*Driver)(nil)
+	_ driver.StorageReporter = (*Driver)(nil)
+)
