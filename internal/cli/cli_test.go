@@ -802,6 +802,25 @@ func TestManyGuestsParallelOutputInOrder(t *testing.T) {
 			t.Errorf("report[%d] = %v, want %s %s", i, g, doms[i].Name, want)
 		}
 	}
+	// Retention over many guests at once: chains stay keep+1 deep on every healthy guest.
+	ok := append(append([]string{}, sel[:2]...), sel[3:]...)
+	for round := 0; round < 3; round++ {
+		mustRun(t, "--max-parallel", "4", "--vmid", strings.Join(ok, ","), "--timestamp-format", fmtMS, "snap", "--label", "par", "--keep", "2")
+	}
+	for i, d := range doms {
+		if i == 2 {
+			continue
+		}
+		if got := len(d.Chain(t, "vda")); got != 3 {
+			t.Errorf("%s: chain has %d images after 3 parallel runs with keep 2, want 3", d.Name, got)
+		}
+	}
+	mustRun(t, "--max-parallel", "4", "--vmid", strings.Join(ok, ","), "--timestamp-format", fmtMS, "clean", "--label", "par", "--keep", "0")
+	for i, d := range doms {
+		if i != 2 && len(d.Chain(t, "vda")) != 1 {
+			t.Errorf("%s: clean --keep 0 left a chain of %d", d.Name, len(d.Chain(t, "vda")))
+		}
+	}
 	// Guest blocks are never interleaved and come in selection order.
 	pos := -1
 	for _, d := range doms {

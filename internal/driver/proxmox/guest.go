@@ -124,10 +124,11 @@ func (d *Driver) refinePaused(ctx context.Context, gs []driver.Guest) error {
 				QMPStatus string `json:"qmpstatus"`
 			}
 			qmp := map[int]string{}
-			if err := d.c.get(ctx, "/nodes/"+url.PathEscape(node)+"/qemu", url.Values{"full": {"1"}}, &list); err == nil {
-				for _, e := range list {
-					qmp[int(e.VMID)] = e.QMPStatus
-				}
+			if err := d.c.get(ctx, "/nodes/"+url.PathEscape(node)+"/qemu", url.Values{"full": {"1"}}, &list); err != nil {
+				return // the node does not answer; asking per VM would not either
+			}
+			for _, e := range list {
+				qmp[int(e.VMID)] = e.QMPStatus
 			}
 			sem := make(chan struct{}, 8)
 			var inner sync.WaitGroup
