@@ -203,6 +203,41 @@ type ChainReporter interface {
 	Chains(ctx context.Context, g Guest) ([]ChainInfo, error)
 }
 
+// ProgressFunc receives progress of a long operation (a merge, a copy) on one disk.
+type ProgressFunc func(disk string, done, total uint64)
+
+// DeleteOptions select what DeleteSnapshotTree removes.
+type DeleteOptions struct {
+	Children     bool // the snapshot and all its descendants
+	ChildrenOnly bool // only its descendants
+	MetadataOnly bool // forget the snapshot(s) but leave every image file as it is
+	Progress     ProgressFunc
+}
+
+// TreeDeleter deletes snapshots together with their descendants, or metadata only.
+type TreeDeleter interface {
+	DeleteSnapshotTree(ctx context.Context, g Guest, name string, opts DeleteOptions) error
+}
+
+// SnapshotXMLer exposes the hypervisor's own snapshot description (libvirt's XML) and
+// lets a snapshot's metadata be (re)defined from it without touching any disk, as
+// `virsh snapshot-create --redefine` does, so a hierarchy can be moved between hosts.
+type SnapshotXMLer interface {
+	SnapshotXML(ctx context.Context, g Guest, name string) (string, error)
+	RedefineSnapshot(ctx context.Context, g Guest, xml string, current bool) error
+}
+
+// CurrentSetter marks a snapshot as current without reverting to it.
+type CurrentSetter interface {
+	SetCurrent(ctx context.Context, g Guest, name string) error
+}
+
+// ChainCollapser shortens a disk's backing chain by merging its images (block commit
+// or pull), keeping the guest's data. An empty disk means every disk.
+type ChainCollapser interface {
+	CollapseChain(ctx context.Context, g Guest, disk string, progress ProgressFunc) error
+}
+
 // Features lists the optional capabilities of a driver.
 type Features struct {
 	AgentPing bool

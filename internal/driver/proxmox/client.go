@@ -37,6 +37,8 @@ type client struct {
 	user  string // user@realm for ticket authentication
 	pass  string
 
+	failMu sync.Mutex // serialises failovers
+
 	mu       sync.Mutex
 	cur      int // index into eps of the endpoint in use; -1 before the first connect
 	ticket   string
@@ -97,7 +99,7 @@ func newHTTPClient(fingerprint string, insecure bool, roots *x509.CertPool, time
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}
 	switch {
 	case fingerprint != "":
-		want, err := parseFingerprint(fingerprint)
+		pins, err := parseFingerprints(fingerprint)
 		if err != nil {
 			return nil, err
 		}
@@ -109,10 +111,12 @@ func newHTTPClient(fingerprint string, insecure bool, roots *x509.CertPool, time
 				return errors.New("server sent no certificate")
 			}
 			got := sha256.Sum256(cs.PeerCertificates[0].Raw)
-			if got != want {
-				return fmt.Errorf("certificate fingerprint %s does not match --fingerprint %s", formatFingerprint(got[:]), formatFingerprint(want[:]))
+			for _, want := range pins {
+				if got == want {
+					return nil
+				}
 			}
-			return nil
+			return fmt.Errorf("certificate fingerprint %s does not match --fingerprint", formatFingerprint(got[:]))
 		}
 	case insecure:
 		tc.InsecureSkipVerify = true
@@ -129,16 +133,19 @@ func newHTTPClient(fingerprint string, insecure bool, roots *x509.CertPool, time
 	return &http.Client{Transport: tr, Timeout: timeout}, nil
 }
 
-// parseFingerprint accepts a SHA-256 fingerprint as AA:BB:… or plain hex, any case.
-func parseFingerprint(s string) ([32]byte, error) {
-	var out [32]byte
-	h := strings.NewReplacer(":", "", " ", "", "-", "").Replace(strings.TrimSpace(s))
-	h = strings.TrimPrefix(strings.ToLower(h), "sha256")
-	b, err := hex.DecodeString(h)
-	if err != nil || len(b) != len(out) {
-		return out, fmt.Errorf("--fingerprint %q is not a SHA-256 fingerprint: give 64 hex digits, optionally separated by ':' (Proxmox VE shows it under Node → System → Certificates)", s)
+// parseFingerprints accepts comma-separated SHA-256 fingerprints (one per node), each
+// as AA:BB:… or plain hex, in any case.
+func parseFingerprints(s string) ([][32]byte, error) {
+	var out [][32]byte
+	for _, f := range strings.Split(s, ",") {
+		h := strings.NewReplacer(":", "", " ", "", "-", "").Replace(strings.TrimSpace(f))
+		h = strings.TrimPrefix(strings.ToLower(h), "sha256")
+		b, err := hex.DecodeString(h)
+		if err != nil || len(b) != sha256.Size {
+			return nil, fmt.Errorf("--fingerprint %q is not a SHA-256 fingerprint: give 64 hex digits, optionally separated by ':', one per node separated by ',' (Proxmox VE shows it under Node → System → Certificates)", f)
+		}
+		out = append(out, [32]byte(b))
 	}
-	copy(out[:], b)
 	return out, nil
 }
 
@@ -150,15 +157,23 @@ func formatFingerprint(b []byte) string {
 	return strings.Join(parts, ":")
 }
 
-// connect makes the first endpoint (in --host order, skipping skip) that answers and
-// authenticates the current one. It returns an error wrapping driver.ErrConnect that
-// lists why every endpoint failed.
-func (c *client) connect(ctx context.Context, skip int) error {
-	var why []string
-	for i, ep := range c.eps {
-		if i == skip {
-			continue
+// connect makes the first endpoint in --host order that answers and authenticates
+// the current one. The endpoint avoid (the one that just failed, or -1) is tried
+// last: it may only have dropped one connection. The error wraps driver.ErrConnect
+// and lists why every endpoint failed.
+func (c *client) connect(ctx context.Context, avoid int) error {
+	order := make([]int, 0, len(c.eps))
+	for i := range c.eps {
+		if i != avoid {
+			order = append(order, i)
 		}
+	}
+	if avoid >= 0 {
+		order = append(order, avoid)
+	}
+	var why []string
+	for _, i := range order {
+		ep := c.eps[i]
 		err := c.authenticate(ctx, ep)
 		if err == nil {
 			c.mu.Lock()
@@ -268,6 +283,8 @@ func (c *client) current() (endpoint, int) {
 // failover moves away from endpoint idx after a transport failure. When another
 // goroutine already moved, it keeps that choice.
 func (c *client) failover(ctx context.Context, idx int) error {
+	c.failMu.Lock()
+	defer c.failMu.Unlock()
 	c.mu.Lock()
 	moved := c.cur != idx
 	c.mu.Unlock()
@@ -297,7 +314,7 @@ type result struct {
 func (c *client) do(ctx context.Context, method, path string, params url.Values, out any) (result, error) {
 	var res result
 	backoff := 100 * time.Millisecond
-	retries := 0
+	retries, failovers := 0, 0
 	renewed := false
 	for {
 		ep, idx := c.current()
@@ -313,6 +330,9 @@ func (c *client) do(ctx context.Context, method, path string, params url.Values,
 		}
 		var he *hostError
 		if errors.As(err, &he) {
+			if failovers++; failovers > len(c.eps) {
+				return res, fmt.Errorf("%w: %w", err, driver.ErrConnect)
+			}
 			if ferr := c.failover(ctx, idx); ferr != nil {
 				return res, fmt.Errorf("%w (after %v)", ferr, err)
 			}

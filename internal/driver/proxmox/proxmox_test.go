@@ -338,6 +338,12 @@ func TestTLS(t *testing.T) {
 	if _, err := proxmox.Open(ctx(t), wrong); !errors.Is(err, driver.ErrConnect) || !strings.Contains(err.Error(), "does not match") {
 		t.Errorf("wrong fingerprint: %v", err)
 	}
+	// One fingerprint per node: any of them is accepted.
+	several := base
+	several.Fingerprint = wrong.Fingerprint + "," + fp
+	if _, err := proxmox.Open(ctx(t), several); err != nil {
+		t.Errorf("--fingerprint with one per node: %v", err)
+	}
 	malformed := base
 	malformed.Fingerprint = "12:34"
 	if _, err := proxmox.Open(ctx(t), malformed); err == nil || errors.Is(err, driver.ErrConnect) {
