@@ -48,3 +48,8 @@ bench: deps build
 
 clean:
 	rm -rf bin
+
+# Proxmox VE demo against the built-in PVE API emulator (no Proxmox needed, no root).
+.PHONY: demo-pve
+demo-pve: build
+	bash scripts/demo-pve.sh $(BIN)

@@ -42,4 +42,3 @@ func (d *Driver) RevertSnapshot(ctx context.Context, g driver.Guest, name string
 	}
 	return nil
 }
-
