@@ -25,6 +25,8 @@ type SnapOptions struct {
 	Quiesce        string
 	MaxPercStorage float64
 	HookTimeout    time.Duration
+	MaxChainDepth  int
+	HoldFrozen     time.Duration
 }
 
 func newSnapCommand(g *GlobalOptions) *cobra.Command {
@@ -56,6 +58,9 @@ snapshot. Removing a snapshot merges its overlay back, so each disk's chain stay
 	f.StringVar(&o.Quiesce, "quiesce", "auto", "freeze guest filesystems via the agent: auto, on, off")
 	f.Float64Var(&o.MaxPercStorage, "max-perc-storage", 95, "fail a guest whose storage is fuller than this percentage")
 	f.DurationVar(&o.HookTimeout, "script-timeout", hook.DefaultTimeout, "time allowed for one hook run")
+	f.IntVar(&o.MaxChainDepth, "max-chain-depth", 0, "fail a guest whose disks would get more overlays than this (0: no limit)")
+	f.DurationVar(&o.HoldFrozen, "debug-hold-frozen", 0, "testing only: keep guests frozen this long before snapshotting")
+	_ = f.MarkHidden("debug-hold-frozen")
 	_ = cmd.MarkFlagRequired("label")
 	_ = cmd.MarkFlagRequired("keep")
 	return cmd
@@ -76,7 +81,15 @@ func runSnap(ctx context.Context, g *GlobalOptions, o *SnapOptions) error {
 	if err != nil {
 		return err
 	}
+	if o.MaxChainDepth < 0 {
+		return usage(errors.New("--max-chain-depth must be 0 (no limit) or more"))
+	}
 	job.Memory, job.OnlyRunning, job.Quiesce, job.MaxPercStorage = o.State, o.OnlyRunning, q, o.MaxPercStorage
+	job.MaxChainDepth, job.HoldFrozen = o.MaxChainDepth, o.HoldFrozen
+	if q != engine.QuiesceOff && !g.DryRun {
+		job.Watchdog = g.newWatchdogClient()
+		defer job.Watchdog.Close()
+	}
 	return g.runJob(ctx, job, "Snap", (*engine.Job).Snap)
 }
 

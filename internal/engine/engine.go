@@ -19,6 +19,7 @@ import (
 	"github.com/autosnap/autosnap/internal/hook"
 	"github.com/autosnap/autosnap/internal/naming"
 	"github.com/autosnap/autosnap/internal/retention"
+	"github.com/autosnap/autosnap/internal/watchdog"
 )
 
 // Quiesce says whether to freeze guest filesystems for a snapshot.
@@ -66,6 +67,16 @@ type Job struct {
 	// Timeout bounds every single hypervisor operation (and waiting for a guest lock).
 	Timeout time.Duration
 	LockDir string
+	// Watchdog guards explicit freezes: with it, a guest is frozen through the driver's
+	// Quiescer only for the snapshot itself and is thawed even if autosnap dies. Without
+	// it (or for drivers that are not Quiescers) the driver quiesces natively.
+	Watchdog *watchdog.Client
+	// HoldFrozen keeps a guest frozen this long before snapshotting (tests only: it
+	// lets a test kill autosnap while a guest is frozen).
+	HoldFrozen time.Duration
+	// MaxChainDepth fails a guest whose disks would get more than this many overlays
+	// (0: no limit).
+	MaxChainDepth int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Out receives the job's output; each guest's block is written in one piece, in
@@ -300,7 +311,7 @@ func (j *Job) snapGuest(ctx context.Context, gr *guestRun, name string) {
 	}
 	defer unlock()
 
-	if !j.storageOK(ctx, gr) {
+	if !j.storageOK(ctx, gr) || !j.chainOK(ctx, gr) {
 		return
 	}
 	quiesce, ok := j.decideQuiesce(ctx, gr)
@@ -351,19 +362,11 @@ func describeConsistency(c driver.Consistency) string {
 // crash-consistent snapshot, and the output says so.
 func (j *Job) create(ctx context.Context, gr *guestRun, name string, quiesce bool) bool {
 	g := gr.res.Guest
-	try := func(q bool) (driver.Snapshot, error) {
-		c := consistencyFor(g, q)
-		opts := driver.CreateOptions{Name: name, Memory: j.Memory, Quiesce: q,
-			Description: naming.Description(map[string]string{"consistency": string(c)})}
-		cctx, cancel := j.opCtx(ctx)
-		defer cancel()
-		return j.Driver.CreateSnapshot(cctx, g, opts)
-	}
-	s, err := try(quiesce)
+	s, err := j.createOnce(ctx, gr, name, quiesce)
 	if err != nil && quiesce && j.quiesce() == QuiesceAuto && errors.Is(err, driver.ErrAgent) && ctx.Err() == nil {
 		gr.printf("WARNING: quiesce failed (%v); retrying crash-consistent", err)
 		quiesce = false
-		s, err = try(false)
+		s, err = j.createOnce(ctx, gr, name, false)
 	}
 	if err != nil {
 		gr.fail("create failed", err)
@@ -377,6 +380,124 @@ func (j *Job) create(ctx context.Context, gr *guestRun, name string, quiesce boo
 	return true
 }
 
+func (j *Job) createOnce(ctx context.Context, gr *guestRun, name string, quiesce bool) (driver.Snapshot, error) {
+	g := gr.res.Guest
+	opts := driver.CreateOptions{Name: name, Memory: j.Memory, Quiesce: quiesce,
+		Description: naming.Description(map[string]string{"consistency": string(consistencyFor(g, quiesce))})}
+	if q, ok := j.Driver.(driver.Quiescer); ok && quiesce && j.Watchdog != nil {
+		return j.frozenCreate(ctx, gr, q, opts)
+	}
+	cctx, cancel := j.opCtx(ctx)
+	defer cancel()
+	return j.Driver.CreateSnapshot(cctx, g, opts)
+}
+
+// freezeTimeout bounds the agent's freeze and thaw calls.
+const freezeTimeout = 10 * time.Second
+
+// frozenCreate freezes the guest's filesystems, takes the snapshot and thaws, with the
+// watchdog armed for the whole window: the guest is thawed on every error path, on
+// SIGINT/SIGTERM (ctx) and, through the watchdog, even if autosnap is killed.
+func (j *Job) frozenCreate(ctx context.Context, gr *guestRun, q driver.Quiescer, opts driver.CreateOptions) (driver.Snapshot, error) {
+	g := gr.res.Guest
+	actx, cancel := context.WithTimeout(ctx, freezeTimeout)
+	id, err := j.Watchdog.Arm(actx, g.Key())
+	cancel()
+	if err != nil {
+		gr.printf("WARNING: freeze watchdog unavailable (%v); letting the hypervisor quiesce", err)
+		cctx, cancel := j.opCtx(ctx)
+		defer cancel()
+		return j.Driver.CreateSnapshot(cctx, g, opts)
+	}
+	start := time.Now()
+	fctx, cancel := context.WithTimeout(ctx, min(freezeTimeout, j.timeout()))
+	n, ferr := q.Freeze(fctx, g)
+	cancel()
+	var snap driver.Snapshot
+	var cerr error
+	if ferr == nil {
+		if j.HoldFrozen > 0 {
+			select {
+			case <-time.After(j.HoldFrozen):
+			case <-ctx.Done():
+			}
+		}
+		o := opts
+		o.Quiesce = false // frozen already
+		cctx, cancel := j.opCtx(ctx)
+		snap, cerr = j.Driver.CreateSnapshot(cctx, g, o)
+		cancel()
+	}
+	// Thaw even after a failed freeze (the agent may have frozen some filesystems) and
+	// even when ctx is done: this must not be skipped.
+	terr := j.thaw(g, q)
+	window := time.Since(start)
+	if terr != nil {
+		// Leave the watchdog armed: it keeps trying until the bound.
+		gr.printf("ERROR: guest %s may still be frozen: thaw failed: %v; the watchdog retries within %s", g.Name, terr, watchdog.DefaultBound)
+		return snap, fmt.Errorf("guest %s: thaw failed: %w", g.Name, terr)
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), freezeTimeout)
+	derr := j.Watchdog.Disarm(dctx, id)
+	cancel()
+	if errors.Is(derr, watchdog.ErrFired) && cerr == nil {
+		gr.printf("WARNING: the guest stayed frozen longer than %s and the watchdog thawed it: snapshot %s may be only crash-consistent", watchdog.DefaultBound, opts.Name)
+	}
+	if ferr != nil {
+		return snap, fmt.Errorf("guest %s: freezing filesystems failed: %w", g.Name, ferr)
+	}
+	if cerr == nil {
+		gr.printf("Filesystems frozen for %s (%d filesystems)", window.Round(100*time.Microsecond), n)
+	}
+	return snap, cerr
+}
+
+// thaw retries for up to freezeTimeout, independent of the job's context.
+func (j *Job) thaw(g driver.Guest, q driver.Quiescer) error {
+	ctx, cancel := context.WithTimeout(context.Background(), freezeTimeout)
+	defer cancel()
+	var err error
+	for attempt := 0; ; attempt++ {
+		if _, err = q.Thaw(ctx, g); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(attempt+1) * 50 * time.Millisecond):
+		}
+	}
+}
+
+func (j *Job) timeout() time.Duration {
+	if j.Timeout > 0 {
+		return j.Timeout
+	}
+	return 30 * time.Second
+}
+
+// chainOK applies --max-chain-depth: the new snapshot adds one overlay per disk.
+func (j *Job) chainOK(ctx context.Context, gr *guestRun) bool {
+	cr, ok := j.Driver.(driver.ChainReporter)
+	if j.MaxChainDepth <= 0 || !ok {
+		return true
+	}
+	cctx, cancel := j.opCtx(ctx)
+	defer cancel()
+	chains, err := cr.Chains(cctx, gr.res.Guest)
+	if err != nil {
+		gr.fail("chain check failed", fmt.Errorf("guest %s: reading backing chains: %w", gr.res.Guest.Name, err))
+		return false
+	}
+	for _, c := range chains {
+		if overlays := len(c.Images) - 1; overlays+1 > j.MaxChainDepth {
+			gr.fail("chain too deep", fmt.Errorf("guest %s: disk %s already has %d overlays; another snapshot would exceed --max-chain-depth %d: remove snapshots or run `autosnap snapshot chain collapse`", gr.res.Guest.Name, c.Disk, overlays, j.MaxChainDepth))
+			return false
+		}
+	}
+	return true
+}
+
 func (j *Job) quiesce() Quiesce {
 	if j.Quiesce == "" {
 		return QuiesceAuto
@@ -384,27 +505,33 @@ func (j *Job) quiesce() Quiesce {
 	return j.Quiesce
 }
 
-// decideQuiesce pings the agent when it matters. ok=false means the guest failed.
+// decideQuiesce pings the agent of a running guest. A guest found frozen (left so by a
+// crashed earlier run or another tool) is thawed with a warning first, whatever the
+// mode. ok=false means the guest failed.
 func (j *Job) decideQuiesce(ctx context.Context, gr *guestRun) (quiesce, ok bool) {
 	g := gr.res.Guest
 	mode := j.quiesce()
-	if mode == QuiesceOff || !g.State.Active() {
-		return false, true
-	}
-	// A memory snapshot is restored together with RAM, so freezing adds nothing.
-	if j.Memory {
+	if !g.State.Active() {
 		return false, true
 	}
 	pinger, can := j.Driver.(driver.AgentPinger)
 	var err error
-	if g.State != driver.StateRunning {
+	switch {
+	case g.State != driver.StateRunning:
 		err = fmt.Errorf("guest is %s", g.State)
-	} else if !can {
+	case !can:
 		err = fmt.Errorf("the %s driver cannot reach guest agents: %w", j.Driver.Name(), driver.ErrUnsupported)
-	} else {
+	default:
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		err = pinger.AgentPing(pctx, g)
 		cancel()
+	}
+	if err == nil {
+		j.thawIfFrozen(ctx, gr)
+	}
+	// A memory snapshot is restored together with RAM, so freezing adds nothing.
+	if mode == QuiesceOff || j.Memory {
+		return false, true
 	}
 	if err == nil {
 		return true, true
@@ -415,6 +542,24 @@ func (j *Job) decideQuiesce(ctx context.Context, gr *guestRun) (quiesce, ok bool
 	}
 	gr.printf("Guest agent not available (%v): snapshot will be crash-consistent only", err)
 	return false, true
+}
+
+func (j *Job) thawIfFrozen(ctx context.Context, gr *guestRun) {
+	q, ok := j.Driver.(driver.Quiescer)
+	if !ok || j.DryRun {
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	frozen, err := q.FrozenState(sctx, gr.res.Guest)
+	cancel()
+	if err != nil || !frozen {
+		return
+	}
+	if err := j.thaw(gr.res.Guest, q); err != nil {
+		gr.printf("WARNING: guest %s was found frozen and could not be thawed: %v", gr.res.Guest.Name, err)
+		return
+	}
+	gr.printf("WARNING: guest %s was found with frozen filesystems (left by an interrupted run or another tool); thawed them", gr.res.Guest.Name)
 }
 
 // storageOK applies --max-perc-storage. A guest whose storage is too full fails.

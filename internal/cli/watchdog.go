@@ -1,0 +1,106 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/watchdog"
+)
+
+// watchdogCommandName is the hidden command a run re-executes itself as, to guard
+// frozen guests from a separate process.
+const watchdogCommandName = "__freeze-watchdog"
+
+func newWatchdogCommand(g *GlobalOptions) *cobra.Command {
+	var bound time.Duration
+	cmd := &cobra.Command{
+		Use:    watchdogCommandName,
+		Short:  "internal: thaws guests if the autosnap run that froze them dies",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runWatchdog(g, bound)
+		},
+	}
+	cmd.Flags().DurationVar(&bound, "bound", watchdog.DefaultBound, "longest time a guest may stay frozen")
+	return cmd
+}
+
+// runWatchdog serves the protocol on stdin/stdout. It ignores the run's context: it
+// must outlive the run it guards.
+func runWatchdog(g *GlobalOptions, bound time.Duration) error {
+	ctx := context.Background()
+	d, err := g.connect(ctx)
+	if err != nil {
+		fmt.Fprintf(os.Stdout, "error %v\n", err)
+		return err
+	}
+	defer d.Close()
+	q, ok := d.(driver.Quiescer)
+	if !ok {
+		fmt.Fprintln(os.Stdout, "error driver cannot thaw")
+		return fmt.Errorf("the %s driver cannot thaw guests", d.Name())
+	}
+	// Resolve guests up front so an emergency thaw is a single call.
+	var mu sync.Mutex
+	known := map[string]driver.Guest{}
+	refresh := func(ctx context.Context) error {
+		guests, err := d.Guests(ctx)
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, gu := range guests {
+			known[gu.Key()] = gu
+		}
+		return nil
+	}
+	if err := refresh(ctx); err != nil {
+		fmt.Fprintf(os.Stdout, "error %v\n", err)
+		return err
+	}
+	thaw := func(ctx context.Context, key string) error {
+		mu.Lock()
+		gu, ok := known[key]
+		mu.Unlock()
+		if !ok {
+			if err := refresh(ctx); err != nil {
+				return err
+			}
+			mu.Lock()
+			gu, ok = known[key]
+			mu.Unlock()
+			if !ok {
+				return fmt.Errorf("guest %s not found", key)
+			}
+		}
+		_, err := q.Thaw(ctx, gu)
+		return err
+	}
+	return watchdog.Serve(os.Stdin, os.Stdout, bound, thaw, os.Stderr)
+}
+
+// newWatchdogClient returns a client that starts this executable as the watchdog with
+// the run's connection settings. Secrets travel in the environment, not in argv.
+func (g *GlobalOptions) newWatchdogClient() *watchdog.Client {
+	return &watchdog.Client{Command: func() *exec.Cmd {
+		exe, err := os.Executable()
+		if err != nil {
+			exe = os.Args[0]
+		}
+		cmd := exec.Command(exe, "--host", g.Host, "--timeout", strconv.Itoa(g.Timeout),
+			"--fingerprint", g.Fingerprint, "--insecure="+strconv.FormatBool(g.Insecure || !g.ValidateCert),
+			watchdogCommandName)
+		cmd.Env = append(os.Environ(), "AUTOSNAP_USERNAME="+g.Username, "AUTOSNAP_PASSWORD="+g.Password, "AUTOSNAP_API_TOKEN="+g.APIToken)
+		return cmd
+	}}
+}

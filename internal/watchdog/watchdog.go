@@ -1,0 +1,263 @@
+// Package watchdog guarantees that a guest autosnap froze is thawed even if autosnap
+// dies (SIGKILL, OOM, power cut of the process) or hangs while the guest is frozen.
+//
+// The watchdog is a separate process started once per run. Before each freeze the run
+// arms it for that guest and disarms it after the thaw. The watchdog thaws every armed
+// guest as soon as its input closes — which the kernel does when the run dies, however
+// it dies — and thaws a guest on its own when it stays armed longer than the bound.
+//
+// Protocol (lines on the watchdog's stdin / stdout):
+//
+//	run → watchdog: "arm ID KEY"   watchdog → run: "armed ID"
+//	run → watchdog: "disarm ID"    watchdog → run: "disarmed ID" or "fired ID" (it thawed on its own)
+//
+// The watchdog first writes "ready" once it is connected and able to thaw. KEY identifies
+// the guest for the thaw function (driver.Guest.Key); IDs are unique per run.
+package watchdog
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// DefaultBound is the longest a guest stays frozen when autosnap hangs.
+const DefaultBound = 10 * time.Second
+
+// ThawFunc thaws the guest identified by key.
+type ThawFunc func(ctx context.Context, key string) error
+
+// Serve runs the watchdog side of the protocol until in closes (then it thaws every
+// armed guest) and returns. log receives one line per thaw it performs.
+func Serve(in io.Reader, out io.Writer, bound time.Duration, thaw ThawFunc, log io.Writer) error {
+	type arm struct {
+		key   string
+		timer *time.Timer
+		fired bool
+	}
+	var mu sync.Mutex
+	armed := map[string]*arm{}
+	var wmu sync.Mutex
+	reply := func(format string, a ...any) {
+		wmu.Lock()
+		defer wmu.Unlock()
+		fmt.Fprintf(out, format+"\n", a...)
+	}
+	doThaw := func(key, why string) {
+		// Retry: the agent may be busy finishing the freeze it was asked for.
+		ctx, cancel := context.WithTimeout(context.Background(), bound)
+		defer cancel()
+		var err error
+		for attempt := 0; ctx.Err() == nil; attempt++ {
+			if err = thaw(ctx, key); err == nil {
+				fmt.Fprintf(log, "autosnap watchdog: thawed %s (%s)\n", key, why)
+				return
+			}
+			time.Sleep(min(time.Duration(attempt+1)*100*time.Millisecond, time.Second))
+		}
+		fmt.Fprintf(log, "autosnap watchdog: could not thaw %s (%s): %v — thaw it by hand: virsh domfsthaw\n", key, why, err)
+	}
+	reply("ready")
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		switch {
+		case len(f) == 3 && f[0] == "arm":
+			id, key := f[1], f[2]
+			a := &arm{key: key}
+			mu.Lock()
+			armed[id] = a
+			a.timer = time.AfterFunc(bound, func() {
+				mu.Lock()
+				if armed[id] != a {
+					mu.Unlock()
+					return
+				}
+				a.fired = true
+				mu.Unlock()
+				doThaw(key, fmt.Sprintf("frozen longer than %s", bound))
+			})
+			mu.Unlock()
+			reply("armed %s", id)
+		case len(f) == 2 && f[0] == "disarm":
+			mu.Lock()
+			a := armed[f[1]]
+			delete(armed, f[1])
+			mu.Unlock()
+			if a == nil {
+				reply("disarmed %s", f[1])
+				continue
+			}
+			a.timer.Stop()
+			if a.fired {
+				reply("fired %s", f[1])
+			} else {
+				reply("disarmed %s", f[1])
+			}
+		default:
+			fmt.Fprintf(log, "autosnap watchdog: ignoring %q\n", sc.Text())
+		}
+	}
+	// Input closed: the run is gone (or finished). Thaw whatever it left armed.
+	mu.Lock()
+	left := armed
+	armed = map[string]*arm{}
+	mu.Unlock()
+	var wg sync.WaitGroup
+	for _, a := range left {
+		a.timer.Stop()
+		wg.Add(1)
+		go func(key string) {
+			defer wg.Done()
+			doThaw(key, "autosnap exited while the guest was frozen")
+		}(a.key)
+	}
+	wg.Wait()
+	return sc.Err()
+}
+
+// Client is the run's side: it starts the watchdog process lazily and arms/disarms it.
+type Client struct {
+	// Command builds the watchdog process; its stdin/stdout are set by the Client.
+	Command func() *exec.Cmd
+
+	mu    sync.Mutex
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	lines chan string
+	next  int
+	err   error
+}
+
+// ErrFired is returned by Disarm when the watchdog thawed the guest itself because it
+// stayed frozen too long: the snapshot taken meanwhile may not be quiesced.
+var ErrFired = errors.New("the watchdog thawed the guest before autosnap did")
+
+func (c *Client) start() error {
+	if c.cmd != nil || c.err != nil {
+		return c.err
+	}
+	cmd := c.Command()
+	// Its own process group: a Ctrl-C for autosnap must not kill the watchdog too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		c.err = err
+		return err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		c.err = err
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		c.err = fmt.Errorf("starting the freeze watchdog: %w", err)
+		return c.err
+	}
+	c.cmd, c.in, c.lines = cmd, in, make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			c.lines <- sc.Text()
+		}
+		close(c.lines)
+	}()
+	select {
+	case line := <-c.lines:
+		if line == "ready" {
+			return nil
+		}
+		c.err = fmt.Errorf("freeze watchdog failed to start: %q", line)
+	case <-time.After(30 * time.Second):
+		c.err = errors.New("freeze watchdog did not get ready in 30 s")
+	}
+	_ = cmd.Process.Kill()
+	return c.err
+}
+
+// roundTrip sends one request and waits for the reply with the same id. Calls are
+// serialised, so replies arrive in order.
+func (c *Client) roundTrip(ctx context.Context, req, id string) (string, error) {
+	if _, err := fmt.Fprintln(c.in, req); err != nil {
+		return "", fmt.Errorf("freeze watchdog: %w", err)
+	}
+	select {
+	case line, ok := <-c.lines:
+		if !ok {
+			return "", errors.New("freeze watchdog exited")
+		}
+		f := strings.Fields(line)
+		if len(f) != 2 || f[1] != id {
+			return "", fmt.Errorf("freeze watchdog: unexpected reply %q", line)
+		}
+		return f[0], nil
+	case <-ctx.Done():
+		return "", fmt.Errorf("freeze watchdog did not answer: %w", ctx.Err())
+	}
+}
+
+// Arm registers a guest about to be frozen and returns its id. The guest must not be
+// frozen unless Arm succeeded.
+func (c *Client) Arm(ctx context.Context, key string) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.start(); err != nil {
+		return "", err
+	}
+	c.next++
+	id := fmt.Sprint(c.next)
+	r, err := c.roundTrip(ctx, "arm "+id+" "+key, id)
+	if err != nil {
+		return "", err
+	}
+	if r != "armed" {
+		return "", fmt.Errorf("freeze watchdog: %s", r)
+	}
+	return id, nil
+}
+
+// Disarm tells the watchdog the guest was thawed. It returns ErrFired when the
+// watchdog had to thaw it first.
+func (c *Client) Disarm(ctx context.Context, id string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cmd == nil {
+		return errors.New("freeze watchdog not running")
+	}
+	r, err := c.roundTrip(ctx, "disarm "+id, id)
+	if err != nil {
+		return err
+	}
+	if r == "fired" {
+		return ErrFired
+	}
+	return nil
+}
+
+// Close stops the watchdog after the run: with nothing armed it just exits.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cmd == nil {
+		return nil
+	}
+	c.in.Close()
+	done := make(chan error, 1)
+	go func() { done <- c.cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(DefaultBound + 5*time.Second):
+		_ = c.cmd.Process.Kill()
+		return errors.New("freeze watchdog did not exit")
+	}
+}
