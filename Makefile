@@ -45,6 +45,7 @@ fuzz:
 
 bench: deps build
 	bash bench/fleet.sh $(BIN)
+	bash bench/freeze.sh $(BIN)
 
 clean:
 	rm -rf bin
