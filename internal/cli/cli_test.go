@@ -510,14 +510,85 @@ func TestHooks(t *testing.T) {
 		t.Errorf("clean phases %s", got)
 	}
 
-	// A failed creation: snap-create-abort, and no removal.
+	// A failed creation: snap-create-abort replaces the rest, nothing is removed.
 	snap(t, d.Name, "hk", 1)
+	kept := status(t, d.Name, "hk")
 	abortScript, abortLog := hookScript(t, t.TempDir(), "")
 	r = run(t, "--vmid", d.Name, "--timestamp-format", fmtMS, "snap", "--label", "hk", "--keep", "1", "--quiesce", "on", "--script", abortScript)
 	if r.code != ExitFailure {
 		t.Errorf("--quiesce on for a guest without agent: exit %d", r.code)
 	}
-	_ = abortLog
+	phases = nil
+	calls = parseHookLog(t, abortLog)
+	for _, c := range calls {
+		phases = append(phases, c["CV4PVE_AUTOSNAP_PHASE"])
+	}
+	if got := strings.Join(phases, ","); got != "snap-job-start,snap-create-pre,snap-create-abort,snap-job-end" {
+		t.Errorf("failed creation phases: %s", got)
+	}
+	if c := calls[len(calls)-1]; c["CV4PVE_AUTOSNAP_STATE"] != "0" {
+		t.Errorf("snap-job-end STATE=%s after a failure, want 0", c["CV4PVE_AUTOSNAP_STATE"])
+	}
+	if c := calls[2]; c["CV4PVE_AUTOSNAP_STATE"] != "0" || c["CV4PVE_AUTOSNAP_DURATION"] == "0" {
+		t.Errorf("snap-create-abort: %v", c)
+	}
+	if after := status(t, d.Name, "hk"); len(after) != 1 || after[0].Name != kept[0].Name {
+		t.Errorf("a failed creation removed old snapshots: %+v", after)
+	}
+}
+
+// TestRemoveAbort: a merge that fails (the base image is immutable) aborts that guest's
+// retention with snap-remove-abort, keeps its snapshots and fails the run.
+func TestRemoveAbort(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	d := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Shutoff, DiskMiB: 8})
+	snap(t, d.Name, "ab", 3)
+	snap(t, d.Name, "ab", 3)
+	before := status(t, d.Name, "ab")
+	base := d.Disks[0].Path
+	if out, err := exec.Command("chattr", "+i", base).CombinedOutput(); err != nil {
+		t.Fatalf("chattr: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("chattr", "-i", base).Run() })
+	script, log := hookScript(t, t.TempDir(), "")
+	r := run(t, "--vmid", d.Name, "--timestamp-format", fmtMS, "snap", "--label", "ab", "--keep", "1", "--script", script)
+	if r.code != ExitFailure {
+		t.Errorf("failed removal: exit %d, want 1", r.code)
+	}
+	var phases []string
+	for _, c := range parseHookLog(t, log) {
+		phases = append(phases, c["CV4PVE_AUTOSNAP_PHASE"])
+	}
+	if got := strings.Join(phases, ","); got != "snap-job-start,snap-create-pre,snap-remove-pre,snap-remove-abort,snap-job-end" {
+		t.Errorf("phases: %s", got)
+	}
+	exec.Command("chattr", "-i", base).Run()
+	after := status(t, d.Name, "ab")
+	if len(after) != 3 || after[0].Name != before[0].Name {
+		t.Errorf("after a failed merge: %+v", after)
+	}
+	// Nothing half-merged: the chain is intact and a later run succeeds.
+	mustRun(t, "--vmid", d.Name, "--timestamp-format", fmtMS, "clean", "--label", "ab", "--keep", "0")
+	if c := d.Chain(t, "vda"); len(c) != 1 || c[0] != base {
+		t.Errorf("chain after clean: %v", c)
+	}
+}
+
+func TestOnlyRunning(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	on := bed.NewDomain(t, testbed.DomainSpec{DiskMiB: 8})
+	paused := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused, DiskMiB: 8})
+	off := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Shutoff, DiskMiB: 8})
+	r := run(t, "--vmid", strings.Join([]string{on.Name, paused.Name, off.Name}, ","), "--timestamp-format", fmtMS, "snap", "--label", "or", "--keep", "1", "--only-running")
+	if r.code != 0 {
+		t.Fatalf("--only-running: exit %d (skips are not failures)", r.code)
+	}
+	if strings.Count(r.stdout, "Skip VM '--only-running' parameter used!") != 2 {
+		t.Errorf("expected 2 skips:\n%s", r.stdout)
+	}
+	if len(status(t, on.Name, "or")) != 1 || len(status(t, paused.Name, "or")) != 0 || len(status(t, off.Name, "or")) != 0 {
+		t.Errorf("--only-running snapshotted the wrong guests")
+	}
 }
 
 func readFile(t *testing.T, p string) string {

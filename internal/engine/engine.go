@@ -314,17 +314,22 @@ func (j *Job) snapGuest(ctx context.Context, gr *guestRun, name string) {
 	if !j.storageOK(ctx, gr) || !j.chainOK(ctx, gr) {
 		return
 	}
-	quiesce, ok := j.decideQuiesce(ctx, gr)
-	if !ok {
-		return
-	}
 	gr.res.Created = name
+	// The quiesce decision belongs to creating: a guest that cannot be quiesced with
+	// --quiesce on has failed creation, and its hook sees snap-create-abort.
 	gr.hook(ctx, hook.Env{Phase: hook.SnapCreatePre, SnapName: name, VMState: j.Memory, State: true})
 	gr.printf("Create snapshot: %s", name)
-	if j.DryRun {
+	quiesce, ok := j.decideQuiesce(ctx, gr)
+	switch {
+	case !ok:
+	case j.DryRun:
 		gr.res.Consistency = consistencyFor(g, quiesce)
 		gr.printf("Dry run: would create %s (%s)", name, describeConsistency(gr.res.Consistency))
-	} else if !j.create(ctx, gr, name, quiesce) {
+	default:
+		ok = j.create(ctx, gr, name, quiesce)
+	}
+	if !ok {
+		gr.res.Created = ""
 		gr.hook(ctx, hook.Env{Phase: hook.SnapCreateAbort, SnapName: name, VMState: j.Memory, State: false, Duration: time.Since(gr.start)})
 		return
 	}

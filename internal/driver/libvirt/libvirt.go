@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -57,6 +59,7 @@ func Open(ctx context.Context, cfg driver.Config) (*Driver, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 30 * time.Second
 	}
+	u = withSessionSocket(u)
 	cctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 
@@ -97,6 +100,27 @@ func Open(ctx context.Context, cfg driver.Config) (*Driver, error) {
 		d.node = host
 	}
 	return d, nil
+}
+
+// withSessionSocket points a local qemu:///session URI at the user's session daemon:
+// go-libvirt's local dialer would otherwise use the system socket.
+func withSessionSocket(u *url.URL) *url.URL {
+	if !isLocal(u) || u.Path != "/session" || u.Query().Get("socket") != "" {
+		return u
+	}
+	dir := os.Getenv("XDG_RUNTIME_DIR")
+	if dir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return u
+		}
+		dir = filepath.Join(home, ".cache")
+	}
+	c := *u
+	q := c.Query()
+	q.Set("socket", filepath.Join(dir, "libvirt", "libvirt-sock"))
+	c.RawQuery = q.Encode()
+	return &c
 }
 
 func isLocal(u *url.URL) bool {

@@ -162,3 +162,11 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(m.Run())
 }
+
+func TestSessionURIUsesTheSessionSocket(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", "/run/user/1234")
+	_, err := libvirt.Open(context.Background(), driver.Config{Host: "qemu:///session", Timeout: time.Second})
+	if err == nil || !strings.Contains(err.Error(), "/run/user/1234/libvirt/libvirt-sock") {
+		t.Errorf("qemu:///session should dial the session socket, got %v", err)
+	}
+}
