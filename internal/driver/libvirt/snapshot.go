@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -271,6 +272,12 @@ func (d *Driver) CreateSnapshot(ctx context.Context, g driver.Guest, opts driver
 			}
 		}
 		return driver.Snapshot{}, fmt.Errorf("guest %s: creating snapshot %s failed: %w%s", g.Name, opts.Name, err, hint)
+	}
+	// libvirt creates offline overlays world-readable; guest data is not.
+	if d.local {
+		for _, f := range files {
+			_ = os.Chmod(f, 0o600)
+		}
 	}
 	// Built from what was asked rather than read back: saves three RPCs per guest
 	// on a busy daemon. The creation time is libvirt's second-resolution clock.
