@@ -166,9 +166,19 @@ func (gr *guestRun) hook(ctx context.Context, env hook.Env) {
 	g := gr.res.Guest
 	env.VMID, env.VMName, env.VMType, env.Node = guestID(g), g.Name, string(g.Kind), g.Node
 	env.Label, env.Keep, env.Debug = j.Label, j.Keep, j.Debug
-	if err := j.Hooks.Run(ctx, env, gr.out); err != nil {
+	if err := j.Hooks.Run(hookCtx(ctx, env.Phase), env, gr.out); err != nil {
 		gr.printf("WARNING: %v", err)
 	}
+}
+
+// hookCtx lets the phases that report an outcome run even after SIGINT/SIGTERM, so
+// monitoring hooks learn about the interrupted run (bounded by the hook's timeout).
+func hookCtx(ctx context.Context, p hook.Phase) context.Context {
+	switch p {
+	case hook.SnapCreateAbort, hook.SnapRemoveAbort, hook.SnapJobEnd, hook.CleanJobEnd:
+		return context.WithoutCancel(ctx)
+	}
+	return ctx
 }
 
 // guestID is the VMID a hook and status show: the numeric id where there is one,
@@ -186,7 +196,7 @@ func (j *Job) jobHook(ctx context.Context, env hook.Env) {
 	}
 	env.Label, env.Keep, env.Debug = j.Label, j.Keep, j.Debug
 	var buf bytes.Buffer
-	if err := j.Hooks.Run(ctx, env, &buf); err != nil {
+	if err := j.Hooks.Run(hookCtx(ctx, env.Phase), env, &buf); err != nil {
 		fmt.Fprintf(&buf, "WARNING: %v\n", err)
 	}
 	_, _ = j.Out.Write(buf.Bytes())
@@ -218,6 +228,7 @@ func (j *Job) forEach(ctx context.Context, guests []driver.Guest, fn func(ctx co
 			case <-ctx.Done():
 				results[i].Outcome, results[i].Err = OutcomeFailed, ctx.Err()
 				results[i].Reason = "interrupted before start"
+				runs[i].printf("----- VM %s: not started, the run was interrupted -----", results[i].Guest.Name)
 				return
 			}
 			defer func() { <-sem }()
