@@ -11,6 +11,7 @@ import (
 
 	"github.com/autosnap/autosnap/internal/cli"
 	_ "github.com/autosnap/autosnap/internal/driver/libvirt"
+	_ "github.com/autosnap/autosnap/internal/driver/proxmox"
 )
 
 func main() {

@@ -704,7 +704,9 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"--vmid", d.Name, "snap", "--label", "x", "--keep", "1", "--script", "/nonexistent"}, ExitUsage},
 		{[]string{"--vmid", d.Name, "nosuchcommand"}, ExitUsage},
 		{[]string{"--bogus-flag", "vm", "list"}, ExitUsage},
-		{[]string{"--host", "pve.example:8006", "vm", "list"}, ExitUsage},
+		{[]string{"--host", "pve.example:8006", "vm", "list"}, ExitUsage}, // no credentials
+		{[]string{"--host", "127.0.0.1:1", "--api-token", "root@pam!x=y", "vm", "list"}, ExitConnect},
+		{[]string{"--host", "xen:///system", "vm", "list"}, ExitUsage},
 		{[]string{"--host", "qemu+unix:///system?socket=/nonexistent.sock", "vm", "list"}, ExitConnect},
 		{[]string{"--vmid", "no-such-vm-" + d.Name, "snap", "--label", "x", "--keep", "1"}, ExitFailure},
 	}

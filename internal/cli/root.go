@@ -18,6 +18,7 @@ import (
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/naming"
 	"github.com/autosnap/autosnap/internal/report"
+	"github.com/autosnap/autosnap/internal/secret"
 	"github.com/autosnap/autosnap/internal/selector"
 )
 
@@ -64,10 +65,13 @@ func NewRootCommand(stdout, stderr io.Writer) (*cobra.Command, *GlobalOptions) {
 		Short: "Automatic, retention-managed snapshots of KVM/QEMU virtual machines",
 		Long: `autosnap takes automatic, retention-managed snapshots of KVM/QEMU guests.
 
-Hosts (--host): a libvirt URI — qemu:///system (default), qemu:///session,
-qemu+ssh://user@host/system, qemu+tls://host/system. Several comma-separated
-libvirt hosts form a fleet: each host's guests are candidates and the host name
-is the guest's node.
+Hosts (--host):
+  libvirt     qemu:///system (default), qemu:///session, qemu+ssh://user@host/system,
+              qemu+tls://host/system. Several comma-separated libvirt hosts form a
+              fleet: each host's guests are candidates and the host name is the node.
+  Proxmox VE  HOST[:PORT][,HOST2…] or pve://HOST[:PORT] (port 8006), with --api-token
+              or --username/--password. The hosts are one cluster: the first that
+              answers is used, the next ones take over if it fails.
 
 Global flags come before the command:
   autosnap --vmid @all snap --label hourly --keep 24
@@ -86,7 +90,7 @@ set the flags of the same name. --password file:PATH reads the password from a f
 	root.SetHelpTemplate(root.HelpTemplate() + exitStatusHelp)
 
 	f := root.PersistentFlags()
-	f.StringVar(&g.Host, "host", envOr("AUTOSNAP_HOST", driver.DefaultHost), "hypervisor: libvirt URI(s), comma-separated (env AUTOSNAP_HOST)")
+	f.StringVar(&g.Host, "host", envOr("AUTOSNAP_HOST", driver.DefaultHost), "hypervisor: libvirt URI(s), or Proxmox VE HOST[:PORT] list, comma-separated (env AUTOSNAP_HOST)")
 	f.StringVar(&g.VMID, "vmid", "", "guests: all, @all-NODE, @node-NODE, @pool-NAME, @tag-NAME, id, a:b, name, %part%, start%, %end, UUID; -TOKEN excludes")
 	f.IntVar(&g.Timeout, "timeout", 30, "seconds allowed for each operation (connect, snapshot, merge, hook lock wait)")
 	f.StringVar(&g.TimestampFormat, "timestamp-format", "yyMMddHHmmss", "timestamp in snapshot names (.NET subset: yy yyyy MM dd HH mm ss fff, literals)")
@@ -96,7 +100,7 @@ set the flags of the same name. --password file:PATH reads the password from a f
 	f.BoolVar(&g.Debug, "debug", false, "same as --log-level debug")
 	f.IntVar(&g.MaxParallel, "max-parallel", 4, "guests processed at once")
 	f.StringVar(&g.Username, "username", envOr("AUTOSNAP_USERNAME", ""), "user for hypervisors that need one (env AUTOSNAP_USERNAME)")
-	f.StringVar(&g.Password, "password", envOr("AUTOSNAP_PASSWORD", ""), "password, or file:PATH (env AUTOSNAP_PASSWORD)")
+	f.StringVar(&g.Password, "password", envOr("AUTOSNAP_PASSWORD", ""), "password, or file:PATH (plain text, or cv4pve-autosnap's encrypted file) (env AUTOSNAP_PASSWORD)")
 	f.StringVar(&g.APIToken, "api-token", envOr("AUTOSNAP_API_TOKEN", ""), "API token USER@REALM!ID=UUID (env AUTOSNAP_API_TOKEN)")
 
 	f.StringVar(&g.Fingerprint, "fingerprint", envOr("AUTOSNAP_FINGERPRINT", ""), "accept the server certificate with this SHA-256 fingerprint (self-signed Proxmox VE)")
@@ -137,25 +141,17 @@ func (g *GlobalOptions) setup() error {
 	if _, err := naming.ParseFormat(g.TimestampFormat); err != nil {
 		return usage(fmt.Errorf("--timestamp-format: %w", err))
 	}
-	pw, err := resolveSecret(g.Password)
+	pw, err := secret.Resolve(g.Password)
 	if err != nil {
-		return usage(err)
+		return usage(fmt.Errorf("--password: %w", err))
 	}
 	g.Password = pw
-	return nil
-}
-
-// resolveSecret reads "file:PATH" secrets; any other value is the secret itself.
-func resolveSecret(v string) (string, error) {
-	path, ok := strings.CutPrefix(v, "file:")
-	if !ok {
-		return v, nil
-	}
-	b, err := os.ReadFile(path)
+	tok, err := secret.Resolve(g.APIToken)
 	if err != nil {
-		return "", fmt.Errorf("--password file:%s: %w", path, errors.Unwrap(err))
+		return usage(fmt.Errorf("--api-token: %w", err))
 	}
-	return strings.TrimRight(string(b), "\r\n"), nil
+	g.APIToken = tok
+	return nil
 }
 
 func (g *GlobalOptions) timeout() time.Duration { return time.Duration(g.Timeout) * time.Second }

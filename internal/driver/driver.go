@@ -131,6 +131,20 @@ type CreateOptions struct {
 	// Quiesce freezes the guest's filesystems through its agent for the snapshot. The
 	// driver fails rather than silently taking a crash-consistent snapshot.
 	Quiesce bool
+	// Disks overrides, per disk, what the snapshot does with it; disks not listed get
+	// the driver's default (libvirt: an external overlay beside the image). Empty means
+	// every disk gets the default.
+	Disks []DiskSpec
+	// MemoryFile is where the guest's RAM is saved; it implies Memory. Empty lets the
+	// driver choose.
+	MemoryFile string
+}
+
+// DiskSpec says what a snapshot does with one disk (virsh's --diskspec).
+type DiskSpec struct {
+	Name     string // target (vda) or PVE key (scsi0)
+	Snapshot string // internal | external | no
+	File     string // the overlay to create for an external snapshot; empty: driver's choice
 }
 
 // Driver is the core every backend implements. Every method honours ctx: it returns
@@ -187,6 +201,13 @@ type StorageReporter interface {
 	Storage(ctx context.Context, g Guest) ([]StorageUsage, error)
 }
 
+// SnapshotChecker tells up front that a guest cannot be snapshotted at all (e.g. a
+// Proxmox VE container with a bind mount): an error wrapping ErrUnsupported means skip
+// it with that reason, as cv4pve-autosnap does.
+type SnapshotChecker interface {
+	CheckSnapshot(ctx context.Context, g Guest) error
+}
+
 // Tagger sets a guest's tags where the hypervisor has no native tags of its own.
 type Tagger interface {
 	SetTags(ctx context.Context, g Guest, tags []string) error
@@ -201,6 +222,29 @@ type ChainInfo struct {
 // ChainReporter reports each disk's backing chain.
 type ChainReporter interface {
 	Chains(ctx context.Context, g Guest) ([]ChainInfo, error)
+}
+
+// ChainImage is one image of a backing chain with its sizes.
+type ChainImage struct {
+	File        string `json:"file"`
+	Format      string `json:"format"`
+	VirtualSize uint64 `json:"virtual_size"`
+	// ActualSize is the space the image takes on its storage; 0 when unknown.
+	ActualSize uint64 `json:"actual_size"`
+	// Snapshots are the snapshots whose disk state this image holds.
+	Snapshots []string `json:"snapshots"`
+}
+
+// ChainDetail is one disk's backing chain with sizes, active image first.
+type ChainDetail struct {
+	Disk   string       `json:"disk"`
+	Images []ChainImage `json:"images"`
+}
+
+// ChainInspector reports each disk's backing chain with image sizes. It may be slower
+// than ChainReporter: it reads every image's header.
+type ChainInspector interface {
+	ChainDetails(ctx context.Context, g Guest) ([]ChainDetail, error)
 }
 
 // ProgressFunc receives progress of a long operation (a merge, a copy) on one disk.
@@ -230,6 +274,17 @@ type SnapshotXMLer interface {
 // CurrentSetter marks a snapshot as current without reverting to it.
 type CurrentSetter interface {
 	SetCurrent(ctx context.Context, g Guest, name string) error
+}
+
+// EditOptions change a snapshot's metadata; nil or empty fields stay as they are.
+type EditOptions struct {
+	Description *string
+	Rename      string
+}
+
+// SnapshotEditor changes a snapshot's description or name without touching its data.
+type SnapshotEditor interface {
+	EditSnapshot(ctx context.Context, g Guest, name string, opts EditOptions) error
 }
 
 // ChainCollapser shortens a disk's backing chain by merging its images (block commit

@@ -60,6 +60,9 @@ func (f *Fleet) member(g Guest) (Driver, error) {
 	return nil, fmt.Errorf("guest %s: host %q is not one of the connected hosts: %w", g.Name, g.Node, ErrNotFound)
 }
 
+// Member returns the driver of g's host, for capabilities the Fleet does not forward.
+func (f *Fleet) Member(g Guest) (Driver, error) { return f.member(g) }
+
 // Snapshots implements Driver.
 func (f *Fleet) Snapshots(ctx context.Context, g Guest) ([]Snapshot, error) {
 	d, err := f.member(g)
@@ -148,6 +151,18 @@ func (f *Fleet) Chains(ctx context.Context, g Guest) ([]ChainInfo, error) {
 	return c.Chains(ctx, g)
 }
 
+// CheckSnapshot implements SnapshotChecker when the guest's host driver does.
+func (f *Fleet) CheckSnapshot(ctx context.Context, g Guest) error {
+	d, err := f.member(g)
+	if err != nil {
+		return err
+	}
+	if c, ok := d.(SnapshotChecker); ok {
+		return c.CheckSnapshot(ctx, g)
+	}
+	return nil
+}
+
 // Close implements Driver, closing every member.
 func (f *Fleet) Close() error {
 	var errs []error
@@ -163,4 +178,5 @@ var (
 	_ StorageReporter = (*Fleet)(nil)
 	_ Tagger          = (*Fleet)(nil)
 	_ ChainReporter   = (*Fleet)(nil)
+	_ SnapshotChecker = (*Fleet)(nil)
 )

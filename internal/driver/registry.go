@@ -138,7 +138,7 @@ func lookup(host string) (registration, error) {
 	}
 	switch s := SchemeOf(host); {
 	case s == "pve" || s == "":
-		return registration{}, fmt.Errorf("--host %q: Proxmox VE hosts are not supported by this build yet; use a libvirt URI such as qemu:///system or qemu+ssh://user@host/system", host)
+		return registration{}, fmt.Errorf("--host %q is neither a libvirt URI (qemu:///system, qemu+ssh://user@host/system) nor a Proxmox VE HOST[:PORT]", host)
 	case s == "qmp":
 		return registration{}, fmt.Errorf("--host %q: standalone QEMU (qmp://) is not supported by this build yet; manage the VM through libvirt", host)
 	default:

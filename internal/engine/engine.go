@@ -310,11 +310,20 @@ func (j *Job) snapGuest(ctx context.Context, gr *guestRun, name string) {
 		gr.skip("is template")
 		return
 	case g.State == driver.StateUnknown:
-		gr.fail("status unknown", fmt.Errorf("guest %s: status unknown: its host is offline or not reachable", g.Name))
+		gr.fail("status unknown", fmt.Errorf("guest %s: status unknown: its host %s is offline or not reachable", guestID(g), g.Node))
 		return
 	case j.OnlyRunning && g.State != driver.StateRunning:
 		gr.skip("'--only-running' parameter used!")
 		return
+	}
+	if sc, ok := j.Driver.(driver.SnapshotChecker); ok {
+		cctx, cancel := j.opCtx(ctx)
+		err := sc.CheckSnapshot(cctx, g)
+		cancel()
+		if errors.Is(err, driver.ErrUnsupported) {
+			gr.skip(err.Error())
+			return
+		}
 	}
 	unlock, ok := gr.lock(ctx)
 	if !ok {
@@ -685,7 +694,7 @@ func (j *Job) Clean(ctx context.Context, guests []driver.Guest) (*Report, error)
 			gr.skip("is template")
 			return
 		case g.State == driver.StateUnknown:
-			gr.fail("status unknown", fmt.Errorf("guest %s: status unknown: its host is offline or not reachable", g.Name))
+			gr.fail("status unknown", fmt.Errorf("guest %s: status unknown: its host %s is offline or not reachable", guestID(g), g.Node))
 			return
 		}
 		unlock, ok := gr.lock(ctx)

@@ -37,7 +37,8 @@ type client struct {
 	user  string // user@realm for ticket authentication
 	pass  string
 
-	failMu sync.Mutex // serialises failovers
+	failMu  sync.Mutex // serialises failovers
+	loginMu sync.Mutex // serialises ticket renewals
 
 	mu       sync.Mutex
 	cur      int // index into eps of the endpoint in use; -1 before the first connect
@@ -273,7 +274,21 @@ func (c *client) login(ctx context.Context, ep endpoint) error {
 	return nil
 }
 
-// endpoint returns the endpoint in use and its index.
+// renew logs in again after a request made with ticket generation gen was refused,
+// unless another goroutine has renewed the ticket since.
+func (c *client) renew(ctx context.Context, ep endpoint, gen int) error {
+	c.loginMu.Lock()
+	defer c.loginMu.Unlock()
+	c.mu.Lock()
+	stale := gen == c.loginGen
+	c.mu.Unlock()
+	if !stale {
+		return nil
+	}
+	return c.login(ctx, ep)
+}
+
+// current returns the endpoint in use and its index.
 func (c *client) current() (endpoint, int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -349,13 +364,8 @@ func (c *client) do(ctx context.Context, method, path string, params url.Values,
 		switch {
 		case ae.Status == http.StatusUnauthorized && c.token == "" && !renewed:
 			renewed = true
-			c.mu.Lock()
-			stale := gen == c.loginGen
-			c.mu.Unlock()
-			if stale {
-				if lerr := c.login(ctx, ep); lerr != nil {
-					return res, fmt.Errorf("%s %s: ticket expired and renewing it failed: %v: %w", method, path, lerr, driver.ErrConnect)
-				}
+			if lerr := c.renew(ctx, ep, gen); lerr != nil {
+				return res, fmt.Errorf("%s %s: ticket expired and renewing it failed: %v: %w", method, path, lerr, driver.ErrConnect)
 			}
 			continue
 		case ae.Status == http.StatusUnauthorized:

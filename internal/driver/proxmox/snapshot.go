@@ -113,6 +113,10 @@ func (d *Driver) description(desc string) string {
 // The result's Consistency is quiesced for a running VM whose agent is enabled and
 // answers, when no RAM is saved; crash for other running guests; offline for guests
 // that are not running.
+//
+// One exception to "on error no snapshot is left behind": a task still running when
+// ctx ends is left to PVE (stopping it would leave a half-made snapshot and a locked
+// guest), so the snapshot may appear later; the error says so.
 func (d *Driver) CreateSnapshot(ctx context.Context, g driver.Guest, opts driver.CreateOptions) (driver.Snapshot, error) {
 	var cons driver.Consistency
 	lost := false
