@@ -223,6 +223,17 @@ func TestSelectionTokens(t *testing.T) {
 			continue
 		}
 		got := names(rows)
+		if strings.Contains(tc.sel, ":") {
+			// Other test packages share the daemon: domains they start between a and
+			// b get ids inside the range. Only ours are judged.
+			var mine []vmRow
+			for _, r := range rows {
+				if strings.HasPrefix(r.Name, prefix) {
+					mine = append(mine, r)
+				}
+			}
+			got = names(mine)
+		}
 		if tc.want == "" {
 			if !strings.Contains(got, b.Name) || strings.Contains(got, a.Name) || strings.Contains(got, c.Name) {
 				t.Errorf("--vmid %q: got %s", tc.sel, got)

@@ -146,12 +146,17 @@ func runCmd(ctx context.Context, name string, args ...string) ([]byte, error) {
 	return out, nil
 }
 
-// commitLive merges top into base on a running or paused guest with a libvirt block
-// commit: an active commit with a pivot when top is the disk's active image, a plain
-// commit otherwise. libvirt deletes top once the merge succeeded. If ctx ends first
-// the job is aborted, which leaves a valid chain (top still overlays base).
-func (d *Driver) commitLive(ctx context.Context, g driver.Guest, dom golibvirt.Domain, disk, top, base string, activeTop bool) error {
-	flags := golibvirt.DomainBlockCommitDelete
+// commitLive merges top (and the images between) into base on a running or paused
+// guest with a libvirt block commit: an active commit with a pivot when top is the
+// disk's active image, a plain commit otherwise. With deleteFiles libvirt deletes the
+// merged images once the merge succeeded. progress, if not nil, gets the job's
+// cur/end. If the job fails or ctx ends first it is aborted, which leaves a valid chain
+// (top still overlays base); the chain is read back to confirm.
+func (d *Driver) commitLive(ctx context.Context, g driver.Guest, dom golibvirt.Domain, disk, top, base string, activeTop, deleteFiles bool, progress driver.ProgressFunc) error {
+	var flags golibvirt.DomainBlockCommitFlags
+	if deleteFiles {
+		flags |= golibvirt.DomainBlockCommitDelete
+	}
 	if activeTop {
 		flags |= golibvirt.DomainBlockCommitActive
 	}
@@ -165,10 +170,28 @@ func (d *Driver) commitLive(ctx context.Context, g driver.Guest, dom golibvirt.D
 		actx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		aerr := call0(actx, func() error { return d.l.DomainBlockJobAbort(dom, disk, 0) })
-		if aerr != nil {
+		if aerr != nil && errCode(aerr) != golibvirt.ErrOperationInvalid {
 			return fmt.Errorf("%w; aborting the block job also failed: %v (check with: virsh blockjob %s %s)", cause, aerr, dom.Name, disk)
 		}
-		return fmt.Errorf("%w; the merge was aborted and the disk chain is unchanged", cause)
+		// The abort is asynchronous: wait until the job is gone, then check the chain.
+		for actx.Err() == nil {
+			found, err := call(actx, func() (int32, error) {
+				f, _, _, _, _, err := d.l.DomainGetBlockJobInfo(dom, disk, 0)
+				return f, err
+			})
+			if err != nil || found == 0 {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		chains, _, cerr := d.chains(actx, dom)
+		switch {
+		case cerr != nil:
+			return fmt.Errorf("%w; the merge was aborted but the chain could not be read back: %v", cause, cerr)
+		case indexOf(chains[disk], top) >= 0:
+			return fmt.Errorf("%w; the merge was aborted and the disk chain is unchanged", cause)
+		}
+		return fmt.Errorf("%w; the merge had completed before the abort: %s now uses %s", cause, disk, chains[disk][0])
 	}
 	type info struct {
 		found    int32
@@ -189,6 +212,9 @@ func (d *Driver) commitLive(ctx context.Context, g driver.Guest, dom golibvirt.D
 		}
 		if i.found == 0 {
 			break
+		}
+		if progress != nil && i.end > 0 {
+			progress(disk, i.cur, i.end)
 		}
 		// cur == end can come before QEMU declares the job ready; the pivot is only
 		// allowed once the live definition shows <mirror ready='yes'>.
@@ -232,32 +258,6 @@ func (d *Driver) mirrorReady(ctx context.Context, dom golibvirt.Domain, disk str
 		}
 	}
 	return false
-}
-
-// commitOffline merges top into base for a shut-off guest with qemu-img: commit, then
-// point whatever sat above top (the next overlay, or the domain definition) at base,
-// then delete top. Each step leaves a valid chain if interrupted.
-func (d *Driver) commitOffline(ctx context.Context, g driver.Guest, dom golibvirt.Domain, disk, top, base, above string) error {
-	if !d.local {
-		return fmt.Errorf("merging a shut-off guest's snapshot needs autosnap on the guest's host (qemu:///system there), or start the guest first")
-	}
-	infos, err := qemuImgInfo(ctx, base)
-	if err != nil {
-		return err
-	}
-	baseFmt := infos[0].Format
-	// -d: top is deleted below, so emptying it would be wasted writes.
-	if _, err := runCmd(ctx, "qemu-img", "commit", "-q", "-d", "-f", "qcow2", top); err != nil {
-		return err
-	}
-	if above != "" {
-		if _, err := runCmd(ctx, "qemu-img", "rebase", "-u", "-f", "qcow2", "-F", baseFmt, "-b", base, above); err != nil {
-			return err
-		}
-	} else if err := d.repointDisk(ctx, dom, disk, base, baseFmt); err != nil {
-		return err
-	}
-	return d.removeFile(top)
 }
 
 // repointDisk changes a shut-off guest's persistent definition so disk uses image.
@@ -342,7 +342,7 @@ func (d *Driver) Storage(ctx context.Context, g driver.Guest) ([]driver.StorageU
 	if err != nil {
 		return nil, err
 	}
-	disks, err := snapshotDisks(g, x)
+	disks, err := snapshotDisks(g, x, nil)
 	if err != nil {
 		return nil, err
 	}

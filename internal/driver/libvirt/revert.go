@@ -2,28 +2,122 @@ package libvirt
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
+	"libvirt.org/go/libvirtxml"
 
 	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/naming"
 )
 
-// RevertSnapshot implements driver.Driver for internal snapshots. Reverting an external
-// snapshot needs new overlays and is not supported by libvirt 9.0 itself; it returns
-// an error wrapping driver.ErrUnsupported.
+// RevertSnapshot implements driver.Driver; it is RevertSnapshotNotes without notes.
 func (d *Driver) RevertSnapshot(ctx context.Context, g driver.Guest, name string, opts driver.RevertOptions) error {
+	return d.RevertSnapshotNotes(ctx, g, name, opts, nil)
+}
+
+// RevertSnapshotNotes makes the guest's state the snapshot's, calling note (when not
+// nil) with one line for each thing the user should know: a guest stopped hard, an
+// image created or deleted, a filesystem thawed.
+//
+// An internal snapshot is reverted by libvirt (virDomainRevertToSnapshot with the
+// Running, Paused and Force flags of opts).
+//
+// libvirt 9.0 cannot revert an external snapshot; autosnap does it the way libvirt 9.9
+// does, with new overlays, on the guest's host (qemu:///system there):
+//
+//   - Only a shut-off guest has its disks replaced. A running or paused guest is
+//     stopped hard first (virDomainDestroy, like virsh destroy): for a disk-only
+//     snapshot only with opts.Force, since the guest then boots from the snapshot's
+//     disks; for a snapshot with memory always, since its RAM is replaced anyway.
+//   - For each disk the snapshot covers, the snapshot's state is the image named as
+//     that disk's source in the snapshot's recorded <domain> (merges keep it up to
+//     date). A fresh qcow2 overlay "<dom>-<disk>.<snap>.revert<N>.qcow2" (N = 1, 2, …:
+//     the first free name), mode 0600, is created on it beside the disk's current
+//     image, and the persistent definition's disk is pointed at it. The state image is
+//     never written, so the snapshot can be reverted to again.
+//   - Each disk's image that held the discarded current state is deleted when no
+//     snapshot's state depends on it, it holds no internal snapshot, and a snapshot
+//     or an earlier revert created it (it is named in a snapshot's <disks> or is a
+//     revert overlay of this disk); otherwise it is kept and a note says so.
+//   - The snapshot becomes current (its metadata is redefined with the Current flag).
+//   - A snapshot with memory is then restored from its memory file
+//     (virDomainRestoreFlags with the save image's domain XML, disks pointed at the
+//     new overlays): running, or paused with opts.Paused (without either option, the
+//     state recorded at snapshot time). Filesystems frozen in the saved RAM (snap
+//     --state with quiesce freezes them around the memory snapshot) are thawed
+//     through the agent once it answers. A disk-only snapshot leaves the guest shut
+//     off unless opts.Running or opts.Paused.
+//
+// Before anything is changed it refuses, with an error naming the guest, the snapshot
+// and what to do, when a covered disk is gone from the guest's definition, when a
+// state image, its backing chain or the memory file is missing, when a disk's current
+// image is the state image itself (the snapshot no longer holds its point), or when
+// the domain is transient (stopping it would drop it with its snapshot metadata).
+//
+// The image tree after a revert, which merges must respect. Before reverting to S:
+//
+//	P ← O_S ← … ← A     P: S's state image (recorded <domain> source)
+//	                     O_S: the overlay S's <disks> names; A: the active image
+//
+// After:
+//
+//	P ← O_S ← …          kept only as far as later snapshots' states need them
+//	P ← R                R = <dom>-<disk>.<S>.revert<N>.qcow2, the new active image
+//
+// so P may have several overlays (O_S and one R per revert to S that later snapshots
+// still use); every image a kept snapshot needs keeps its backing file. R sits in
+// the directory of the disk's previous active image, like snapshot overlays. A
+// snapshot taken afterwards gets R as its state and S as its parent. When no image other than
+// R is left on P (O_S was the discarded active image, or had been deleted before), S's
+// <disks> are rewritten to name R: R now plays O_S's part, so deleting S later merges
+// R into P as it would have merged O_S. Otherwise S's <disks> keep naming O_S, which
+// is no longer in the current chain: a delete must then neither commit into P nor
+// remove an image that has an overlay, since that would corrupt the other branch.
+func (d *Driver) RevertSnapshotNotes(ctx context.Context, g driver.Guest, name string, opts driver.RevertOptions, note func(string)) error {
+	if note == nil {
+		note = func(string) {}
+	}
+	if opts.Running && opts.Paused {
+		return fmt.Errorf("guest %s: reverting to %s: choose running or paused, not both", g.Name, name)
+	}
 	dom, err := d.lookup(ctx, g)
 	if err != nil {
 		return err
 	}
-	s, err := d.snapshotByName(ctx, g, dom, name)
+	unlock := d.domLock(g.Key())
+	defer unlock()
+
+	snap := golibvirt.DomainSnapshot{Name: name, Dom: dom}
+	raw, err := call(ctx, func() (string, error) {
+		return d.l.DomainSnapshotGetXMLDesc(snap, uint32(golibvirt.DomainSnapshotXMLSecure))
+	})
 	if err != nil {
-		return err
+		if errCode(err) == golibvirt.ErrNoDomainSnapshot {
+			return fmt.Errorf("guest %s has no snapshot %q: %w", g.Name, name, driver.ErrNotFound)
+		}
+		return fmt.Errorf("guest %s: reading snapshot %s: %w", g.Name, name, d.notFound(g.Name, err))
 	}
-	if s.Location != driver.LocationInternal {
-		return fmt.Errorf("guest %s: reverting the external snapshot %s is not supported yet: %w", g.Name, name, driver.ErrUnsupported)
+	var sx libvirtxml.DomainSnapshot
+	if err := sx.Unmarshal(raw); err != nil {
+		return fmt.Errorf("guest %s: snapshot %s: unreadable XML: %w", g.Name, name, err)
 	}
+	switch fromXML(&sx).Location {
+	case driver.LocationInternal:
+		return d.revertInternal(ctx, g, snap, opts)
+	case driver.LocationMixed:
+		return fmt.Errorf("guest %s: snapshot %s mixes internal and external disks; autosnap cannot revert it: %w", g.Name, name, driver.ErrUnsupported)
+	}
+	return d.revertExternal(ctx, g, dom, &sx, opts, note)
+}
+
+func (d *Driver) revertInternal(ctx context.Context, g driver.Guest, snap golibvirt.DomainSnapshot, opts driver.RevertOptions) error {
 	var flags uint32
 	if opts.Running {
 		flags |= uint32(golibvirt.DomainSnapshotRevertRunning)
@@ -34,11 +128,515 @@ func (d *Driver) RevertSnapshot(ctx context.Context, g driver.Guest, name string
 	if opts.Force {
 		flags |= uint32(golibvirt.DomainSnapshotRevertForce)
 	}
-	err = call0(ctx, func() error {
-		return d.l.DomainRevertToSnapshot(golibvirt.DomainSnapshot{Name: name, Dom: dom}, flags)
-	})
+	err := call0(ctx, func() error { return d.l.DomainRevertToSnapshot(snap, flags) })
 	if err != nil {
-		return fmt.Errorf("guest %s: reverting to %s failed: %w", g.Name, name, err)
+		hint := ""
+		if errCode(err) == golibvirt.ErrSnapshotRevertRisky {
+			hint = " (libvirt asks for --force: the guest's current state would be discarded in a way it cannot check)"
+		}
+		return fmt.Errorf("guest %s: reverting to %s failed: %w%s", g.Name, snap.Name, err, hint)
 	}
 	return nil
+}
+
+// revertDisk is one disk of an external revert.
+type revertDisk struct {
+	target  string
+	state   string // image holding the snapshot's state of the disk
+	format  string // format of state
+	current string // the disk's active image before the revert
+	overlay string // the new overlay created on state
+	snapOv  string // the overlay the snapshot's <disks> names
+}
+
+// imageSet is what the domain's snapshot metadata says about image files.
+type imageSet struct {
+	// needed holds every image some snapshot's state depends on: state images and
+	// their backing chains.
+	needed map[string]bool
+	// backing maps each image of those chains to its backing image.
+	backing map[string]string
+	// created holds the overlays named in snapshots' <disks> and the memory files.
+	created map[string]bool
+}
+
+func (d *Driver) revertExternal(ctx context.Context, g driver.Guest, dom golibvirt.Domain, sx *libvirtxml.DomainSnapshot, opts driver.RevertOptions, note func(string)) error {
+	name := sx.Name
+	if !d.local {
+		return fmt.Errorf("guest %s: reverting the external snapshot %s creates image files, which needs autosnap on the guest's host (connect with qemu:///system there): %w", g.Name, name, driver.ErrUnsupported)
+	}
+	persistent, err := call(ctx, func() (int32, error) { return d.l.DomainIsPersistent(dom) })
+	if err != nil {
+		return fmt.Errorf("guest %s: %w", g.Name, d.notFound(g.Name, err))
+	}
+	if persistent != 1 {
+		return fmt.Errorf("guest %s is transient: stopping it for the revert would remove it and its snapshot metadata; define it first (virsh dumpxml %s > x.xml; virsh define x.xml): %w", g.Name, g.Name, driver.ErrUnsupported)
+	}
+	memFile := ""
+	if sx.Memory != nil && sx.Memory.Snapshot == "external" {
+		memFile = sx.Memory.File
+	}
+	cur, active, err := d.currentXML(ctx, dom)
+	if err != nil {
+		return fmt.Errorf("guest %s: %w", g.Name, err)
+	}
+	state, err := d.domState(ctx, dom)
+	if err != nil {
+		return fmt.Errorf("guest %s: %w", g.Name, err)
+	}
+	if active && memFile == "" && !opts.Force {
+		return fmt.Errorf("guest %s is %s: reverting to the disk-only snapshot %s discards its current state and boots it from the snapshot's disks; shut it down first, or use --force to stop it hard (like virsh destroy)", g.Name, state, name)
+	}
+	disks, err := revertDisks(g, sx, cur)
+	if err != nil {
+		return err
+	}
+	if active {
+		// The persistent definition is the one rewritten below; it must have the disks
+		// too, or the guest would be stopped for nothing.
+		px, err := d.domainXML(ctx, dom, true)
+		if err != nil {
+			return fmt.Errorf("guest %s: %w", g.Name, err)
+		}
+		if _, err := revertDisks(g, sx, px); err != nil {
+			return fmt.Errorf("%w (in its persistent definition)", err)
+		}
+	}
+	if memFile != "" {
+		if _, err := os.Stat(memFile); err != nil {
+			return fmt.Errorf("guest %s: the memory file of snapshot %s is missing (%v); it cannot be restored", g.Name, name, err)
+		}
+	}
+	// The state images must be whole before the current state is thrown away.
+	for i := range disks {
+		dk := &disks[i]
+		if dk.current == dk.state {
+			return fmt.Errorf("guest %s: disk %s: its active image %s is the state image of snapshot %s, so the snapshot no longer holds its point in time; refusing to revert", g.Name, dk.target, dk.state, name)
+		}
+		infos, err := qemuImgInfo(ctx, dk.state)
+		if err != nil {
+			return fmt.Errorf("guest %s: snapshot %s: the state image of disk %s is missing or unreadable: %w", g.Name, name, dk.target, err)
+		}
+		if dk.format == "" {
+			dk.format = infos[0].Format
+		}
+	}
+	images, err := d.snapshotImages(ctx, g, dom)
+	if err != nil {
+		return err
+	}
+	for _, dk := range disks {
+		// Where the discarded image sits decides whether the state image keeps other
+		// overlays after the revert.
+		if infos, err := qemuImgInfo(ctx, dk.current); err == nil && len(infos) > 1 {
+			images.backing[dk.current] = infos[1].Filename
+		}
+	}
+
+	if active {
+		err := call0(ctx, func() error { return d.l.DomainDestroyFlags(dom, 0) })
+		if err != nil && !isShutOff(d.domState(ctx, dom)) {
+			return fmt.Errorf("guest %s: stopping it for the revert failed: %w", g.Name, err)
+		}
+		note(fmt.Sprintf("stopped %s hard (like virsh destroy); its current state is discarded", g.Name))
+	}
+
+	var created []string
+	undo := func() {
+		for _, f := range created {
+			_ = os.Remove(f)
+		}
+	}
+	for i := range disks {
+		dk := &disks[i]
+		f, err := newRevertOverlay(ctx, dom.Name, name, dk)
+		if err != nil {
+			undo()
+			return fmt.Errorf("guest %s: disk %s: creating the overlay on %s: %w", g.Name, dk.target, dk.state, err)
+		}
+		created = append(created, f)
+		dk.overlay = f
+	}
+	if err := d.pointDisks(ctx, dom, disks); err != nil {
+		undo()
+		return fmt.Errorf("guest %s: %w (the guest still uses its previous images)", g.Name, err)
+	}
+	for _, dk := range disks {
+		note(fmt.Sprintf("%s: new overlay %s on %s", dk.target, dk.overlay, dk.state))
+	}
+
+	d.dropDiscarded(g, dom.Name, disks, images, note)
+	rewriteSnapshotDisks(sx, disks, images)
+	if err := d.redefineCurrent(ctx, dom, sx); err != nil {
+		return fmt.Errorf("guest %s: disks reverted to %s, but marking it current failed: %w", g.Name, name, err)
+	}
+
+	if memFile != "" {
+		paused := opts.Paused || (!opts.Running && sx.State == "paused")
+		if err := d.restoreMemory(ctx, g, dom, memFile, disks, paused); err != nil {
+			return fmt.Errorf("guest %s: disks reverted to %s, but restoring its memory failed: %w (the guest is shut off; revert again, or start it to boot from the snapshot's disks)", g.Name, name, err)
+		}
+		quiesced := naming.DescriptionFields(sx.Description)["consistency"] == string(driver.ConsistencyQuiesced)
+		switch {
+		case !paused:
+			d.thawRestored(ctx, g, dom, quiesced, note)
+		case quiesced:
+			note(fmt.Sprintf("the snapshot was quiesced: once resumed, %s has its filesystems frozen until they are thawed (virsh domfsthaw %s)", g.Name, g.Name))
+		}
+		return nil
+	}
+	if opts.Running || opts.Paused {
+		var flags uint32
+		if opts.Paused {
+			flags = uint32(golibvirt.DomainStartPaused)
+		}
+		if _, err := call(ctx, func() (golibvirt.Domain, error) { return d.l.DomainCreateWithFlags(dom, flags) }); err != nil {
+			return fmt.Errorf("guest %s: reverted to %s, but starting it failed: %w", g.Name, name, err)
+		}
+	}
+	return nil
+}
+
+func isShutOff(s driver.State, err error) bool { return err == nil && s == driver.StateShutoff }
+
+// revertDisks lists the disks sx covers, with their state images from the recorded
+// domain and their current images from cur.
+func revertDisks(g driver.Guest, sx *libvirtxml.DomainSnapshot, cur *libvirtxml.Domain) ([]revertDisk, error) {
+	var out []revertDisk
+	if sx.Disks == nil {
+		return nil, fmt.Errorf("guest %s: snapshot %s records no disks; nothing to revert", g.Name, sx.Name)
+	}
+	for _, sd := range sx.Disks.Disks {
+		if sd.Snapshot != "external" {
+			continue
+		}
+		rd := revertDisk{target: sd.Name}
+		if sd.Source != nil {
+			rd.snapOv = sourcePath(sd.Source)
+		}
+		rec := findDomainDisk(sx.Domain, sd.Name)
+		if rec == nil || rec.Source == nil || sourcePath(rec.Source) == "" {
+			return nil, fmt.Errorf("guest %s: snapshot %s covers disk %s but its recorded definition names no image for it; it cannot be reverted", g.Name, sx.Name, sd.Name)
+		}
+		rd.state = sourcePath(rec.Source)
+		if rec.Driver != nil {
+			rd.format = rec.Driver.Type
+		}
+		now := findDomainDisk(cur, sd.Name)
+		if now == nil || now.Source == nil || sourcePath(now.Source) == "" {
+			return nil, fmt.Errorf("guest %s: snapshot %s covers disk %s, which the guest no longer has; re-add the disk (any image) and revert again", g.Name, sx.Name, sd.Name)
+		}
+		rd.current = sourcePath(now.Source)
+		out = append(out, rd)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("guest %s: snapshot %s covers no disk externally; nothing to revert", g.Name, sx.Name)
+	}
+	return out, nil
+}
+
+func findDomainDisk(x *libvirtxml.Domain, target string) *libvirtxml.DomainDisk {
+	if x == nil || x.Devices == nil {
+		return nil
+	}
+	for i := range x.Devices.Disks {
+		if dk := &x.Devices.Disks[i]; dk.Target != nil && dk.Target.Dev == target {
+			return dk
+		}
+	}
+	return nil
+}
+
+// revertOverlayName is the file name of the n-th overlay a revert to snap put on disk.
+func revertOverlayName(dom, disk, snap string, n int) string {
+	return fmt.Sprintf("%s-%s.%s.revert%d.qcow2", dom, disk, snap, n)
+}
+
+// isRevertOverlay reports whether path is named like an overlay a revert created for
+// disk of dom.
+func isRevertOverlay(path, dom, disk string) bool {
+	base := filepath.Base(path)
+	rest, ok := strings.CutPrefix(base, dom+"-"+disk+".")
+	if !ok {
+		return false
+	}
+	rest, ok = strings.CutSuffix(rest, ".qcow2")
+	if !ok {
+		return false
+	}
+	i := strings.LastIndex(rest, ".revert")
+	if i <= 0 {
+		return false
+	}
+	n, err := strconv.Atoi(rest[i+len(".revert"):])
+	return err == nil && n > 0
+}
+
+// newRevertOverlay creates the first free revert overlay of dk beside its current
+// image. The file is created exclusively with mode 0600 before qemu-img writes it, so
+// it is never readable by others and never overwrites an image.
+func newRevertOverlay(ctx context.Context, dom, snap string, dk *revertDisk) (string, error) {
+	dir := filepath.Dir(dk.current)
+	for n := 1; n < 10000; n++ {
+		path := filepath.Join(dir, revertOverlayName(dom, dk.target, snap, n))
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if errors.Is(err, os.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		f.Close()
+		if _, err := runCmd(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", dk.format, "-b", dk.state, path); err != nil {
+			os.Remove(path)
+			return "", err
+		}
+		return path, nil
+	}
+	return "", fmt.Errorf("no free overlay name in %s", dir)
+}
+
+// pointDisks points the persistent definition's disks at their new overlays.
+func (d *Driver) pointDisks(ctx context.Context, dom golibvirt.Domain, disks []revertDisk) error {
+	x, err := d.domainXML(ctx, dom, true)
+	if err != nil {
+		return err
+	}
+	for _, rd := range disks {
+		dk := findDomainDisk(x, rd.target)
+		if dk == nil {
+			return fmt.Errorf("disk %s vanished from the definition", rd.target)
+		}
+		file := &libvirtxml.DomainDiskSourceFile{File: rd.overlay}
+		if dk.Source != nil && dk.Source.File != nil {
+			file.SecLabel = dk.Source.File.SecLabel
+		}
+		src := &libvirtxml.DomainDiskSource{File: file}
+		if dk.Source != nil {
+			src.StartupPolicy, src.Index = dk.Source.StartupPolicy, dk.Source.Index
+		}
+		dk.Source = src
+		if dk.Driver == nil {
+			dk.Driver = &libvirtxml.DomainDiskDriver{Name: "qemu"}
+		}
+		dk.Driver.Type = "qcow2"
+		dk.BackingStore = nil
+	}
+	out, err := x.Marshal()
+	if err != nil {
+		return err
+	}
+	if _, err := call(ctx, func() (golibvirt.Domain, error) { return d.l.DomainDefineXML(out) }); err != nil {
+		return fmt.Errorf("pointing the definition at the new overlays: %w", err)
+	}
+	return nil
+}
+
+// snapshotImages collects what every snapshot of dom needs and which files the
+// snapshots created.
+func (d *Driver) snapshotImages(ctx context.Context, g driver.Guest, dom golibvirt.Domain) (*imageSet, error) {
+	xs, err := d.snapshotXMLs(ctx, g, dom)
+	if err != nil {
+		return nil, err
+	}
+	s := &imageSet{needed: map[string]bool{}, backing: map[string]string{}, created: map[string]bool{}}
+	for _, x := range xs {
+		if x.Memory != nil && x.Memory.File != "" {
+			s.created[x.Memory.File] = true
+		}
+		if x.Disks == nil {
+			continue
+		}
+		for _, sd := range x.Disks.Disks {
+			if sd.Snapshot == "no" || sd.Snapshot == "" {
+				continue
+			}
+			if sd.Snapshot == "external" && sd.Source != nil {
+				s.created[sourcePath(sd.Source)] = true
+			}
+			for _, dm := range []*libvirtxml.Domain{x.Domain, inactiveOf(x)} {
+				if rec := findDomainDisk(dm, sd.Name); rec != nil && rec.Source != nil {
+					if err := s.addChain(ctx, sourcePath(rec.Source)); err != nil {
+						return nil, fmt.Errorf("guest %s: snapshot %s, disk %s: %w", g.Name, x.Name, sd.Name, err)
+					}
+				}
+			}
+		}
+	}
+	return s, nil
+}
+
+// addChain marks top and its backing chain needed. A chain already seen from an image
+// above is not read again: one qemu-img call per branch and disk.
+func (s *imageSet) addChain(ctx context.Context, top string) error {
+	if top == "" || s.needed[top] {
+		return nil
+	}
+	if _, err := os.Stat(top); errors.Is(err, os.ErrNotExist) {
+		// A snapshot whose image is gone needs nothing; reverting to it is refused.
+		return nil
+	}
+	infos, err := qemuImgInfo(ctx, top)
+	if err != nil {
+		return err
+	}
+	for i, in := range infos {
+		s.needed[in.Filename] = true
+		if i+1 < len(infos) {
+			s.backing[in.Filename] = infos[i+1].Filename
+		}
+	}
+	return nil
+}
+
+// dropDiscarded deletes each disk's pre-revert image when nothing needs it and a
+// snapshot or revert created it; see RevertSnapshotNotes.
+func (d *Driver) dropDiscarded(g driver.Guest, dom string, disks []revertDisk, images *imageSet, note func(string)) {
+	for _, dk := range disks {
+		f := dk.current
+		switch {
+		case images.needed[f]:
+			// A later snapshot's state: the abandoned branch keeps it.
+		case images.created[f] || isRevertOverlay(f, dom, dk.target):
+			if internal, err := hasInternalSnapshots(f); err != nil || internal {
+				why := "it holds internal snapshots"
+				if err != nil {
+					why = fmt.Sprintf("cannot tell whether it holds internal snapshots: %v", err)
+				}
+				note(fmt.Sprintf("%s: kept %s, which held the discarded current state: %s", dk.target, f, why))
+				continue
+			}
+			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				note(fmt.Sprintf("%s: could not delete %s, which held the discarded state: %v (delete it by hand)", dk.target, f, err))
+				continue
+			}
+			note(fmt.Sprintf("%s: deleted %s, which held the discarded current state", dk.target, f))
+		default:
+			note(fmt.Sprintf("%s: kept %s, which held the discarded current state: no snapshot created it (delete it by hand if nothing else uses it)", dk.target, f))
+		}
+	}
+}
+
+// rewriteSnapshotDisks names each disk's new overlay in sx's <disks> when it is the only
+// image left on the state image; see RevertSnapshotNotes.
+func rewriteSnapshotDisks(sx *libvirtxml.DomainSnapshot, disks []revertDisk, images *imageSet) {
+	for _, rd := range disks {
+		if rd.snapOv != "" {
+			if _, err := os.Stat(rd.snapOv); err == nil {
+				continue
+			}
+		}
+		shared := false
+		for img, b := range images.backing {
+			if b == rd.state {
+				if _, err := os.Stat(img); err == nil {
+					shared = true
+					break
+				}
+			}
+		}
+		if shared {
+			continue
+		}
+		for i := range sx.Disks.Disks {
+			sd := &sx.Disks.Disks[i]
+			if sd.Name == rd.target && sd.Snapshot == "external" {
+				sd.Source = &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: rd.overlay}}
+				sd.Driver = &libvirtxml.DomainDiskDriver{Type: "qcow2"}
+			}
+		}
+	}
+}
+
+// redefineCurrent rewrites sx's metadata and makes it the current snapshot.
+func (d *Driver) redefineCurrent(ctx context.Context, dom golibvirt.Domain, sx *libvirtxml.DomainSnapshot) error {
+	out, err := sx.Marshal()
+	if err != nil {
+		return err
+	}
+	flags := uint32(golibvirt.DomainSnapshotCreateRedefine | golibvirt.DomainSnapshotCreateCurrent)
+	_, err = call(ctx, func() (golibvirt.DomainSnapshot, error) { return d.l.DomainSnapshotCreateXML(dom, out, flags) })
+	return err
+}
+
+// restoreMemory starts the shut-off domain from the memory file with its disks on the
+// new overlays. The domain XML comes from the save image itself, so it is the one the
+// saved RAM was taken with.
+func (d *Driver) restoreMemory(ctx context.Context, g driver.Guest, dom golibvirt.Domain, file string, disks []revertDisk, paused bool) error {
+	raw, err := call(ctx, func() (string, error) {
+		return d.l.DomainSaveImageGetXMLDesc(file, uint32(golibvirt.DomainSaveImageXMLSecure))
+	})
+	if err != nil {
+		return fmt.Errorf("reading the domain XML in %s: %w", file, err)
+	}
+	var x libvirtxml.Domain
+	if err := x.Unmarshal(raw); err != nil {
+		return fmt.Errorf("parsing the domain XML in %s: %w", file, err)
+	}
+	for _, rd := range disks {
+		dk := findDomainDisk(&x, rd.target)
+		if dk == nil {
+			return fmt.Errorf("the memory file %s has no disk %s", file, rd.target)
+		}
+		dk.Source = &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: rd.overlay}}
+		if dk.Driver == nil {
+			dk.Driver = &libvirtxml.DomainDiskDriver{Name: "qemu"}
+		}
+		dk.Driver.Type = "qcow2"
+		dk.BackingStore = nil
+	}
+	out, err := x.Marshal()
+	if err != nil {
+		return err
+	}
+	flags := uint32(golibvirt.DomainSaveRunning)
+	if paused {
+		flags = uint32(golibvirt.DomainSavePaused)
+	}
+	return call0(ctx, func() error { return d.l.DomainRestoreFlags(file, golibvirt.OptString{out}, flags) })
+}
+
+// thawRestored thaws filesystems the guest had frozen when its RAM was saved (snap
+// --state with quiesce). A quiesced snapshot's guest gets up to 10 s for its agent to
+// come back after the restore; for any other guest one answer is enough, so a guest
+// without a working agent does not slow the revert down.
+func (d *Driver) thawRestored(ctx context.Context, g driver.Guest, dom golibvirt.Domain, quiesced bool, note func(string)) {
+	wait := time.Duration(0)
+	if quiesced {
+		wait = 10 * time.Second
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		res, err := call(actx, func() (golibvirt.OptString, error) {
+			return d.l.QEMUDomainAgentCommand(dom, `{"execute":"guest-fsfreeze-status"}`, agentTimeout(actx, 3*time.Second), 0)
+		})
+		cancel()
+		if err == nil {
+			if len(res) == 0 || !strings.Contains(res[0], `"frozen"`) {
+				return
+			}
+			tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			n, err := call(tctx, func() (int32, error) { return d.l.DomainFsthaw(dom, nil, 0) })
+			cancel()
+			if err != nil {
+				note(fmt.Sprintf("the restored guest's filesystems are frozen, as when the snapshot was taken, and thawing them failed: %v (run: virsh domfsthaw %s)", err, g.Name))
+				return
+			}
+			note(fmt.Sprintf("thawed %d filesystem(s) that were frozen when the snapshot was taken", n))
+			return
+		}
+		// Only an agent that is configured but not connected yet is worth waiting for.
+		if errCode(err) != golibvirt.ErrAgentUnresponsive || time.Now().After(deadline) || ctx.Err() != nil {
+			if quiesced {
+				note(fmt.Sprintf("the snapshot was quiesced, but the restored guest's agent did not answer (%v): if its filesystems are still frozen, run: virsh domfsthaw %s", err, g.Name))
+			}
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }

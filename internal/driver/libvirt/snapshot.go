@@ -148,10 +148,10 @@ type snapDisk struct {
 }
 
 // snapshotDisks lists the disks of a domain definition that a snapshot covers: real
-// disks (not cdrom/floppy, not read-only or shared) backed by a local file or block
-// device. Any other disk makes the snapshot fail with a clear error rather than
-// silently leaving a disk out.
-func snapshotDisks(g driver.Guest, x *libvirtxml.Domain) ([]snapDisk, error) {
+// disks (not cdrom/floppy, not read-only or shared, not in skip) backed by a local file
+// or block device. Any other disk makes the snapshot fail with a clear error rather
+// than silently leaving a disk out.
+func snapshotDisks(g driver.Guest, x *libvirtxml.Domain, skip map[string]bool) ([]snapDisk, error) {
 	var out []snapDisk
 	if x.Devices == nil {
 		return nil, nil
@@ -160,7 +160,7 @@ func snapshotDisks(g driver.Guest, x *libvirtxml.Domain) ([]snapDisk, error) {
 		if dk.Device == "cdrom" || dk.Device == "floppy" || dk.ReadOnly != nil || dk.Shareable != nil {
 			continue
 		}
-		if dk.Target == nil {
+		if dk.Target == nil || skip[dk.Target.Dev] {
 			continue
 		}
 		var path string
@@ -194,11 +194,16 @@ func memoryPath(domName, active, snap string) string {
 	return filepath.Join(filepath.Dir(active), fmt.Sprintf("%s.%s.mem", domName, snap))
 }
 
-// CreateSnapshot implements driver.Driver. Every snapshot is external: an atomic,
-// disk-only snapshot of all disks for a running or paused guest (with RAM in a file
-// beside the disks when opts.Memory), an offline external snapshot for a shut-off guest.
-// Keeping one kind keeps chains mergeable: an internal snapshot inside an overlay
-// would be lost when that overlay is merged away.
+// CreateSnapshot implements driver.Driver. By default every snapshot is external: an
+// atomic, disk-only snapshot of all disks for a running or paused guest (with RAM in a
+// file beside the disks when opts.Memory or opts.MemoryFile), an offline external
+// snapshot for a shut-off guest. opts.Disks can exclude disks (snapshot "no") or name
+// the overlay files.
+//
+// An internal snapshot (every disk "internal") is only taken of a shut-off guest whose
+// disks are single qcow2 images without overlays: an internal snapshot inside an
+// overlay would be lost when that overlay is merged away, and one of a running guest
+// would pause it while its RAM is written into the image.
 func (d *Driver) CreateSnapshot(ctx context.Context, g driver.Guest, opts driver.CreateOptions) (driver.Snapshot, error) {
 	dom, err := d.lookup(ctx, g)
 	if err != nil {
@@ -211,15 +216,39 @@ func (d *Driver) CreateSnapshot(ctx context.Context, g driver.Guest, opts driver
 	if err != nil {
 		return driver.Snapshot{}, fmt.Errorf("guest %s: %w", g.Name, err)
 	}
-	disks, err := snapshotDisks(g, x)
+	specs := map[string]driver.DiskSpec{}
+	skip := map[string]bool{}
+	internal := false
+	for _, s := range opts.Disks {
+		if !hasDisk(x, s.Name) {
+			return driver.Snapshot{}, fmt.Errorf("guest %s has no disk %q (see: autosnap snapshot chain): %w", g.Name, s.Name, driver.ErrNotFound)
+		}
+		switch s.Snapshot {
+		case "no":
+			skip[s.Name] = true
+		case "internal":
+			internal = true
+		case "external", "":
+		default:
+			return driver.Snapshot{}, fmt.Errorf("guest %s: disk %s: snapshot=%q: use internal, external or no", g.Name, s.Name, s.Snapshot)
+		}
+		specs[s.Name] = s
+	}
+	disks, err := snapshotDisks(g, x, skip)
 	if err != nil {
 		return driver.Snapshot{}, err
+	}
+	if internal {
+		return d.createInternal(ctx, g, dom, x, active, specs, opts)
 	}
 
 	sx := &libvirtxml.DomainSnapshot{Name: opts.Name, Description: opts.Description, Disks: &libvirtxml.DomainSnapshotDisks{}}
 	var files []string
 	for _, dk := range disks {
-		f := overlayPath(dom.Name, dk.target, dk.active, opts.Name)
+		f := specs[dk.target].File
+		if f == "" {
+			f = overlayPath(dom.Name, dk.target, dk.active, opts.Name)
+		}
 		files = append(files, f)
 		sx.Disks.Disks = append(sx.Disks.Disks, libvirtxml.DomainSnapshotDisk{
 			Name: dk.target, Snapshot: "external",
@@ -227,10 +256,19 @@ func (d *Driver) CreateSnapshot(ctx context.Context, g driver.Guest, opts driver
 			Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: f}},
 		})
 	}
+	for n := range skip {
+		sx.Disks.Disks = append(sx.Disks.Disks, libvirtxml.DomainSnapshotDisk{Name: n, Snapshot: "no"})
+	}
 	var flags golibvirt.DomainSnapshotCreateFlags
-	memory := opts.Memory && active
+	if opts.MemoryFile != "" && !active {
+		return driver.Snapshot{}, fmt.Errorf("guest %s is not running: there is no RAM to save", g.Name)
+	}
+	memory := (opts.Memory || opts.MemoryFile != "") && active
 	if memory {
-		f := memoryPath(dom.Name, disks[0].active, opts.Name)
+		f := opts.MemoryFile
+		if f == "" {
+			f = memoryPath(dom.Name, disks[0].active, opts.Name)
+		}
 		files = append(files, f)
 		sx.Memory = &libvirtxml.DomainSnapshotMemory{Snapshot: "external", File: f}
 		flags |= golibvirt.DomainSnapshotCreateAtomic
@@ -323,12 +361,14 @@ func (d *Driver) snapshotByName(ctx context.Context, g driver.Guest, dom golibvi
 	return s, nil
 }
 
-// DeleteSnapshot implements driver.Driver. An internal snapshot is deleted by libvirt.
-// An external one is merged: each disk's overlay created by the snapshot is block
-// committed into the image below it (live for an active guest, with qemu-img for a
-// shut-off one), the overlay file and any memory file are removed, the libvirt metadata
-// is dropped and the children's metadata is pointed at the merged image. Each disk's
-// chain gets one image shorter.
+// DeleteSnapshot implements driver.Driver: DeleteSnapshotTree without children. An
+// internal snapshot is deleted by libvirt. An external one is merged: each disk's
+// overlay created by the snapshot is committed into the snapshot's state image (live
+// for images the running guest has open, with qemu-img otherwise), the memory file is
+// removed, the libvirt metadata is dropped and the children's metadata is pointed at
+// the merged image, so each disk's chain gets one image shorter. When that state image
+// is also the base of another branch (after a revert) it cannot absorb anything: the
+// snapshot's metadata goes and its images stay as the branches' common base.
 func (d *Driver) DeleteSnapshot(ctx context.Context, g driver.Guest, name string) error {
 	dom, err := d.lookup(ctx, g)
 	if err != nil {
@@ -340,93 +380,8 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, g driver.Guest, name string
 }
 
 func (d *Driver) deleteSnapshot(ctx context.Context, g driver.Guest, dom golibvirt.Domain, name string) error {
-	snap := golibvirt.DomainSnapshot{Name: name, Dom: dom}
-	x, err := d.snapshotXML(ctx, snap)
-	if err != nil {
-		if errCode(err) == golibvirt.ErrNoDomainSnapshot {
-			return fmt.Errorf("guest %s has no snapshot %q: %w", g.Name, name, driver.ErrNotFound)
-		}
-		return fmt.Errorf("guest %s: reading snapshot %s: %w", g.Name, name, d.notFound(g.Name, err))
-	}
-	s := fromXML(x)
-	if s.Location == driver.LocationInternal {
-		err := call0(ctx, func() error { return d.l.DomainSnapshotDelete(snap, 0) })
-		if err != nil {
-			return fmt.Errorf("guest %s: deleting snapshot %s failed: %w", g.Name, name, err)
-		}
-		return nil
-	}
-	if s.Location == driver.LocationMixed {
-		return fmt.Errorf("guest %s: snapshot %s mixes internal and external disks; delete it with virsh: %w", g.Name, name, driver.ErrUnsupported)
-	}
-	return d.mergeExternal(ctx, g, dom, x)
+	return d.deleteTree(ctx, g, dom, name, driver.DeleteOptions{})
 }
-
-// mergeExternal merges an external snapshot's overlays; see DeleteSnapshot.
-func (d *Driver) mergeExternal(ctx context.Context, g driver.Guest, dom golibvirt.Domain, x *libvirtxml.DomainSnapshot) error {
-	chains, active, err := d.chains(ctx, dom)
-	if err != nil {
-		return fmt.Errorf("guest %s: %w", g.Name, err)
-	}
-	// replaced maps each merged-away overlay to the image that now holds its data, for
-	// rewriting the children's metadata.
-	replaced := map[string]string{}
-	for _, dk := range x.Disks.Disks {
-		if dk.Snapshot != "external" || dk.Source == nil || dk.Source.File == nil {
-			continue
-		}
-		overlay := dk.Source.File.File
-		chain, ok := chains[dk.Name]
-		if !ok {
-			return fmt.Errorf("guest %s: snapshot %s covers disk %s, which the guest no longer has; refusing to merge (remove the snapshot's metadata with virsh snapshot-delete --metadata after checking)", g.Name, x.Name, dk.Name)
-		}
-		idx := indexOf(chain, overlay)
-		if idx < 0 {
-			if !containsFile(replaced, overlay) && !d.exists(overlay) {
-				// Merged by an earlier, interrupted delete: only metadata is left.
-				continue
-			}
-			return fmt.Errorf("guest %s: disk %s: overlay %s of snapshot %s is not in the disk's backing chain %v; refusing to merge", g.Name, dk.Name, overlay, x.Name, chain)
-		}
-		if idx+1 >= len(chain) {
-			return fmt.Errorf("guest %s: disk %s: overlay %s has no backing image to merge into", g.Name, dk.Name, overlay)
-		}
-		base := chain[idx+1]
-		if active {
-			err = d.commitLive(ctx, g, dom, dk.Name, overlay, base, idx == 0)
-		} else {
-			var above string
-			if idx > 0 {
-				above = chain[idx-1]
-			}
-			err = d.commitOffline(ctx, g, dom, dk.Name, overlay, base, above)
-		}
-		if err != nil {
-			return fmt.Errorf("guest %s: merging snapshot %s on disk %s: %w", g.Name, x.Name, dk.Name, err)
-		}
-		replaced[overlay] = base
-	}
-	if x.Memory != nil && x.Memory.Snapshot == "external" && x.Memory.File != "" {
-		if err := d.removeFile(x.Memory.File); err != nil {
-			return fmt.Errorf("guest %s: snapshot %s: removing memory file: %w", g.Name, x.Name, err)
-		}
-	}
-	grandparent := ""
-	if x.Parent != nil {
-		grandparent = x.Parent.Name
-	}
-	if err := d.repointChildren(ctx, g, dom, x.Name, grandparent, replaced); err != nil {
-		return err
-	}
-	snap := golibvirt.DomainSnapshot{Name: x.Name, Dom: dom}
-	err = call0(ctx, func() error { return d.l.DomainSnapshotDelete(snap, golibvirt.DomainSnapshotDeleteMetadataOnly) })
-	if err != nil && errCode(err) != golibvirt.ErrNoDomainSnapshot {
-		return fmt.Errorf("guest %s: snapshot %s merged, but removing its metadata failed: %w (run: virsh snapshot-delete %s %s --metadata)", g.Name, x.Name, err, dom.Name, x.Name)
-	}
-	return nil
-}
-
-func containsFile(m map[string]string, f string) bool { _, ok := m[f]; return ok }
 
 func indexOf(xs []string, s string) int {
 	for i, x := range xs {
@@ -437,78 +392,73 @@ func indexOf(xs []string, s string) int {
 	return -1
 }
 
-// repointChildren rewrites the recorded domain definition of the merged snapshot's
-// direct children: the images they saw as their disks' state were merged into the
-// images below, so their metadata must name those (libvirt's --redefine).
-func (d *Driver) repointChildren(ctx context.Context, g driver.Guest, dom golibvirt.Domain, parent, grandparent string, replaced map[string]string) error {
-	if len(replaced) == 0 {
-		return nil
-	}
-	snap := golibvirt.DomainSnapshot{Name: parent, Dom: dom}
-	kids, err := call(ctx, func() ([]golibvirt.DomainSnapshot, error) {
-		k, _, err := d.l.DomainSnapshotListAllChildren(snap, 1, 0)
-		return k, err
-	})
-	if err != nil {
-		return fmt.Errorf("guest %s: listing children of %s: %w", g.Name, parent, err)
-	}
-	for _, k := range kids {
-		raw, err := call(ctx, func() (string, error) {
-			return d.l.DomainSnapshotGetXMLDesc(k, uint32(golibvirt.DomainSnapshotXMLSecure))
-		})
-		if err != nil {
-			return fmt.Errorf("guest %s: reading snapshot %s: %w", g.Name, k.Name, err)
-		}
-		var kx libvirtxml.DomainSnapshot
-		if err := kx.Unmarshal(raw); err != nil {
-			return fmt.Errorf("guest %s: snapshot %s: %w", g.Name, k.Name, err)
-		}
-		changed := false
-		for _, dm := range []*libvirtxml.Domain{kx.Domain, inactiveOf(&kx)} {
-			if dm == nil || dm.Devices == nil {
-				continue
-			}
-			for i := range dm.Devices.Disks {
-				dk := &dm.Devices.Disks[i]
-				if dk.Source != nil && dk.Source.File != nil {
-					if nb, ok := replaced[dk.Source.File.File]; ok {
-						dk.Source.File.File = nb
-						dk.BackingStore = nil
-						changed = true
-					}
-				}
-			}
-		}
-		if !changed {
-			continue
-		}
-		if kx.Parent != nil && kx.Parent.Name == parent {
-			// The parent's metadata goes next; libvirt would reparent too, but only
-			// children it still knows as children.
-			kx.Parent = nil
-			if grandparent != "" {
-				kx.Parent = &libvirtxml.DomainSnapshotParent{Name: grandparent}
-			}
-		}
-		out, err := kx.Marshal()
-		if err != nil {
-			return err
-		}
-		flags := uint32(golibvirt.DomainSnapshotCreateRedefine)
-		if cur, err := call(ctx, func() (int32, error) { return d.l.DomainSnapshotIsCurrent(k, 0) }); err == nil && cur == 1 {
-			flags |= uint32(golibvirt.DomainSnapshotCreateCurrent)
-		}
-		_, err = call(ctx, func() (golibvirt.DomainSnapshot, error) { return d.l.DomainSnapshotCreateXML(dom, out, flags) })
-		if err != nil {
-			return fmt.Errorf("guest %s: updating metadata of snapshot %s after merge: %w", g.Name, k.Name, err)
-		}
-	}
-	return nil
-}
-
 func inactiveOf(x *libvirtxml.DomainSnapshot) *libvirtxml.Domain {
 	if x.InactiveDomain == nil {
 		return nil
 	}
 	return &x.InactiveDomain.Domain
+}
+
+func hasDisk(x *libvirtxml.Domain, target string) bool {
+	if x.Devices == nil {
+		return false
+	}
+	for _, dk := range x.Devices.Disks {
+		if dk.Target != nil && dk.Target.Dev == target {
+			return true
+		}
+	}
+	return false
+}
+
+// createInternal takes an internal snapshot of a shut-off guest; see CreateSnapshot.
+func (d *Driver) createInternal(ctx context.Context, g driver.Guest, dom golibvirt.Domain, x *libvirtxml.Domain, active bool, specs map[string]driver.DiskSpec, opts driver.CreateOptions) (driver.Snapshot, error) {
+	refuse := func(why string) (driver.Snapshot, error) {
+		return driver.Snapshot{}, fmt.Errorf("guest %s: no internal snapshot: %s; take an external one (the default): %w", g.Name, why, driver.ErrUnsupported)
+	}
+	if active {
+		return refuse("the guest is running, and an internal snapshot would pause it while its RAM is saved into the disk images (shut it down first)")
+	}
+	if opts.Memory || opts.MemoryFile != "" || opts.Quiesce {
+		return refuse("a shut-off guest has no RAM to save and nothing to quiesce")
+	}
+	chains, err := d.chainsOf(ctx, x, false)
+	if err != nil {
+		return driver.Snapshot{}, fmt.Errorf("guest %s: %w", g.Name, err)
+	}
+	sx := &libvirtxml.DomainSnapshot{Name: opts.Name, Description: opts.Description, Disks: &libvirtxml.DomainSnapshotDisks{},
+		Memory: &libvirtxml.DomainSnapshotMemory{Snapshot: "no"}}
+	for _, dk := range x.Devices.Disks {
+		if dk.Target == nil || dk.Device == "cdrom" || dk.Device == "floppy" || dk.ReadOnly != nil || dk.Shareable != nil {
+			continue
+		}
+		if s := specs[dk.Target.Dev]; s.Snapshot != "internal" {
+			return refuse(fmt.Sprintf("disk %s would be %q, and libvirt takes internal snapshots of all disks or none", dk.Target.Dev, orDefault(s.Snapshot, "external")))
+		}
+		if dk.Driver == nil || dk.Driver.Type != "qcow2" {
+			return refuse(fmt.Sprintf("disk %s is not a qcow2 image", dk.Target.Dev))
+		}
+		if c := chains[dk.Target.Dev]; len(c) > 1 {
+			return refuse(fmt.Sprintf("disk %s has overlays %v; the snapshot would live in the top overlay and be lost when it is merged (delete the external snapshots or run: autosnap snapshot chain collapse)", dk.Target.Dev, c[:len(c)-1]))
+		}
+		sx.Disks.Disks = append(sx.Disks.Disks, libvirtxml.DomainSnapshotDisk{Name: dk.Target.Dev, Snapshot: "internal"})
+	}
+	raw, err := sx.Marshal()
+	if err != nil {
+		return driver.Snapshot{}, err
+	}
+	_, err = call(ctx, func() (golibvirt.DomainSnapshot, error) {
+		return d.l.DomainSnapshotCreateXML(dom, raw, uint32(golibvirt.DomainSnapshotCreateAtomic))
+	})
+	if err != nil {
+		return driver.Snapshot{}, fmt.Errorf("guest %s: creating internal snapshot %s failed: %w", g.Name, opts.Name, err)
+	}
+	return d.snapshotByName(ctx, g, dom, opts.Name)
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
