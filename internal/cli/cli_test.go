@@ -926,3 +926,20 @@ func TestManyGuestsParallelOutputInOrder(t *testing.T) {
 		pos = j
 	}
 }
+
+func TestMaxChainDepth(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	d := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused, DiskMiB: 8})
+	for i := 0; i < 2; i++ {
+		if r := snap(t, d.Name, "cd", 5, "--max-chain-depth", "2"); r.code != 0 {
+			t.Fatalf("snapshot %d within the depth: exit %d", i+1, r.code)
+		}
+	}
+	r := snap(t, d.Name, "cd", 5, "--max-chain-depth", "2")
+	if r.code != ExitFailure || !strings.Contains(r.stdout, "--max-chain-depth 2") {
+		t.Errorf("third snapshot beyond --max-chain-depth 2: exit %d", r.code)
+	}
+	if got := len(d.Chain(t, "vda")); got != 3 {
+		t.Errorf("chain has %d images, want 3 (base + 2 overlays)", got)
+	}
+}
