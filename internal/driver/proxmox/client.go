@@ -1,6 +1,7 @@
 package proxmox
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/autosnap/autosnap/internal/driver"
+	pxapi "github.com/luthermonson/go-proxmox"
 )
 
 // endpoint is one --host entry.
@@ -27,24 +29,62 @@ type endpoint struct {
 	base     string // https://host:port/api2/json
 }
 
-// client is a minimal Proxmox VE API client: JSON envelope, API token or ticket
-// authentication with CSRF, and failover across endpoints. It never puts a password,
-// ticket or token secret into an error.
+// client makes autosnap's API calls through go-proxmox's raw request methods (one
+// *proxmox.Client per endpoint, all sharing one *http.Client with autosnap's TLS
+// settings and timeout) and adds what go-proxmox has no notion of: failover across
+// endpoints, knowing whether a failed write was sent, a ticket shared by all
+// endpoints and renewed once when refused, and API errors that keep their status
+// code. It never puts a password, ticket or token secret into an error.
 type client struct {
-	eps   []endpoint
-	http  *http.Client
-	token string // USER@REALM!TOKENID=SECRET; empty for ticket authentication
-	user  string // user@realm for ticket authentication
-	pass  string
+	eps  []endpoint
+	http *http.Client
+	// API token authentication: tokenID is USER@REALM!TOKENID, secret its UUID.
+	tokenID, secret string
+	user            string // user@realm for ticket authentication
+	pass            string
 
 	failMu  sync.Mutex // serialises failovers
 	loginMu sync.Mutex // serialises ticket renewals
 
 	mu       sync.Mutex
 	cur      int // index into eps of the endpoint in use; -1 before the first connect
+	pcs      []pveClient
 	ticket   string
 	csrf     string
 	loginGen int // bumped on every successful login, so concurrent 401s log in once
+}
+
+// pveClient is the go-proxmox client of one endpoint and the login generation whose
+// ticket it carries.
+type pveClient struct {
+	pc  *pxapi.Client
+	gen int
+}
+
+// api returns the go-proxmox client for endpoint i, carrying the API token or the
+// current ticket. Ticket clients are built with WithSession rather than kept from
+// the login: go-proxmox renews a session on a 401 by itself once its local expiry
+// has passed, writing the session while other goroutines read it; here renewal is
+// autosnap's (renew), and a renewed ticket gets fresh clients.
+func (c *client) api(i int) *pxapi.Client {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pcs == nil {
+		c.pcs = make([]pveClient, len(c.eps))
+	}
+	p := c.pcs[i]
+	if p.pc != nil && p.gen == c.loginGen {
+		return p.pc
+	}
+	opts := []pxapi.Option{pxapi.WithHTTPClient(c.http)}
+	if c.tokenID != "" {
+		opts = append(opts, pxapi.WithAPIToken(c.tokenID, c.secret))
+	} else {
+		opts = append(opts, pxapi.WithSession(c.ticket, c.csrf))
+	}
+	p = pveClient{pc: pxapi.NewClient(c.eps[i].base, opts...), gen: c.loginGen}
+	c.pcs[i] = p
+	return p.pc
 }
 
 // apiError is an HTTP error answer of the API.
@@ -131,8 +171,56 @@ func newHTTPClient(fingerprint string, insecure bool, roots *x509.CertPool, time
 		MaxIdleConnsPerHost:   32,
 		IdleConnTimeout:       90 * time.Second,
 	}
-	return &http.Client{Transport: tr, Timeout: timeout}, nil
+	return &http.Client{Transport: &recorder{base: tr}, Timeout: timeout}, nil
 }
+
+// exchangeKey is the context key of the *exchange a request's answer is recorded in.
+type exchangeKey struct{}
+
+// exchange is what the server answered to one request.
+type exchange struct {
+	status int    // 0 when no answer arrived
+	line   string // status line without the protocol: "595 Connection refused"
+	raw    []byte // the body
+}
+
+// recorder is the RoundTripper under go-proxmox. It records each answer's status and
+// body in the request's *exchange, because go-proxmox turns only 400, 401/403 and
+// 500/501 into errors (and drops the body's message and the code) and hands every
+// other status, 404 and pveproxy's 59x included, to the JSON decoder as if it had
+// succeeded. It reads the whole body here so that a connection lost mid-answer is a
+// transport error, which the failover logic needs to tell apart.
+type recorder struct{ base http.RoundTripper }
+
+func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := r.base.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	resp.Body.Close()
+	if err != nil {
+		return nil, &bodyError{err}
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(raw))
+	if ex, ok := req.Context().Value(exchangeKey{}).(*exchange); ok {
+		ex.status, ex.line, ex.raw = resp.StatusCode, resp.Status, raw
+	}
+	return resp, nil
+}
+
+// CloseIdleConnections lets http.Client.CloseIdleConnections reach the transport.
+func (r *recorder) CloseIdleConnections() {
+	if t, ok := r.base.(interface{ CloseIdleConnections() }); ok {
+		t.CloseIdleConnections()
+	}
+}
+
+// bodyError is a connection lost while reading an answer: the request was sent.
+type bodyError struct{ err error }
+
+func (e *bodyError) Error() string { return "reading the answer: " + e.err.Error() }
+func (e *bodyError) Unwrap() error { return e.err }
 
 // parseFingerprints accepts comma-separated SHA-256 fingerprints (one per node), each
 // as AA:BB:… or plain hex, in any case.
@@ -175,7 +263,7 @@ func (c *client) connect(ctx context.Context, avoid int) error {
 	var why []string
 	for _, i := range order {
 		ep := c.eps[i]
-		err := c.authenticate(ctx, ep)
+		err := c.authenticate(ctx, i)
 		if err == nil {
 			c.mu.Lock()
 			c.cur = i
@@ -212,48 +300,43 @@ func describeConnErr(ep endpoint, err error) string {
 	return fmt.Sprintf("%s: %v", ep.hostport, err)
 }
 
-// authenticate checks that ep answers and accepts the credentials: GET /version
-// with the token or the current ticket, logging in first when there is no ticket or
-// the ticket is refused.
-func (c *client) authenticate(ctx context.Context, ep endpoint) error {
-	if c.token == "" {
+// authenticate checks that endpoint i answers and accepts the credentials: GET
+// /version with the token or the current ticket, logging in first when there is no
+// ticket or the ticket is refused.
+func (c *client) authenticate(ctx context.Context, i int) error {
+	ep := c.eps[i]
+	if c.tokenID == "" {
 		c.mu.Lock()
 		have := c.ticket != ""
 		c.mu.Unlock()
 		if !have {
-			if err := c.login(ctx, ep); err != nil {
+			if err := c.login(ctx, i); err != nil {
 				return err
 			}
 		}
 	}
-	_, err := c.send(ctx, ep, http.MethodGet, "/version", nil, nil)
+	err := c.send(ctx, i, http.MethodGet, "/version", nil, nil)
 	var ae *apiError
-	if errors.As(err, &ae) && ae.Status == http.StatusUnauthorized && c.token == "" {
-		if err = c.login(ctx, ep); err != nil {
+	if errors.As(err, &ae) && ae.Status == http.StatusUnauthorized && c.tokenID == "" {
+		if err = c.login(ctx, i); err != nil {
 			return err
 		}
-		_, err = c.send(ctx, ep, http.MethodGet, "/version", nil, nil)
+		err = c.send(ctx, i, http.MethodGet, "/version", nil, nil)
 	}
 	if errors.As(err, &ae) && ae.Status == http.StatusUnauthorized {
-		return &authError{fmt.Sprintf("%s: API token %s rejected (%s): check --api-token, the token's expiry and that the user is enabled", ep.hostport, c.tokenID(), ae.Msg)}
+		return &authError{fmt.Sprintf("%s: API token %s rejected (%s): check --api-token, the token's expiry and that the user is enabled", ep.hostport, c.tokenID, ae.Msg)}
 	}
 	return err
 }
 
-// tokenID is the token without its secret, for messages.
-func (c *client) tokenID() string {
-	id, _, _ := strings.Cut(c.token, "=")
-	return id
-}
-
-func (c *client) login(ctx context.Context, ep endpoint) error {
-	var res struct {
-		Ticket  string `json:"ticket"`
-		CSRF    string `json:"CSRFPreventionToken"`
-		NeedTFA pveInt `json:"NeedTFA"`
-	}
-	form := url.Values{"username": {c.user}, "password": {c.pass}}
-	_, err := c.send(ctx, ep, http.MethodPost, "/access/ticket", form, &res)
+// login gets a ticket from endpoint i with go-proxmox's CreateSession, on a client
+// of its own so that no other request sees a half-made session.
+func (c *client) login(ctx context.Context, i int) error {
+	ep := c.eps[i]
+	lc := pxapi.NewClient(ep.base, pxapi.WithHTTPClient(c.http),
+		pxapi.WithCredentials(&pxapi.Credentials{Username: c.user, Password: c.pass}))
+	ex := &exchange{}
+	err := c.check(ctx, ep, http.MethodPost, "/access/ticket", ex, lc.CreateSession(context.WithValue(ctx, exchangeKey{}, ex)))
 	var ae *apiError
 	if errors.As(err, &ae) && (ae.Status == http.StatusUnauthorized || ae.Status == http.StatusForbidden) {
 		return &authError{fmt.Sprintf("%s: login as %s refused (%s): check --username (USER@REALM, realm pam by default) and --password", ep.hostport, c.user, ae.Msg)}
@@ -261,14 +344,22 @@ func (c *client) login(ctx context.Context, ep endpoint) error {
 	if err != nil {
 		return err
 	}
-	if res.NeedTFA != 0 {
+	// go-proxmox's Session has no NeedTFA; read it from the answer itself.
+	var res struct {
+		Data struct {
+			NeedTFA pveInt `json:"NeedTFA"`
+		} `json:"data"`
+	}
+	_ = json.Unmarshal(ex.raw, &res)
+	if res.Data.NeedTFA != 0 {
 		return &authError{fmt.Sprintf("%s: user %s has two-factor authentication, which autosnap cannot answer: use an API token (--api-token)", ep.hostport, c.user)}
 	}
-	if res.Ticket == "" {
+	s := lc.Session()
+	if s == nil || s.Ticket == "" {
 		return &authError{fmt.Sprintf("%s: login as %s returned no ticket", ep.hostport, c.user)}
 	}
 	c.mu.Lock()
-	c.ticket, c.csrf = res.Ticket, res.CSRF
+	c.ticket, c.csrf = s.Ticket, s.CSRFPreventionToken
 	c.loginGen++
 	c.mu.Unlock()
 	return nil
@@ -276,7 +367,7 @@ func (c *client) login(ctx context.Context, ep endpoint) error {
 
 // renew logs in again after a request made with ticket generation gen was refused,
 // unless another goroutine has renewed the ticket since.
-func (c *client) renew(ctx context.Context, ep endpoint, gen int) error {
+func (c *client) renew(ctx context.Context, i int, gen int) error {
 	c.loginMu.Lock()
 	defer c.loginMu.Unlock()
 	c.mu.Lock()
@@ -285,7 +376,7 @@ func (c *client) renew(ctx context.Context, ep endpoint, gen int) error {
 	if !stale {
 		return nil
 	}
-	return c.login(ctx, ep)
+	return c.login(ctx, i)
 }
 
 // current returns the endpoint in use and its index.
@@ -332,11 +423,11 @@ func (c *client) do(ctx context.Context, method, path string, params url.Values,
 	retries, failovers := 0, 0
 	renewed := false
 	for {
-		ep, idx := c.current()
+		_, idx := c.current()
 		c.mu.Lock()
 		gen := c.loginGen
 		c.mu.Unlock()
-		_, err := c.send(ctx, ep, method, path, params, out)
+		err := c.send(ctx, idx, method, path, params, out)
 		if err == nil {
 			return res, nil
 		}
@@ -362,9 +453,9 @@ func (c *client) do(ctx context.Context, method, path string, params url.Values,
 			return res, err
 		}
 		switch {
-		case ae.Status == http.StatusUnauthorized && c.token == "" && !renewed:
+		case ae.Status == http.StatusUnauthorized && c.tokenID == "" && !renewed:
 			renewed = true
-			if lerr := c.renew(ctx, ep, gen); lerr != nil {
+			if lerr := c.renew(ctx, idx, gen); lerr != nil {
 				return res, fmt.Errorf("%s %s: ticket expired and renewing it failed: %v: %w", method, path, lerr, driver.ErrConnect)
 			}
 			continue
@@ -387,87 +478,74 @@ func (c *client) get(ctx context.Context, path string, params url.Values, out an
 	return err
 }
 
-// send performs one HTTP request against ep and decodes the data member of the
-// answer into out.
-func (c *client) send(ctx context.Context, ep endpoint, method, path string, params url.Values, out any) (int, error) {
-	u := ep.base + path
-	var body io.Reader
-	if method == http.MethodPost || method == http.MethodPut {
-		body = strings.NewReader(params.Encode())
-	} else if len(params) > 0 {
-		// PVE rejects a body on GET and DELETE: parameters go in the query.
-		u += "?" + params.Encode()
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u, body)
-	if err != nil {
-		return 0, err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	}
-	req.Header.Set("Accept", "application/json")
-	if path != "/access/ticket" {
-		if c.token != "" {
-			req.Header.Set("Authorization", "PVEAPIToken="+c.token)
-		} else {
-			c.mu.Lock()
-			ticket, csrf := c.ticket, c.csrf
-			c.mu.Unlock()
-			req.AddCookie(&http.Cookie{Name: "PVEAuthCookie", Value: url.QueryEscape(ticket)})
-			if method != http.MethodGet {
-				req.Header.Set("CSRFPreventionToken", csrf)
-			}
+// send performs one request against endpoint i with go-proxmox and decodes the data
+// member of the answer into out. params go in the query of GET and DELETE (PVE
+// rejects a body there) and in the JSON body of POST and PUT.
+func (c *client) send(ctx context.Context, i int, method, path string, params url.Values, out any) error {
+	pc := c.api(i)
+	ex := &exchange{}
+	rctx := context.WithValue(ctx, exchangeKey{}, ex)
+	var q any // untyped nil without params: go-proxmox would send a typed nil map as "null"
+	if len(params) > 0 {
+		m := make(map[string]string, len(params))
+		for k := range params {
+			m[k] = params.Get(k)
 		}
+		q = m
 	}
-	resp, err := c.http.Do(req)
-	if err != nil {
+	var err error
+	switch method {
+	case http.MethodGet:
+		err = pc.GetWithParams(rctx, path, q, out)
+	case http.MethodPost:
+		err = pc.Post(rctx, path, q, out)
+	case http.MethodPut:
+		err = pc.Put(rctx, path, q, out)
+	case http.MethodDelete:
+		err = pc.DeleteWithParams(rctx, path, q, out)
+	default:
+		return fmt.Errorf("%s %s: unsupported method", method, path)
+	}
+	return c.check(ctx, c.eps[i], method, path, ex, err)
+}
+
+// check turns what go-proxmox returned for one request, and the answer recorded in
+// ex, into autosnap's errors: *hostError for transport failures, *apiError (with the
+// status code and PVE's message) for every error status, whatever go-proxmox made of
+// it.
+func (c *client) check(ctx context.Context, ep endpoint, method, path string, ex *exchange, err error) error {
+	if ex.status >= 400 {
+		return decodeError(method, path, ex)
+	}
+	if err == nil {
+		return nil
+	}
+	if ex.status == 0 {
 		if ctx.Err() != nil {
-			return 0, fmt.Errorf("%s %s on %s: %w", method, path, ep.hostport, ctx.Err())
+			return fmt.Errorf("%s %s on %s: %w", method, path, ep.hostport, ctx.Err())
 		}
-		return 0, &hostError{host: ep.hostport, sent: !isDialError(err), err: cleanURLError(err)}
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		if ctx.Err() != nil {
-			return resp.StatusCode, fmt.Errorf("%s %s on %s: %w", method, path, ep.hostport, ctx.Err())
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			return &hostError{host: ep.hostport, sent: !isDialError(err), err: cleanURLError(err)}
 		}
-		return resp.StatusCode, &hostError{host: ep.hostport, sent: true, err: err}
+		return fmt.Errorf("%s %s on %s: %v", method, path, ep.hostport, err)
 	}
-	if resp.StatusCode >= 400 {
-		return resp.StatusCode, decodeError(method, path, resp, raw)
-	}
-	if out == nil {
-		return resp.StatusCode, nil
-	}
-	var env struct {
-		Data json.RawMessage `json:"data"`
-	}
-	if err := json.Unmarshal(raw, &env); err != nil {
-		return resp.StatusCode, fmt.Errorf("%s %s on %s: answer is not JSON: %v", method, path, ep.hostport, err)
-	}
-	if len(env.Data) == 0 || string(env.Data) == "null" {
-		return resp.StatusCode, nil
-	}
-	if err := json.Unmarshal(env.Data, out); err != nil {
-		return resp.StatusCode, fmt.Errorf("%s %s on %s: unexpected answer: %v", method, path, ep.hostport, err)
-	}
-	return resp.StatusCode, nil
+	return fmt.Errorf("%s %s on %s: unexpected answer: %v", method, path, ep.hostport, err)
 }
 
 // decodeError reads the message from the reason phrase (all versions) or the
 // message member (pve-http-server ≥ 5.2), and a 400's per-parameter errors.
-func decodeError(method, path string, resp *http.Response, raw []byte) error {
-	e := &apiError{Method: method, Path: path, Status: resp.StatusCode}
-	reason := strings.TrimSpace(strings.TrimPrefix(resp.Status, strconv.Itoa(resp.StatusCode)))
+func decodeError(method, path string, ex *exchange) error {
+	e := &apiError{Method: method, Path: path, Status: ex.status}
+	reason := strings.TrimSpace(strings.TrimPrefix(ex.line, strconv.Itoa(ex.status)))
 	var env struct {
 		Message string            `json:"message"`
 		Errors  map[string]string `json:"errors"`
 	}
-	_ = json.Unmarshal(raw, &env)
+	_ = json.Unmarshal(ex.raw, &env)
 	msg := strings.TrimSpace(env.Message)
 	// Go servers cannot set a custom reason phrase; prefer the message then.
-	if msg == "" || (reason != "" && reason != http.StatusText(resp.StatusCode)) {
+	if msg == "" || (reason != "" && reason != http.StatusText(ex.status)) {
 		msg = reason
 	}
 	if first, _, ok := strings.Cut(msg, "\n"); ok {

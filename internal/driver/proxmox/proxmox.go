@@ -18,9 +18,26 @@
 // guest that is locked (a backup, another snapshot) is retried with backoff until ctx
 // ends instead of failing at once.
 //
-// The driver uses its own small HTTP client rather than go-proxmox: the calls a
-// snapshot tool needs (vmstate, description, force, start, ctx-aware task polling,
-// multi-host failover, lost-write checks) are exactly the ones go-proxmox cannot make.
+// HTTP. Requests go through github.com/luthermonson/go-proxmox (v0.8.2): one
+// *proxmox.Client per --host endpoint, all sharing one *http.Client that carries the
+// TLS settings above and a per-request timeout (go-proxmox has none by default).
+// Authentication is go-proxmox's: WithAPIToken, or WithCredentials with CreateSession
+// called at connect time (its lazy login on the first 401 races when requests run
+// concurrently). go-proxmox builds the URLs, adds the auth headers and CSRF token,
+// encodes the parameters and unwraps the {"data":…} envelope. Every call uses its raw
+// methods (Get/GetWithParams, Post, Put, DeleteWithParams) rather than the typed ones,
+// which cannot send vmstate or description on create, start on a VM rollback, or
+// force on delete, and whose Task.Wait reports a failed task as success and ignores
+// ctx.
+//
+// What autosnap still does itself, because go-proxmox has no equivalent: failover
+// across several endpoints, including whether a write whose answer was lost may be
+// repeated; task polling that honours ctx and treats "WARNINGS: N" as success;
+// retrying a locked guest; renewing a refused ticket once, shared by all endpoints;
+// and keeping each error's HTTP status and PVE message. For the last, a small
+// RoundTripper records every answer, since go-proxmox returns errors only for 400,
+// 401/403 and 500/501 (as bare strings) and reports 404 and pveproxy's 59x answers
+// as success with no data.
 package proxmox
 
 import (
@@ -170,7 +187,7 @@ func OpenWith(ctx context.Context, cfg driver.Config, opts Options) (*Driver, er
 		if err != nil {
 			return nil, err
 		}
-		c.token = tok
+		c.tokenID, c.secret, _ = cutLast(tok, "=")
 	case cfg.Username != "":
 		if cfg.Password == "" {
 			return nil, fmt.Errorf("--username %s needs --password (or use --api-token)", cfg.Username)

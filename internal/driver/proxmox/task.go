@@ -128,8 +128,8 @@ func (d *Driver) findTask(ctx context.Context, g driver.Guest, typ string, since
 
 // ownTask reports whether a UPID's user field is this client's user or token.
 func (d *Driver) ownTask(user string) bool {
-	if d.c.token != "" {
-		return user == d.c.tokenID()
+	if d.c.tokenID != "" {
+		return user == d.c.tokenID
 	}
 	return user == d.c.user
 }
