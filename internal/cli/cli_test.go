@@ -943,3 +943,30 @@ func TestMaxChainDepth(t *testing.T) {
 		t.Errorf("chain has %d images, want 3 (base + 2 overlays)", got)
 	}
 }
+
+// TestMergeRefusesWhenAKeptStateIsGone: if a cut-off earlier merge left a kept
+// snapshot naming a deleted file, nothing on that disk is merged (the base may be the
+// only copy of that snapshot's point in time).
+func TestMergeRefusesWhenAKeptStateIsGone(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	d := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Shutoff, DiskMiB: 8})
+	snap(t, d.Name, "gone", 5)
+	snap(t, d.Name, "gone", 5)
+	rows := status(t, d.Name, "gone")
+	chain := d.Chain(t, "vda") // [O2, O1, base]; O1 is the second snapshot's state
+	baseSum := testbed.ImageSum(t, chain[2])
+	if err := os.Remove(chain[1]); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, "snapshot", "delete", d.Name, rows[0].Name)
+	// Either the chain cannot be read (qemu-img) or the planner refuses: both fail closed.
+	if r.code != ExitFailure || !strings.Contains(r.stderr, chain[1]) {
+		t.Errorf("delete with a kept snapshot's state missing: exit %d, want 1 naming %s", r.code, chain[1])
+	}
+	if n := len(status(t, d.Name, "gone")); n != 2 {
+		t.Errorf("%d snapshots left, want both", n)
+	}
+	if got := testbed.ImageSum(t, chain[2]); got != baseSum {
+		t.Errorf("the base image was modified")
+	}
+}

@@ -181,6 +181,7 @@ func (c *Client) start() error {
 		c.err = errors.New("freeze watchdog did not get ready in 30 s")
 	}
 	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
 	return c.err
 }
 
@@ -190,18 +191,23 @@ func (c *Client) roundTrip(ctx context.Context, req, id string) (string, error) 
 	if _, err := fmt.Fprintln(c.in, req); err != nil {
 		return "", fmt.Errorf("freeze watchdog: %w", err)
 	}
-	select {
-	case line, ok := <-c.lines:
-		if !ok {
-			return "", errors.New("freeze watchdog exited")
+	for {
+		select {
+		case line, ok := <-c.lines:
+			if !ok {
+				return "", errors.New("freeze watchdog exited")
+			}
+			f := strings.Fields(line)
+			if len(f) != 2 {
+				return "", fmt.Errorf("freeze watchdog: unexpected reply %q", line)
+			}
+			if f[1] != id {
+				continue // the late answer to a request that timed out earlier
+			}
+			return f[0], nil
+		case <-ctx.Done():
+			return "", fmt.Errorf("freeze watchdog did not answer: %w", ctx.Err())
 		}
-		f := strings.Fields(line)
-		if len(f) != 2 || f[1] != id {
-			return "", fmt.Errorf("freeze watchdog: unexpected reply %q", line)
-		}
-		return f[0], nil
-	case <-ctx.Done():
-		return "", fmt.Errorf("freeze watchdog did not answer: %w", ctx.Err())
 	}
 }
 

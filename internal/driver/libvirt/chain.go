@@ -163,9 +163,7 @@ func (d *Driver) commitLive(ctx context.Context, g driver.Guest, dom golibvirt.D
 	err := call0(ctx, func() error {
 		return d.l.DomainBlockCommit(dom, disk, golibvirt.OptString{base}, golibvirt.OptString{top}, 0, flags)
 	})
-	if err != nil {
-		return fmt.Errorf("starting block commit of %s into %s: %w", top, base, err)
-	}
+	startErr := err
 	abort := func(cause error) error {
 		actx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -191,7 +189,17 @@ func (d *Driver) commitLive(ctx context.Context, g driver.Guest, dom golibvirt.D
 		case indexOf(chains[disk], top) >= 0:
 			return fmt.Errorf("%w; the merge was aborted and the disk chain is unchanged", cause)
 		}
-		return fmt.Errorf("%w; the merge had completed before the abort: %s now uses %s", cause, disk, chains[disk][0])
+		// The merge completed before the abort reached it: that is a success, and the
+		// caller must record it as one, or the snapshot metadata would keep naming a
+		// file libvirt deleted.
+		return nil
+	}
+	if startErr != nil {
+		if ctx.Err() == nil {
+			return fmt.Errorf("starting block commit of %s into %s: %w", top, base, startErr)
+		}
+		// We stopped waiting for the call, but libvirt may have started the job.
+		return abort(fmt.Errorf("starting block commit of %s into %s: %w", top, base, startErr))
 	}
 	type info struct {
 		found    int32

@@ -425,6 +425,13 @@ func (d *Driver) buildGraphs(ctx context.Context, g driver.Guest, dom golibvirt.
 					released[disk] = append(released[disk], st)
 				}
 			} else if st != "" {
+				// A kept snapshot whose state image is gone (an earlier merge was cut
+				// off before its metadata was updated) must stop all planning on this
+				// disk: without the image the graph would look unshared and a merge
+				// could overwrite the only other copy of that point in time.
+				if d.local && !fileExists(st) {
+					return nil, fmt.Errorf("guest %s: disk %s: snapshot %s names %s as its state, but that file is gone; refusing to merge anything on this disk (check `autosnap snapshot chain`, then fix the snapshot with `snapshot dumpxml` + `snapshot redefine`, or forget it with `snapshot delete --metadata`)", g.Name, disk, name, st)
+				}
 				gr.pins[st] = append(gr.pins[st], name)
 			}
 			for _, f := range []string{ov, st} {
@@ -526,6 +533,11 @@ func addBranches(gr *diskGraph) {
 			}
 		}
 	}
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // qcow2Backing reads an image's backing file from its qcow2 header, resolved against

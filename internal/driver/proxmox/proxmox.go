@@ -48,6 +48,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/autosnap/autosnap/internal/driver"
@@ -155,6 +156,10 @@ type Driver struct {
 	pollMin, pollMax time.Duration
 	// lockMax caps the backoff between attempts on a locked guest.
 	lockMax time.Duration
+	// seen holds the UPIDs already waited on, so a lost answer is never matched to an
+	// earlier write's task.
+	seenMu sync.Mutex
+	seen   map[string]bool
 }
 
 // Open connects with cfg: cfg.Host is the whole comma-separated --host value. It

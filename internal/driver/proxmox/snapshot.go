@@ -281,10 +281,13 @@ func (d *Driver) write(ctx context.Context, g driver.Guest, method, path string,
 			if u, ok, ferr := d.findTask(ctx, g, typ, t0); ferr == nil && ok {
 				return lost, d.wait(ctx, u)
 			}
-			if landed != nil {
-				if ok, lerr := landed(ctx); lerr == nil && ok {
-					return lost, nil
-				}
+			if landed == nil {
+				// No way to tell whether it happened (a rollback): repeating a
+				// destructive write is worse than reporting the lost answer.
+				return lost, fmt.Errorf("%s %s: the answer was lost when the host failed and no task for it was found; check the guest before retrying: %w", method, path, err)
+			}
+			if ok, lerr := landed(ctx); lerr == nil && ok {
+				return lost, nil
 			}
 			if ctx.Err() != nil {
 				return lost, err

@@ -50,6 +50,12 @@ func taskSucceeded(exit string) bool { return exit == "OK" || warningsExit.Match
 // wait polls the task until it ends or ctx ends. A task still running when ctx ends
 // gives an error saying that PVE carries on with it.
 func (d *Driver) wait(ctx context.Context, u upid) error {
+	d.seenMu.Lock()
+	if d.seen == nil {
+		d.seen = map[string]bool{}
+	}
+	d.seen[u.raw] = true
+	d.seenMu.Unlock()
 	start := time.Now()
 	interval := d.pollMin
 	var lastErr error
@@ -116,7 +122,10 @@ func (d *Driver) findTask(ctx context.Context, g driver.Guest, typ string, since
 		if err != nil || u.typ != typ || u.id != strconv.Itoa(g.ID) || !d.ownTask(u.user) {
 			continue
 		}
-		if u.start.Before(since.Add(-time.Minute)) {
+		// Only a task started by this very request: retention issues writes back to
+		// back, so an older one of the same type is the previous write's. PVE's task
+		// start time has second resolution; allow that plus a little clock skew.
+		if u.start.Before(since.Add(-2*time.Second)) || d.waited(u) {
 			continue
 		}
 		if !found || u.start.After(best.start) {
@@ -124,6 +133,13 @@ func (d *Driver) findTask(ctx context.Context, g driver.Guest, typ string, since
 		}
 	}
 	return best, found, nil
+}
+
+// waited reports whether this driver already waited on the task u.
+func (d *Driver) waited(u upid) bool {
+	d.seenMu.Lock()
+	defer d.seenMu.Unlock()
+	return d.seen[u.raw]
 }
 
 // ownTask reports whether a UPID's user field is this client's user or token.
