@@ -103,7 +103,7 @@ func TestSnapshotRevertMemory(t *testing.T) {
 	// The RAM is replaced anyway: no --force needed. This guest has no agent, which
 	// must not hold the revert up.
 	r := mustRun(t, "snapshot", "revert", d.Name, name)
-	if st := vmState(t, d); st != "running" || r.took > 8*time.Second {
+	if st := vmState(t, d); st != "running" || r.took > 20*time.Second {
 		t.Errorf("revert of a running guest to a snapshot with RAM: %s after %s", st, r.took)
 	}
 	expectBlock(t, d, 0, 0x11)

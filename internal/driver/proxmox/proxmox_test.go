@@ -673,8 +673,8 @@ func TestProxmoxTaskOutcomes(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "still running") || !strings.Contains(err.Error(), "raise --timeout") {
 		t.Errorf("slow task: %v", err)
 	}
-	if took := time.Since(start); took > 1500*time.Millisecond {
-		t.Errorf("slow task returned after %s with a 0.7s deadline", took)
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("slow task returned after %s with a 0.7s deadline (want well under 3s)", took)
 	}
 }
 
