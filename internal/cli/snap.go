@@ -41,7 +41,11 @@ On libvirt a running or paused guest gets an external, disk-only, atomic snapsho
 of all its disks, quiesced through the guest agent when it answers (--quiesce
 auto); --state adds the guest's RAM. A shut-off guest gets an offline external
 snapshot. Removing a snapshot merges its overlay back, so each disk's chain stays
---keep+1 images deep. Snapshots autosnap did not make are never touched.`,
+--keep+1 images deep. Snapshots autosnap did not make are never touched.
+
+--timeout bounds each merge too: merging a large, busy overlay can take longer than
+the default 30 s, so raise it for big disks. A merge cut off by the timeout is aborted
+with the chain intact and the snapshot kept; the next run tries again.`,
 		Example: `  autosnap --vmid @all snap --label hourly --keep 24
   autosnap --vmid 'web%,-web-test' snap --label daily --keep 7 --script /etc/autosnap/hook.sh`,
 		Args: cobra.NoArgs,
