@@ -170,3 +170,58 @@ func TestSessionURIUsesTheSessionSocket(t *testing.T) {
 		t.Errorf("qemu:///session should dial the session socket, got %v", err)
 	}
 }
+
+// TestSSHTransport drives the local libvirtd through qemu+ssh://, so the remote code
+// paths run: live merges work, offline merges are refused with a clear reason.
+func TestSSHTransport(t *testing.T) {
+	uri := testbed.SSHD(t)
+	d, err := libvirt.Open(context.Background(), driver.Config{Host: uri, Timeout: 20 * time.Second})
+	if err != nil {
+		t.Fatalf("open %s: %v", uri, err)
+	}
+	t.Cleanup(func() { d.Close() })
+	if d.Node() != "127.0.0.1" {
+		t.Errorf("node %q, want the URI's host", d.Node())
+	}
+	bed := testbed.Libvirt(t)
+	run := bed.NewDomain(t, testbed.DomainSpec{DiskMiB: 8})
+	off := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Shutoff, DiskMiB: 8})
+	gs, err := d.Guests(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	byUUID := map[string]driver.Guest{}
+	for _, g := range gs {
+		byUUID[g.UUID] = g
+	}
+	g, ok := byUUID[run.UUID]
+	if !ok || g.State != driver.StateRunning || g.Node != "127.0.0.1" {
+		t.Fatalf("guest over ssh: %+v (found %v)", g, ok)
+	}
+	ctx := context.Background()
+	for _, n := range []string{"autossh1", "autossh2"} {
+		if _, err := d.CreateSnapshot(ctx, g, driver.CreateOptions{Name: n, Description: "autosnap"}); err != nil {
+			t.Fatalf("create %s over ssh: %v", n, err)
+		}
+	}
+	run.WriteDisk(t, "vda", 0, 0x42, 4096)
+	for _, n := range []string{"autossh1", "autossh2"} {
+		if err := d.DeleteSnapshot(ctx, g, n); err != nil {
+			t.Fatalf("delete %s over ssh: %v", n, err)
+		}
+	}
+	if c := run.Chain(t, "vda"); len(c) != 1 || c[0] != run.Disks[0].Path {
+		t.Errorf("chain after merging over ssh: %v", c)
+	}
+	if got := testbed.ReadImage(t, run.Disks[0].Path, 0, 4096); got[0] != 0x42 {
+		t.Errorf("data lost merging over ssh")
+	}
+	og := byUUID[off.UUID]
+	if _, err := d.CreateSnapshot(ctx, og, driver.CreateOptions{Name: "autossh3", Description: "autosnap"}); err != nil {
+		t.Fatalf("offline create over ssh: %v", err)
+	}
+	err = d.DeleteSnapshot(ctx, og, "autossh3")
+	if err == nil || !strings.Contains(err.Error(), "guest's host") {
+		t.Errorf("offline merge over ssh: %v, want a refusal that says to run on the guest's host", err)
+	}
+}
