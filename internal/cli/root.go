@@ -45,6 +45,8 @@ type GlobalOptions struct {
 
 	stdout io.Writer
 	stderr io.Writer
+	// ran is set when a command's RunE starts: errors before that are usage errors.
+	ran bool
 	log    *slog.Logger
 	// openDriver is replaceable in tests; nil uses driver.Open.
 	openDriver func(ctx context.Context, hosts string, cfg driver.Config) (driver.Driver, error)
@@ -108,7 +110,21 @@ set the flags of the same name. --password file:PATH reads the password from a f
 	f.BoolVar(&g.ValidateCert, "validate-certificate", true, "verify TLS certificates (cv4pve-autosnap compatibility; --validate-certificate=false equals --insecure)")
 
 	root.AddCommand(newVersionCommand(g), newVMCommand(g), newSnapCommand(g), newCleanCommand(g), newStatusCommand(g), newSnapshotCommand(g), newWatchdogCommand(g))
+	markRun(root, &g.ran)
 	return root, g
+}
+
+// markRun wraps every command's RunE so that *ran tells whether one started.
+func markRun(c *cobra.Command, ran *bool) {
+	if run := c.RunE; run != nil {
+		c.RunE = func(cmd *cobra.Command, args []string) error {
+			*ran = true
+			return run(cmd, args)
+		}
+	}
+	for _, sub := range c.Commands() {
+		markRun(sub, ran)
+	}
 }
 
 func (g *GlobalOptions) setup() error {
@@ -159,6 +175,11 @@ func (g *GlobalOptions) timeout() time.Duration { return time.Duration(g.Timeout
 func (g *GlobalOptions) format() report.Format {
 	f, _ := report.ParseFormat(g.Output)
 	return f
+}
+
+// machine reports whether stdout carries JSON, so human-readable lines must go elsewhere.
+func (g *GlobalOptions) machine() bool {
+	return g.format() == report.FormatJSON || g.format() == report.FormatJSONPretty
 }
 
 func (g *GlobalOptions) tsFormat() naming.Format {
@@ -226,12 +247,13 @@ func (g *GlobalOptions) selectGuests(ctx context.Context, d driver.Driver, allow
 
 // Main runs autosnap with args and returns the exit status.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	root, _ := NewRootCommand(stdout, stderr)
+	root, g := NewRootCommand(stdout, stderr)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	if err != nil {
-		if strings.HasPrefix(err.Error(), "unknown command") || strings.HasPrefix(err.Error(), "unknown flag") ||
-			strings.Contains(err.Error(), "accepts ") || strings.Contains(err.Error(), "required flag") {
+		// cobra validates the command name, arguments and required flags before RunE;
+		// anything that fails there is the command line's fault.
+		if !g.ran {
 			err = usage(err)
 		}
 		fmt.Fprintf(stderr, "ERROR: %v\n", err)

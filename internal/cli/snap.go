@@ -128,7 +128,7 @@ func (g *GlobalOptions) runJob(ctx context.Context, job *engine.Job, action stri
 		return err
 	}
 	job.Driver = d
-	machine := g.format() == report.FormatJSON || g.format() == report.FormatJSONPretty
+	machine := g.machine()
 	job.Out = g.stdout
 	if machine {
 		job.Out = g.stderr // the JSON report alone goes to stdout

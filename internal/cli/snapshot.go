@@ -127,10 +127,6 @@ func (s *snapshotSession) findSnapshot(ctx context.Context, g *GlobalOptions, na
 	return driver.Snapshot{}, snaps, fmt.Errorf("guest %s has no snapshot %q (see: autosnap snapshot list %s): %w", s.guest.Name, name, s.guest.Name, driver.ErrNotFound)
 }
 
-func (g *GlobalOptions) machine() bool {
-	return g.format() == report.FormatJSON || g.format() == report.FormatJSONPretty
-}
-
 // messages is where a command's human-readable lines go: stderr when stdout carries
 // JSON, so that stdout stays parseable.
 func (g *GlobalOptions) messages() io.Writer {

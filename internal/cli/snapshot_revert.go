@@ -108,7 +108,7 @@ func runSnapshotRevert(ctx context.Context, g *GlobalOptions, o *SnapshotRevertO
 		return usage(fmt.Errorf("guest %s is %s: reverting it to the disk-only snapshot %s discards its current state and boots it from the snapshot's disks; shut it down first, or add --force to stop it hard (like virsh destroy)", gu.Name, gu.State, name))
 	}
 
-	machine := g.format() == report.FormatJSON || g.format() == report.FormatJSONPretty
+	machine := g.machine()
 	out := g.stdout
 	if machine {
 		out = io.Discard

@@ -71,7 +71,7 @@ func runStatus(ctx context.Context, g *GlobalOptions, o *StatusOptions) error {
 	}
 	rows, err := engine.Status(ctx, d, guests, o.Label, f, time.Local, g.timeout(), g.MaxParallel)
 	t := report.Table{Columns: statusColumns}
-	machine := g.format() == report.FormatJSON || g.format() == report.FormatJSONPretty
+	machine := g.machine()
 	for _, r := range rows {
 		var tm any = r.Time.Local().Format("2006-01-02 15:04:05")
 		if machine {
