@@ -47,7 +47,7 @@ type GlobalOptions struct {
 	stderr io.Writer
 	// ran is set when a command's RunE starts: errors before that are usage errors.
 	ran bool
-	log    *slog.Logger
+	log *slog.Logger
 	// openDriver is replaceable in tests; nil uses driver.Open.
 	openDriver func(ctx context.Context, hosts string, cfg driver.Config) (driver.Driver, error)
 }

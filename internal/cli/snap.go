@@ -166,7 +166,7 @@ func printJobReport(g *GlobalOptions, rep *engine.Report) error {
 		if removed == nil {
 			removed = []string{}
 		}
-		t.Rows = append(t.Rows, []any{r.Guest.Node, idOf(r.Guest), r.Guest.Name, string(r.Outcome), r.Reason, r.Created,
+		t.Rows = append(t.Rows, []any{r.Guest.Node, engine.GuestID(r.Guest), r.Guest.Name, string(r.Outcome), r.Reason, r.Created,
 			string(r.Consistency), removed, errText, r.Duration.Seconds()})
 	}
 	return report.Render(g.stdout, g.format(), t)

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/engine"
 	"github.com/autosnap/autosnap/internal/report"
 	"github.com/autosnap/autosnap/internal/selector"
 )
@@ -161,7 +162,7 @@ func runSnapshotRevert(ctx context.Context, g *GlobalOptions, o *SnapshotRevertO
 	if notes == nil {
 		notes = []string{}
 	}
-	t := report.Table{Columns: revertColumns, Rows: [][]any{{gu.Node, idOf(gu), gu.Name, name, string(snap.Location), snap.Memory,
+	t := report.Table{Columns: revertColumns, Rows: [][]any{{gu.Node, engine.GuestID(gu), gu.Name, name, string(snap.Location), snap.Memory,
 		string(state), notes, took.Seconds()}}}
 	return report.Render(g.stdout, g.format(), t)
 }
@@ -203,7 +204,7 @@ func guestByArg(ctx context.Context, g *GlobalOptions, d driver.Driver, vm strin
 	}
 	var which []string
 	for _, gu := range found {
-		which = append(which, fmt.Sprintf("%s/%v (%s)", gu.Node, idOf(gu), gu.UUID))
+		which = append(which, fmt.Sprintf("%s/%v (%s)", gu.Node, engine.GuestID(gu), gu.UUID))
 	}
 	return driver.Guest{}, usage(fmt.Errorf("%q matches %d guests: %s; give the UUID", vm, len(found), strings.Join(which, ", ")))
 }

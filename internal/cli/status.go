@@ -6,7 +6,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/engine"
 	"github.com/autosnap/autosnap/internal/naming"
 	"github.com/autosnap/autosnap/internal/report"
@@ -84,11 +83,4 @@ func runStatus(ctx context.Context, g *GlobalOptions, o *StatusOptions) error {
 		return rerr
 	}
 	return err
-}
-
-func idOf(gu driver.Guest) any {
-	if gu.ID > 0 {
-		return gu.ID
-	}
-	return gu.Name
 }

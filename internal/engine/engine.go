@@ -164,7 +164,7 @@ func (gr *guestRun) hook(ctx context.Context, env hook.Env) {
 		return
 	}
 	g := gr.res.Guest
-	env.VMID, env.VMName, env.VMType, env.Node = guestID(g), g.Name, string(g.Kind), g.Node
+	env.VMID, env.VMName, env.VMType, env.Node = GuestID(g), g.Name, string(g.Kind), g.Node
 	env.Label, env.Keep, env.Debug = j.Label, j.Keep, j.Debug
 	if err := j.Hooks.Run(hookCtx(ctx, env.Phase), env, gr.out); err != nil {
 		gr.printf("WARNING: %v", err)
@@ -181,9 +181,9 @@ func hookCtx(ctx context.Context, p hook.Phase) context.Context {
 	return ctx
 }
 
-// guestID is the VMID a hook and status show: the numeric id where there is one,
+// GuestID is the VMID a hook and status show: the numeric id where there is one,
 // otherwise the guest's name (libvirt domains that are not running have no id).
-func guestID(g driver.Guest) string {
+func GuestID(g driver.Guest) string {
 	if g.ID > 0 {
 		return strconv.Itoa(g.ID)
 	}
@@ -235,7 +235,7 @@ func (j *Job) forEach(ctx context.Context, guests []driver.Guest, fn func(ctx co
 			gr := runs[i]
 			gr.start = time.Now()
 			g := gr.res.Guest
-			gr.printf("----- VM %s %s %s (%s) -----", guestID(g), g.Kind, g.State, g.Node+"/"+g.Name)
+			gr.printf("----- VM %s %s %s (%s) -----", GuestID(g), g.Kind, g.State, g.Node+"/"+g.Name)
 			fn(ctx, gr)
 			gr.res.Duration = time.Since(gr.start)
 			if gr.res.Outcome == "" {
@@ -310,7 +310,7 @@ func (j *Job) snapGuest(ctx context.Context, gr *guestRun, name string) {
 		gr.skip("is template")
 		return
 	case g.State == driver.StateUnknown:
-		gr.fail("status unknown", fmt.Errorf("guest %s: status unknown: its host %s is offline or not reachable", guestID(g), g.Node))
+		gr.fail("status unknown", fmt.Errorf("guest %s: status unknown: its host %s is offline or not reachable", GuestID(g), g.Node))
 		return
 	case j.OnlyRunning && g.State != driver.StateRunning:
 		gr.skip("'--only-running' parameter used!")
@@ -694,7 +694,7 @@ func (j *Job) Clean(ctx context.Context, guests []driver.Guest) (*Report, error)
 			gr.skip("is template")
 			return
 		case g.State == driver.StateUnknown:
-			gr.fail("status unknown", fmt.Errorf("guest %s: status unknown: its host %s is offline or not reachable", guestID(g), g.Node))
+			gr.fail("status unknown", fmt.Errorf("guest %s: status unknown: its host %s is offline or not reachable", GuestID(g), g.Node))
 			return
 		}
 		unlock, ok := gr.lock(ctx)

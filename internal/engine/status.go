@@ -75,7 +75,7 @@ func Status(ctx context.Context, d driver.Driver, guests []driver.Guest, label s
 					}
 				}
 				per[i] = append(per[i], StatusRow{
-					Node: g.Node, VMID: guestID(g), VMName: g.Name, Name: s.Name, Label: l,
+					Node: g.Node, VMID: GuestID(g), VMName: g.Name, Name: s.Name, Label: l,
 					Time: s.Created, Parent: s.Parent, Description: firstLine(s.Description),
 					VMState: s.Memory, Location: s.Location, Consistency: s.Consistency,
 				})
