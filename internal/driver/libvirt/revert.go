@@ -396,6 +396,26 @@ func newRevertOverlay(ctx context.Context, dom, snap string, dk *revertDisk) (st
 	return "", fmt.Errorf("no free overlay name in %s", dir)
 }
 
+// useOverlay makes a disk definition use a new qcow2 overlay file, keeping its
+// security labels and startup policy and dropping the recorded chain (libvirt detects
+// it again).
+func useOverlay(dk *libvirtxml.DomainDisk, overlay string) {
+	file := &libvirtxml.DomainDiskSourceFile{File: overlay}
+	if dk.Source != nil && dk.Source.File != nil {
+		file.SecLabel = dk.Source.File.SecLabel
+	}
+	src := &libvirtxml.DomainDiskSource{File: file}
+	if dk.Source != nil {
+		src.StartupPolicy, src.Index = dk.Source.StartupPolicy, dk.Source.Index
+	}
+	dk.Source = src
+	if dk.Driver == nil {
+		dk.Driver = &libvirtxml.DomainDiskDriver{Name: "qemu"}
+	}
+	dk.Driver.Type = "qcow2"
+	dk.BackingStore = nil
+}
+
 // pointDisks points the persistent definition's disks at their new overlays.
 func (d *Driver) pointDisks(ctx context.Context, dom golibvirt.Domain, disks []revertDisk) error {
 	x, err := d.domainXML(ctx, dom, true)
@@ -407,20 +427,7 @@ func (d *Driver) pointDisks(ctx context.Context, dom golibvirt.Domain, disks []r
 		if dk == nil {
 			return fmt.Errorf("disk %s vanished from the definition", rd.target)
 		}
-		file := &libvirtxml.DomainDiskSourceFile{File: rd.overlay}
-		if dk.Source != nil && dk.Source.File != nil {
-			file.SecLabel = dk.Source.File.SecLabel
-		}
-		src := &libvirtxml.DomainDiskSource{File: file}
-		if dk.Source != nil {
-			src.StartupPolicy, src.Index = dk.Source.StartupPolicy, dk.Source.Index
-		}
-		dk.Source = src
-		if dk.Driver == nil {
-			dk.Driver = &libvirtxml.DomainDiskDriver{Name: "qemu"}
-		}
-		dk.Driver.Type = "qcow2"
-		dk.BackingStore = nil
+		useOverlay(dk, rd.overlay)
 	}
 	out, err := x.Marshal()
 	if err != nil {
@@ -578,12 +585,7 @@ func (d *Driver) restoreMemory(ctx context.Context, g driver.Guest, dom golibvir
 		if dk == nil {
 			return fmt.Errorf("the memory file %s has no disk %s", file, rd.target)
 		}
-		dk.Source = &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: rd.overlay}}
-		if dk.Driver == nil {
-			dk.Driver = &libvirtxml.DomainDiskDriver{Name: "qemu"}
-		}
-		dk.Driver.Type = "qcow2"
-		dk.BackingStore = nil
+		useOverlay(dk, rd.overlay)
 	}
 	out, err := x.Marshal()
 	if err != nil {

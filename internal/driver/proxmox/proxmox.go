@@ -141,11 +141,6 @@ func parseEndpoint(entry string) (endpoint, error) {
 type Options struct {
 	// RootCAs, when set, replaces the system roots for TLS verification.
 	RootCAs *x509.CertPool
-	// KeepDescription sends snapshot descriptions unchanged. By default a description
-	// whose first line is naming.Marker ("autosnap") is sent as exactly
-	// naming.LegacyMarker ("cv4pve-autosnap"), because cv4pve-autosnap only
-	// recognises snapshots whose whole description is that string.
-	KeepDescription bool
 }
 
 // Driver talks to one Proxmox VE cluster (or standalone node) through its API.

@@ -87,12 +87,11 @@ func toSnapshots(es []snapEntry) []driver.Snapshot {
 	return out
 }
 
-// description is what is sent to PVE for a requested description: see
-// Options.KeepDescription.
+// description is what is sent to PVE for a requested description: one whose first
+// line is naming.Marker ("autosnap") is sent as exactly naming.LegacyMarker
+// ("cv4pve-autosnap"), because cv4pve-autosnap only recognises snapshots whose whole
+// description is that string; any other description is sent unchanged.
 func (d *Driver) description(desc string) string {
-	if d.opts.KeepDescription {
-		return desc
-	}
 	first, _, _ := strings.Cut(desc, "\n")
 	if strings.TrimSpace(first) == naming.Marker {
 		return naming.LegacyMarker
