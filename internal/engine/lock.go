@@ -52,7 +52,7 @@ func lockGuest(ctx context.Context, dir, key string) (func(), error) {
 		case <-ctx.Done():
 			holder, _ := os.ReadFile(name)
 			f.Close()
-			return nil, fmt.Errorf("%w (%s; holder: %s); waited %s", ErrGuestLocked, name, strings.TrimSpace(string(holder)), "until --timeout")
+			return nil, fmt.Errorf("%w (%s, held by %s); gave up after --timeout: retry later, or raise --timeout to wait longer", ErrGuestLocked, name, strings.TrimSpace(string(holder)))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
