@@ -164,7 +164,7 @@ func runSnapshotCollapse(ctx context.Context, g *GlobalOptions, o *SnapshotColla
 		}
 	}
 	p := g.newProgress()
-	err = cc.CollapseChain(cctx, s.guest, o.Disk, p.report)
+	err = cc.CollapseChain(cctx, s.guest, driver.CollapseOptions{Disk: o.Disk, Progress: p.report})
 	p.done()
 	if err != nil {
 		if len(rows) > 0 {

@@ -120,6 +120,14 @@ type Snapshot struct {
 	Consistency Consistency    `json:"consistency,omitempty"`
 	GuestState  string         `json:"guest_state,omitempty"` // state recorded at snapshot time
 	Disks       []SnapshotDisk `json:"disks,omitempty"`
+	// Incomplete, when not empty, says why the snapshot's data is no longer whole (a
+	// merge that removes it was interrupted and is finished by the next run that
+	// changes the guest). Such a snapshot must not be reverted to.
+	Incomplete string `json:"incomplete,omitempty"`
+	// Notes are things the user should know about a snapshot just created (e.g. a
+	// transient domain whose original definition still names the old images). Only
+	// CreateSnapshot fills them in.
+	Notes []string `json:"-"`
 }
 
 // CreateOptions asks for one snapshot of one guest.
@@ -287,10 +295,59 @@ type SnapshotEditor interface {
 	EditSnapshot(ctx context.Context, g Guest, name string, opts EditOptions) error
 }
 
+// CollapseOptions control CollapseChain.
+type CollapseOptions struct {
+	// Disk limits the collapse to one disk; empty means every disk.
+	Disk string
+	// ForceBase names base images the user allows autosnap to write into although
+	// autosnap did not create them (a collapse writes every overlay into the chain's
+	// bottom image, which may be a template other guests build on).
+	ForceBase []string
+	Progress  ProgressFunc
+}
+
 // ChainCollapser shortens a disk's backing chain by merging its images (block commit
-// or pull), keeping the guest's data. An empty disk means every disk.
+// or pull), keeping the guest's data.
 type ChainCollapser interface {
-	CollapseChain(ctx context.Context, g Guest, disk string, progress ProgressFunc) error
+	CollapseChain(ctx context.Context, g Guest, opts CollapseOptions) error
+}
+
+// StallBounded is implemented by drivers whose merges are bounded by progress rather
+// than by total time: DeleteSnapshot and DeleteSnapshotTree give up only when a merge
+// makes no progress for the connection's timeout (every single call to the hypervisor
+// stays bounded by it), so a large merge on a busy guest completes. Callers pass such
+// drivers a context without a deadline for deletes.
+type StallBounded interface {
+	StallBounded() bool
+}
+
+// TagLoader is implemented by drivers whose Guests leaves Tags nil because reading them
+// costs a call per guest. LoadTags fills in the tags of the given guests.
+type TagLoader interface {
+	LoadTags(ctx context.Context, guests []Guest) error
+}
+
+// LoadTags fills in guests' tags when d reads them lazily (see TagLoader); otherwise
+// Guests already did and it does nothing.
+func LoadTags(ctx context.Context, d Driver, guests []Guest) error {
+	if tl, ok := d.(TagLoader); ok {
+		return tl.LoadTags(ctx, guests)
+	}
+	return nil
+}
+
+// SnapshotPreparer splits CreateSnapshot in two so that a guest's filesystems are
+// frozen only for the snapshot call itself: PrepareSnapshot does every lookup and
+// check, PreparedSnapshot.Create only takes the snapshot. Close releases what a
+// prepared snapshot holds when Create is not called.
+type SnapshotPreparer interface {
+	PrepareSnapshot(ctx context.Context, g Guest, opts CreateOptions) (PreparedSnapshot, error)
+}
+
+// PreparedSnapshot is a snapshot ready to be taken; see SnapshotPreparer.
+type PreparedSnapshot interface {
+	Create(ctx context.Context) (Snapshot, error)
+	Close()
 }
 
 // Features lists the optional capabilities of a driver.

@@ -83,7 +83,8 @@ func qemuImgSizes(ctx context.Context, path string) ([]sizedInfo, error) {
 // image builds on one of the chain's images, or while an overlay holds internal
 // snapshots. Merging writes into the bottom image: a base image shared with other
 // guests (a template) must not be collapsed into.
-func (d *Driver) CollapseChain(ctx context.Context, g driver.Guest, disk string, progress driver.ProgressFunc) error {
+func (d *Driver) CollapseChain(ctx context.Context, g driver.Guest, opts driver.CollapseOptions) error {
+	disk, progress := opts.Disk, opts.Progress
 	dom, err := d.lookup(ctx, g)
 	if err != nil {
 		return err
