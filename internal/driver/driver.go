@@ -95,7 +95,10 @@ const (
 	ConsistencyQuiesced Consistency = "quiesced" // filesystems frozen through the guest agent
 	ConsistencyCrash    Consistency = "crash"    // as after a power loss
 	ConsistencyOffline  Consistency = "offline"  // guest was not running: trivially consistent
-	ConsistencyUnknown  Consistency = ""
+	// ConsistencyMemory: the snapshot holds the guest's RAM with its disks; reverting
+	// resumes the guest as it was, so the disks need no quiescing.
+	ConsistencyMemory  Consistency = "memory"
+	ConsistencyUnknown Consistency = ""
 )
 
 // SnapshotDisk is one disk's part of a snapshot.
@@ -374,6 +377,9 @@ var (
 	ErrNotFound    = errors.New("not found")
 	ErrUnsupported = errors.New("not supported")
 	ErrLocked      = errors.New("locked")
+	// ErrExists marks a snapshot (or one of its files) that already exists; nothing
+	// was changed.
+	ErrExists = errors.New("already exists")
 	// ErrConnect marks a failure to reach or authenticate to the hypervisor.
 	ErrConnect = errors.New("connection failed")
 	// ErrAgent marks a guest agent that did not answer.

@@ -274,7 +274,7 @@ func (gr *guestRun) lock(ctx context.Context) (func(), bool) {
 	if dir == "" {
 		dir = DefaultLockDir()
 	}
-	unlock, err := lockGuest(lctx, dir, gr.res.Guest.Key())
+	unlock, err := LockGuest(lctx, dir, gr.res.Guest.Key())
 	if err != nil {
 		gr.fail("locked", fmt.Errorf("guest %s: %w", gr.res.Guest.Name, err))
 		return nil, false

@@ -28,9 +28,10 @@ func DefaultLockDir() string {
 // ErrGuestLocked means another autosnap process holds a guest's lock.
 var ErrGuestLocked = errors.New("guest is locked by another autosnap run")
 
-// lockGuest takes the lock of one guest (key from driver.Guest.Key), waiting until ctx
-// ends. The returned function releases it.
-func lockGuest(ctx context.Context, dir, key string) (func(), error) {
+// LockGuest takes the cross-process lock of one guest (key from driver.Guest.Key),
+// waiting until ctx ends. Every command that changes a guest takes it. The returned
+// function releases it.
+func LockGuest(ctx context.Context, dir, key string) (func(), error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating lock directory %s: %w", dir, err)
 	}

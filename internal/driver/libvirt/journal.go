@@ -16,3 +16,12 @@ import (
 func (d *Driver) incompleteReasons(ctx context.Context, g driver.Guest, dom golibvirt.Domain) (map[string]string, error) {
 	return nil, nil
 }
+
+// settle finishes (or undoes) whatever an interrupted earlier run left half done on
+// g — a merge, a create — before anything else changes the guest. Every entry point
+// that changes a guest calls it first, under the domain lock.
+//
+// TODO(merge journal): implemented with the journal.
+func (d *Driver) settle(ctx context.Context, g driver.Guest, dom golibvirt.Domain) error {
+	return nil
+}

@@ -35,10 +35,15 @@ func (d *Driver) snapshots(ctx context.Context, g driver.Guest, dom golibvirt.Do
 	if err != nil && errCode(err) != golibvirt.ErrNoDomainSnapshot {
 		return nil, fmt.Errorf("guest %s: reading current snapshot: %w", g.Name, err)
 	}
+	incomplete, ierr := d.incompleteReasons(ctx, g, dom)
+	if ierr != nil {
+		return nil, fmt.Errorf("guest %s: %w", g.Name, ierr)
+	}
 	out := make([]driver.Snapshot, 0, len(xs))
 	for _, x := range xs {
 		s := fromXML(x)
 		s.Current = err == nil && cur.Name == s.Name
+		s.Incomplete = incomplete[s.Name]
 		out = append(out, s)
 	}
 	sort.SliceStable(out, func(i, j int) bool {
@@ -124,7 +129,7 @@ func fromXML(x *libvirtxml.DomainSnapshot) driver.Snapshot {
 		s.Location = driver.LocationInternal
 	}
 	switch c := naming.DescriptionFields(x.Description)["consistency"]; driver.Consistency(c) {
-	case driver.ConsistencyQuiesced, driver.ConsistencyCrash, driver.ConsistencyOffline:
+	case driver.ConsistencyQuiesced, driver.ConsistencyCrash, driver.ConsistencyOffline, driver.ConsistencyMemory:
 		s.Consistency = driver.Consistency(c)
 	}
 	return s
