@@ -286,9 +286,9 @@ func (p *fakePrepared) Close() {
 // coreOnly hides every optional capability of a fake: the bare driver.Driver.
 type coreOnly struct{ f *fakeDriver }
 
-func (c coreOnly) Name() string                                        { return "fake-core" }
-func (c coreOnly) Close() error                                        { return nil }
-func (c coreOnly) Guests(ctx context.Context) ([]driver.Guest, error)  { return c.f.Guests(ctx) }
+func (c coreOnly) Name() string                                       { return "fake-core" }
+func (c coreOnly) Close() error                                       { return nil }
+func (c coreOnly) Guests(ctx context.Context) ([]driver.Guest, error) { return c.f.Guests(ctx) }
 func (c coreOnly) Snapshots(ctx context.Context, g driver.Guest) ([]driver.Snapshot, error) {
 	return c.f.Snapshots(ctx, g)
 }
@@ -307,7 +307,9 @@ type quiescerOnly struct {
 	coreOnly
 }
 
-func (q quiescerOnly) AgentPing(ctx context.Context, g driver.Guest) error { return q.f.AgentPing(ctx, g) }
+func (q quiescerOnly) AgentPing(ctx context.Context, g driver.Guest) error {
+	return q.f.AgentPing(ctx, g)
+}
 func (q quiescerOnly) Freeze(ctx context.Context, g driver.Guest) (int, error) {
 	return q.f.Freeze(ctx, g)
 }
