@@ -180,20 +180,42 @@ type Runner struct {
 	// Timeout is how long one invocation may run before the script and every
 	// process in its process group are killed. Zero means DefaultTimeout.
 	Timeout time.Duration
+	// MaxOutput caps what one invocation passes on to its output, stdout and stderr
+	// together: the first half streams through as it is written, the last half is
+	// kept and written when the script ends, and a line in between says how many
+	// bytes were left out. Zero means DefaultMaxOutput.
+	MaxOutput int64
+}
+
+// DefaultMaxOutput is the output cap used when Runner.MaxOutput is zero or negative.
+const DefaultMaxOutput = 64 << 10
+
+// ExitError is returned by Run when the script ran and exited with a non-zero status.
+type ExitError struct {
+	Path  string
+	Phase Phase
+	Code  int
+}
+
+func (e *ExitError) Error() string {
+	return fmt.Sprintf("hook script %s (phase %s) exited with status %d", e.Path, e.Phase, e.Code)
 }
 
 // Run executes the script once for env and waits for it.
 //
 // The script inherits the environment of autosnap plus env.Vars() (which
 // override inherited variables of the same name), reads stdin from
-// /dev/null, and writes both stdout and stderr to out (nil discards them).
-// The caller should buffer out per guest so parallel output does not mix.
+// /dev/null, and writes both stdout and stderr to out (nil discards them) as
+// they come, capped by MaxOutput; out always ends with a newline if the script
+// wrote anything. The caller keeps parallel guests' output apart.
 // The script runs in its own process group; on timeout or cancellation of
 // ctx the whole group is killed with SIGKILL.
 //
 // The returned error describes a failed start, a non-zero exit status, a
-// death by signal, a timeout or a cancellation. Hook failures must never
-// fail a snapshot, removal or job: callers report the error and go on.
+// death by signal, a timeout or a cancellation; a non-zero exit status is an
+// *ExitError. What a failure means is the caller's choice: by default the
+// engine reports it and goes on, with --strict-hooks a failed *-pre hook
+// aborts that guest's operation.
 // Background processes that the script leaves running are not waited for:
 // if they keep out open, Run returns shortly after the script exited and
 // their further output is lost.
@@ -216,8 +238,18 @@ func (r *Runner) Run(ctx context.Context, env Env, out io.Writer) error {
 	cmd := exec.CommandContext(runCtx, path)
 	cmd.Env = append(os.Environ(), env.Vars()...) // later duplicates win
 	cmd.Stdin = nil                               // /dev/null
-	cmd.Stdout = out
-	cmd.Stderr = out
+	if out == nil {
+		out = io.Discard
+	}
+	max := r.MaxOutput
+	if max <= 0 {
+		max = DefaultMaxOutput
+	}
+	cw := &cappedWriter{w: out, head: max - max/2, tailCap: int(max / 2)}
+	// One writer value for both: exec then copies from a single pipe, so the
+	// script's own ordering of stdout and stderr lines is kept.
+	cmd.Stdout = cw
+	cmd.Stderr = cw
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error {
 		// Negative pid: the whole group, so children of the script die too.
@@ -226,6 +258,7 @@ func (r *Runner) Run(ctx context.Context, env Env, out io.Writer) error {
 	cmd.WaitDelay = waitDelay
 
 	err := cmd.Run()
+	cw.finish()
 	what := fmt.Sprintf("hook script %s (phase %s)", r.Path, env.Phase)
 	switch {
 	case err == nil, errors.Is(err, exec.ErrWaitDelay):
@@ -242,10 +275,82 @@ func (r *Runner) Run(ctx context.Context, env Env, out io.Writer) error {
 		if ws, ok := exitErr.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			return fmt.Errorf("%s terminated by signal %s", what, ws.Signal())
 		}
-		return fmt.Errorf("%s exited with status %d", what, exitErr.ExitCode())
+		return &ExitError{Path: r.Path, Phase: env.Phase, Code: exitErr.ExitCode()}
 	}
 	if errors.Is(err, syscall.ENOEXEC) {
 		return fmt.Errorf("%s: %w (missing #! line?)", what, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
+}
+
+// cappedWriter passes the first head bytes on at once, keeps the last tailCap bytes
+// after that in a ring, and counts what falls out of the ring. exec calls Write from
+// one goroutine at a time; finish runs after the copying ended.
+type cappedWriter struct {
+	w        io.Writer
+	head     int64 // bytes still to pass on at once
+	tail     []byte
+	tailCap  int
+	start    int // ring start in tail once it is full
+	omitted  int64
+	last     byte
+	anything bool
+}
+
+func (c *cappedWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	if n == 0 {
+		return 0, nil
+	}
+	c.anything = true
+	if c.head > 0 {
+		k := int(min(int64(len(p)), c.head))
+		c.head -= int64(k)
+		c.last = p[k-1]
+		if _, err := c.w.Write(p[:k]); err != nil {
+			return 0, err
+		}
+		p = p[k:]
+	}
+	for len(p) > 0 {
+		if len(c.tail) < c.tailCap {
+			k := min(len(p), c.tailCap-len(c.tail))
+			c.tail = append(c.tail, p[:k]...)
+			p = p[k:]
+			continue
+		}
+		if c.tailCap == 0 {
+			c.omitted += int64(len(p))
+			break
+		}
+		// Full ring: overwrite the oldest bytes.
+		k := min(len(p), c.tailCap-c.start)
+		copy(c.tail[c.start:], p[:k])
+		c.omitted += int64(k)
+		c.start = (c.start + k) % c.tailCap
+		p = p[k:]
+	}
+	return n, nil
+}
+
+// finish writes the kept tail, says how much was left out, and ends the output with
+// a newline so the next line does not run into it. Errors writing to the caller's
+// output are ignored: they must not turn a hook's success into a failure.
+func (c *cappedWriter) finish() {
+	if c.omitted > 0 {
+		sep := ""
+		if c.last != '\n' {
+			sep = "\n"
+		}
+		fmt.Fprintf(c.w, "%s[… %d bytes of hook output not shown]\n", sep, c.omitted)
+		c.last = '\n'
+	}
+	tail := append(c.tail[c.start:len(c.tail):len(c.tail)], c.tail[:c.start]...)
+	if len(tail) > 0 {
+		_, _ = c.w.Write(tail)
+		c.last = tail[len(tail)-1]
+	}
+	if c.anything && c.last != '\n' {
+		_, _ = c.w.Write([]byte{'\n'})
+	}
 }

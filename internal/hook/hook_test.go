@@ -178,7 +178,7 @@ if read -r line; then echo "stdin: $line"; else echo "stdin empty"; fi
 
 func TestRunInterpreterFromShebang(t *testing.T) {
 	if _, err := os.Stat("/usr/bin/env"); err != nil {
-		t.Skip("no /usr/bin/env")
+		t.Fatal("no /usr/bin/env: the test images have it")
 	}
 	dir := t.TempDir()
 	p := writeScript(t, dir, "hook", "#!/usr/bin/env bash\necho \"${BASH_VERSION:+bash}\"\n")
@@ -448,18 +448,5 @@ func TestValidate(t *testing.T) {
 		case tc.want != "" && (err == nil || err.Error() != tc.want):
 			t.Errorf("Validate(%q) = %v, want %q", tc.path, err, tc.want)
 		}
-	}
-}
-
-func TestValidateNotExecutableByUser(t *testing.T) {
-	if os.Geteuid() == 0 {
-		t.Skip("root may execute any file with an x bit")
-	}
-	p := writeScript(t, t.TempDir(), "group.sh", "#!/bin/sh\n")
-	if err := os.Chmod(p, 0o654); err != nil {
-		t.Fatal(err)
-	}
-	if err := Validate(p); err == nil || !strings.Contains(err.Error(), "not executable by the current user") {
-		t.Errorf("Validate = %v", err)
 	}
 }
