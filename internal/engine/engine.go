@@ -59,6 +59,7 @@ type Job struct {
 	Quiesce        Quiesce // default auto
 	MaxPercStorage float64 // 0 disables the storage guard
 	DryRun         bool
+	StrictHooks    bool
 	Debug          bool
 	MaxParallel    int
 	// Timeout bounds every single hypervisor operation (and waiting for a guest lock).

@@ -24,6 +24,7 @@ type StatusRow struct {
 	VMState     bool
 	Location    driver.Location
 	Consistency driver.Consistency
+	Incomplete  string
 }
 
 // Status lists the autosnap (and cv4pve-autosnap) snapshots of the guests, in guest
