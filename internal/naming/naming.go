@@ -4,7 +4,8 @@
 // A snapshot name is "auto" + label + timestamp, where the timestamp is rendered
 // with a Format (a subset of .NET custom DateTime formats, default yyMMddHHmmss).
 // A snapshot is ours when its description's first line is Marker or LegacyMarker;
-// only then, and only when its name parses, does retention count it.
+// only then, and only when its name parses, does retention count it. Recognizer
+// reads names made with any supported format, not only the run's (see Recognize).
 //
 // The package is pure: it never reads the clock; times are passed in.
 package naming
