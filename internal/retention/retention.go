@@ -21,6 +21,9 @@ var ErrExists = errors.New("snapshot already exists")
 type Item struct {
 	Name string    `json:"name"`
 	Time time.Time `json:"time"`
+	// Incomplete, when not empty, says why the snapshot's data is no longer whole: an
+	// earlier removal of it was interrupted (see driver.Snapshot.Incomplete).
+	Incomplete string `json:"incomplete,omitempty"`
 }
 
 // Decision is what Plan decided for one item, and why.
@@ -32,14 +35,19 @@ type Decision struct {
 	Reason string `json:"reason"`
 }
 
-// Plan keeps the newest keep items of existing plus planned and removes the rest.
+// Plan keeps the newest keep items of existing plus planned and removes the rest,
+// with a reason for every decision, in the style of restic's forget: kept items say
+// "newest N of KEEP" (N = 1 is the newest), the planned one "created now; newest N
+// of KEEP", removed ones "beyond keep KEEP".
 //
 // planned, when non-nil, is the snapshot about to be created: it always counts as
-// one of the keep and is always kept (with reason "new; …"), even if clock skew
-// dates an existing snapshot after it; existing snapshots dated after it still
-// compete for the remaining places by time, and their reason says they are
-// future-dated. Items are ordered by Time, ties broken by Name (byte order). The
-// decisions come back sorted oldest to newest, so removals are oldest first.
+// one of the keep and is always kept, even if clock skew dates an existing snapshot
+// after it; existing snapshots dated after it still compete for the remaining places
+// by time, and their reason says they are future-dated. Incomplete items (an earlier
+// removal was interrupted) take no place: they are removed, with the reason
+// "incomplete: WHY; finishing its interrupted removal". Items are ordered by Time,
+// ties broken by Name (byte order). The decisions come back sorted oldest to newest,
+// so removals are oldest first.
 //
 // keep < 0 is an error; keep == 0 removes every existing item and is an error
 // when planned is non-nil, since it would remove the snapshot just taken. A
@@ -68,7 +76,7 @@ func Plan(existing []Item, planned *Item, keep int) ([]Decision, error) {
 		return strings.Compare(a.Name, b.Name)
 	})
 
-	// The planned snapshot takes its place first, then the newest existing ones.
+	// The planned snapshot takes its place first, then the newest whole existing ones.
 	slots := keep
 	if planned != nil {
 		slots--
@@ -77,6 +85,7 @@ func Plan(existing []Item, planned *Item, keep int) ([]Decision, error) {
 		switch {
 		case ds[i].New:
 			ds[i].Keep = true
+		case ds[i].Incomplete != "":
 		case slots > 0:
 			ds[i].Keep = true
 			slots--
@@ -86,13 +95,16 @@ func Plan(existing []Item, planned *Item, keep int) ([]Decision, error) {
 	rank := 0
 	for i := len(ds) - 1; i >= 0; i-- {
 		d := &ds[i]
-		if d.Keep {
+		switch {
+		case d.Keep:
 			rank++
 			d.Reason = fmt.Sprintf("newest %d of %d", rank, keep)
 			if d.New {
-				d.Reason = "new; " + d.Reason
+				d.Reason = "created now; " + d.Reason
 			}
-		} else {
+		case d.Incomplete != "":
+			d.Reason = "incomplete: " + d.Incomplete + "; finishing its interrupted removal"
+		default:
 			d.Reason = fmt.Sprintf("beyond keep %d", keep)
 		}
 		if planned != nil && !d.New && d.Time.After(planned.Time) {
@@ -108,6 +120,17 @@ func Removals(ds []Decision) []Item {
 	for _, d := range ds {
 		if !d.Keep {
 			out = append(out, d.Item)
+		}
+	}
+	return out
+}
+
+// Kept returns the decisions that keep their item, in order.
+func Kept(ds []Decision) []Decision {
+	var out []Decision
+	for _, d := range ds {
+		if d.Keep {
+			out = append(out, d)
 		}
 	}
 	return out

@@ -61,6 +61,9 @@ func TestPlanGolden(t *testing.T) {
 		{"future_dated_keep3_planned", items(1, 20, 30, 2), newItem(10), 3},
 		{"future_dated_clean", items(1, 20, 2), nil, 2},
 		{"zero_time", []Item{{Name: "autox"}, items(1)[0]}, nil, 1},
+		{"incomplete_planned", withIncomplete(items(1, 2, 3), 2), newItem(10), 2},
+		{"incomplete_newest_clean", withIncomplete(items(1, 2, 3), 2), nil, 2},
+		{"incomplete_all_keep0", withIncomplete(items(1, 2), 0, 1), nil, 0},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -132,8 +135,45 @@ func checkInvariants(t *testing.T, ds []Decision, existing []Item, planned *Item
 			}
 		}
 	}
-	if want := min(keep, total); kept != want {
+	whole := total
+	for _, it := range existing {
+		if it.Incomplete != "" {
+			whole--
+		}
+	}
+	for _, d := range ds {
+		if d.Incomplete != "" && d.Keep {
+			t.Errorf("incomplete %s kept", d.Name)
+		}
+		if d.Keep && !strings.HasPrefix(d.Reason, "newest ") && !strings.HasPrefix(d.Reason, "created now; newest ") {
+			t.Errorf("kept %s with reason %q", d.Name, d.Reason)
+		}
+	}
+	if want := min(keep, whole); kept != want {
 		t.Errorf("kept %d, want %d", kept, want)
+	}
+}
+
+// withIncomplete marks the items at the given indexes as incomplete.
+func withIncomplete(its []Item, idx ...int) []Item {
+	for _, i := range idx {
+		its[i].Incomplete = "a merge removing it was interrupted"
+	}
+	return its
+}
+
+func TestKept(t *testing.T) {
+	ds, err := Plan(items(1, 2, 3), newItem(10), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range Kept(ds) {
+		got = append(got, d.Name+": "+d.Reason)
+	}
+	want := []string{"autohourly260929050000: newest 2 of 2", "autohourly260929120000: created now; newest 1 of 2"}
+	if !slices.Equal(got, want) {
+		t.Errorf("Kept = %q, want %q", got, want)
 	}
 }
 
