@@ -5,6 +5,7 @@ package cli
 
 import (
 	"bytes"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -15,11 +16,12 @@ import (
 	"github.com/autosnap/autosnap/internal/testbed"
 )
 
-// buildAutosnap builds the real binary once per test process.
+// buildAutosnap builds the real binary once per test, with crash points compiled in
+// (-tags crashtest): a test holds a run at one of them (see startSnap).
 func buildAutosnap(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "autosnap")
-	out, err := exec.Command("go", "build", "-o", bin, "../../cmd/autosnap").CombinedOutput()
+	out, err := exec.Command("go", "build", "-tags", "crashtest", "-o", bin, "../../cmd/autosnap").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
@@ -56,15 +58,46 @@ func thawedWithin(t *testing.T, d *testbed.Domain, limit time.Duration) time.Dur
 	return 0
 }
 
-func startSnap(t *testing.T, bin string, d *testbed.Domain, extra ...string) (*exec.Cmd, *bytes.Buffer) {
-	args := append([]string{"--vmid", d.Name, "--timestamp-format", fmtMS, "snap", "--label", "kill", "--keep", "3"}, extra...)
+// heldRun is a snap run paused at the crash point freeze.frozen: the guest's
+// filesystems are frozen and the snapshot is not yet asked for. release lets it go on.
+type heldRun struct {
+	cmd   *exec.Cmd
+	out   *bytes.Buffer
+	point string // the crash file: exists while the run is held
+}
+
+func (h *heldRun) release() { os.Remove(h.point) }
+
+// waitHeld waits until the run reached the point.
+func (h *heldRun) waitHeld(t *testing.T, within time.Duration) {
+	t.Helper()
+	for end := time.Now().Add(within); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(h.point); err == nil {
+			return
+		}
+	}
+	t.Fatalf("the run never reached freeze.frozen:\n%s", h.out)
+}
+
+// startSnap starts a snap run that pauses with the guest frozen (crash point
+// freeze.frozen, mode pause) until released.
+func startSnap(t *testing.T, bin string, d *testbed.Domain) *heldRun {
+	args := []string{"--vmid", d.Name, "--timestamp-format", fmtMS, "snap", "--label", "kill", "--keep", "3"}
 	cmd := exec.Command(bin, args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	h := &heldRun{cmd: cmd, out: &bytes.Buffer{}, point: filepath.Join(t.TempDir(), "crash-point")}
+	cmd.Env = append(os.Environ(), "AUTOSNAP_CRASH_AT=freeze.frozen", "AUTOSNAP_CRASH_MODE=pause", "AUTOSNAP_CRASH_FILE="+h.point)
+	cmd.Stdout, cmd.Stderr = h.out, h.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	return cmd, &out
+	t.Cleanup(func() {
+		h.release()
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	return h
 }
 
 func TestGuestNeverStaysFrozen(t *testing.T) {
@@ -73,28 +106,31 @@ func TestGuestNeverStaysFrozen(t *testing.T) {
 	d := bed.NewDomain(t, testbed.DomainSpec{Guest: true, Writer: true, DiskMiB: 32})
 
 	t.Run("SIGKILL", func(t *testing.T) {
-		cmd, out := startSnap(t, bin, d, "--debug-hold-frozen", "60s")
-		waitFrozen(t, d, 30*time.Second)
-		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		run := startSnap(t, bin, d)
+		run.waitHeld(t, 60*time.Second)
+		waitFrozen(t, d, 5*time.Second)
+		if err := run.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		_ = cmd.Wait()
+		_ = run.cmd.Wait()
 		took := thawedWithin(t, d, 12*time.Second)
-		t.Logf("thawed %s after SIGKILL\n%s", took, out)
+		t.Logf("thawed %s after SIGKILL\n%s", took, run.out)
 		if took > 10*time.Second {
 			t.Errorf("guest thawed only after %s; the watchdog bound is 10s", took)
 		}
 	})
 
 	t.Run("SIGTERM", func(t *testing.T) {
-		cmd, out := startSnap(t, bin, d, "--debug-hold-frozen", "60s")
-		waitFrozen(t, d, 30*time.Second)
-		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		run := startSnap(t, bin, d)
+		run.waitHeld(t, 60*time.Second)
+		waitFrozen(t, d, 5*time.Second)
+		if err := run.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		err := cmd.Wait()
+		run.release() // the run goes on with its context cancelled
+		err := run.cmd.Wait()
 		took := thawedWithin(t, d, 12*time.Second)
-		t.Logf("thawed %s after SIGTERM; exit %v\n%s", took, err, out)
+		t.Logf("thawed %s after SIGTERM; exit %v\n%s", took, err, run.out)
 		if err == nil {
 			t.Errorf("an interrupted run exited 0")
 		}
@@ -105,19 +141,28 @@ func TestGuestNeverStaysFrozen(t *testing.T) {
 
 	t.Run("HungRunBound", func(t *testing.T) {
 		// A run stuck while the guest is frozen: the watchdog thaws within its bound.
-		cmd, out := startSnap(t, bin, d, "--debug-hold-frozen", "15s")
-		waitFrozen(t, d, 30*time.Second)
+		run := startSnap(t, bin, d)
+		run.waitHeld(t, 60*time.Second)
+		waitFrozen(t, d, 5*time.Second)
 		start := time.Now()
 		took := thawedWithin(t, d, 13*time.Second)
-		if err := cmd.Wait(); err != nil {
+		run.release()
+		if err := run.cmd.Wait(); err != nil {
 			t.Logf("run: %v", err)
 		}
-		t.Logf("thawed %s into the hold\n%s", time.Since(start), out)
+		t.Logf("thawed %s into the hold\n%s", time.Since(start), run.out)
 		if took > 11*time.Second {
 			t.Errorf("guest frozen for %s, bound is 10s", took)
 		}
-		if !strings.Contains(out.String(), "watchdog thawed it") {
+		if !strings.Contains(run.out.String(), "watchdog thawed it") {
 			t.Errorf("the run does not report the watchdog's thaw")
+		}
+	})
+
+	t.Run("NoTestKnobOnTheCommandLine", func(t *testing.T) {
+		r := run(t, "--vmid", d.Name, "snap", "--label", "x", "--keep", "1", "--debug-hold-frozen", "1s")
+		if r.code != ExitUsage || !strings.Contains(r.stderr, "unknown flag: --debug-hold-frozen") {
+			t.Errorf("--debug-hold-frozen: exit %d, want a usage error", r.code)
 		}
 	})
 

@@ -22,7 +22,7 @@ type SnapOptions struct {
 	MaxPercStorage float64
 	HookTimeout    time.Duration
 	MaxChainDepth  int
-	HoldFrozen     time.Duration
+	StrictHooks    bool
 }
 
 func newSnapCommand(g *GlobalOptions) *cobra.Command {
@@ -39,9 +39,14 @@ auto); --state adds the guest's RAM. A shut-off guest gets an offline external
 snapshot. Removing a snapshot merges its overlay back, so each disk's chain stays
 --keep+1 images deep. Snapshots autosnap did not make are never touched.
 
---timeout bounds each merge too: merging a large, busy overlay can take longer than
-the default 30 s, so raise it for big disks. A merge cut off by the timeout is aborted
-with the chain intact and the snapshot kept; the next run tries again.`,
+--timeout bounds each merge too. Where the driver bounds merges by progress
+(libvirt), it is the longest a merge may go without progress, so a large merge that
+keeps moving completes; elsewhere it is the merge's total time. A merge cut off is
+aborted with the chain intact and the snapshot kept; the next run tries again.
+
+--max-chain-depth counts each disk's overlays as they will be after this run's
+removals. With --strict-hooks a failing snap-create-pre hook stops that guest's
+snapshot and a failing snap-remove-pre hook that removal (see docs/hooks.md).`,
 		Example: `  autosnap --vmid @all snap --label hourly --keep 24
   autosnap --vmid 'web%,-web-test' snap --label daily --keep 7 --script /etc/autosnap/hook.sh`,
 		Args: cobra.NoArgs,
@@ -58,9 +63,8 @@ with the chain intact and the snapshot kept; the next run tries again.`,
 	f.StringVar(&o.Quiesce, "quiesce", "auto", "freeze guest filesystems via the agent: auto, on, off")
 	f.Float64Var(&o.MaxPercStorage, "max-perc-storage", 95, "fail a guest whose storage is fuller than this percentage")
 	f.DurationVar(&o.HookTimeout, "script-timeout", hook.DefaultTimeout, "time allowed for one hook run")
-	f.IntVar(&o.MaxChainDepth, "max-chain-depth", 0, "fail a guest whose disks would get more overlays than this (0: no limit)")
-	f.DurationVar(&o.HoldFrozen, "debug-hold-frozen", 0, "testing only: keep guests frozen this long before snapshotting")
-	_ = f.MarkHidden("debug-hold-frozen")
+	f.IntVar(&o.MaxChainDepth, "max-chain-depth", 0, "fail a guest whose disks would have more overlays than this after retention (0: no limit)")
+	f.BoolVar(&o.StrictHooks, "strict-hooks", false, "a failing *-pre hook aborts that guest's snapshot or removal (default: warn, as cv4pve-autosnap)")
 	_ = cmd.MarkFlagRequired("label")
 	_ = cmd.MarkFlagRequired("keep")
 	return cmd
@@ -85,7 +89,7 @@ func runSnap(ctx context.Context, g *GlobalOptions, o *SnapOptions) error {
 		return usage(errors.New("--max-chain-depth must be 0 (no limit) or more"))
 	}
 	job.Memory, job.OnlyRunning, job.Quiesce, job.MaxPercStorage = o.State, o.OnlyRunning, q, o.MaxPercStorage
-	job.MaxChainDepth, job.HoldFrozen = o.MaxChainDepth, o.HoldFrozen
+	job.MaxChainDepth, job.StrictHooks = o.MaxChainDepth, o.StrictHooks
 	if q != engine.QuiesceOff && !g.DryRun {
 		job.Watchdog = g.newWatchdogClient()
 		defer job.Watchdog.Close()

@@ -22,7 +22,7 @@ func newStatusCommand(g *GlobalOptions) *cobra.Command {
 		Use:   "status",
 		Short: "List the autosnap snapshots of the selected guests (all guests without --vmid)",
 		Long: `List the snapshots autosnap (or cv4pve-autosnap) made on the selected guests,
-oldest first per guest.
+oldest first per guest, whatever --timestamp-format they were taken with.
 
 JSON (-o json|jsonpretty) is an array of objects with the keys:
   node         host of the guest
@@ -35,7 +35,10 @@ JSON (-o json|jsonpretty) is an array of objects with the keys:
   description  first line of the description (autosnap or cv4pve-autosnap)
   vmstate      true when the snapshot holds the guest's RAM
   location     internal | external | mixed
-  consistency  quiesced | crash | offline | "" (unknown, e.g. made by cv4pve)`,
+  consistency  quiesced | crash | offline | memory (RAM saved with the disks) |
+               "" (unknown, e.g. made by cv4pve)
+  incomplete   why the snapshot's data is not whole (an interrupted merge that
+               removes it; the next run finishes it): do not revert to it; "" when whole`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runStatus(cmd.Context(), g, o)
@@ -50,6 +53,7 @@ var statusColumns = []report.Column{
 	{Header: "TIME", Key: "time"}, {Header: "PARENT", Key: "parent"}, {Header: "NAME", Key: "name"},
 	{Header: "LABEL", Key: "label"}, {Header: "DESCRIPTION", Key: "description"}, {Header: "VM STATE", Key: "vmstate"},
 	{Header: "LOCATION", Key: "location"}, {Header: "CONSISTENCY", Key: "consistency"},
+	{Header: "INCOMPLETE", Key: "incomplete"},
 }
 
 func runStatus(ctx context.Context, g *GlobalOptions, o *StatusOptions) error {
@@ -77,7 +81,7 @@ func runStatus(ctx context.Context, g *GlobalOptions, o *StatusOptions) error {
 			tm = r.Time.UTC()
 		}
 		t.Rows = append(t.Rows, []any{r.Node, r.VMID, r.VMName, tm, r.Parent, r.Name, r.Label, r.Description,
-			r.VMState, string(r.Location), string(r.Consistency)})
+			r.VMState, string(r.Location), string(r.Consistency), r.Incomplete})
 	}
 	if rerr := report.Render(g.stdout, g.format(), t); rerr != nil {
 		return rerr

@@ -59,9 +59,12 @@ type Job struct {
 	Quiesce        Quiesce // default auto
 	MaxPercStorage float64 // 0 disables the storage guard
 	DryRun         bool
-	StrictHooks    bool
-	Debug          bool
-	MaxParallel    int
+	// StrictHooks makes a failing snap-create-pre or snap-remove-pre hook abort that
+	// guest's create or removal and fail the guest (--strict-hooks); otherwise a
+	// failing hook is a warning, as in cv4pve-autosnap.
+	StrictHooks bool
+	Debug       bool
+	MaxParallel int
 	// Timeout bounds every single hypervisor operation (and waiting for a guest lock).
 	Timeout time.Duration
 	LockDir string
@@ -69,16 +72,16 @@ type Job struct {
 	// Quiescer only for the snapshot itself and is thawed even if autosnap dies. Without
 	// it (or for drivers that are not Quiescers) the driver quiesces natively.
 	Watchdog *watchdog.Client
-	// HoldFrozen keeps a guest frozen this long before snapshotting (tests only: it
-	// lets a test kill autosnap while a guest is frozen).
+	// HoldFrozen keeps a guest frozen this long before snapshotting. Tests only, and
+	// not on the command line: it lets an in-process test see a guest frozen.
 	HoldFrozen time.Duration
-	// MaxChainDepth fails a guest whose disks would get more than this many overlays
-	// (0: no limit).
+	// MaxChainDepth fails a guest whose disks would have more than this many overlays
+	// after the run, retention counted (0: no limit).
 	MaxChainDepth int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Out receives the job's output; each guest's block is written in one piece, in
-	// selection order.
+	// selection order, streamed while that guest is the first unfinished one.
 	Out io.Writer
 }
 
@@ -148,6 +151,14 @@ func (j *Job) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 
 // Snap creates one snapshot named auto{label}{timestamp} on every guest and applies
 // retention. The name is computed once so all guests share it.
+//
+// Per guest, in order: skip or fail what cannot be snapshotted (template, unknown
+// state, --only-running, the driver's own check); take the guest's lock; list its
+// snapshots once and plan retention with the new snapshot counted; fail before
+// changing anything when the name is taken, the storage is too full or the chains
+// would end deeper than --max-chain-depth; run snap-create-pre; create (prepared
+// before any freeze, see frozenCreate); remove what the plan removes; run
+// snap-create-post. A dry run takes the same path and stops short of every change.
 func (j *Job) Snap(ctx context.Context, guests []driver.Guest) (*Report, error) {
 	if j.Keep < 1 {
 		return nil, fmt.Errorf("snap needs --keep of at least 1 (it counts the new snapshot); use clean --keep 0 to remove all")
@@ -156,9 +167,10 @@ func (j *Job) Snap(ctx context.Context, guests []driver.Guest) (*Report, error) 
 		return nil, err
 	}
 	start := time.Now()
-	name := naming.Name(j.Label, j.Format, j.now().In(j.loc()))
+	at := j.now().In(j.loc())
+	name := naming.Name(j.Label, j.Format, at)
 	j.jobHook(ctx, hook.Env{Phase: hook.SnapJobStart, VMState: j.Memory, State: true})
-	results := j.forEach(ctx, guests, func(ctx context.Context, gr *guestRun) { j.snapGuest(ctx, gr, name) })
+	results := j.forEach(ctx, guests, func(ctx context.Context, gr *guestRun) { j.snapGuest(ctx, gr, name, at) })
 	rep := &Report{SnapName: name, Guests: results, Duration: time.Since(start)}
 	j.jobHook(ctx, hook.Env{Phase: hook.SnapJobEnd, VMState: j.Memory, State: rep.Failed() == 0, Duration: rep.Duration})
 	if n := rep.Failed(); n > 0 {
@@ -167,7 +179,7 @@ func (j *Job) Snap(ctx context.Context, guests []driver.Guest) (*Report, error) 
 	return rep, nil
 }
 
-func (j *Job) snapGuest(ctx context.Context, gr *guestRun, name string) {
+func (j *Job) snapGuest(ctx context.Context, gr *guestRun, name string, at time.Time) {
 	g := gr.res.Guest
 	switch {
 	case g.Template:
@@ -195,33 +207,42 @@ func (j *Job) snapGuest(ctx context.Context, gr *guestRun, name string) {
 	}
 	defer unlock()
 
-	if !j.storageOK(ctx, gr) || !j.chainOK(ctx, gr) {
+	l, ok := j.list(ctx, gr)
+	if !ok {
+		return
+	}
+	if l.has(name) {
+		j.createFailed(gr, name, existsError(name, g, driver.ErrExists))
+		return
+	}
+	plan, ok := j.plan(gr, l, &retention.Item{Name: name, Time: at})
+	if !ok || !j.storageOK(ctx, gr) || !j.chainOK(ctx, gr, l, plan) {
 		return
 	}
 	gr.res.Created = name
 	// The quiesce decision belongs to creating: a guest that cannot be quiesced with
 	// --quiesce on has failed creation, and its hook sees snap-create-abort.
-	gr.hook(ctx, hook.Env{Phase: hook.SnapCreatePre, SnapName: name, VMState: j.Memory, State: true})
-	gr.printf("Create snapshot: %s", name)
-	quiesce, ok := j.decideQuiesce(ctx, gr)
-	switch {
-	case !ok:
-	case j.DryRun:
-		gr.res.Consistency = consistencyFor(g, quiesce)
-		gr.printf("Dry run: would create %s (%s)", name, describeConsistency(gr.res.Consistency))
-	default:
-		ok = j.create(ctx, gr, name, quiesce)
+	if err := gr.hook(ctx, hook.Env{Phase: hook.SnapCreatePre, SnapName: name, VMState: j.Memory, State: true}); err != nil {
+		gr.failHook(hook.SnapCreatePre, err, "the snapshot is not taken")
+		ok = false
+	} else {
+		gr.printf("Create snapshot: %s", name)
+		var quiesce bool
+		quiesce, ok = j.decideQuiesce(ctx, gr)
+		switch {
+		case !ok:
+		case j.DryRun:
+			ok = j.dryCreate(ctx, gr, name, quiesce)
+		default:
+			ok = j.create(ctx, gr, name, quiesce)
+		}
 	}
 	if !ok {
 		gr.res.Created = ""
 		gr.hook(ctx, hook.Env{Phase: hook.SnapCreateAbort, SnapName: name, VMState: j.Memory, State: false, Duration: time.Since(gr.start)})
 		return
 	}
-	var planned *retention.Item
-	if j.DryRun {
-		planned = &retention.Item{Name: name, Time: j.now()}
-	}
-	if !j.prune(ctx, gr, planned) {
+	if !j.prune(ctx, gr, plan) {
 		return
 	}
 	gr.hook(ctx, hook.Env{Phase: hook.SnapCreatePost, SnapName: name, VMState: j.Memory, State: true, Duration: time.Since(gr.start)})
@@ -252,7 +273,13 @@ func (j *Job) Clean(ctx context.Context, guests []driver.Guest) (*Report, error)
 			return
 		}
 		defer unlock()
-		j.prune(ctx, gr, nil)
+		l, ok := j.list(ctx, gr)
+		if !ok {
+			return
+		}
+		if plan, ok := j.plan(gr, l, nil); ok {
+			j.prune(ctx, gr, plan)
+		}
 	})
 	rep := &Report{Guests: results, Duration: time.Since(start)}
 	j.jobHook(ctx, hook.Env{Phase: hook.CleanJobEnd, State: rep.Failed() == 0, Duration: rep.Duration})

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -11,64 +12,124 @@ import (
 	"github.com/autosnap/autosnap/internal/retention"
 )
 
-// ours lists the guest's snapshots made by autosnap (or cv4pve-autosnap) with the
-// job's label, as retention items.
-func (j *Job) ours(ctx context.Context, g driver.Guest) ([]retention.Item, error) {
+// recognizer reads snapshot names for this job: its format first, then any other
+// supported one (see naming.Recognizer.Recognize).
+func (j *Job) recognizer() naming.Recognizer {
+	return naming.Recognizer{Format: j.Format, Loc: j.loc()}
+}
+
+// listing is one guest's snapshots as read once per job: all of them (for names
+// already taken and chain depths) and, as retention items, those of the job's label.
+type listing struct {
+	all  []driver.Snapshot
+	ours []retention.Item
+}
+
+func (l listing) has(name string) bool {
+	for _, s := range l.all {
+		if s.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func (l listing) byName(name string) (driver.Snapshot, bool) {
+	for _, s := range l.all {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return driver.Snapshot{}, false
+}
+
+// list reads the guest's snapshots; on failure the guest has failed.
+func (j *Job) list(ctx context.Context, gr *guestRun) (listing, bool) {
+	g := gr.res.Guest
 	lctx, cancel := j.opCtx(ctx)
 	defer cancel()
 	snaps, err := j.Driver.Snapshots(lctx, g)
 	if err != nil {
-		return nil, err
+		gr.fail("listing snapshots failed", err)
+		return listing{}, false
 	}
-	var items []retention.Item
+	l := listing{all: snaps}
+	rec := j.recognizer()
 	for _, s := range snaps {
-		if !naming.IsOurs(s.Description) {
-			continue
-		}
-		t, ok := naming.Match(s.Name, j.Label, j.Format, j.loc())
+		r, ok := rec.Recognize(s.Name, s.Description, s.Created, j.Label)
 		if !ok {
 			continue
 		}
+		t := r.Time
 		if !s.Created.IsZero() {
 			t = s.Created
 		}
-		items = append(items, retention.Item{Name: s.Name, Time: t})
+		l.ours = append(l.ours, retention.Item{Name: s.Name, Time: t, Incomplete: s.Incomplete})
 	}
-	return items, nil
+	return l, true
 }
 
-// prune removes the guest's snapshots of the label beyond --keep, oldest first,
-// stopping at the first failure.
-func (j *Job) prune(ctx context.Context, gr *guestRun, planned *retention.Item) bool {
+// plan applies retention to the listing; planned is the snapshot about to be created
+// (nil for clean). On failure the guest has failed.
+func (j *Job) plan(gr *guestRun, l listing, planned *retention.Item) ([]retention.Decision, bool) {
+	ds, err := retention.Plan(l.ours, planned, j.Keep)
+	if err != nil {
+		gr.fail("retention", fmt.Errorf("guest %s: %w", gr.res.Guest.Name, err))
+		return nil, false
+	}
+	return ds, true
+}
+
+// deleteCtx bounds one removal: by --timeout, or — for drivers whose merges are
+// bounded by progress (driver.StallBounded) — only by ctx, so that SIGINT/SIGTERM
+// still stop it but a large merge that keeps progressing completes.
+func (j *Job) deleteCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if sb, ok := j.Driver.(driver.StallBounded); ok && sb.StallBounded() {
+		return context.WithCancel(ctx)
+	}
+	return j.opCtx(ctx)
+}
+
+// prune carries out the plan's removals, oldest first, stopping at the first failure.
+// A dry run also lists every kept snapshot with the reason it is kept.
+func (j *Job) prune(ctx context.Context, gr *guestRun, ds []retention.Decision) bool {
 	g := gr.res.Guest
-	items, err := j.ours(ctx, g)
-	if err != nil {
-		gr.fail("listing snapshots failed", err)
-		return false
+	if j.DryRun {
+		for _, d := range retention.Kept(ds) {
+			gr.printf("Keep snapshot: %s (%s)", d.Name, d.Reason)
+		}
 	}
-	plan, err := retention.Plan(items, planned, j.Keep)
-	if err != nil {
-		gr.fail("retention", fmt.Errorf("guest %s: %w", g.Name, err))
-		return false
-	}
-	for _, it := range retention.Removals(plan) {
-		rstart := time.Now()
-		gr.hook(ctx, hook.Env{Phase: hook.SnapRemovePre, SnapName: it.Name})
-		gr.printf("Remove snapshot: %s", it.Name)
-		gr.res.Removed = append(gr.res.Removed, it.Name)
-		if j.DryRun {
+	for _, d := range ds {
+		if d.Keep {
 			continue
 		}
-		dctx, cancel := j.opCtx(ctx)
-		err := j.Driver.DeleteSnapshot(dctx, g, it.Name)
-		cancel()
-		if err != nil {
-			gr.res.Removed = gr.res.Removed[:len(gr.res.Removed)-1]
-			gr.fail("remove failed", err)
-			gr.hook(ctx, hook.Env{Phase: hook.SnapRemoveAbort, SnapName: it.Name, Duration: time.Since(rstart)})
+		rstart := time.Now()
+		if err := gr.hook(ctx, hook.Env{Phase: hook.SnapRemovePre, SnapName: d.Name}); err != nil {
+			gr.failHook(hook.SnapRemovePre, err, fmt.Sprintf("snapshot %s is not removed", d.Name))
+			gr.hook(ctx, hook.Env{Phase: hook.SnapRemoveAbort, SnapName: d.Name, Duration: time.Since(rstart)})
 			return false
 		}
-		gr.hook(ctx, hook.Env{Phase: hook.SnapRemovePost, SnapName: it.Name, State: true, Duration: time.Since(rstart)})
+		gr.printf("Remove snapshot: %s (%s)", d.Name, d.Reason)
+		if j.DryRun {
+			gr.res.Removed = append(gr.res.Removed, d.Name)
+			continue
+		}
+		dctx, cancel := j.deleteCtx(ctx)
+		err := j.Driver.DeleteSnapshot(dctx, g, d.Name)
+		cancel()
+		if errors.Is(err, driver.ErrNotFound) {
+			// Gone already: finishing an interrupted merge removed it, or someone
+			// else did; either way retention's goal for it is reached.
+			gr.printf("Snapshot %s was already gone", d.Name)
+			err = nil
+		}
+		if err != nil {
+			gr.fail("remove failed", err) // the driver's error names guest and snapshot
+			gr.hook(ctx, hook.Env{Phase: hook.SnapRemoveAbort, SnapName: d.Name, Duration: time.Since(rstart)})
+			return false
+		}
+		gr.res.Removed = append(gr.res.Removed, d.Name)
+		gr.hook(ctx, hook.Env{Phase: hook.SnapRemovePost, SnapName: d.Name, State: true, Duration: time.Since(rstart)})
 	}
 	return true
 }

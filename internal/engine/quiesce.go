@@ -4,17 +4,25 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"sync"
 	"time"
 
+	"github.com/autosnap/autosnap/internal/crash"
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/naming"
+	"github.com/autosnap/autosnap/internal/retry"
 	"github.com/autosnap/autosnap/internal/watchdog"
 )
 
-func consistencyFor(g driver.Guest, quiesce bool) driver.Consistency {
+// consistencyFor is what a snapshot of g taken by this job holds: the guest's RAM with
+// --state on a live guest, else frozen filesystems when quiesced, else a crash image.
+func (j *Job) consistencyFor(g driver.Guest, quiesce bool) driver.Consistency {
 	switch {
 	case !g.State.Active():
 		return driver.ConsistencyOffline
+	case j.Memory:
+		return driver.ConsistencyMemory
 	case quiesce:
 		return driver.ConsistencyQuiesced
 	}
@@ -27,12 +35,57 @@ func describeConsistency(c driver.Consistency) string {
 		return "quiesced through the guest agent"
 	case driver.ConsistencyOffline:
 		return "guest shut off"
+	case driver.ConsistencyMemory:
+		return "RAM saved with the disks"
 	}
 	return "crash-consistent only"
 }
 
+// createOptions are the options of the job's snapshot of g. The description records
+// the consistency, and the label and format the name was built with (so any later run
+// reads the name back, whatever its --timestamp-format).
+func (j *Job) createOptions(g driver.Guest, name string, quiesce bool) driver.CreateOptions {
+	fields := naming.NameFields(j.Label, j.Format)
+	maps.Copy(fields, map[string]string{"consistency": string(j.consistencyFor(g, quiesce))})
+	return driver.CreateOptions{Name: name, Memory: j.Memory, Quiesce: quiesce, Description: naming.Description(fields)}
+}
+
+// createFailed fails the guest after a failed create (or prepare), saying plainly
+// when the name is taken.
+func (j *Job) createFailed(gr *guestRun, name string, err error) {
+	var w wrapped
+	if errors.Is(err, driver.ErrExists) && !errors.As(err, &w) {
+		err = existsError(name, gr.res.Guest, err)
+	}
+	if errors.Is(err, driver.ErrExists) {
+		gr.fail("name exists", err)
+		return
+	}
+	gr.fail("create failed", err)
+}
+
+// existsError says that the name is taken; it wraps err (which wraps
+// driver.ErrExists) and repeats err's text unless it is driver.ErrExists itself.
+func existsError(name string, g driver.Guest, err error) error {
+	msg := fmt.Sprintf("snapshot %s already exists on guest %s (two runs within one timestamp unit? use a finer --timestamp-format)", name, g.Name)
+	if err != driver.ErrExists {
+		msg += ": " + err.Error()
+	}
+	return wrapped{msg, err}
+}
+
+// wrapped is an error with its own text that still unwraps to err.
+type wrapped struct {
+	msg string
+	err error
+}
+
+func (w wrapped) Error() string { return w.msg }
+func (w wrapped) Unwrap() error { return w.err }
+
 // create takes the snapshot; with --quiesce auto a failed freeze falls back to a
-// crash-consistent snapshot, and the output says so.
+// crash-consistent snapshot, and the output says so. The driver's notes on the new
+// snapshot are shown as warnings.
 func (j *Job) create(ctx context.Context, gr *guestRun, name string, quiesce bool) bool {
 	g := gr.res.Guest
 	s, err := j.createOnce(ctx, gr, name, quiesce)
@@ -42,42 +95,106 @@ func (j *Job) create(ctx context.Context, gr *guestRun, name string, quiesce boo
 		s, err = j.createOnce(ctx, gr, name, false)
 	}
 	if err != nil {
-		gr.fail("create failed", err)
+		j.createFailed(gr, name, err)
 		return false
 	}
-	gr.res.Consistency = consistencyFor(g, quiesce)
+	gr.res.Consistency = j.consistencyFor(g, quiesce)
 	if s.Consistency != "" {
 		gr.res.Consistency = s.Consistency
 	}
 	gr.printf("Snapshot %s created (%s)", name, describeConsistency(gr.res.Consistency))
+	for _, n := range s.Notes {
+		gr.printf("WARNING: %s", n)
+	}
 	return true
+}
+
+// dryCreate shows what create would do. A driver that can prepare a snapshot checks
+// it for real (and releases it unused), so a dry run fails where the real run would.
+func (j *Job) dryCreate(ctx context.Context, gr *guestRun, name string, quiesce bool) bool {
+	g := gr.res.Guest
+	opts := j.createOptions(g, name, quiesce)
+	if p, ok := j.Driver.(driver.SnapshotPreparer); ok {
+		pctx, cancel := j.opCtx(ctx)
+		ps, err := p.PrepareSnapshot(pctx, g, opts)
+		cancel()
+		if err != nil {
+			j.createFailed(gr, name, err)
+			return false
+		}
+		ps.Close()
+	}
+	gr.res.Consistency = j.consistencyFor(g, quiesce)
+	gr.printf("Dry run: would create %s (%s)", name, describeConsistency(gr.res.Consistency))
+	return true
+}
+
+// prepared is a snapshot ready to be taken: take creates it, release gives back what
+// preparing held (safe to call more than once, and after take).
+type prepared struct {
+	take    func(ctx context.Context) (driver.Snapshot, error)
+	release func()
+}
+
+// prepare does the driver's lookups and checks before any freeze when the driver can
+// (driver.SnapshotPreparer), so that only the snapshot call itself runs while frozen.
+func (j *Job) prepare(ctx context.Context, g driver.Guest, opts driver.CreateOptions) (prepared, error) {
+	p, ok := j.Driver.(driver.SnapshotPreparer)
+	if !ok {
+		return prepared{
+			take:    func(ctx context.Context) (driver.Snapshot, error) { return j.Driver.CreateSnapshot(ctx, g, opts) },
+			release: func() {},
+		}, nil
+	}
+	pctx, cancel := j.opCtx(ctx)
+	ps, err := p.PrepareSnapshot(pctx, g, opts)
+	cancel()
+	if err != nil {
+		return prepared{}, err
+	}
+	return prepared{take: ps.Create, release: sync.OnceFunc(ps.Close)}, nil
 }
 
 func (j *Job) createOnce(ctx context.Context, gr *guestRun, name string, quiesce bool) (driver.Snapshot, error) {
 	g := gr.res.Guest
-	opts := driver.CreateOptions{Name: name, Memory: j.Memory, Quiesce: quiesce,
-		Description: naming.Description(map[string]string{"consistency": string(consistencyFor(g, quiesce))})}
-	if q, ok := j.Driver.(driver.Quiescer); ok && quiesce && j.Watchdog != nil {
-		return j.frozenCreate(ctx, gr, q, opts)
+	opts := j.createOptions(g, name, quiesce)
+	q, canFreeze := j.Driver.(driver.Quiescer)
+	if !quiesce || !canFreeze || j.Watchdog == nil {
+		p, err := j.prepare(ctx, g, opts)
+		if err != nil {
+			return driver.Snapshot{}, err
+		}
+		defer p.release()
+		cctx, cancel := j.opCtx(ctx)
+		defer cancel()
+		return p.take(cctx)
 	}
-	cctx, cancel := j.opCtx(ctx)
-	defer cancel()
-	return j.Driver.CreateSnapshot(cctx, g, opts)
+	return j.frozenCreate(ctx, gr, q, opts)
 }
 
 // freezeTimeout bounds the agent's freeze and thaw calls.
 const freezeTimeout = 10 * time.Second
 
-// frozenCreate freezes the guest's filesystems, takes the snapshot and thaws, with the
-// watchdog armed for the whole window: the guest is thawed on every error path, on
-// SIGINT/SIGTERM (ctx) and, through the watchdog, even if autosnap is killed.
+// frozenCreate prepares the snapshot, then freezes the guest's filesystems, takes the
+// snapshot and thaws, with the watchdog armed from just before the freeze: only the
+// snapshot call runs while frozen. The guest is thawed on every error path, on
+// SIGINT/SIGTERM (ctx) and, through the watchdog, even if autosnap is killed; the
+// prepared snapshot is released on every path.
 func (j *Job) frozenCreate(ctx context.Context, gr *guestRun, q driver.Quiescer, opts driver.CreateOptions) (driver.Snapshot, error) {
 	g := gr.res.Guest
+	o := opts
+	o.Quiesce = false // frozen by us
+	p, err := j.prepare(ctx, g, o)
+	if err != nil {
+		return driver.Snapshot{}, err
+	}
+	defer p.release()
 	actx, cancel := context.WithTimeout(ctx, freezeTimeout)
 	id, err := j.Watchdog.Arm(actx, g.Key())
 	cancel()
 	if err != nil {
 		gr.printf("WARNING: freeze watchdog unavailable (%v); letting the hypervisor quiesce", err)
+		p.release() // the driver may hold the guest until then
 		cctx, cancel := j.opCtx(ctx)
 		defer cancel()
 		return j.Driver.CreateSnapshot(cctx, g, opts)
@@ -89,16 +206,15 @@ func (j *Job) frozenCreate(ctx context.Context, gr *guestRun, q driver.Quiescer,
 	var snap driver.Snapshot
 	var cerr error
 	if ferr == nil {
+		crash.Point(crash.FreezeFrozen)
 		if j.HoldFrozen > 0 {
 			select {
 			case <-time.After(j.HoldFrozen):
 			case <-ctx.Done():
 			}
 		}
-		o := opts
-		o.Quiesce = false // frozen already
 		cctx, cancel := j.opCtx(ctx)
-		snap, cerr = j.Driver.CreateSnapshot(cctx, g, o)
+		snap, cerr = p.take(cctx)
 		cancel()
 	}
 	// Thaw even after a failed freeze (the agent may have frozen some filesystems) and
@@ -125,21 +241,15 @@ func (j *Job) frozenCreate(ctx context.Context, gr *guestRun, q driver.Quiescer,
 	return snap, cerr
 }
 
-// thaw retries for up to freezeTimeout, independent of the job's context.
+// thaw retries with the retry policy for up to freezeTimeout, independent of the
+// job's context.
 func (j *Job) thaw(g driver.Guest, q driver.Quiescer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), freezeTimeout)
 	defer cancel()
-	var err error
-	for attempt := 0; ; attempt++ {
-		if _, err = q.Thaw(ctx, g); err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(time.Duration(attempt+1) * 50 * time.Millisecond):
-		}
-	}
+	return retry.Do(ctx, retry.Default, func() error {
+		_, err := q.Thaw(ctx, g)
+		return err
+	})
 }
 
 func (j *Job) timeout() time.Duration {

@@ -3,7 +3,9 @@ package engine
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"sync"
 	"time"
@@ -16,23 +18,84 @@ import (
 type guestRun struct {
 	j     *Job
 	res   *GuestResult
-	out   *bytes.Buffer
+	out   *guestOutput
 	start time.Time
+	// dryHookNoted is set once a dry run said that hooks do not run.
+	dryHookNoted bool
 }
 
 func (gr *guestRun) printf(format string, a ...any) { fmt.Fprintf(gr.out, format+"\n", a...) }
 
-func (gr *guestRun) hook(ctx context.Context, env hook.Env) {
+// guestOutput holds one guest's output until every guest before it in selection order
+// is done, then streams it to the job's output as it comes: the guest being shown
+// writes through, the others buffer.
+type guestOutput struct {
+	mu   sync.Mutex
+	w    io.Writer
+	buf  bytes.Buffer
+	live bool
+}
+
+func (o *guestOutput) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.live {
+		return o.w.Write(p)
+	}
+	return o.buf.Write(p)
+}
+
+// goLive writes what was buffered and lets later writes through.
+func (o *guestOutput) goLive() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	_, _ = o.w.Write(o.buf.Bytes())
+	o.buf = bytes.Buffer{}
+	o.live = true
+}
+
+// isPre reports whether a failure of the phase's hook aborts the guest's operation
+// under --strict-hooks.
+func isPre(p hook.Phase) bool { return p == hook.SnapCreatePre || p == hook.SnapRemovePre }
+
+// hook runs the --script for one phase of this guest. A failing hook is a warning,
+// except for a *-pre phase under --strict-hooks: then hook returns the error and the
+// caller aborts that operation. In a dry run no hook runs.
+func (gr *guestRun) hook(ctx context.Context, env hook.Env) error {
 	j := gr.j
-	if j.Hooks == nil || j.DryRun {
-		return
+	if j.Hooks == nil {
+		return nil
+	}
+	if j.DryRun {
+		if j.StrictHooks && isPre(env.Phase) && !gr.dryHookNoted {
+			gr.dryHookNoted = true
+			gr.printf("Dry run: hooks do not run in a dry run; with --strict-hooks a failing %s hook would stop this guest's operation here", env.Phase)
+		}
+		return nil
 	}
 	g := gr.res.Guest
 	env.VMID, env.VMName, env.VMType, env.Node = GuestID(g), g.Name, string(g.Kind), g.Node
 	env.Label, env.Keep, env.Debug = j.Label, j.Keep, j.Debug
-	if err := j.Hooks.Run(hookCtx(ctx, env.Phase), env, gr.out); err != nil {
-		gr.printf("WARNING: %v", err)
+	err := j.Hooks.Run(hookCtx(ctx, env.Phase), env, gr.out)
+	if err == nil {
+		return nil
 	}
+	if j.StrictHooks && isPre(env.Phase) {
+		return err
+	}
+	gr.printf("WARNING: %v", err)
+	return nil
+}
+
+// failHook fails the guest because its *-pre hook failed under --strict-hooks; what
+// says what was therefore not done.
+func (gr *guestRun) failHook(phase hook.Phase, err error, what string) {
+	reason := string(phase) + " hook failed"
+	var ee *hook.ExitError
+	if errors.As(err, &ee) {
+		reason = fmt.Sprintf("%s hook failed (exit status %d)", phase, ee.Code)
+	}
+	gr.fail(reason, fmt.Errorf("guest %s: %w; with --strict-hooks %s", gr.res.Guest.Name, err, what))
 }
 
 // hookCtx lets the phases that report an outcome run even after SIGINT/SIGTERM, so
@@ -54,20 +117,21 @@ func GuestID(g driver.Guest) string {
 	return g.Name
 }
 
+// jobHook runs the --script for a job phase; its output goes straight to the job's
+// output (no guest runs then). Failures are warnings.
 func (j *Job) jobHook(ctx context.Context, env hook.Env) {
 	if j.Hooks == nil || j.DryRun {
 		return
 	}
 	env.Label, env.Keep, env.Debug = j.Label, j.Keep, j.Debug
-	var buf bytes.Buffer
-	if err := j.Hooks.Run(hookCtx(ctx, env.Phase), env, &buf); err != nil {
-		fmt.Fprintf(&buf, "WARNING: %v\n", err)
+	if err := j.Hooks.Run(hookCtx(ctx, env.Phase), env, j.Out); err != nil {
+		fmt.Fprintf(j.Out, "WARNING: %v\n", err)
 	}
-	_, _ = j.Out.Write(buf.Bytes())
 }
 
-// forEach runs fn for every guest with at most MaxParallel at once and writes each
-// guest's buffered output in selection order as soon as it and its predecessors are done.
+// forEach runs fn for every guest with at most MaxParallel at once. Each guest's
+// output appears in one piece, in selection order: the first unfinished guest's
+// output streams to Out as it is written, the others' is held until their turn.
 func (j *Job) forEach(ctx context.Context, guests []driver.Guest, fn func(ctx context.Context, gr *guestRun)) []GuestResult {
 	n := len(guests)
 	results := make([]GuestResult, n)
@@ -81,7 +145,7 @@ func (j *Job) forEach(ctx context.Context, guests []driver.Guest, fn func(ctx co
 	var wg sync.WaitGroup
 	for i, g := range guests {
 		results[i] = GuestResult{Guest: g}
-		runs[i] = &guestRun{j: j, res: &results[i], out: &bytes.Buffer{}}
+		runs[i] = &guestRun{j: j, res: &results[i], out: &guestOutput{w: j.Out}}
 		done[i] = make(chan struct{})
 		wg.Add(1)
 		go func(i int) {
@@ -109,8 +173,8 @@ func (j *Job) forEach(ctx context.Context, guests []driver.Guest, fn func(ctx co
 		}(i)
 	}
 	for i := range guests {
+		runs[i].out.goLive()
 		<-done[i]
-		_, _ = j.Out.Write(runs[i].out.Bytes())
 	}
 	wg.Wait()
 	return results

@@ -24,11 +24,14 @@ type StatusRow struct {
 	VMState     bool
 	Location    driver.Location
 	Consistency driver.Consistency
-	Incomplete  string
+	// Incomplete, when not empty, says why the snapshot's data is not whole (see
+	// driver.Snapshot.Incomplete): it must not be reverted to.
+	Incomplete string
 }
 
 // Status lists the autosnap (and cv4pve-autosnap) snapshots of the guests, in guest
-// order and oldest first per guest. An empty label lists every label.
+// order and oldest first per guest. An empty label lists every label. Names are read
+// with f first, then any other supported format (naming.Recognizer).
 func Status(ctx context.Context, d driver.Driver, guests []driver.Guest, label string, f naming.Format, loc *time.Location, timeout time.Duration, parallel int) ([]StatusRow, error) {
 	if loc == nil {
 		loc = time.Local
@@ -59,26 +62,16 @@ func Status(ctx context.Context, d driver.Driver, guests []driver.Guest, label s
 				errs[i] = err
 				return
 			}
+			rec := naming.Recognizer{Format: f, Loc: loc}
 			for _, s := range snaps {
-				if !naming.IsOurs(s.Description) {
+				r, ok := rec.Recognize(s.Name, s.Description, s.Created, label)
+				if !ok {
 					continue
 				}
-				var l string
-				if label != "" {
-					if _, ok := naming.Match(s.Name, label, f, loc); !ok {
-						continue
-					}
-					l = label
-				} else {
-					var ok bool
-					if l, _, ok = naming.Split(s.Name, f, loc); !ok {
-						continue
-					}
-				}
 				per[i] = append(per[i], StatusRow{
-					Node: g.Node, VMID: GuestID(g), VMName: g.Name, Name: s.Name, Label: l,
+					Node: g.Node, VMID: GuestID(g), VMName: g.Name, Name: s.Name, Label: r.Label,
 					Time: s.Created, Parent: s.Parent, Description: firstLine(s.Description),
-					VMState: s.Memory, Location: s.Location, Consistency: s.Consistency,
+					VMState: s.Memory, Location: s.Location, Consistency: s.Consistency, Incomplete: s.Incomplete,
 				})
 			}
 		}(i, g)
