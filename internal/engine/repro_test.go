@@ -466,3 +466,42 @@ func (w *watchWriter) String() string {
 	defer w.mu.Unlock()
 	return string(w.buf)
 }
+
+// A snapshot whose earlier removal was interrupted (Incomplete) takes no place among
+// the kept ones: it is removed, the dry run says why, and when the driver has already
+// finished that removal by the time it is asked, the snapshot counts as gone.
+func TestIncompleteSnapshotsAreFinished(t *testing.T) {
+	h := newHarness(t, running("g"))
+	for i := range 3 {
+		at := t0.Add(time.Duration(i) * time.Hour)
+		h.f.addSnap("g", naming.Name("hourly", mustFormat(t, naming.DefaultFormat), at), ours("crash"), at)
+	}
+	names := h.f.names("g")
+	h.f.incomplete[names[2]] = "a merge removing it was interrupted"
+	j := h.job("hourly", 2)
+	j.DryRun = true
+	dry, err := h.snap(j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(h.out.String(), "Remove snapshot: "+names[2]+" (incomplete: a merge removing it was interrupted; finishing its interrupted removal)") {
+		t.Errorf("dry run does not explain the incomplete snapshot's removal")
+	}
+	// The driver finishes the interrupted merge on its first call that changes the
+	// guest (here: the create), so the later delete finds nothing.
+	h.f.createHook = func(driver.Guest) {
+		h.f.mu.Lock()
+		defer h.f.mu.Unlock()
+		h.f.snaps["g"] = slices.DeleteFunc(h.f.snaps["g"], func(s driver.Snapshot) bool { return s.Name == names[2] })
+	}
+	real, err := h.snap(h.job("hourly", 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{names[0], names[2]}; !slices.Equal(dry.Guests[0].Removed, want) || !slices.Equal(real.Guests[0].Removed, want) {
+		t.Errorf("removed: dry %v, real %v, want %v", dry.Guests[0].Removed, real.Guests[0].Removed, want)
+	}
+	if got, want := h.f.names("g"), []string{names[1], real.SnapName}; !slices.Equal(got, want) {
+		t.Errorf("left %v, want %v", got, want)
+	}
+}
