@@ -1,6 +1,6 @@
 // Package engine runs the jobs users schedule: snap (create one snapshot per guest and
 // apply retention) and clean (apply retention only), over many guests at once, with
-// per-guest locks, hooks, timeouts and buffered per-guest output. It knows hypervisors
+// per-guest locks, hooks, timeouts and per-guest output kept in selection order. It knows hypervisors
 // only through the driver interface.
 package engine
 
