@@ -1,7 +1,7 @@
 // Package engine runs the jobs users schedule: snap (create one snapshot per guest and
 // apply retention) and clean (apply retention only), over many guests at once, with
-// per-guest locks, hooks, timeouts and per-guest output kept in selection order. It knows hypervisors
-// only through the driver interface.
+// per-guest locks, hooks, timeouts and per-guest output kept in selection order. It
+// knows hypervisors only through the driver interface.
 package engine
 
 import (
