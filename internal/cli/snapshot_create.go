@@ -137,7 +137,7 @@ func runSnapshotCreate(ctx context.Context, g *GlobalOptions, o *SnapshotCreateO
 	if !o.Atomic {
 		return usage(errors.New("--atomic=false: autosnap snapshots are always atomic"))
 	}
-	s, err := g.openGuest(ctx, vm)
+	s, err := g.changeGuest(ctx, vm)
 	if err != nil {
 		return err
 	}

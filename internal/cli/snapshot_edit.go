@@ -47,7 +47,7 @@ func runSnapshotEdit(ctx context.Context, g *GlobalOptions, o *SnapshotEditOptio
 		opts.Description = &o.Description
 	}
 	opts.Rename = o.Rename
-	s, err := g.openGuest(ctx, vm)
+	s, err := g.changeGuest(ctx, vm)
 	if err != nil {
 		return err
 	}
@@ -103,7 +103,7 @@ says. FILE "-" reads standard input.`,
 			if err := xml.Unmarshal(b, &x); err != nil || x.Name == "" {
 				return usage(fmt.Errorf("%s is not a snapshot XML from snapshot dumpxml: %v", args[1], err))
 			}
-			s, err := g.openGuest(cmd.Context(), args[0])
+			s, err := g.changeGuest(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

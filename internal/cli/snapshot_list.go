@@ -437,7 +437,11 @@ current snapshot fails (exit 1). With NAME mark that snapshot current: only
 the metadata changes (libvirt redefine with the current flag), not the guest.`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := g.openGuest(cmd.Context(), args[0])
+			open := g.openGuest
+			if len(args) == 2 {
+				open = g.changeGuest
+			}
+			s, err := open(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

@@ -1,0 +1,76 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/selector"
+)
+
+// needsTags reports whether sel selects by tag, so that the guests' tags must be read
+// first: drivers that read tags lazily leave them nil (see driver.TagLoader).
+func needsTags(sel *selector.Selector) bool {
+	if n, ok := any(sel).(interface{ NeedsTags() bool }); ok {
+		return n.NeedsTags()
+	}
+	// Fallback until selector.(*Selector).NeedsTags exists: String lists every token in
+	// normalised form, a tag token as @tag-NAME. A false positive only costs the reads.
+	for _, tok := range strings.Split(sel.String(), ",") {
+		if strings.HasPrefix(strings.ToLower(strings.TrimPrefix(tok, "-")), "@tag-") {
+			return true
+		}
+	}
+	return false
+}
+
+// pick applies sel to guests, reading their tags first when sel needs them. Tokens that
+// match no guest are warned about on stderr and remembered for missing; a selection
+// that selects nothing at all is an error wrapping selector.ErrNoMatch.
+func (g *GlobalOptions) pick(ctx context.Context, d driver.Driver, sel *selector.Selector, guests []driver.Guest) ([]driver.Guest, error) {
+	if needsTags(sel) {
+		if err := g.loadTags(ctx, d, guests); err != nil {
+			return nil, err
+		}
+	}
+	res, err := sel.Select(guests)
+	for _, u := range res.Unmatched {
+		fmt.Fprintf(g.stderr, "WARNING: --vmid token %q matches no guest\n", u)
+	}
+	if err != nil {
+		return nil, err
+	}
+	g.unmatched = append(g.unmatched, res.Unmatched...)
+	return res.Guests, nil
+}
+
+// loadTags fills in the tags of guests where the driver reads them lazily, within
+// --timeout.
+func (g *GlobalOptions) loadTags(ctx context.Context, d driver.Driver, guests []driver.Guest) error {
+	tctx, cancel := context.WithTimeout(ctx, g.timeout())
+	defer cancel()
+	if err := driver.LoadTags(tctx, d, guests); err != nil {
+		return fmt.Errorf("reading the guests' tags: %w", err)
+	}
+	return nil
+}
+
+// missing is the error a command returns after doing its work for the guests that were
+// selected, when some --vmid tokens matched no guest: a typo or a renamed guest must
+// not silently stop being protected. With --ignore-missing it is nil.
+func (g *GlobalOptions) missing() error {
+	if len(g.unmatched) == 0 || g.IgnoreMissing {
+		return nil
+	}
+	q := make([]string, len(g.unmatched))
+	for i, u := range g.unmatched {
+		q[i] = strconv.Quote(u)
+	}
+	what := "token " + q[0] + " matches"
+	if len(q) > 1 {
+		what = "tokens " + strings.Join(q, ", ") + " match"
+	}
+	return fmt.Errorf("--vmid %s no guest (the other guests were processed): fix --vmid, or add --ignore-missing if a guest may be absent", what)
+}
