@@ -50,7 +50,9 @@ type GlobalOptions struct {
 	ran bool
 	// unmatched are the --vmid tokens that matched no guest (see missing).
 	unmatched []string
-	log       *slog.Logger
+	// tagsRead is set once a selection read the guests' tags (see pick).
+	tagsRead bool
+	log      *slog.Logger
 	// openDriver is replaceable in tests; nil uses driver.Open.
 	openDriver func(ctx context.Context, hosts string, cfg driver.Config) (driver.Driver, error)
 }

@@ -34,6 +34,7 @@ func (g *GlobalOptions) pick(ctx context.Context, d driver.Driver, sel *selector
 		if err := g.loadTags(ctx, d, guests); err != nil {
 			return nil, err
 		}
+		g.tagsRead = true
 	}
 	res, err := sel.Select(guests)
 	for _, u := range res.Unmatched {
@@ -44,6 +45,15 @@ func (g *GlobalOptions) pick(ctx context.Context, d driver.Driver, sel *selector
 	}
 	g.unmatched = append(g.unmatched, res.Unmatched...)
 	return res.Guests, nil
+}
+
+// ensureTags fills in the tags of guests a selection returned, unless the selection
+// already read them.
+func (g *GlobalOptions) ensureTags(ctx context.Context, d driver.Driver, guests []driver.Guest) error {
+	if g.tagsRead {
+		return nil
+	}
+	return g.loadTags(ctx, d, guests)
 }
 
 // loadTags fills in the tags of guests where the driver reads them lazily, within
