@@ -33,6 +33,7 @@ Commands that change a guest (create, delete, revert, edit, redefine, current
 NAME, chain collapse) hold the guest's lock, the one snap and clean take, so
 they never run inside another autosnap run on the same guest: they wait up to
 --timeout for it, then fail (exit 1) naming the process that holds it.
+
 A snapshot whose description does not start with the line "autosnap" is a user
 snapshot: snap and clean never count or remove it.
 
