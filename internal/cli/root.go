@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/engine"
 	"github.com/autosnap/autosnap/internal/naming"
 	"github.com/autosnap/autosnap/internal/report"
 	"github.com/autosnap/autosnap/internal/secret"
@@ -48,13 +49,18 @@ type GlobalOptions struct {
 	stderr io.Writer
 	// ran is set when a command's RunE starts: errors before that are usage errors.
 	ran bool
-	// unmatched are the --vmid tokens that matched no guest (see missing).
-	unmatched []string
+	// unmatched are the selection tokens that matched no guest, in the selection named
+	// by unmatchedIn (see missing).
+	unmatched   []string
+	unmatchedIn string
 	// tagsRead is set once a selection read the guests' tags (see pick).
 	tagsRead bool
 	log      *slog.Logger
 	// openDriver is replaceable in tests; nil uses driver.Open.
 	openDriver func(ctx context.Context, hosts string, cfg driver.Config) (driver.Driver, error)
+	// adjustJob, when set (by tests, through execute), changes a snap or clean job just
+	// before it runs, e.g. to set engine.Job.HoldFrozen without a command-line flag.
+	adjustJob func(*engine.Job)
 }
 
 func envOr(name, def string) string {
@@ -242,7 +248,7 @@ func (g *GlobalOptions) selectGuests(ctx context.Context, d driver.Driver, allow
 	if sel == nil {
 		return guests, nil
 	}
-	return g.pick(ctx, d, sel, guests)
+	return g.pick(ctx, d, "--vmid", sel, guests)
 }
 
 // Main runs autosnap with args and returns the exit status.

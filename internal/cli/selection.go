@@ -26,10 +26,11 @@ func needsTags(sel *selector.Selector) bool {
 	return false
 }
 
-// pick applies sel to guests, reading their tags first when sel needs them. Tokens that
-// match no guest are warned about on stderr and remembered for missing; a selection
-// that selects nothing at all is an error wrapping selector.ErrNoMatch.
-func (g *GlobalOptions) pick(ctx context.Context, d driver.Driver, sel *selector.Selector, guests []driver.Guest) ([]driver.Guest, error) {
+// pick applies sel, given as what ("--vmid", "GUEST"), to guests, reading their tags
+// first when sel needs them. Tokens that match no guest are warned about on stderr and
+// remembered for missing; a selection that selects nothing at all is an error wrapping
+// selector.ErrNoMatch.
+func (g *GlobalOptions) pick(ctx context.Context, d driver.Driver, what string, sel *selector.Selector, guests []driver.Guest) ([]driver.Guest, error) {
 	if needsTags(sel) {
 		if err := g.loadTags(ctx, d, guests); err != nil {
 			return nil, err
@@ -38,12 +39,15 @@ func (g *GlobalOptions) pick(ctx context.Context, d driver.Driver, sel *selector
 	}
 	res, err := sel.Select(guests)
 	for _, u := range res.Unmatched {
-		fmt.Fprintf(g.stderr, "WARNING: --vmid token %q matches no guest\n", u)
+		fmt.Fprintf(g.stderr, "WARNING: %s token %q matches no guest\n", what, u)
 	}
 	if err != nil {
 		return nil, err
 	}
-	g.unmatched = append(g.unmatched, res.Unmatched...)
+	if len(res.Unmatched) > 0 {
+		g.unmatchedIn = what
+		g.unmatched = append(g.unmatched, res.Unmatched...)
+	}
 	return res.Guests, nil
 }
 
@@ -68,7 +72,7 @@ func (g *GlobalOptions) loadTags(ctx context.Context, d driver.Driver, guests []
 }
 
 // missing is the error a command returns after doing its work for the guests that were
-// selected, when some --vmid tokens matched no guest: a typo or a renamed guest must
+// selected, when some selection tokens matched no guest: a typo or a renamed guest must
 // not silently stop being protected. With --ignore-missing it is nil.
 func (g *GlobalOptions) missing() error {
 	if len(g.unmatched) == 0 || g.IgnoreMissing {
@@ -82,5 +86,5 @@ func (g *GlobalOptions) missing() error {
 	if len(q) > 1 {
 		what = "tokens " + strings.Join(q, ", ") + " match"
 	}
-	return fmt.Errorf("--vmid %s no guest (the other guests were processed): fix --vmid, or add --ignore-missing if a guest may be absent", what)
+	return fmt.Errorf("%s %s no guest (the other guests were processed): fix %s, or add --ignore-missing if a guest may be absent", g.unmatchedIn, what, g.unmatchedIn)
 }

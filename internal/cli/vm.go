@@ -129,7 +129,7 @@ func runVMTag(ctx context.Context, g *GlobalOptions, target string, tags []strin
 	if err != nil {
 		return err
 	}
-	guests, err := g.pick(ctx, d, sel, all)
+	guests, err := g.pick(ctx, d, "GUEST", sel, all)
 	if err != nil {
 		return err
 	}
