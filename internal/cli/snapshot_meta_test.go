@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -139,6 +140,16 @@ func TestSnapshotIncompleteShownAndNotRevertible(t *testing.T) {
 		t.Errorf("a refused revert changed the chain: %s, was %s", got, chain)
 	}
 	expectBlock(t, d, 0, 3)
+	// A driver that refuses at revert time: its error, exit 1, nothing reported done.
+	refuse := func(inner driver.Driver) driver.Driver {
+		return refusing{Driver: inner, err: fmt.Errorf("guest %s: snapshot half is not whole (%s): %w", d.Name, why, driver.ErrUnsupported)}
+	}
+	for _, f := range []string{"text", "json"} {
+		r := runWrapped(t, refuse, "-o", f, "snapshot", "revert", d.Name, "half", "--force")
+		if r.code != ExitFailure || !strings.Contains(r.stderr, why) || strings.Contains(r.stdout, "Reverted") {
+			t.Errorf("-o %s, the driver refuses the revert: exit %d, want %d with its error", f, r.code, ExitFailure)
+		}
+	}
 	// The whole snapshot can still be reverted to.
 	runWrapped(t, dmg, "snapshot", "revert", d.Name, "whole", "--force")
 	expectBlock(t, d, 0, 1)

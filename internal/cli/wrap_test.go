@@ -86,6 +86,17 @@ func (d damaged) Snapshots(ctx context.Context, g driver.Guest) ([]driver.Snapsh
 	return snaps, err
 }
 
+// refusing refuses every revert as a driver does that finds a snapshot's data not
+// whole only when it reverts.
+type refusing struct {
+	driver.Driver
+	err error
+}
+
+func (r refusing) RevertSnapshot(context.Context, driver.Guest, string, driver.RevertOptions) error {
+	return r.err
+}
+
 // noting adds notes to every snapshot it creates.
 type noting struct {
 	driver.Driver
