@@ -11,7 +11,7 @@ import (
 // Exit codes. This is the only place errors become exit codes.
 const (
 	ExitOK      = 0 // everything done
-	ExitFailure = 1 // some guest failed, was skipped for storage, or nothing matched --vmid
+	ExitFailure = 1 // some guest failed, was skipped for storage, or a --vmid token matched nothing
 	ExitUsage   = 2 // bad command line or validation error; nothing was changed
 	ExitConnect = 3 // could not connect or authenticate to the hypervisor
 )
@@ -20,7 +20,9 @@ const exitStatusHelp = `
 EXIT STATUS:
   0  success
   1  at least one guest failed (or was skipped because its storage is too full),
-     or --vmid selected no guest
+     or --vmid selected no guest, or a --vmid token matched no guest: the
+     other guests are still processed first (--ignore-missing makes such a
+     token only a warning), or a snapshot command could not lock its guest
   2  usage or validation error (bad flag, label, timestamp format, selection);
      nothing was changed
   3  cannot connect or authenticate to the hypervisor

@@ -53,6 +53,9 @@ func (g *GlobalOptions) runJob(ctx context.Context, job *engine.Job, action stri
 	if g.DryRun {
 		fmt.Fprintln(job.Out, "Dry run: nothing will be changed and no hook runs")
 	}
+	if g.adjustJob != nil {
+		g.adjustJob(job)
+	}
 	rep, jobErr := run(job, ctx, guests)
 	if rep != nil {
 		fmt.Fprintf(job.Out, "Total execution %s\n", rep.Duration.Round(time.Millisecond))

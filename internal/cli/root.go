@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/engine"
 	"github.com/autosnap/autosnap/internal/naming"
 	"github.com/autosnap/autosnap/internal/report"
 	"github.com/autosnap/autosnap/internal/secret"
@@ -42,14 +43,24 @@ type GlobalOptions struct {
 	Fingerprint     string
 	Insecure        bool
 	ValidateCert    bool
+	IgnoreMissing   bool
 
 	stdout io.Writer
 	stderr io.Writer
 	// ran is set when a command's RunE starts: errors before that are usage errors.
 	ran bool
-	log *slog.Logger
+	// unmatched are the selection tokens that matched no guest, in the selection named
+	// by unmatchedIn (see missing).
+	unmatched   []string
+	unmatchedIn string
+	// tagsRead is set once a selection read the guests' tags (see pick).
+	tagsRead bool
+	log      *slog.Logger
 	// openDriver is replaceable in tests; nil uses driver.Open.
 	openDriver func(ctx context.Context, hosts string, cfg driver.Config) (driver.Driver, error)
+	// adjustJob, when set (by tests, through execute), changes a snap or clean job just
+	// before it runs, e.g. to set engine.Job.HoldFrozen without a command-line flag.
+	adjustJob func(*engine.Job)
 }
 
 func envOr(name, def string) string {
@@ -94,6 +105,7 @@ set the flags of the same name. --password file:PATH reads the password from a f
 	f := root.PersistentFlags()
 	f.StringVar(&g.Host, "host", envOr("AUTOSNAP_HOST", driver.DefaultHost), "hypervisor: libvirt URI(s), or Proxmox VE HOST[:PORT] list, comma-separated (env AUTOSNAP_HOST)")
 	f.StringVar(&g.VMID, "vmid", "", "guests: all, @all-NODE, @node-NODE, @pool-NAME, @tag-NAME, id, a:b, name, %part%, start%, %end, UUID; -TOKEN excludes")
+	f.BoolVar(&g.IgnoreMissing, "ignore-missing", false, "a --vmid token that matches no guest is only a warning (by default the run exits 1 after doing the rest)")
 	f.IntVar(&g.Timeout, "timeout", 30, "seconds allowed for each operation: connecting, a snapshot, a merge, waiting for a guest locked by another run")
 	f.StringVar(&g.TimestampFormat, "timestamp-format", "yyMMddHHmmss", "timestamp in snapshot names (.NET subset: yy yyyy MM dd HH mm ss fff, literals)")
 	f.StringVarP(&g.Output, "output", "o", "text", "output: "+strings.Join(report.Formats(), ", "))
@@ -212,7 +224,8 @@ func (g *GlobalOptions) connect(ctx context.Context) (driver.Driver, error) {
 }
 
 // selectGuests lists the connection's guests and applies --vmid. An empty --vmid
-// selects every guest when allowEmpty, and is a usage error otherwise.
+// selects every guest when allowEmpty, and is a usage error otherwise. Tokens that
+// match no guest are warned about here; the command returns g.missing() after its work.
 func (g *GlobalOptions) selectGuests(ctx context.Context, d driver.Driver, allowEmpty bool) ([]driver.Guest, error) {
 	expr := g.VMID
 	var sel *selector.Selector
@@ -235,27 +248,35 @@ func (g *GlobalOptions) selectGuests(ctx context.Context, d driver.Driver, allow
 	if sel == nil {
 		return guests, nil
 	}
-	res, err := sel.Select(guests)
-	for _, u := range res.Unmatched {
-		fmt.Fprintf(g.stderr, "WARNING: --vmid token %q matches no guest\n", u)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return res.Guests, nil
+	return g.pick(ctx, d, "--vmid", sel, guests)
 }
 
 // Main runs autosnap with args and returns the exit status.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return execute(ctx, args, stdout, stderr, nil)
+}
+
+// execute is Main; setup, when not nil, adjusts the options before the command runs
+// (tests inject a driver with it).
+func execute(ctx context.Context, args []string, stdout, stderr io.Writer, setup func(*GlobalOptions)) int {
 	root, g := NewRootCommand(stdout, stderr)
+	if setup != nil {
+		setup(g)
+	}
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
+	// cobra validates the command name, arguments and required flags before RunE;
+	// anything that fails there is the command line's fault.
+	if err != nil && !g.ran {
+		err = usage(err)
+	}
+	// Unmatched --vmid tokens fail the run only now, after the command did its work
+	// (and printed its report) for the guests that were selected.
+	var u usageError
+	if !errors.As(err, &u) {
+		err = errors.Join(err, g.missing())
+	}
 	if err != nil {
-		// cobra validates the command name, arguments and required flags before RunE;
-		// anything that fails there is the command line's fault.
-		if !g.ran {
-			err = usage(err)
-		}
 		fmt.Fprintf(stderr, "ERROR: %v\n", err)
 	}
 	return ExitCode(err)

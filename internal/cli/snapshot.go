@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 
 	"github.com/spf13/cobra"
 
 	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/engine"
 	"github.com/autosnap/autosnap/internal/report"
 	"github.com/autosnap/autosnap/internal/selector"
 )
@@ -23,8 +25,15 @@ func newSnapshotCommand(g *GlobalOptions) *cobra.Command {
 		Short: "Manage individual snapshots (virsh parity): create, list, info, revert, delete, chain …",
 		Long: `Manage the snapshots of one guest, like virsh snapshot-*.
 
-VM is one guest, given like a --vmid token (name, id, UUID, %part% …); it must
-select exactly one guest. These commands act on any snapshot, autosnap's or not.
+VM is one guest: its exact name (which may contain commas) or UUID, else a
+--vmid style selection (id, %part% …) that selects exactly one guest. These
+commands act on any snapshot, autosnap's or not.
+
+Commands that change a guest (create, delete, revert, edit, redefine, current
+NAME, chain collapse) hold the guest's lock, the one snap and clean take, so
+they never run inside another autosnap run on the same guest: they wait up to
+--timeout for it, then fail (exit 1) naming the process that holds it.
+
 A snapshot whose description does not start with the line "autosnap" is a user
 snapshot: snap and clean never count or remove it.
 
@@ -45,47 +54,40 @@ type snapshotSession struct {
 	// member is the driver of the guest's host: capabilities are asked of it, since a
 	// fleet forwards only the core.
 	member driver.Driver
+	// unlock releases the guest's lock when the session holds it.
+	unlock func()
 }
 
-// openGuest connects and resolves vm, a --vmid-style selection, to exactly one guest.
-// No match exits 1; several matches are a usage error.
+// openGuest connects and resolves vm to exactly one guest, for a command that only
+// reads: a guest named exactly vm (or with that UUID) first, so that names with commas
+// work, else vm read as a --vmid selection. No match exits 1; several matches are a
+// usage error.
 func (g *GlobalOptions) openGuest(ctx context.Context, vm string) (*snapshotSession, error) {
+	return g.session(ctx, vm, true, false)
+}
+
+// changeGuest is openGuest for a command that changes the guest or its snapshots: it
+// also holds the guest's cross-process lock (see lock) until Close.
+func (g *GlobalOptions) changeGuest(ctx context.Context, vm string) (*snapshotSession, error) {
+	return g.session(ctx, vm, true, true)
+}
+
+// session connects and resolves vm: with grammar as openGuest does, without it only as
+// an exact name, UUID or numeric id. With lock it takes the guest's lock.
+func (g *GlobalOptions) session(ctx context.Context, vm string, grammar, lock bool) (*snapshotSession, error) {
 	if strings.TrimSpace(g.VMID) != "" {
 		return nil, usage(errors.New("snapshot commands take the guest as their VM argument, not --vmid"))
-	}
-	sel, err := selector.Parse(vm)
-	if err != nil {
-		return nil, usage(fmt.Errorf("VM %q: %w", vm, err))
 	}
 	d, err := g.connect(ctx)
 	if err != nil {
 		return nil, err
 	}
-	lctx, cancel := context.WithTimeout(ctx, g.timeout())
-	defer cancel()
-	all, err := d.Guests(lctx)
+	gu, err := g.resolveGuest(ctx, d, vm, grammar)
 	if err != nil {
 		d.Close()
 		return nil, err
 	}
-	res, err := sel.Select(all)
-	if err != nil {
-		d.Close()
-		return nil, fmt.Errorf("VM %q: %w", vm, err)
-	}
-	switch n := len(res.Guests); {
-	case n == 0:
-		d.Close()
-		return nil, fmt.Errorf("VM %q matches no guest: %w", vm, selector.ErrNoMatch)
-	case n > 1:
-		var names []string
-		for _, gu := range res.Guests {
-			names = append(names, gu.Name)
-		}
-		d.Close()
-		return nil, usage(fmt.Errorf("VM %q matches %d guests (%s); name exactly one", vm, n, strings.Join(names, ", ")))
-	}
-	s := &snapshotSession{d: d, guest: res.Guests[0], member: d}
+	s := &snapshotSession{d: d, guest: gu, member: d}
 	if f, ok := d.(interface {
 		Member(driver.Guest) (driver.Driver, error)
 	}); ok {
@@ -93,10 +95,96 @@ func (g *GlobalOptions) openGuest(ctx context.Context, vm string) (*snapshotSess
 			s.member = m
 		}
 	}
+	if lock {
+		if err := s.lock(ctx, g); err != nil {
+			d.Close()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
-func (s *snapshotSession) Close() { s.d.Close() }
+// resolveGuest finds the one guest vm names; see session.
+func (g *GlobalOptions) resolveGuest(ctx context.Context, d driver.Driver, vm string, grammar bool) (driver.Guest, error) {
+	lctx, cancel := context.WithTimeout(ctx, g.timeout())
+	all, err := d.Guests(lctx)
+	cancel()
+	if err != nil {
+		return driver.Guest{}, err
+	}
+	found := selector.Exact(all, vm)
+	switch {
+	case len(found) > 0:
+	case grammar:
+		sel, err := selector.Parse(vm)
+		if err != nil {
+			return driver.Guest{}, usage(fmt.Errorf("VM %q is no guest's name, nor a selection: %w", vm, err))
+		}
+		if needsTags(sel) {
+			if err := g.loadTags(ctx, d, all); err != nil {
+				return driver.Guest{}, err
+			}
+		}
+		res, err := sel.Select(all)
+		if err != nil {
+			return driver.Guest{}, fmt.Errorf("VM %q: %w", vm, err)
+		}
+		found = res.Guests
+	default:
+		if id, err := strconv.Atoi(vm); err == nil && id > 0 {
+			for _, gu := range all {
+				if gu.ID == id {
+					found = append(found, gu)
+				}
+			}
+		}
+		if len(found) == 0 {
+			return driver.Guest{}, fmt.Errorf("no guest named %q on %s (list them with: autosnap vm list): %w", vm, g.Host, selector.ErrNoMatch)
+		}
+	}
+	if n := len(found); n > 1 {
+		var which []string
+		for _, gu := range found {
+			which = append(which, fmt.Sprintf("%s on %s (%s)", gu.Name, gu.Node, gu.UUID))
+		}
+		return driver.Guest{}, usage(fmt.Errorf("VM %q matches %d guests: %s; name exactly one, e.g. by UUID", vm, n, strings.Join(which, ", ")))
+	}
+	return found[0], nil
+}
+
+// lock takes the guest's cross-process lock, the one snap and clean take for each
+// guest, waiting up to --timeout for another run to release it. Every command that
+// changes a guest or its snapshots takes it (through changeGuest) before it reads
+// what it acts on, so a cron run never interleaves with a manual delete or revert.
+func (s *snapshotSession) lock(ctx context.Context, g *GlobalOptions) error {
+	lctx, cancel := context.WithTimeout(ctx, g.timeout())
+	defer cancel()
+	unlock, err := engine.LockGuest(lctx, engine.DefaultLockDir(), s.guest.Key())
+	if err != nil {
+		return fmt.Errorf("guest %s: %w", s.guest.Name, err)
+	}
+	s.unlock = unlock
+	return nil
+}
+
+// Close releases the guest's lock, if held, and the connection.
+func (s *snapshotSession) Close() {
+	if s.unlock != nil {
+		s.unlock()
+		s.unlock = nil
+	}
+	s.d.Close()
+}
+
+// mergeCtx bounds a command that may merge images (delete, collapse): by --timeout in
+// total, or, for a driver that bounds merges by progress (driver.StallBounded), only
+// by ctx, since that driver gives up itself when a merge stalls for --timeout.
+func (s *snapshotSession) mergeCtx(ctx context.Context, g *GlobalOptions) (context.Context, context.CancelFunc) {
+	if sb, ok := s.member.(driver.StallBounded); ok && sb.StallBounded() {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, g.timeout())
+}
 
 // capability returns the guest's driver as T, or a usage error naming what is missing.
 func capability[T any](s *snapshotSession, what string) (T, error) {

@@ -84,12 +84,13 @@ func humanBytes(n uint64) string {
 type SnapshotCollapseOptions struct {
 	Disk            string
 	ForgetSnapshots bool
+	ForceBase       []string
 }
 
 func newSnapshotCollapseCommand(g *GlobalOptions) *cobra.Command {
 	o := &SnapshotCollapseOptions{}
 	cmd := &cobra.Command{
-		Use:   "collapse VM [--disk D] [--forget-snapshots]",
+		Use:   "collapse VM [--disk D] [--forget-snapshots] [--force-base PATH]...",
 		Short: "Merge every overlay of a disk (all disks) into its bottom image",
 		Long: `Merge every overlay of the disk (every disk without --disk) into the chain's
 bottom image in one job and delete the overlays: a live active commit and
@@ -101,8 +102,16 @@ chain, and names those snapshots: delete them first (snapshot delete merges
 just as well), or pass --forget-snapshots to drop their metadata (every
 snapshot covering the disk) before collapsing. It also refuses while another
 image builds on one of the chain's images or an overlay holds internal
-snapshots. The bottom image is written to: never collapse into a base image
-that other guests share (a template).`,
+snapshots.
+
+The chain's bottom image is written to. An image autosnap did not create,
+usually the disk's original image, may be a template that linked clones
+anywhere on the host build on: writing into it would corrupt each of them
+silently. So the collapse refuses to write into such an image, changing
+nothing and naming it, unless you pass it with --force-base PATH after making
+sure nothing else uses it (repeatable, one per disk). Over a remote
+connection, where autosnap cannot check the host's other images, naming it is
+the only way.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runSnapshotCollapse(cmd.Context(), g, o, args[0])
@@ -110,11 +119,12 @@ that other guests share (a template).`,
 	}
 	cmd.Flags().StringVar(&o.Disk, "disk", "", "only this disk (target such as vda)")
 	cmd.Flags().BoolVar(&o.ForgetSnapshots, "forget-snapshots", false, "first forget (metadata only) the snapshots that cover the disk(s)")
+	cmd.Flags().StringArrayVar(&o.ForceBase, "force-base", nil, "allow writing into this base image although autosnap did not create it; only if nothing else (no linked clone, no other guest) uses it (repeatable)")
 	return cmd
 }
 
 func runSnapshotCollapse(ctx context.Context, g *GlobalOptions, o *SnapshotCollapseOptions, vm string) error {
-	s, err := g.openGuest(ctx, vm)
+	s, err := g.changeGuest(ctx, vm)
 	if err != nil {
 		return err
 	}
@@ -147,10 +157,10 @@ func runSnapshotCollapse(ctx context.Context, g *GlobalOptions, o *SnapshotColla
 		fmt.Fprintf(g.messages(), "Dry run: the chain of %s of %s would be collapsed\n", orAll(o.Disk), s.guest.Name)
 		return nil
 	}
-	cctx, cancel := context.WithTimeout(ctx, g.timeout())
-	defer cancel()
 	var rows [][2]string
 	if len(forget) > 0 {
+		cctx, cancel := context.WithTimeout(ctx, g.timeout())
+		defer cancel()
 		td, err := capability[driver.TreeDeleter](s, "forget snapshots")
 		if err != nil {
 			return err
@@ -163,8 +173,10 @@ func runSnapshotCollapse(ctx context.Context, g *GlobalOptions, o *SnapshotColla
 			rows = append(rows, [2]string{n, "forgotten (files kept)"})
 		}
 	}
+	mctx, cancel := s.mergeCtx(ctx, g)
+	defer cancel()
 	p := g.newProgress()
-	err = cc.CollapseChain(cctx, s.guest, driver.CollapseOptions{Disk: o.Disk, Progress: p.report})
+	err = cc.CollapseChain(mctx, s.guest, driver.CollapseOptions{Disk: o.Disk, ForceBase: o.ForceBase, Progress: p.report})
 	p.done()
 	if err != nil {
 		if len(rows) > 0 {

@@ -34,7 +34,10 @@ func newSnapshotCreateCommand(g *GlobalOptions) *cobra.Command {
 		Long: `Take one snapshot of a guest. NAME defaults to the current Unix time, as virsh does.
 
 Without --description the snapshot is a user snapshot: snap and clean never
-touch it. By default every disk gets an external overlay beside its image
+touch it. The description gets a last line "consistency: quiesced" (or crash,
+offline, memory), as autosnap's own snapshots have, so that snapshot info and
+list show how the disks were captured; a description whose first line is not
+"autosnap" still makes a user snapshot. By default every disk gets an external overlay beside its image
 (disk-only and atomic for a running guest; --state adds the RAM).
 
 --diskspec DISK,snapshot=internal|external|no[,file=PATH] per disk:
@@ -137,7 +140,7 @@ func runSnapshotCreate(ctx context.Context, g *GlobalOptions, o *SnapshotCreateO
 	if !o.Atomic {
 		return usage(errors.New("--atomic=false: autosnap snapshots are always atomic"))
 	}
-	s, err := g.openGuest(ctx, vm)
+	s, err := g.changeGuest(ctx, vm)
 	if err != nil {
 		return err
 	}
@@ -155,8 +158,10 @@ func runSnapshotCreate(ctx context.Context, g *GlobalOptions, o *SnapshotCreateO
 			cancel()
 		}
 	}
+	cons := createConsistency(s.guest.State, opts)
+	opts.Description = withConsistency(o.Description, cons)
 	if g.DryRun {
-		fmt.Fprintf(g.messages(), "Dry run: snapshot %s of %s would be created (quiesced: %v)\n", opts.Name, s.guest.Name, opts.Quiesce)
+		fmt.Fprintf(g.messages(), "Dry run: snapshot %s of %s would be created (%s)\n", opts.Name, s.guest.Name, describeConsistency(cons))
 		return nil
 	}
 	cctx, cancel := context.WithTimeout(ctx, g.timeout())
@@ -165,16 +170,19 @@ func runSnapshotCreate(ctx context.Context, g *GlobalOptions, o *SnapshotCreateO
 	if err != nil {
 		return err
 	}
+	if snap.Consistency == driver.ConsistencyUnknown {
+		snap.Consistency = cons
+	}
 	if g.format() == report.FormatText {
-		how := string(snap.Location)
-		if opts.Quiesce {
-			how += ", quiesced"
+		fmt.Fprintf(g.stdout, "%s: snapshot %s created (%s, %s)\n", s.guest.Name, snap.Name, snap.Location, describeConsistency(snap.Consistency))
+		for _, n := range snap.Notes {
+			fmt.Fprintf(g.stdout, "  NOTE: %s\n", n)
 		}
-		if snap.Memory {
-			how += ", with RAM"
-		}
-		fmt.Fprintf(g.stdout, "%s: snapshot %s created (%s)\n", s.guest.Name, snap.Name, how)
 		return nil
+	}
+	// Other formats keep stdout to the table; the notes go to stderr.
+	for _, n := range snap.Notes {
+		fmt.Fprintf(g.stderr, "NOTE: %s: %s\n", s.guest.Name, n)
 	}
 	return g.renderSnapshots(s.guest, []driver.Snapshot{snap}, listView{})
 }

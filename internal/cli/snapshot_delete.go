@@ -56,7 +56,7 @@ func runSnapshotDelete(ctx context.Context, g *GlobalOptions, o *SnapshotDeleteO
 	if o.Children && o.ChildrenOnly {
 		return usage(errors.New("--children and --children-only exclude each other"))
 	}
-	s, err := g.openGuest(ctx, vm)
+	s, err := g.changeGuest(ctx, vm)
 	if err != nil {
 		return err
 	}
@@ -87,7 +87,7 @@ func runSnapshotDelete(ctx context.Context, g *GlobalOptions, o *SnapshotDeleteO
 		return g.printActions(s.guest.Name, nil)
 	}
 	opts := driver.DeleteOptions{Children: o.Children, ChildrenOnly: o.ChildrenOnly, MetadataOnly: o.Metadata}
-	dctx, cancel := context.WithTimeout(ctx, g.timeout())
+	dctx, cancel := s.mergeCtx(ctx, g)
 	defer cancel()
 	if td, ok := s.member.(driver.TreeDeleter); ok {
 		p := g.newProgress()

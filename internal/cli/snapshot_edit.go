@@ -27,7 +27,9 @@ func newSnapshotEditCommand(g *GlobalOptions) *cobra.Command {
 		Long: `Change a snapshot's description or name; no file changes. A description whose
 first line is not "autosnap" makes the snapshot a user snapshot that retention
 never touches; one starting with that line hands it to retention. A rename
-keeps the snapshot's files, its children follow it.`,
+keeps the snapshot's files, its children follow it. The consistency the
+snapshot recorded (its "consistency:" line) is kept unless the new
+description states one.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runSnapshotEdit(cmd.Context(), g, o, cmd.Flags().Changed("description"), args[0], args[1])
@@ -47,7 +49,7 @@ func runSnapshotEdit(ctx context.Context, g *GlobalOptions, o *SnapshotEditOptio
 		opts.Description = &o.Description
 	}
 	opts.Rename = o.Rename
-	s, err := g.openGuest(ctx, vm)
+	s, err := g.changeGuest(ctx, vm)
 	if err != nil {
 		return err
 	}
@@ -55,6 +57,16 @@ func runSnapshotEdit(ctx context.Context, g *GlobalOptions, o *SnapshotEditOptio
 	ed, err := capability[driver.SnapshotEditor](s, "edit snapshots")
 	if err != nil {
 		return err
+	}
+	if opts.Description != nil && !statesConsistency(*opts.Description) {
+		// The recorded consistency is a fact about the data, not part of what the
+		// user rewrites: carry it over.
+		sn, _, err := s.findSnapshot(ctx, g, name)
+		if err != nil {
+			return err
+		}
+		d := withConsistency(*opts.Description, sn.Consistency)
+		opts.Description = &d
 	}
 	if g.DryRun {
 		fmt.Fprintf(g.messages(), "Dry run: snapshot %s of %s would be edited\n", name, s.guest.Name)
@@ -103,7 +115,7 @@ says. FILE "-" reads standard input.`,
 			if err := xml.Unmarshal(b, &x); err != nil || x.Name == "" {
 				return usage(fmt.Errorf("%s is not a snapshot XML from snapshot dumpxml: %v", args[1], err))
 			}
-			s, err := g.openGuest(cmd.Context(), args[0])
+			s, err := g.changeGuest(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

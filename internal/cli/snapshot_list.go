@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -43,8 +44,12 @@ formats; JSON and CSV keep the rows in tree order with their parent field.
 
 JSON keys: name, time, parent, current, state (guest state at snapshot time:
 running, paused, shutoff, disk-snapshot), location, vmstate, disk_only,
-consistency, autosnap (made by autosnap: retention manages it), description,
-disks (name, snapshot, file).`,
+consistency (quiesced, crash, offline, memory; "" unknown), autosnap (made by
+autosnap: retention manages it), description (without the consistency line
+autosnap records in it), disks (name, snapshot, file), incomplete (why the
+snapshot's data is not whole, e.g. a merge was interrupted: it cannot be
+reverted to; "" when whole). The table formats add an INCOMPLETE column when
+a listed snapshot is not whole.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runSnapshotList(cmd.Context(), g, o, args[0])
@@ -255,6 +260,7 @@ func (g *GlobalOptions) renderSnapshots(gu driver.Guest, snaps []driver.Snapshot
 			{Header: "CURRENT", Key: "current"}, {Header: "STATE", Key: "state"}, {Header: "LOCATION", Key: "location"},
 			{Header: "VM STATE", Key: "vmstate"}, {Header: "DISK ONLY", Key: "disk_only"}, {Header: "CONSISTENCY", Key: "consistency"},
 			{Header: "AUTOSNAP", Key: "autosnap"}, {Header: "DESCRIPTION", Key: "description"}, {Header: "DISKS", Key: "disks"},
+			{Header: "INCOMPLETE", Key: "incomplete"},
 		}
 		for _, s := range snaps {
 			var tm any = s.Created.UTC()
@@ -270,7 +276,7 @@ func (g *GlobalOptions) renderSnapshots(gu driver.Guest, snaps []driver.Snapshot
 				disks = ds
 			}
 			t.Rows = append(t.Rows, []any{s.Name, tm, s.Parent, s.Current, s.GuestState, string(s.Location), s.Memory,
-				s.DiskOnly, string(s.Consistency), naming.IsOurs(s.Description), s.Description, disks})
+				s.DiskOnly, string(s.Consistency), naming.IsOurs(s.Description), shownDescription(s.Description), disks, s.Incomplete})
 		}
 		return report.Render(g.stdout, f, t)
 	}
@@ -280,12 +286,21 @@ func (g *GlobalOptions) renderSnapshots(gu driver.Guest, snaps []driver.Snapshot
 	}
 	t.Columns = append(t.Columns, report.Column{Header: "STATE", Key: "state"}, report.Column{Header: "LOCATION", Key: "location"},
 		report.Column{Header: "CURRENT", Key: "current"}, report.Column{Header: "DESCRIPTION", Key: "description"})
+	// The column appears only when a snapshot is not whole, and then says why.
+	incomplete := slices.ContainsFunc(snaps, func(s driver.Snapshot) bool { return s.Incomplete != "" })
+	if incomplete {
+		t.Columns = append(t.Columns, report.Column{Header: "INCOMPLETE", Key: "incomplete"})
+	}
 	for i, s := range snaps {
 		row := []any{prefixes[i] + s.Name, s.Created.Local().Format("2006-01-02 15:04:05")}
 		if v.parent {
 			row = append(row, s.Parent)
 		}
-		t.Rows = append(t.Rows, append(row, s.GuestState, string(s.Location), s.Current, firstLine(s.Description)))
+		row = append(row, s.GuestState, string(s.Location), s.Current, firstLine(s.Description))
+		if incomplete {
+			row = append(row, s.Incomplete)
+		}
+		t.Rows = append(t.Rows, row)
 	}
 	return report.Render(g.stdout, f, t)
 }
@@ -355,9 +370,11 @@ func runSnapshotInfo(ctx context.Context, g *GlobalOptions, vm, name string) err
 			{Header: "CURRENT", Key: "current"}, {Header: "STATE", Key: "state"}, {Header: "LOCATION", Key: "location"},
 			{Header: "VM STATE", Key: "vmstate"}, {Header: "DISK ONLY", Key: "disk_only"}, {Header: "CONSISTENCY", Key: "consistency"},
 			{Header: "AUTOSNAP", Key: "autosnap"}, {Header: "DESCRIPTION", Key: "description"}, {Header: "DISKS", Key: "disks"},
+			{Header: "INCOMPLETE", Key: "incomplete"},
 		}}
 		tb.Rows = append(tb.Rows, []any{s.guest.Name, sn.Name, tm, sn.Parent, kids, len(desc), sn.Current, sn.GuestState,
-			string(sn.Location), sn.Memory, sn.DiskOnly, string(sn.Consistency), naming.IsOurs(sn.Description), sn.Description, disks})
+			string(sn.Location), sn.Memory, sn.DiskOnly, string(sn.Consistency), naming.IsOurs(sn.Description), shownDescription(sn.Description),
+			disks, sn.Incomplete})
 		return report.Render(g.stdout, f, tb)
 	}
 	yes := func(b bool) string {
@@ -372,12 +389,21 @@ func runSnapshotInfo(ctx context.Context, g *GlobalOptions, vm, name string) err
 		{"Location", string(sn.Location)}, {"Parent", orDash(sn.Parent)}, {"Children", strconv.Itoa(len(kids))},
 		{"Descendants", strconv.Itoa(len(desc))}, {"Time", sn.Created.Local().Format("2006-01-02 15:04:05")},
 		{"RAM", yes(sn.Memory)}, {"Consistency", orDash(string(sn.Consistency))},
-		{"Managed by autosnap", yes(naming.IsOurs(sn.Description))}, {"Description", sn.Description},
+		{"Incomplete", incompleteText(sn.Incomplete)},
+		{"Managed by autosnap", yes(naming.IsOurs(sn.Description))}, {"Description", shownDescription(sn.Description)},
 		{"Disks", strings.Join(diskCell(sn.Disks), "\n")},
 	} {
 		tb.Rows = append(tb.Rows, []any{kv[0], kv[1]})
 	}
 	return report.Render(g.stdout, f, tb)
+}
+
+// incompleteText is the info line for Snapshot.Incomplete.
+func incompleteText(why string) string {
+	if why == "" {
+		return "no"
+	}
+	return "yes, not to be reverted to: " + why
 }
 
 func orDash(s string) string {
@@ -437,7 +463,11 @@ current snapshot fails (exit 1). With NAME mark that snapshot current: only
 the metadata changes (libvirt redefine with the current flag), not the guest.`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := g.openGuest(cmd.Context(), args[0])
+			open := g.openGuest
+			if len(args) == 2 {
+				open = g.changeGuest
+			}
+			s, err := open(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,7 +12,6 @@ import (
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/engine"
 	"github.com/autosnap/autosnap/internal/report"
-	"github.com/autosnap/autosnap/internal/selector"
 )
 
 // SnapshotRevertOptions are the flags of `snapshot revert`.
@@ -77,18 +74,12 @@ func runSnapshotRevert(ctx context.Context, g *GlobalOptions, o *SnapshotRevertO
 	if o.Running && o.Paused {
 		return usage(errors.New("snapshot revert: --running and --paused exclude each other"))
 	}
-	if strings.TrimSpace(g.VMID) != "" {
-		return usage(errors.New("snapshot revert takes the guest as its VM argument, not --vmid"))
-	}
-	d, err := g.connect(ctx)
+	s, err := g.session(ctx, vm, false, true)
 	if err != nil {
 		return err
 	}
-	defer d.Close()
-	gu, err := guestByArg(ctx, g, d, vm)
-	if err != nil {
-		return err
-	}
+	defer s.Close()
+	d, gu := s.d, s.guest
 	lctx, cancel := context.WithTimeout(ctx, g.timeout())
 	snaps, err := d.Snapshots(lctx, gu)
 	cancel()
@@ -102,7 +93,10 @@ func runSnapshotRevert(ctx context.Context, g *GlobalOptions, o *SnapshotRevertO
 		}
 	}
 	if snap == nil {
-		return fmt.Errorf("guest %s has no snapshot %q (list them with: autosnap --vmid %s status): %w", gu.Name, name, gu.Name, driver.ErrNotFound)
+		return fmt.Errorf("guest %s has no snapshot %q (list them with: autosnap snapshot list %s): %w", gu.Name, name, gu.Name, driver.ErrNotFound)
+	}
+	if snap.Incomplete != "" {
+		return fmt.Errorf("guest %s: refusing to revert to snapshot %s, its data is not whole (%s); nothing was changed", gu.Name, name, snap.Incomplete)
 	}
 	external := snap.Location != driver.LocationInternal
 	if external && !snap.Memory && gu.State.Active() && !o.Force {
@@ -137,7 +131,7 @@ func runSnapshotRevert(ctx context.Context, g *GlobalOptions, o *SnapshotRevertO
 	rctx, cancel := context.WithTimeout(ctx, g.timeout())
 	defer cancel()
 	start := time.Now()
-	if n, ok := revertNoterOf(d, gu); ok {
+	if n, ok := s.member.(revertNoter); ok {
 		err = n.RevertSnapshotNotes(rctx, gu, name, opts, note)
 	} else {
 		if external && gu.State.Active() {
@@ -150,9 +144,9 @@ func runSnapshotRevert(ctx context.Context, g *GlobalOptions, o *SnapshotRevertO
 		return err
 	}
 	state := driver.StateUnknown
-	if after, err := guestByArg(ctx, g, d, gu.UUID); err == nil {
+	if after, err := g.resolveGuest(ctx, d, gu.UUID, false); err == nil {
 		state = after.State
-	} else if after, err := guestByArg(ctx, g, d, gu.Name); err == nil {
+	} else if after, err := g.resolveGuest(ctx, d, gu.Name, false); err == nil {
 		state = after.State
 	}
 	fmt.Fprintf(out, "Reverted %s to %s in %s; the guest is %s\n", gu.Name, name, took.Round(time.Millisecond), state)
@@ -165,46 +159,4 @@ func runSnapshotRevert(ctx context.Context, g *GlobalOptions, o *SnapshotRevertO
 	t := report.Table{Columns: revertColumns, Rows: [][]any{{gu.Node, engine.GuestID(gu), gu.Name, name, string(snap.Location), snap.Memory,
 		string(state), notes, took.Seconds()}}}
 	return report.Render(g.stdout, g.format(), t)
-}
-
-// revertNoterOf returns the driver of gu's host when it reports what a revert does.
-func revertNoterOf(d driver.Driver, gu driver.Guest) (revertNoter, bool) {
-	if f, ok := d.(*driver.Fleet); ok {
-		m, err := f.Member(gu)
-		if err != nil {
-			return nil, false
-		}
-		d = m
-	}
-	n, ok := d.(revertNoter)
-	return n, ok
-}
-
-// guestByArg finds the one guest whose name, UUID or numeric id is vm. No match wraps
-// selector.ErrNoMatch; several (equal names on several hosts) is a usage error.
-func guestByArg(ctx context.Context, g *GlobalOptions, d driver.Driver, vm string) (driver.Guest, error) {
-	lctx, cancel := context.WithTimeout(ctx, g.timeout())
-	guests, err := d.Guests(lctx)
-	cancel()
-	if err != nil {
-		return driver.Guest{}, err
-	}
-	id, _ := strconv.Atoi(vm)
-	var found []driver.Guest
-	for _, gu := range guests {
-		if gu.Name == vm || (gu.UUID != "" && strings.EqualFold(gu.UUID, vm)) || (id > 0 && gu.ID == id) {
-			found = append(found, gu)
-		}
-	}
-	switch len(found) {
-	case 0:
-		return driver.Guest{}, fmt.Errorf("no guest named %q on %s (list them with: autosnap vm list): %w", vm, g.Host, selector.ErrNoMatch)
-	case 1:
-		return found[0], nil
-	}
-	var which []string
-	for _, gu := range found {
-		which = append(which, fmt.Sprintf("%s/%v (%s)", gu.Node, engine.GuestID(gu), gu.UUID))
-	}
-	return driver.Guest{}, usage(fmt.Errorf("%q matches %d guests: %s; give the UUID", vm, len(found), strings.Join(which, ", ")))
 }

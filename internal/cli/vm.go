@@ -55,6 +55,9 @@ func runVMList(ctx context.Context, g *GlobalOptions, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := g.ensureTags(ctx, d, guests); err != nil {
+		return err
+	}
 	t := report.Table{Columns: vmColumns}
 	for _, gu := range guests {
 		var id any
@@ -120,15 +123,21 @@ func runVMTag(ctx context.Context, g *GlobalOptions, target string, tags []strin
 	if !ok {
 		return usage(fmt.Errorf("the %s driver has its own tags; set them in the hypervisor", d.Name()))
 	}
-	all, err := d.Guests(ctx)
+	lctx, cancel := context.WithTimeout(ctx, g.timeout())
+	all, err := d.Guests(lctx)
+	cancel()
 	if err != nil {
 		return err
 	}
-	res, err := sel.Select(all)
+	guests, err := g.pick(ctx, d, "GUEST", sel, all)
 	if err != nil {
 		return err
 	}
-	for _, gu := range res.Guests {
+	// The new tags are computed from the current ones, which must be read first.
+	if err := g.ensureTags(ctx, d, guests); err != nil {
+		return err
+	}
+	for _, gu := range guests {
 		next := slices.Clone(gu.Tags)
 		for _, t := range tags {
 			i := slices.IndexFunc(next, func(x string) bool { return strings.EqualFold(x, t) })

@@ -123,7 +123,11 @@ func renderTable(w io.Writer, f Format, t Table) error {
 	for _, row := range t.Rows {
 		cells := make(table.Row, len(row))
 		for i, v := range row {
-			cells[i] = Cell(v)
+			if f == FormatMarkdown {
+				cells[i] = markdownEscape(Cell(v))
+			} else {
+				cells[i] = Cell(v)
+			}
 		}
 		tw.AppendRow(cells)
 	}
@@ -157,6 +161,14 @@ func renderTable(w io.Writer, f Format, t Table) error {
 	_, err := io.WriteString(w, s+"\n")
 	return err
 }
+
+// markdownCell escapes what Markdown would otherwise interpret in a table cell: a
+// backslash (so that the \| go-pretty writes for '|' stays an escaped pipe and does not
+// end the cell), '<' (raw HTML such as <b> or a <script> in a description) and '&'
+// (entities such as &lt;). go-pretty then escapes '|' and turns line breaks into <br/>.
+var markdownCell = strings.NewReplacer(`\`, `\\`, "<", `\<`, "&", `\&`)
+
+func markdownEscape(s string) string { return markdownCell.Replace(s) }
 
 // Cell returns the text shown for v in the table formats and CSV (see
 // Table).

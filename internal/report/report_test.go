@@ -313,3 +313,102 @@ func TestJSONHelper(t *testing.T) {
 		t.Error("no error for a channel")
 	}
 }
+
+// markdownHostile are cell texts that end a Markdown table cell early or turn into
+// HTML when not escaped.
+var markdownHostile = Table{
+	Columns: []Column{{Header: "NAME", Key: "name"}, {Header: "DESCRIPTION", Key: "description"}},
+	Rows: [][]any{
+		{"a|b", `pipe | and escaped pipe \| and backslash at end \`},
+		{"<script>alert(1)</script>", "&lt; is an entity, <b>bold</b> is HTML"},
+		{`C:\dir\`, "two\nlines | <i>"},
+	},
+}
+
+func TestRenderMarkdownEscapesGolden(t *testing.T) {
+	var buf bytes.Buffer
+	if err := Render(&buf, FormatMarkdown, markdownHostile); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "markdown_escape", buf.Bytes())
+}
+
+// splitMarkdownRow splits a GitHub-flavoured Markdown table row into its cells'
+// source text the way GFM does: a backslash and the character after it are one unit,
+// any other '|' separates cells.
+func splitMarkdownRow(line string) []string {
+	line = strings.TrimSpace(line)
+	line = strings.TrimPrefix(line, "|")
+	var cells []string
+	var cur strings.Builder
+	for i := 0; i < len(line); i++ {
+		switch c := line[i]; {
+		case c == '\\' && i+1 < len(line):
+			cur.WriteByte(c)
+			cur.WriteByte(line[i+1])
+			i++
+		case c == '|':
+			cells = append(cells, cur.String())
+			cur.Reset()
+		default:
+			cur.WriteByte(c)
+		}
+	}
+	if rest := strings.TrimSpace(cur.String()); rest != "" {
+		cells = append(cells, cur.String())
+	}
+	return cells
+}
+
+// markdownText is what a Markdown renderer shows for a cell's source: backslash
+// escapes of ASCII punctuation removed, <br/> a line break. It fails on raw HTML.
+func markdownText(t *testing.T, src string) string {
+	t.Helper()
+	src = strings.TrimSpace(src)
+	var b strings.Builder
+	for i := 0; i < len(src); i++ {
+		c := src[i]
+		switch {
+		case c == '\\' && i+1 < len(src) && strings.IndexByte("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", src[i+1]) >= 0:
+			b.WriteByte(src[i+1])
+			i++
+		case strings.HasPrefix(src[i:], "<br/>"):
+			b.WriteByte('\n')
+			i += len("<br/>") - 1
+		case c == '<':
+			t.Errorf("raw '<' in cell source %q: Markdown renders it as HTML", src)
+			b.WriteByte(c)
+		case c == '&':
+			t.Errorf("raw '&' in cell source %q: Markdown decodes entities", src)
+			b.WriteByte(c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// TestRenderMarkdownCellsRoundTrip reads the Markdown output back as a GFM renderer
+// would: every row has its cells, and each shows exactly the cell's text.
+func TestRenderMarkdownCellsRoundTrip(t *testing.T) {
+	var buf bytes.Buffer
+	if err := Render(&buf, FormatMarkdown, markdownHostile); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimRight(buf.String(), "\n"), "\n")
+	if len(lines) != 2+len(markdownHostile.Rows) {
+		t.Fatalf("%d lines, want header, separator and %d rows:\n%s", len(lines), len(markdownHostile.Rows), buf.String())
+	}
+	for i, row := range markdownHostile.Rows {
+		cells := splitMarkdownRow(lines[2+i])
+		if len(cells) != len(row) {
+			t.Errorf("row %d reads as %d cells %q, want %d", i, len(cells), cells, len(row))
+			continue
+		}
+		for j, v := range row {
+			if got := markdownText(t, cells[j]); got != strings.TrimSpace(Cell(v)) {
+				t.Errorf("row %d cell %d shows %q, want %q", i, j, got, Cell(v))
+			}
+		}
+	}
+}

@@ -1,0 +1,65 @@
+package cli
+
+import (
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/naming"
+)
+
+func TestWithConsistency(t *testing.T) {
+	for _, tc := range []struct {
+		desc string
+		c    driver.Consistency
+		want string
+	}{
+		{"", driver.ConsistencyQuiesced, "\nconsistency: quiesced"},
+		{"before upgrade", driver.ConsistencyCrash, "before upgrade\nconsistency: crash"},
+		{"autosnap", driver.ConsistencyOffline, naming.Description(map[string]string{"consistency": "offline"})},
+		{"a\nconsistency: crash\nb: c", driver.ConsistencyQuiesced, "a\nb: c\nconsistency: quiesced"},
+		{"a\n", driver.ConsistencyMemory, "a\nconsistency: memory"},
+		{"a\n\nb", driver.ConsistencyCrash, "a\n\nb\nconsistency: crash"},
+		{"a", driver.ConsistencyUnknown, "a"},
+	} {
+		if got := withConsistency(tc.desc, tc.c); got != tc.want {
+			t.Errorf("withConsistency(%q, %q) = %q, want %q", tc.desc, tc.c, got, tc.want)
+		}
+	}
+}
+
+// TestWithConsistencyProperties: for any description, the result records c, keeps
+// the first line (so who manages the snapshot does not change) and every other field,
+// is stable when applied twice, and shows as the description without that line.
+func TestWithConsistencyProperties(t *testing.T) {
+	r := rand.New(rand.NewPCG(8, 8))
+	parts := []string{"autosnap", "cv4pve-autosnap", "note", ":", " ", "\n", "\r\n", "consistency", "consistency: crash", "x: y", "é", "|"}
+	cons := []driver.Consistency{driver.ConsistencyQuiesced, driver.ConsistencyCrash, driver.ConsistencyOffline, driver.ConsistencyMemory}
+	for i := 0; i < 5000; i++ {
+		var b strings.Builder
+		for j := r.IntN(8); j > 0; j-- {
+			b.WriteString(parts[r.IntN(len(parts))])
+		}
+		desc, c := b.String(), cons[r.IntN(len(cons))]
+		got := withConsistency(desc, c)
+		fields := naming.DescriptionFields(got)
+		if fields["consistency"] != string(c) {
+			t.Fatalf("withConsistency(%q, %s) = %q records %q", desc, c, got, fields["consistency"])
+		}
+		if naming.IsOurs(got) != naming.IsOurs(strings.SplitN(desc, "\n", 2)[0]) {
+			t.Fatalf("withConsistency(%q) = %q changes who manages the snapshot", desc, got)
+		}
+		for k, v := range naming.DescriptionFields(desc) {
+			if k != "consistency" && fields[k] != v {
+				t.Fatalf("withConsistency(%q) = %q lost the field %s", desc, got, k)
+			}
+		}
+		if again := withConsistency(got, c); again != got {
+			t.Fatalf("not stable: %q then %q", got, again)
+		}
+		if _, ok := naming.DescriptionFields(shownDescription(got))["consistency"]; ok {
+			t.Fatalf("shownDescription(%q) = %q still shows the recorded line", got, shownDescription(got))
+		}
+	}
+}
