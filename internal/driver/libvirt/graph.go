@@ -49,7 +49,14 @@ func (d *Driver) buildGraphs(ctx context.Context, g driver.Guest, dom golibvirt.
 	}
 	in := graphInput{guest: g.Name, uuid: formatUUID(dom.UUID), chains: chains, live: active, tree: t, deleted: deleted,
 		fs: d.imageFS(), users: func() (*hostUsers, error) { return d.hostUsers(ctx) }}
-	return in.build()
+	graphs, err := in.build()
+	if err != nil {
+		return nil, err
+	}
+	if err := in.refuseShared(graphs); err != nil {
+		return nil, err
+	}
+	return graphs, nil
 }
 
 // graphInput is everything a guest's image graphs are built from: libvirt's chains
@@ -66,7 +73,9 @@ type graphInput struct {
 	users   func() (*hostUsers, error) // nil: no scan
 }
 
-// build is buildGraphs without libvirt: see there.
+// build is buildGraphs without libvirt and without the refusal of shared images (see
+// refuseShared): every image something outside uses is marked, so the planner leaves
+// it alone.
 func (in graphInput) build() (map[string]*diskGraph, error) {
 	keys := newKeyer(in.fs)
 	graphs := map[string]*diskGraph{}
@@ -186,12 +195,18 @@ func (in graphInput) build() (map[string]*diskGraph, error) {
 			hu.attach(gr, keys, in.uuid)
 		}
 	}
+	return graphs, nil
+}
+
+// refuseShared fails when releasing what the deleted snapshots hold would write into
+// or remove an image that something outside the guest uses.
+func (in graphInput) refuseShared(graphs map[string]*diskGraph) error {
 	for _, disk := range sortedKeys(graphs) {
 		if err := graphs[disk].refuseShared(in.guest, in.deletedOn(disk)); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return graphs, nil
+	return nil
 }
 
 // usedAsState reports whether a snapshot of t records ov as its state on disk.

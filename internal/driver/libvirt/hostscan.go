@@ -45,12 +45,12 @@ type imageUser struct {
 // their images' headers when autosnap runs on the host) and every storage pool
 // volume built on it (on the local host by reading the headers of the files in each
 // directory pool). Files that are in no storage pool and no guest's chain are not
-// seen here; the planner looks at the images' own directories for those.
+// seen here; the planner looks at the images' own directories for those. Over a
+// remote connection the chains of shut-off guests below their top images are not
+// seen either.
 type hostUsers struct {
 	byID   map[fileID][]imageUser
 	byPath map[string][]imageUser
-	// unproven says what the scan could not look at.
-	unproven []string
 }
 
 // hostUsers returns the host-wide scan, reusing one younger than the TTL.
@@ -82,23 +82,21 @@ func (d *Driver) hostUsers(ctx context.Context) (*hostUsers, error) {
 // scanHost reads who uses which image on the libvirt host.
 func (d *Driver) scanHost(ctx context.Context) (*hostUsers, error) {
 	fs := d.imageFS()
-	h := &hostUsers{byID: map[fileID][]imageUser{}, byPath: map[string][]imageUser{}}
+	h := newHostUsers()
 	recs, err := call(ctx, func() ([]golibvirt.DomainStatsRecord, error) {
 		return d.l.ConnectGetAllDomainStats(nil, uint32(golibvirt.DomainStatsBlock), uint32(golibvirt.ConnectGetAllDomainsStatsBacking))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("listing the disks of every guest on %s: %w", d.node, err)
 	}
-	shutoffChains := false
 	for _, r := range recs {
 		uuid := formatUUID(r.Dom.UUID)
 		for disk, chain := range blockChains(r.Params) {
 			if r.Dom.ID <= 0 && len(chain) == 1 {
-				// libvirt does not read the chains of shut-off guests.
+				// libvirt does not read the chains of shut-off guests; remotely
+				// they stay unknown (see CollapseChain).
 				if fs != nil {
 					chain = headerChain(fs, chain[0])
-				} else {
-					shutoffChains = true
 				}
 			}
 			for _, p := range chain {
@@ -106,17 +104,18 @@ func (d *Driver) scanHost(ctx context.Context) (*hostUsers, error) {
 			}
 		}
 	}
-	if shutoffChains {
-		h.unproven = append(h.unproven, "which images the disks of shut-off guests build on (libvirt reports only their top images, and their headers cannot be read remotely)")
-	}
 	if err := d.scanPools(ctx, fs, h); err != nil {
 		return nil, err
 	}
-	if fs == nil {
-		h.unproven = append(h.unproven, "whether image files in no storage pool and in no guest's chain build on it (autosnap cannot read the host's files remotely)")
-		return h, nil
+	if fs != nil {
+		h.identify(fs)
 	}
-	// Identify every path, so that symlinked and bind-mounted names meet.
+	return h, nil
+}
+
+// identify moves the users of every image that is a local file from byPath to byID,
+// so that symlinked and bind-mounted names meet, and identifies the users' own files.
+func (h *hostUsers) identify(fs imageFS) {
 	for p, us := range h.byPath {
 		for i := range us {
 			if us[i].path != "" {
@@ -130,7 +129,6 @@ func (d *Driver) scanHost(ctx context.Context) (*hostUsers, error) {
 			delete(h.byPath, p)
 		}
 	}
-	return h, nil
 }
 
 // scanPools records the images that storage pool volumes build on.
@@ -201,6 +199,10 @@ func (d *Driver) scanPools(ctx context.Context, fs imageFS, h *hostUsers) error 
 		}
 	}
 	return nil
+}
+
+func newHostUsers() *hostUsers {
+	return &hostUsers{byID: map[fileID][]imageUser{}, byPath: map[string][]imageUser{}}
 }
 
 func (h *hostUsers) add(image string, u imageUser) {
