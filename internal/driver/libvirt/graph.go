@@ -189,7 +189,7 @@ func (in graphInput) build() (map[string]*diskGraph, error) {
 	if in.users != nil && len(graphs) > 0 {
 		hu, err := in.users()
 		if err != nil {
-			return nil, fmt.Errorf("guest %s: cannot tell whether other guests or files use this guest's images, so nothing is merged: %w", in.guest, err)
+			return nil, fmt.Errorf("guest %s: cannot tell whether other guests or files use this guest's images: %w; nothing was changed (try again)", in.guest, err)
 		}
 		for _, gr := range graphs {
 			hu.attach(gr, keys, in.uuid)

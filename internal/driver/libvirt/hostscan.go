@@ -84,7 +84,10 @@ func (d *Driver) scanHost(ctx context.Context) (*hostUsers, error) {
 	fs := d.imageFS()
 	h := newHostUsers()
 	recs, err := call(ctx, func() ([]golibvirt.DomainStatsRecord, error) {
-		return d.l.ConnectGetAllDomainStats(nil, uint32(golibvirt.DomainStatsBlock), uint32(golibvirt.ConnectGetAllDomainsStatsBacking))
+		// Nowait: a guest busy with a long job (a memory snapshot) must not hold the
+		// scan up; the images come from the definitions, not from QEMU.
+		return d.l.ConnectGetAllDomainStats(nil, uint32(golibvirt.DomainStatsBlock),
+			uint32(golibvirt.ConnectGetAllDomainsStatsBacking|golibvirt.ConnectGetAllDomainsStatsNowait))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("listing the disks of every guest on %s: %w", d.node, err)

@@ -18,7 +18,8 @@ import (
 // The planner's rules as properties: random guests live through random histories —
 // writes, snapshots, reverts (branches), linked clones of their images by other guests
 // and files in storage pools or beside them, a template below the guest's disk, images
-// with internal snapshots, qcow2 headers naming files through a symlinked directory —
+// with internal snapshots, qcow2 headers naming files through a symlinked directory,
+// snapshots redefined from another's metadata (two snapshots, one state) —
 // and rounds of deleting random sets of snapshots. Each round builds the graphs from
 // the fake file system as buildGraphs does, plans, and simulates every step on the
 // files (a commit copies the merged images' blocks into the base, rebases the images
@@ -40,7 +41,7 @@ import (
 const propBlocks = 8
 
 func TestPlanProperties(t *testing.T) {
-	iters := 3000
+	iters := 2000
 	if v, err := strconv.Atoi(os.Getenv("AUTOSNAP_PLAN_ITER")); err == nil && v > 0 {
 		iters = v
 	}
@@ -163,7 +164,9 @@ func (w *propWorld) run() error {
 			w.foreign()
 		case r < 77:
 			w.rebaseAlias()
-		case r < 82:
+		case r < 80:
+			w.twin()
+		case r < 84:
 			imgs := w.guestImages()
 			f := w.fs.file(imgs[w.rnd.Intn(len(imgs))])
 			f.internal = true
@@ -235,6 +238,19 @@ func (w *propWorld) revert() {
 		if !shared {
 			s.overlay = r
 			w.logf("  %s's overlay is now %s", s.name, r)
+		}
+	}
+}
+
+// twin redefines a copy of a snapshot's metadata under a new name (snapshot dumpxml
+// + redefine): two snapshots then hold the same state.
+func (w *propWorld) twin() {
+	for _, s := range w.snaps {
+		if !s.removed && w.rnd.Intn(2) == 0 {
+			name := fmt.Sprintf("s%d", w.next())
+			w.snaps = append(w.snaps, &propSnap{name: name, overlay: s.overlay, state: s.state})
+			w.logf("snapshot %s redefined as a copy of %s", name, s.name)
+			return
 		}
 	}
 }
