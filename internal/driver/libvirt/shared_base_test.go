@@ -15,6 +15,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/driver/libvirt"
 	"github.com/autosnap/autosnap/internal/testbed"
 )
 
@@ -290,4 +291,71 @@ func TestCollapseSharedBase(t *testing.T) {
 		sbExpect(t, "collapsed", base, 1, 0x22)
 		sbExpect(t, "collapsed", base, 2, 0x33)
 	})
+}
+
+// TestCollapseRemote: over a remote connection autosnap cannot read the host's files,
+// so a collapse needs ForceBase for the bottom image and still refuses while the scan
+// through libvirt finds another guest using it.
+func TestCollapseRemote(t *testing.T) {
+	uri := testbed.SSHD(t)
+	remote := func(t *testing.T) *libvirt.Driver {
+		d, err := libvirt.Open(context.Background(), driver.Config{Host: uri, Timeout: 20 * time.Second})
+		if err != nil {
+			t.Fatalf("open %s: %v", uri, err)
+		}
+		t.Cleanup(func() { d.Close() })
+		return d
+	}
+	bed := testbed.Libvirt(t)
+	a := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused, DiskMiB: 16})
+	base := a.Disks[0].Path
+	ctx := sbCtx(t)
+	d := remote(t)
+	g := sbGuest(d, a, driver.StatePaused)
+	a.WriteDisk(t, "vda", 0, 0x11, sbBlk)
+	for i, n := range []string{"r1", "r2"} {
+		if _, err := d.CreateSnapshot(ctx, g, driver.CreateOptions{Name: n}); err != nil {
+			t.Fatal(err)
+		}
+		a.WriteDisk(t, "vda", int64(i+1)*sbBlk, byte(0x22+0x11*i), sbBlk)
+	}
+	if err := d.DeleteSnapshotTree(ctx, g, "r1", driver.DeleteOptions{Children: true, MetadataOnly: true}); err != nil {
+		t.Fatal(err)
+	}
+	baseSum := testbed.ImageSum(t, base)
+	force := driver.CollapseOptions{ForceBase: []string{base}}
+
+	err := d.CollapseChain(ctx, g, driver.CollapseOptions{})
+	if err == nil || !strings.Contains(err.Error(), "remote connection") || !strings.Contains(err.Error(), "--force-base "+base) {
+		t.Errorf("remote collapse without --force-base: %v, want a refusal that says what cannot be checked and which flag to add", err)
+	}
+	t.Logf("refusal: %v", err)
+
+	b := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Shutoff, DiskMiB: 16})
+	clone := filepath.Join(b.Dir, "clone.qcow2")
+	sbClone(t, base, clone)
+	sbSetDisk(t, bed, b, clone)
+	sbStart(t, bed, b)
+	err = remote(t).CollapseChain(ctx, g, force)
+	if err == nil || !strings.Contains(err.Error(), b.Name) {
+		t.Errorf("remote collapse into an image guest %s builds on: %v, want a refusal naming it", b.Name, err)
+	}
+	t.Logf("refusal: %v", err)
+	if got := testbed.ImageSum(t, base); got != baseSum {
+		t.Fatalf("a refused collapse wrote into the base image")
+	}
+	if got := len(a.Chain(t, "vda")); got != 3 {
+		t.Fatalf("a refused collapse changed the chain: %d images", got)
+	}
+	sbRemove(t, bed, b)
+
+	if err := remote(t).CollapseChain(ctx, g, force); err != nil {
+		t.Fatal(err)
+	}
+	if c := a.Chain(t, "vda"); len(c) != 1 || c[0] != base {
+		t.Fatalf("chain after the collapse: %v", c)
+	}
+	for i, p := range []byte{0x11, 0x22, 0x33} {
+		sbExpect(t, "collapsed", base, i, p)
+	}
 }
