@@ -138,6 +138,13 @@ func (d *Driver) CollapseChain(ctx context.Context, g driver.Guest, opts driver.
 	keyed := map[string][]string{}
 	var bottoms []string
 	for _, k := range disks {
+		if len(chains[k]) == 1 {
+			// Nothing to collapse; forcing its only image is harmless.
+			if key, err := keys.key(chains[k][0]); err == nil {
+				bottoms = append(bottoms, key)
+			}
+			continue
+		}
 		for _, f := range chains[k] {
 			key, err := keys.key(f)
 			if err != nil {

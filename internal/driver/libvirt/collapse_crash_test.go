@@ -55,7 +55,9 @@ func TestCollapseCrashPoint(t *testing.T) {
 			chain := a.Chain(t, "vda")
 			want := testbed.ImageSum(t, chain[0])
 			done := make(chan error, 1)
-			go func() { done <- d.CollapseChain(context.Background(), g, driver.CollapseOptions{ForceBase: []string{base}}) }()
+			go func() {
+				done <- d.CollapseChain(context.Background(), g, driver.CollapseOptions{ForceBase: []string{base}})
+			}()
 			deadline := time.Now().Add(2 * time.Minute)
 			for {
 				if _, err := os.Stat(flag); err == nil {

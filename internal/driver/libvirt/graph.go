@@ -78,9 +78,20 @@ type graphInput struct {
 // it alone.
 func (in graphInput) build() (map[string]*diskGraph, error) {
 	keys := newKeyer(in.fs)
+	// Only disks a snapshot covers have anything to release; the others (a CD-ROM
+	// whose ISO is gone) are none of the planner's business.
+	covered := map[string]bool{}
+	for _, m := range in.tree.byName {
+		for disk := range m.overlays {
+			covered[disk] = true
+		}
+	}
 	graphs := map[string]*diskGraph{}
 	for _, disk := range sortedKeys(in.chains) {
 		chain := in.chains[disk]
+		if !covered[disk] {
+			continue
+		}
 		gr := newDiskGraph(disk)
 		ks := make([]string, len(chain))
 		for i, f := range chain {
@@ -178,6 +189,9 @@ func (in graphInput) build() (map[string]*diskGraph, error) {
 			gr := graphs[disk]
 			addBranches(in.fs, keys, gr)
 			for f, n := range gr.nodes {
+				if n.foreign {
+					continue // never written or removed anyway
+				}
 				internal, err := in.fs.InternalSnapshots(f)
 				if err != nil {
 					return nil, fmt.Errorf("guest %s: disk %s: %w", in.guest, gr.disk, err)

@@ -23,6 +23,12 @@ import (
 // (root first; leaf first would copy the newest data once per level). Overlays of
 // deleted snapshots that nothing uses any more (no overlay on them, not the disk's
 // active image, nobody's state) are removed.
+//
+// Images outside the guest's ownership are never written or removed, nor merged away
+// from under what builds on them: foreign images (found beside the guest's, building
+// on one of them) and images with users elsewhere on the host (another guest's chain,
+// a storage pool volume). They count as used, and an image with a foreign child has
+// more than the one child a commit needs.
 
 // imgNode is one image file of a disk's graph.
 type imgNode struct {
