@@ -96,3 +96,35 @@ func TestDeleteThroughSymlinkedDir(t *testing.T) {
 		})
 	}
 }
+
+// TestDeleteRefusesMissingImage: an image of the running guest's chain was deleted
+// behind QEMU's back (QEMU still has it open). Deleting a snapshot must stop with an
+// error naming the file, not merge into a file that no longer exists on disk.
+func TestDeleteRefusesMissingImage(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	a := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused, DiskMiB: 16})
+	d := open(t)
+	g := sbGuest(d, a, driver.StatePaused)
+	ctx := sbCtx(t)
+	for i, n := range []string{"m1", "m2"} {
+		if _, err := d.CreateSnapshot(ctx, g, driver.CreateOptions{Name: n}); err != nil {
+			t.Fatal(err)
+		}
+		a.WriteDisk(t, "vda", int64(i)*sbBlk, byte(i+1), sbBlk)
+	}
+	chain := a.Chain(t, "vda")
+	if err := os.Remove(chain[1]); err != nil {
+		t.Fatal(err)
+	}
+	err := d.DeleteSnapshotTree(ctx, g, "m2", driver.DeleteOptions{})
+	if err == nil || !strings.Contains(err.Error(), chain[1]) || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("deleting m2 whose state image %s is gone: %v, want an error naming the file", chain[1], err)
+	}
+	t.Logf("refusal: %v", err)
+	if got := a.Chain(t, "vda"); strings.Join(got, " ") != strings.Join(chain, " ") {
+		t.Errorf("chain changed from %v to %v", chain, got)
+	}
+	if ss, err := d.Snapshots(ctx, g); err != nil || len(ss) != 2 {
+		t.Errorf("snapshots after the refusal: %v %v", ss, err)
+	}
+}
