@@ -9,34 +9,109 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
+	"libvirt.org/go/libvirtxml"
 
 	"github.com/autosnap/autosnap/internal/driver"
 )
 
 // buildGraphs makes each disk's image graph from the domain's chains, every snapshot's
-// metadata and, on the local host, the images' own backing files, including images in
-// the same directories that build on one of them (branches libvirt does not know).
+// metadata and, on the local host, the images' own headers, including images in the
+// same directories that build on one of them (branches libvirt does not know), and
+// what else on the host uses each image (see hostUsers). It is called after settle,
+// so the metadata names no file an interrupted merge removed.
+//
+// Files are told apart by identity (device and inode) on the local host: a path
+// through a symlinked directory or a bind mount is the same image as its resolved
+// path. Each graph node is keyed by the first path seen for its file — the path in
+// the domain's chain when the file is in it, which live block jobs must be given —
+// and buildGraphs rewrites t's paths (each snapshot's overlays and states and the
+// disk sources of its recorded domain definitions) to those keys, so callers can
+// compare files as strings.
+//
+// A missing file is an error, never "already merged": an image of a chain, a
+// snapshot's state image, a backing file named in a header. The only file that may
+// be gone is the overlay of a snapshot no snapshot uses as its state: a revert
+// deletes the discarded current image, which is such an overlay, and leaves the
+// metadata naming it (see RevertSnapshotNotes); its content is nobody's point in
+// time, so it is left out of the graph.
+//
+// It also refuses, changing nothing, when the merge would write into or remove an
+// image that something outside the guest's disk uses (another guest, a file in a
+// storage pool or beside the images).
 func (d *Driver) buildGraphs(ctx context.Context, g driver.Guest, dom golibvirt.Domain, t *snapTree, deleted map[string]bool) (map[string]*diskGraph, error) {
 	chains, active, err := d.chains(ctx, dom)
 	if err != nil {
 		return nil, fmt.Errorf("guest %s: %w", g.Name, err)
 	}
+	in := graphInput{guest: g.Name, uuid: formatUUID(dom.UUID), chains: chains, live: active, tree: t, deleted: deleted,
+		fs: d.imageFS(), users: func() (*hostUsers, error) { return d.hostUsers(ctx) }}
+	graphs, err := in.build()
+	if err != nil {
+		return nil, err
+	}
+	if err := in.refuseShared(graphs); err != nil {
+		return nil, err
+	}
+	return graphs, nil
+}
+
+// graphInput is everything a guest's image graphs are built from: libvirt's chains
+// and snapshot metadata, the image files (nil fs: autosnap does not run on the
+// libvirt host) and the host-wide scan of image users.
+type graphInput struct {
+	guest   string // for messages
+	uuid    string // the domain's UUID: its own disk is not another user of its images
+	chains  map[string][]string
+	live    bool // the domain is active: its chains' images are open in QEMU
+	tree    *snapTree
+	deleted map[string]bool
+	fs      imageFS
+	users   func() (*hostUsers, error) // nil: no scan
+}
+
+// build is buildGraphs without libvirt and without the refusal of shared images (see
+// refuseShared): every image something outside uses is marked, so the planner leaves
+// it alone.
+func (in graphInput) build() (map[string]*diskGraph, error) {
+	keys := newKeyer(in.fs)
+	// Only disks a snapshot covers have anything to release; the others (a CD-ROM
+	// whose ISO is gone) are none of the planner's business.
+	covered := map[string]bool{}
+	for _, m := range in.tree.byName {
+		for disk := range m.overlays {
+			covered[disk] = true
+		}
+	}
 	graphs := map[string]*diskGraph{}
-	for disk, chain := range chains {
+	for _, disk := range sortedKeys(in.chains) {
+		chain := in.chains[disk]
+		if !covered[disk] {
+			continue
+		}
 		gr := newDiskGraph(disk)
-		gr.active = chain[0]
+		ks := make([]string, len(chain))
 		for i, f := range chain {
-			n := &imgNode{live: active}
-			if i+1 < len(chain) {
-				n.backing = chain[i+1]
+			k, err := keys.key(f)
+			if err != nil {
+				return nil, fmt.Errorf("guest %s: disk %s: the image %s of the disk's current chain %w; the guest's disk is broken: check `autosnap snapshot chain %s` and restore the file", in.guest, disk, f, err, in.guest)
 			}
-			gr.nodes[f] = n
+			ks[i] = k
+		}
+		gr.active = ks[0]
+		for i, k := range ks {
+			n := &imgNode{live: in.live}
+			if i+1 < len(ks) {
+				n.backing = ks[i+1]
+			}
+			gr.nodes[k] = n
 		}
 		graphs[disk] = gr
 	}
+	t := in.tree
 	// owned: overlays snapshots created; released: state images of deleted snapshots.
 	owned, released := map[string][]string{}, map[string][]string{}
 	for _, name := range t.order {
@@ -44,41 +119,55 @@ func (d *Driver) buildGraphs(ctx context.Context, g driver.Guest, dom golibvirt.
 		if !ok {
 			continue
 		}
-		for disk, ov := range m.overlays {
+		for _, disk := range sortedKeys(m.overlays) {
+			ov := m.overlays[disk]
 			gr, ok := graphs[disk]
 			if !ok {
-				if deleted[name] {
-					return nil, fmt.Errorf("guest %s: snapshot %s covers disk %s, which the guest no longer has; refusing to merge (delete the snapshot with --metadata after checking its files)", g.Name, name, disk)
+				if in.deleted[name] {
+					return nil, fmt.Errorf("guest %s: snapshot %s covers disk %s, which the guest no longer has; refusing to merge (delete the snapshot with --metadata after checking its files)", in.guest, name, disk)
 				}
 				continue
 			}
 			st := m.states[disk]
-			owned[disk] = append(owned[disk], ov)
-			if deleted[name] {
-				gr.removable[ov] = true
+			if st != "" {
+				k, err := keys.key(st)
+				if err != nil {
+					return nil, fmt.Errorf("guest %s: disk %s: snapshot %s names %s as its state image, which %w; refusing to merge anything on this disk (check `autosnap snapshot chain %s`, then fix the snapshot with `snapshot dumpxml` + `snapshot redefine`, or forget it with `snapshot delete --metadata`)", in.guest, disk, name, st, err, in.guest)
+				}
+				m.states[disk], st = k, k
+			}
+			ovKey, err := keys.key(ov)
+			if errors.Is(err, errMissing) && keys.local() && !usedAsState(t, disk, ov) {
+				ovKey = "" // discarded by a revert: see buildGraphs
+			} else if err != nil {
+				return nil, fmt.Errorf("guest %s: disk %s: snapshot %s names %s as its overlay, which %w; refusing to merge anything on this disk (check `autosnap snapshot chain %s`, then fix the snapshot with `snapshot dumpxml` + `snapshot redefine`, or forget it with `snapshot delete --metadata`)", in.guest, disk, name, ov, err, in.guest)
+			} else {
+				m.overlays[disk] = ovKey
+			}
+			if ovKey != "" {
+				owned[disk] = append(owned[disk], ovKey)
+			}
+			if in.deleted[name] {
+				if ovKey != "" {
+					gr.removable[ovKey] = true
+				}
 				if st != "" {
 					gr.mergeable[st] = true
 					released[disk] = append(released[disk], st)
 				}
 			} else if st != "" {
-				// A kept snapshot whose state image is gone (an earlier merge was cut
-				// off before its metadata was updated) must stop all planning on this
-				// disk: without the image the graph would look unshared and a merge
-				// could overwrite the only other copy of that point in time.
-				if d.local && !fileExists(st) {
-					return nil, fmt.Errorf("guest %s: disk %s: snapshot %s names %s as its state, but that file is gone; refusing to merge anything on this disk (check `autosnap snapshot chain`, then fix the snapshot with `snapshot dumpxml` + `snapshot redefine`, or forget it with `snapshot delete --metadata`)", g.Name, disk, name, st)
-				}
 				gr.pins[st] = append(gr.pins[st], name)
 			}
-			for _, f := range []string{ov, st} {
+			for _, f := range []string{ovKey, st} {
 				if f == "" {
 					continue
 				}
-				if err := d.addImage(gr, f, ov, st); err != nil {
-					return nil, fmt.Errorf("guest %s: disk %s: %w", g.Name, disk, err)
+				if err := in.addImage(keys, gr, f, ovKey, st); err != nil {
+					return nil, fmt.Errorf("guest %s: disk %s: %w", in.guest, disk, err)
 				}
 			}
 		}
+		canonicalDomainDisks(m, keys)
 	}
 	for disk, gr := range graphs {
 		// An overlay a snapshot created that no remaining snapshot needs as its state
@@ -95,30 +184,99 @@ func (d *Driver) buildGraphs(ctx context.Context, g driver.Guest, dom golibvirt.
 			}
 		}
 	}
-	if d.local {
-		for _, gr := range graphs {
-			addBranches(gr)
+	if in.fs != nil {
+		for _, disk := range sortedKeys(graphs) {
+			gr := graphs[disk]
+			addBranches(in.fs, keys, gr)
 			for f, n := range gr.nodes {
-				internal, err := hasInternalSnapshots(f)
+				if n.foreign {
+					continue // never written or removed anyway
+				}
+				internal, err := in.fs.InternalSnapshots(f)
 				if err != nil {
-					return nil, fmt.Errorf("guest %s: disk %s: %w", g.Name, gr.disk, err)
+					return nil, fmt.Errorf("guest %s: disk %s: %w", in.guest, gr.disk, err)
 				}
 				n.protected = internal
 			}
 		}
 	}
+	if in.users != nil && len(graphs) > 0 {
+		hu, err := in.users()
+		if err != nil {
+			return nil, fmt.Errorf("guest %s: cannot tell whether other guests or files use this guest's images: %w; nothing was changed (try again)", in.guest, err)
+		}
+		for _, gr := range graphs {
+			hu.attach(gr, keys, in.uuid)
+		}
+	}
 	return graphs, nil
+}
+
+// refuseShared fails when releasing what the deleted snapshots hold would write into
+// or remove an image that something outside the guest uses.
+func (in graphInput) refuseShared(graphs map[string]*diskGraph) error {
+	for _, disk := range sortedKeys(graphs) {
+		if err := graphs[disk].refuseShared(in.guest, in.deletedOn(disk)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// usedAsState reports whether a snapshot of t records ov as its state on disk.
+func usedAsState(t *snapTree, disk, ov string) bool {
+	for _, n := range t.order {
+		if st := t.byName[n].states[disk]; st == ov {
+			return true
+		}
+	}
+	return false
+}
+
+// deletedOn lists the deleted snapshots that cover disk.
+func (in graphInput) deletedOn(disk string) []string {
+	var out []string
+	for _, n := range in.tree.order {
+		if m := in.tree.byName[n]; in.deleted[n] && m != nil && m.overlays[disk] != "" {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// canonicalDomainDisks rewrites the file sources of m's recorded domain definitions
+// to the graph keys of their files, so that the paths recorded there compare equal
+// to the planner's.
+func canonicalDomainDisks(m *snapMeta, keys *keyer) {
+	if m.x == nil {
+		return
+	}
+	for _, dm := range []*libvirtxml.Domain{m.x.Domain, inactiveOf(m.x)} {
+		if dm == nil || dm.Devices == nil {
+			continue
+		}
+		for i := range dm.Devices.Disks {
+			if src := dm.Devices.Disks[i].Source; src != nil && src.File != nil {
+				if k, ok := keys.lookup(src.File.File); ok {
+					src.File.File = k
+				}
+			}
+		}
+	}
 }
 
 // addImage puts f and the images below it into gr. On the local host the files say
 // what their backing files are; remotely the metadata does (an overlay sits on its
-// snapshot's state image), and files that do not exist any more are left out.
-func (d *Driver) addImage(gr *diskGraph, f, overlay, state string) error {
-	for f != "" {
+// snapshot's state image). A backing file that does not exist is an error.
+func (in graphInput) addImage(keys *keyer, gr *diskGraph, f, overlay, state string) error {
+	for seen := 0; f != ""; seen++ {
 		if _, ok := gr.nodes[f]; ok {
 			return nil
 		}
-		if !d.local {
+		if seen > maxChainDepth {
+			return fmt.Errorf("%s: the backing chain is longer than %d images (a loop?)", f, maxChainDepth)
+		}
+		if in.fs == nil {
 			n := &imgNode{}
 			if f == overlay {
 				n.backing = state
@@ -127,12 +285,19 @@ func (d *Driver) addImage(gr *diskGraph, f, overlay, state string) error {
 			f = n.backing
 			continue
 		}
-		b, ok, err := qcow2Backing(f)
+		b, err := in.fs.Backing(f)
 		if err != nil {
-			return err
+			return fmt.Errorf("reading the header of %s: %w", f, err)
 		}
-		if !ok {
-			return nil // gone: merged away by an earlier delete
+		if b != "" && !isLocalPath(b) {
+			b = "" // a network image: nothing on this host to look at
+		}
+		if b != "" {
+			k, err := keys.key(b)
+			if err != nil {
+				return fmt.Errorf("%s names %s as its backing file, which %w; the image is broken (restore the file, or check with qemu-img info --backing-chain %s)", f, b, err, f)
+			}
+			b = k
 		}
 		gr.nodes[f] = &imgNode{backing: b}
 		f = b
@@ -140,35 +305,111 @@ func (d *Driver) addImage(gr *diskGraph, f, overlay, state string) error {
 	return nil
 }
 
+// maxChainDepth bounds header walks, so a loop of backing files cannot hang a run.
+const maxChainDepth = 256
+
 // addBranches adds the qcow2 images in the graph's directories whose backing file is
-// in the graph: another branch or another guest building on one of our images.
-func addBranches(gr *diskGraph) {
+// in the graph: another branch or another guest building on one of our images. They
+// are foreign: the planner never writes or removes them, nor the images they need.
+func addBranches(fs imageFS, keys *keyer, gr *diskGraph) {
 	dirs := map[string]bool{}
 	for f := range gr.nodes {
 		dirs[filepath.Dir(f)] = true
 	}
-	for dir := range dirs {
-		entries, err := os.ReadDir(dir)
-		if err != nil {
-			continue // a block device's /dev, or unreadable: nothing to learn
-		}
-		for _, e := range entries {
-			if !e.Type().IsRegular() {
+	for _, dir := range sortedKeys(dirs) {
+		files, _ := fs.List(dir)
+		for _, f := range files {
+			if k, ok := keys.lookup(f); ok {
+				if _, in := gr.nodes[k]; in {
+					continue
+				}
+			}
+			b, err := fs.Backing(f)
+			if err != nil || b == "" || !isLocalPath(b) {
 				continue
 			}
-			f := filepath.Join(dir, e.Name())
-			if _, ok := gr.nodes[f]; ok {
+			bk, ok := keys.lookup(b)
+			if !ok {
 				continue
 			}
-			b, ok, err := qcow2Backing(f)
-			if err != nil || !ok || b == "" {
+			if _, in := gr.nodes[bk]; !in {
 				continue
 			}
-			if _, in := gr.nodes[b]; in {
-				gr.nodes[f] = &imgNode{backing: b}
+			k, err := keys.key(f)
+			if err != nil {
+				continue // gone since the listing
 			}
+			gr.nodes[k] = &imgNode{backing: bk, foreign: true}
 		}
 	}
+}
+
+// errMissing is wrapped by keyer.key for a file that does not exist.
+var errMissing = errors.New("does not exist")
+
+// keyer gives each image file one key: the first path seen for it. On the local host
+// paths are compared by identity (device and inode); without a file system (remote)
+// by string.
+type keyer struct {
+	fs   imageFS
+	byID map[fileID]string
+	ids  map[string]fileID // key -> identity
+}
+
+func newKeyer(fs imageFS) *keyer {
+	return &keyer{fs: fs, byID: map[fileID]string{}, ids: map[string]fileID{}}
+}
+
+func (k *keyer) local() bool { return k.fs != nil }
+
+// key returns the key of the file path names, making path the key if the file is
+// new. It fails when the file does not exist (wrapping errMissing) or cannot be
+// examined.
+func (k *keyer) key(path string) (string, error) {
+	if k.fs == nil {
+		return path, nil
+	}
+	id, ok, err := k.fs.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("cannot be examined: %w", err)
+	}
+	if !ok {
+		return "", errMissing
+	}
+	if key, ok := k.byID[id]; ok {
+		return key, nil
+	}
+	k.byID[id] = path
+	k.ids[path] = id
+	return path, nil
+}
+
+// lookup returns the key of an already known file.
+func (k *keyer) lookup(path string) (string, bool) {
+	if k.fs == nil {
+		return path, true
+	}
+	id, ok, err := k.fs.Stat(path)
+	if err != nil || !ok {
+		return "", false
+	}
+	key, ok := k.byID[id]
+	return key, ok
+}
+
+// id returns the identity of a key, when it is a local file.
+func (k *keyer) id(key string) (fileID, bool) {
+	id, ok := k.ids[key]
+	return id, ok
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func fileExists(path string) bool {

@@ -47,6 +47,8 @@ type Driver struct {
 	// own per-domain job lock would otherwise reject the second with a confusing error.
 	mu     sync.Mutex
 	domMus map[string]*sync.Mutex
+	// graph holds the image file system and the cached host-wide scan (hostscan.go).
+	graph graphState
 }
 
 // Open connects to the libvirt daemon named by cfg.Host (a libvirt URI). It gives up

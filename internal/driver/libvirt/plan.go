@@ -1,7 +1,9 @@
 package libvirt
 
 import (
+	"fmt"
 	"sort"
+	"strings"
 )
 
 // The merge planner decides, for one disk, which image files a snapshot deletion may
@@ -21,6 +23,12 @@ import (
 // (root first; leaf first would copy the newest data once per level). Overlays of
 // deleted snapshots that nothing uses any more (no overlay on them, not the disk's
 // active image, nobody's state) are removed.
+//
+// Images outside the guest's ownership are never written or removed, nor merged away
+// from under what builds on them: foreign images (found beside the guest's, building
+// on one of them) and images with users elsewhere on the host (another guest's chain,
+// a storage pool volume). They count as used, and an image with a foreign child has
+// more than the one child a commit needs.
 
 // imgNode is one image file of a disk's graph.
 type imgNode struct {
@@ -29,6 +37,12 @@ type imgNode struct {
 	live bool
 	// protected images hold internal snapshots and must never be removed.
 	protected bool
+	// foreign images are not the guest's (found beside its images, building on one of
+	// them): they are never written or removed, nor is anything they need.
+	foreign bool
+	// users name what outside this disk's graph uses the image as it is (another
+	// guest's disk, a file in a storage pool): it is never written or removed.
+	users []string
 }
 
 // diskGraph is the image graph of one disk.
@@ -75,7 +89,13 @@ func (g *diskGraph) depth(p string) int {
 
 // used reports whether anyone needs the image as it is or builds on it.
 func (g *diskGraph) used(p string) bool {
-	return p == g.active || len(g.pins[p]) > 0 || len(g.children(p)) > 0
+	return p == g.active || len(g.pins[p]) > 0 || len(g.children(p)) > 0 || g.outside(p)
+}
+
+// outside reports whether the image is foreign or has users outside the graph.
+func (g *diskGraph) outside(p string) bool {
+	n := g.nodes[p]
+	return n != nil && (n.foreign || len(n.users) > 0)
 }
 
 type stepKind int
@@ -134,7 +154,7 @@ func (g *diskGraph) nextRemove() (mergeStep, bool) {
 	var cands []string
 	for p := range g.removable {
 		n, ok := g.nodes[p]
-		if ok && !n.protected && !n.live && !g.used(p) {
+		if ok && !n.protected && !n.live && !n.foreign && !g.used(p) {
 			cands = append(cands, p)
 		}
 	}
@@ -145,16 +165,17 @@ func (g *diskGraph) nextRemove() (mergeStep, bool) {
 	return mergeStep{kind: stepRemove, disk: g.disk, top: cands[0]}, true
 }
 
-// canAbsorb reports whether p's content may change and exactly one image sits on it.
+// canAbsorb reports whether p's content may change and exactly one image sits on it,
+// which may go.
 func (g *diskGraph) canAbsorb(p string) (child string, ok bool) {
-	if !g.mergeable[p] || len(g.pins[p]) > 0 || p == g.active {
+	if !g.mergeable[p] || len(g.pins[p]) > 0 || p == g.active || g.outside(p) {
 		return "", false
 	}
 	kids := g.children(p)
 	if len(kids) != 1 {
 		return "", false
 	}
-	if n := g.nodes[kids[0]]; n == nil || n.protected {
+	if n := g.nodes[kids[0]]; n == nil || n.protected || g.outside(kids[0]) {
 		return "", false
 	}
 	return kids[0], true
@@ -218,4 +239,84 @@ func (g *diskGraph) apply(s mergeStep) {
 		delete(g.mergeable, f)
 		delete(g.removable, f)
 	}
+}
+
+// clone returns a deep copy of g.
+func (g *diskGraph) clone() *diskGraph {
+	c := newDiskGraph(g.disk)
+	c.active = g.active
+	for f, n := range g.nodes {
+		cn := *n
+		cn.users = append([]string(nil), n.users...)
+		c.nodes[f] = &cn
+	}
+	for f, p := range g.pins {
+		c.pins[f] = append([]string(nil), p...)
+	}
+	for f := range g.mergeable {
+		c.mergeable[f] = true
+	}
+	for f := range g.removable {
+		c.removable[f] = true
+	}
+	return c
+}
+
+// sharedTouches returns, for each image that a plan blind to everything outside the
+// guest (foreign images and users dropped) would write into or remove although
+// something outside uses it, what uses it. The real plan leaves such images alone;
+// this tells the caller that the merge it asked for cannot be done.
+func (g *diskGraph) sharedTouches() map[string][]string {
+	blind := g.clone()
+	for f, n := range blind.nodes {
+		if n.foreign {
+			delete(blind.nodes, f)
+			continue
+		}
+		n.users = nil
+	}
+	out := map[string][]string{}
+	for _, s := range blind.plan() {
+		touched := s.removed()
+		if s.kind == stepCommit {
+			touched = append(touched, s.base)
+		}
+		for _, f := range touched {
+			if who := g.outsideUsers(f); len(who) > 0 {
+				out[f] = who
+			}
+		}
+	}
+	return out
+}
+
+// outsideUsers names what outside the guest uses f: its users and the foreign images
+// building on it.
+func (g *diskGraph) outsideUsers(f string) []string {
+	n := g.nodes[f]
+	if n == nil {
+		return nil
+	}
+	who := append([]string(nil), n.users...)
+	for _, c := range g.children(f) {
+		if g.nodes[c].foreign {
+			who = append(who, "the image "+c)
+		}
+	}
+	return who
+}
+
+// refuseShared returns an error when releasing what the deleted snapshots held would
+// write into or remove an image that something outside the guest uses.
+func (g *diskGraph) refuseShared(guest string, deleted []string) error {
+	touches := g.sharedTouches()
+	if len(touches) == 0 {
+		return nil
+	}
+	var parts []string
+	for _, f := range sortedKeys(touches) {
+		parts = append(parts, fmt.Sprintf("%s (used by %s)", f, strings.Join(touches[f], ", ")))
+	}
+	return fmt.Errorf("guest %s: disk %s: deleting snapshot %s would write into or remove %s; nothing was changed and the snapshots stay. If those users do not need the image as it is, remove them first; otherwise forget the snapshot and keep its files (autosnap snapshot delete %s NAME --metadata)",
+		guest, g.disk, strings.Join(deleted, ", "), strings.Join(parts, "; "), guest)
 }

@@ -1,0 +1,210 @@
+package libvirt
+
+import (
+	"strings"
+	"testing"
+
+	"libvirt.org/go/libvirtxml"
+)
+
+// graphWorld is a guest on the fake file system: snapshots s1 (state base, overlay
+// O1) and s2 (state O1, overlay O2, the active image), all in /img, which is also
+// reachable as /lnk.
+func graphWorld() (*fakeFS, map[string][]string) {
+	fs := newFakeFS()
+	fs.links["/lnk"] = "/img"
+	fs.create("/img/base", "")
+	fs.create("/img/O1", "/lnk/base")
+	fs.create("/img/O2", "/img/O1")
+	return fs, map[string][]string{"vda": {"/lnk/O2", "/img/O1", "/lnk/base"}}
+}
+
+// graphTree is the metadata of snapshots given as name, overlay, state triples.
+func graphTree(snaps ...[3]string) *snapTree {
+	t := &snapTree{byName: map[string]*snapMeta{}}
+	for _, s := range snaps {
+		x := &libvirtxml.DomainSnapshot{Name: s[0], Domain: &libvirtxml.Domain{Devices: &libvirtxml.DomainDeviceList{
+			Disks: []libvirtxml.DomainDisk{{Target: &libvirtxml.DomainDiskTarget{Dev: "vda"},
+				Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: s[2]}}}},
+		}}}
+		t.byName[s[0]] = &snapMeta{x: x, overlays: map[string]string{"vda": s[1]}, states: map[string]string{"vda": s[2]}}
+		t.order = append(t.order, s[0])
+	}
+	return t
+}
+
+// TestGraphIdentity: the chain, the metadata and the headers name the same files
+// through different directories. The graph has one node per file, keyed by the
+// chain's path, the metadata is rewritten to those keys, and deleting the newest
+// snapshot merges its overlay into the file the metadata calls /lnk/O1.
+func TestGraphIdentity(t *testing.T) {
+	fs, chains := graphWorld()
+	tree := graphTree([3]string{"s1", "/lnk/O1", "/lnk/base"}, [3]string{"s2", "/lnk/O2", "/lnk/O1"})
+	in := graphInput{guest: "g", chains: chains, tree: tree, deleted: map[string]bool{"s2": true}, fs: fs}
+	graphs, err := in.build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gr := graphs["vda"]
+	if len(gr.nodes) != 3 {
+		t.Errorf("nodes %v, want one per file", sortedKeys(gr.nodes))
+	}
+	if got := tree.byName["s2"].states["vda"]; got != "/img/O1" {
+		t.Errorf("s2's state is %s, want the chain's name /img/O1", got)
+	}
+	if got := tree.byName["s2"].x.Domain.Devices.Disks[0].Source.File.File; got != "/img/O1" {
+		t.Errorf("s2's recorded disk source is %s, want /img/O1", got)
+	}
+	if got, want := show(gr.plan()), "commit /lnk/O2>/img/O1[] above[] active=true"; got != want {
+		t.Errorf("plan %s, want %s", got, want)
+	}
+}
+
+// TestGraphMissingFiles: a missing file stops the planning with an error naming the
+// guest, the disk, the file and what to do, except the overlay of a snapshot that no
+// snapshot uses as its state (a revert discarded it).
+func TestGraphMissingFiles(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(fs *fakeFS, tree *snapTree)
+		del   string
+		want  []string // in the error; none: no error
+	}{
+		{name: "chain image", setup: func(fs *fakeFS, _ *snapTree) { fs.remove("/img/base") }, del: "s2",
+			want: []string{"guest g", "disk vda", "/lnk/base", "does not exist", "snapshot chain g"}},
+		{name: "kept snapshot's state", del: "s2", setup: func(fs *fakeFS, tree *snapTree) {
+			fs.create("/img/B2", "")
+			tree.byName["s1"].states["vda"] = "/img/gone"
+		}, want: []string{"guest g", "disk vda", "snapshot s1", "/img/gone", "does not exist", "snapshot delete --metadata"}},
+		{name: "deleted snapshot's state", del: "s1", setup: func(_ *fakeFS, tree *snapTree) {
+			tree.byName["s1"].states["vda"] = "/img/gone"
+		}, want: []string{"snapshot s1", "/img/gone", "does not exist"}},
+		{name: "backing file of a branch", del: "s2", setup: func(fs *fakeFS, tree *snapTree) {
+			fs.create("/img/B", "/img/gone")
+			tree.byName["s3"] = &snapMeta{overlays: map[string]string{"vda": "/img/B"}, states: map[string]string{"vda": "/img/base"}}
+			tree.order = append(tree.order, "s3")
+		}, want: []string{"/img/B names /img/gone as its backing file", "does not exist"}},
+		{name: "overlay discarded by a revert", del: "s3", setup: func(_ *fakeFS, tree *snapTree) {
+			tree.byName["s3"] = &snapMeta{overlays: map[string]string{"vda": "/img/discarded"}, states: map[string]string{"vda": "/img/O2"}}
+			tree.order = append(tree.order, "s3")
+		}},
+		{name: "overlay that is a state", del: "s1", setup: func(fs *fakeFS, tree *snapTree) {
+			tree.byName["s1"].overlays["vda"] = "/img/gone"
+			tree.byName["s2"].states["vda"] = "/img/gone"
+		}, want: []string{"snapshot s1 names /img/gone as its overlay", "does not exist"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs, chains := graphWorld()
+			tree := graphTree([3]string{"s1", "/img/O1", "/img/base"}, [3]string{"s2", "/img/O2", "/img/O1"})
+			tc.setup(fs, tree)
+			in := graphInput{guest: "g", chains: chains, tree: tree, deleted: map[string]bool{tc.del: true}, fs: fs}
+			graphs, err := in.build()
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, ok := graphs["vda"].nodes["/img/discarded"]; ok {
+					t.Errorf("a missing file is in the graph")
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("no error; plan %s", show(graphs["vda"].plan()))
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestGraphSharedUsers: another guest using the base makes deleting s1 (which merges
+// O1 into the base) fail, naming the user; the guest's own disk and images of the
+// graph that the scan reports do not count.
+func TestGraphSharedUsers(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		users func(fs *fakeFS, h *hostUsers)
+		want  string
+	}{
+		{name: "another guest", want: "guest other disk vdb", users: func(_ *fakeFS, h *hostUsers) {
+			h.add("/lnk/base", imageUser{what: "guest other disk vdb", uuid: "u-other", disk: "vdb"})
+		}},
+		{name: "the guest's other disk", want: "guest g disk vdb", users: func(_ *fakeFS, h *hostUsers) {
+			h.add("/img/base", imageUser{what: "guest g disk vdb", uuid: "u-g", disk: "vdb"})
+		}},
+		{name: "a pool file outside the graph", want: "/pool/v (storage pool p)", users: func(fs *fakeFS, h *hostUsers) {
+			fs.create("/pool/v", "/img/base")
+			h.add("/img/base", imageUser{what: "/pool/v (storage pool p)", path: "/pool/v"})
+		}},
+		{name: "a file beside it", want: "the image /img/stray", users: func(fs *fakeFS, _ *hostUsers) {
+			fs.create("/img/stray", "/lnk/base")
+		}},
+		{name: "the guest's own disk", users: func(_ *fakeFS, h *hostUsers) {
+			for _, p := range []string{"/img/O2", "/img/O1", "/img/base"} {
+				h.add(p, imageUser{what: "guest g disk vda", uuid: "u-g", disk: "vda"})
+			}
+		}},
+		{name: "an image of the graph in a pool", users: func(_ *fakeFS, h *hostUsers) {
+			h.add("/img/base", imageUser{what: "/lnk/O1 (storage pool images)", path: "/lnk/O1"})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs, chains := graphWorld()
+			h := newHostUsers()
+			tc.users(fs, h)
+			h.identify(fs)
+			tree := graphTree([3]string{"s1", "/img/O1", "/img/base"}, [3]string{"s2", "/img/O2", "/img/O1"})
+			in := graphInput{guest: "g", uuid: "u-g", chains: chains, tree: tree, deleted: map[string]bool{"s1": true}, fs: fs,
+				users: func() (*hostUsers, error) { return h, nil }}
+			graphs, err := in.build()
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = in.refuseShared(graphs)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got, want := show(graphs["vda"].plan()), "commit /img/O1>/lnk/base[] above[/lnk/O2] active=false"; got != want {
+					t.Errorf("plan %s, want %s", got, want)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("deleting s1 does not refuse; plan %s", show(graphs["vda"].plan()))
+			}
+			for _, w := range []string{tc.want, "guest g: disk vda: deleting snapshot s1", "/lnk/base", "nothing was changed", "--metadata"} {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+			if got := show(graphs["vda"].plan()); got != "" {
+				t.Errorf("the planner itself would change the shared image: %s", got)
+			}
+		})
+	}
+}
+
+// TestGraphForcedBases: --force-base names a bottom image by any path to it.
+func TestGraphForcedBases(t *testing.T) {
+	fs, _ := graphWorld()
+	keys := newKeyer(fs)
+	for _, p := range []string{"/img/O2", "/img/O1", "/lnk/base"} {
+		if _, err := keys.key(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := forcedBases(keys, []string{"/img/base"}, []string{"/lnk/base"})
+	if err != nil || !got["/lnk/base"] {
+		t.Errorf("forcing /img/base: %v %v, want /lnk/base forced", got, err)
+	}
+	if _, err := forcedBases(keys, []string{"/img/O1"}, []string{"/lnk/base"}); err == nil || !strings.Contains(err.Error(), "not the bottom image") {
+		t.Errorf("forcing an overlay: %v", err)
+	}
+	if _, err := forcedBases(keys, []string{"/img/nosuch"}, []string{"/lnk/base"}); err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("forcing a missing file: %v", err)
+	}
+}
