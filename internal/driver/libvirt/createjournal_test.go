@@ -152,8 +152,10 @@ func TestSettleCreate(t *testing.T) {
 		if got := e.names(t); fmt.Sprint(got) != "[s1 s2]" {
 			t.Errorf("snapshots = %v, want the interrupted one kept", got)
 		}
-		if fi, err := os.Stat(ov); err != nil || fi.Mode().Perm() != 0o600 {
-			t.Errorf("the kept snapshot's overlay: mode %v, err %v; want 0600", fi.Mode(), err)
+		if fi, err := os.Stat(ov); err != nil {
+			t.Errorf("the kept snapshot's overlay: %v", err)
+		} else if fi.Mode().Perm() != 0o600 {
+			t.Errorf("the kept snapshot's overlay has mode %o, want 0600", fi.Mode().Perm())
 		}
 		if e.hasRecord(t) {
 			t.Errorf("the record is still there")
@@ -264,4 +266,3 @@ func exists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
 }
-
