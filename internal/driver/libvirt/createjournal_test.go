@@ -99,7 +99,7 @@ func (e *jenv) putRecord(t *testing.T, snap string, overlays map[string]string, 
 	}
 }
 
-func qemuImg(t *testing.T, args ...string) {
+func jQemuImg(t *testing.T, args ...string) {
 	t.Helper()
 	if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img %v: %v %s", args, err, out)
@@ -115,7 +115,7 @@ func TestSettleCreate(t *testing.T) {
 		e := newJEnv(t, testbed.DomainSpec{State: testbed.Shutoff, DiskMiB: 8})
 		ov := overlayPath(e.dom.Name, "vda", e.dom.Disks[0].Path, "lost1")
 		mem := memoryPath(e.dom.Name, e.dom.Disks[0].Path, "lost1")
-		qemuImg(t, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", e.dom.Disks[0].Path, ov)
+		jQemuImg(t, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", e.dom.Disks[0].Path, ov)
 		if err := os.WriteFile(mem, []byte("ram"), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -123,8 +123,8 @@ func TestSettleCreate(t *testing.T) {
 		if _, err := e.d.CreateSnapshot(jctx(t), e.guest(), driver.CreateOptions{Name: "s2"}); err != nil {
 			t.Fatalf("create after an interrupted one: %v", err)
 		}
-		if exists(ov) || exists(mem) {
-			t.Errorf("strays left: overlay %v, memory %v", exists(ov), exists(mem))
+		if jexists(ov) || jexists(mem) {
+			t.Errorf("strays left: overlay %v, memory %v", jexists(ov), jexists(mem))
 		}
 		if e.hasRecord(t) {
 			t.Errorf("the record is still there")
@@ -165,7 +165,7 @@ func TestSettleCreate(t *testing.T) {
 		t.Parallel()
 		e := newJEnv(t, testbed.DomainSpec{State: testbed.Shutoff, DiskMiB: 8})
 		ov := overlayPath(e.dom.Name, "vda", e.dom.Disks[0].Path, "lost1")
-		qemuImg(t, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", e.dom.Disks[0].Path, ov)
+		jQemuImg(t, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", e.dom.Disks[0].Path, ov)
 		x := e.dom.XML(t)
 		x.Devices.Disks[0].Source.File.File = ov
 		out, err := x.Marshal()
@@ -181,8 +181,8 @@ func TestSettleCreate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), ov) || !strings.Contains(err.Error(), "nothing was deleted") {
 			t.Errorf("create with an unrecorded overlay in use: %v, want an error naming %s", err, ov)
 		}
-		if !exists(ov) || !e.hasRecord(t) {
-			t.Errorf("overlay exists %v, record kept %v; want both", exists(ov), e.hasRecord(t))
+		if !jexists(ov) || !e.hasRecord(t) {
+			t.Errorf("overlay exists %v, record kept %v; want both", jexists(ov), e.hasRecord(t))
 		}
 		if c := e.dom.Chain(t, "vda"); len(c) != 2 || c[0] != ov {
 			t.Errorf("chain = %v, want [%s base]", c, ov)
@@ -262,7 +262,7 @@ func TestSettleCreate(t *testing.T) {
 	})
 }
 
-func exists(path string) bool {
+func jexists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
 }
