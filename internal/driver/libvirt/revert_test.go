@@ -529,3 +529,57 @@ func TestRevertOlderThenDelete(t *testing.T) {
 		t.Errorf("images left with two snapshots: %v", files)
 	}
 }
+
+// immutable makes path immutable (chattr +i) until the test ends or the returned
+// function is called.
+func immutable(t *testing.T, path string) func() {
+	t.Helper()
+	if out, err := exec.Command("chattr", "+i", path).CombinedOutput(); err != nil {
+		t.Fatalf("chattr +i %s: %v %s", path, err, out)
+	}
+	undo := func() { exec.Command("chattr", "-i", path).Run() }
+	t.Cleanup(undo)
+	return undo
+}
+
+// TestRevertDeletesOnlyOnceRecorded: the image holding the discarded state survives
+// a revert whose last step (marking the snapshot current) fails, and the next run
+// finishes the revert: the snapshot is current, the image is gone, the data is the
+// snapshot's.
+func TestRevertDeletesOnlyOnceRecorded(t *testing.T) {
+	e := newRevertEnv(t, testbed.DomainSpec{State: testbed.Shutoff, DiskMiB: 8})
+	const n = 64 << 10
+	e.write(t, "vda", 0, 0xa1, n)
+	e.snap(t, "s1", false, false)
+	discarded := e.dom.Chain(t, "vda")[0]
+	e.write(t, "vda", 0, 0xb2, n)
+	e.write(t, "vda", n, 0xb3, n)
+	// libvirt cannot save s1's metadata: marking it current fails.
+	allow := immutable(t, filepath.Join("/var/lib/libvirt/qemu/snapshot", e.dom.Name, "s1.xml"))
+	notes, err := e.revert(t, "s1", driver.RevertOptions{})
+	if err == nil {
+		t.Fatal("the revert succeeded although s1's metadata could not be written")
+	}
+	if !exists(discarded) {
+		t.Fatalf("%s, which held the discarded state, was deleted before the revert was recorded (notes %q)", discarded, notes)
+	}
+	if got := testbed.ReadImage(t, discarded, 0, 2*n); !bytes.Equal(got, append(bytes.Repeat([]byte{0xb2}, n), bytes.Repeat([]byte{0xb3}, n)...)) {
+		t.Errorf("the discarded state changed")
+	}
+	allow()
+	e.snap(t, "s2", false, false)
+	if exists(discarded) {
+		t.Errorf("the next run did not delete %s", discarded)
+	}
+	chain := e.dom.Chain(t, "vda")
+	want := filepath.Join(e.dom.Dir, e.dom.Name+"-vda.s1.revert1.qcow2")
+	if len(chain) != 3 || chain[1] != want || chain[2] != e.dom.Disks[0].Path {
+		t.Errorf("chain = %v, want [s2's overlay %s %s]", chain, want, e.dom.Disks[0].Path)
+	}
+	e.expect(t, "vda", 0, 0xa1, n)
+	e.expect(t, "vda", n, 0, n)
+	ss, err := e.d.Snapshots(rctx(t), e.guest(t))
+	if err != nil || len(ss) != 2 || ss[1].Name != "s2" || ss[1].Parent != "s1" {
+		t.Errorf("snapshots = %+v, %v; want s2 a child of s1 (s1 current when it was taken)", ss, err)
+	}
+}
