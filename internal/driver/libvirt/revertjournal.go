@@ -41,10 +41,10 @@ type revertRecord struct {
 	// SnapshotXML is the snapshot's metadata to redefine as current (secure XML, as
 	// libvirt keeps it in its own 0600 files): libvirt drops a snapshot from its list
 	// when it cannot save the redefined metadata, and the next run restores it.
-	SnapshotXML string `json:"snapshot_xml,omitempty"`
-	Memory  string            `json:"memory,omitempty"`
-	PID     int               `json:"pid"`
-	Started time.Time         `json:"started"`
+	SnapshotXML string    `json:"snapshot_xml,omitempty"`
+	Memory      string    `json:"memory,omitempty"`
+	PID         int       `json:"pid"`
+	Started     time.Time `json:"started"`
 }
 
 type revertDiskRecord struct {
