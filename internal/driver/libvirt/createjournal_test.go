@@ -34,6 +34,7 @@ func newJEnv(t *testing.T, spec testbed.DomainSpec) *jenv {
 	t.Cleanup(func() {
 		// A record a failed test leaves would only confuse a later run on a recycled UUID.
 		_ = d.createStore().Delete(e.key())
+		_ = d.createStore().Delete(revertKey(d.node, e.dom.Dom))
 	})
 	return e
 }

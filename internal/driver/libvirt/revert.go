@@ -273,8 +273,15 @@ func (d *Driver) revertExternal(ctx context.Context, g driver.Guest, dom golibvi
 		}
 		disks[i].overlay = f
 	}
+	rewrite := rewriteFor(disks, images, setOf(drop))
+	applyRewrite(sx, rewrite)
+	sxml, err := sx.Marshal()
+	if err != nil {
+		return fmt.Errorf("guest %s: snapshot %s: %w", g.Name, name, err)
+	}
 	store, key := d.createStore(), revertKey(d.node, dom)
 	rec := newRevertRecord(g, dom, name, disks, drop, memFile)
+	rec.Rewrite, rec.SnapshotXML = rewrite, sxml
 	if err := store.Put(key, rec); err != nil {
 		return fmt.Errorf("guest %s: nothing was reverted: %w", g.Name, err)
 	}
@@ -321,13 +328,7 @@ func (d *Driver) revertExternal(ctx context.Context, g driver.Guest, dom golibvi
 			return fmt.Errorf("guest %s: reverting to %s: %w; the definition may still be changed to use the new overlays, so nothing was deleted: the next run that changes the guest finishes or undoes the revert", g.Name, name, err)
 		}
 	}
-	rewrite := rewriteFor(disks, images, setOf(drop))
-	applyRewrite(sx, rewrite)
-	sxml, err := sx.Marshal()
-	if err != nil {
-		return fmt.Errorf("guest %s: snapshot %s: %w", g.Name, name, err)
-	}
-	rec.Phase, rec.Rewrite, rec.SnapshotXML = revertPointed, rewrite, sxml
+	rec.Phase = revertPointed
 	if err := store.Put(key, rec); err != nil {
 		return fmt.Errorf("guest %s: disks reverted to %s, but %w; the discarded images were kept", g.Name, name, err)
 	}
