@@ -278,7 +278,7 @@ func TestCreateTransientNote(t *testing.T) {
 }
 
 // TestPrepareSnapshot: PrepareSnapshot checks everything and holds the guest; Create
-// takes the snapshot; Close without Create leaves nothing behind.
+// takes the snapshot and releases it; Close without Create leaves nothing behind.
 func TestPrepareSnapshot(t *testing.T) {
 	e := newRevertEnv(t, testbed.DomainSpec{State: testbed.Paused, DiskMiB: 8})
 	sp, ok := any(e.d).(driver.SnapshotPreparer)
@@ -322,15 +322,16 @@ func TestPrepareSnapshot(t *testing.T) {
 	if s.Name != "s1" || !s.Current {
 		t.Errorf("created %+v", s)
 	}
-	p.Close()
+	// Create releases the guest itself; Close afterwards does nothing.
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Errorf("second create after Close: %v", err)
+			t.Errorf("second create after the first: %v", err)
 		}
 	case <-time.After(time.Minute):
-		t.Fatal("Close did not release the guest")
+		t.Fatal("Create did not release the guest")
 	}
+	p.Close()
 	if got := e.snapshotNames(t); fmt.Sprint(got) != "[s1 s2]" {
 		t.Errorf("snapshots = %v", got)
 	}

@@ -23,10 +23,10 @@ import (
 // snapshot rules), and records in the journal which snapshot and files the create
 // will make, so that a run cut off during Create is reconciled by the next one.
 //
-// The returned snapshot's Create sends only the create call to libvirt and checks
-// its result. Close must be called once the prepared snapshot is done with, whether
-// or not Create was called (defer it): it removes the journal record when the
-// create's outcome is known and releases the guest.
+// The returned snapshot's Create sends only the create call to libvirt, checks its
+// result, removes the journal record when the outcome is known (a fraction of a
+// millisecond) and releases the guest. Close does the same when Create is not
+// called; deferring it right after PrepareSnapshot is always correct.
 func (d *Driver) PrepareSnapshot(ctx context.Context, g driver.Guest, opts driver.CreateOptions) (driver.PreparedSnapshot, error) {
 	p, err := d.prepareSnapshot(ctx, g, opts)
 	if err != nil {
@@ -260,6 +260,7 @@ func (p *preparedSnapshot) Create(ctx context.Context) (driver.Snapshot, error) 
 		return driver.Snapshot{}, fmt.Errorf("guest %s: snapshot %s: Create called twice or after Close", g.Name, p.name)
 	}
 	p.state = prepDone
+	defer p.release()
 	if err := ctx.Err(); err != nil {
 		return driver.Snapshot{}, fmt.Errorf("guest %s: snapshot %s not taken: %w", g.Name, p.name, err)
 	}
@@ -470,11 +471,18 @@ func (p *preparedSnapshot) undoOffline(ctx context.Context) error {
 	return nil
 }
 
-// Close implements driver.PreparedSnapshot; see PrepareSnapshot. It may be called
-// more than once.
+// Close implements driver.PreparedSnapshot: without Create, it removes the journal
+// record and releases the guest; after Create (which does both itself) it does
+// nothing. It may be called more than once.
 func (p *preparedSnapshot) Close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.release()
+}
+
+// release removes the journal record unless the create's outcome is unknown, and
+// releases the guest, once.
+func (p *preparedSnapshot) release() {
 	if p.state == prepClosed {
 		return
 	}
