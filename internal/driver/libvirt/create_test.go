@@ -261,17 +261,21 @@ func TestCreateTransientNote(t *testing.T) {
 	if err := e.bed.Conn.DomainUndefine(e.dom.Dom); err != nil {
 		t.Fatalf("making the domain transient: %v", err)
 	}
-	s, err := e.d.CreateSnapshot(rctx(t), e.guest(t), driver.CreateOptions{Name: "s1"})
-	if err != nil {
-		t.Fatalf("snapshot of a transient domain: %v", err)
-	}
-	all := strings.Join(s.Notes, "\n")
-	if !strings.Contains(all, "transient") || !strings.Contains(all, e.dom.Disks[0].Path) {
-		t.Errorf("notes = %q, want a warning that the original XML names %s", s.Notes, e.dom.Disks[0].Path)
+	for _, name := range []string{"s1", "s2"} {
+		s, err := e.d.CreateSnapshot(rctx(t), e.guest(t), driver.CreateOptions{Name: name})
+		if err != nil {
+			t.Fatalf("snapshot %s of a transient domain: %v", name, err)
+		}
+		// The XML the guest was started from names the image it started with, even
+		// once the chain is longer.
+		all := strings.Join(s.Notes, "\n")
+		if !strings.Contains(all, "transient") || !strings.Contains(all, "names "+e.dom.Disks[0].Path+",") {
+			t.Errorf("%s: notes = %q, want a warning that the original XML names %s", name, s.Notes, e.dom.Disks[0].Path)
+		}
 	}
 	// A persistent guest gets no such note.
 	p := newRevertEnv(t, testbed.DomainSpec{State: testbed.Paused, DiskMiB: 8})
-	s, err = p.d.CreateSnapshot(rctx(t), p.guest(t), driver.CreateOptions{Name: "s1"})
+	s, err := p.d.CreateSnapshot(rctx(t), p.guest(t), driver.CreateOptions{Name: "s1"})
 	if err != nil || len(s.Notes) != 0 {
 		t.Errorf("persistent guest: notes %q, err %v", s.Notes, err)
 	}

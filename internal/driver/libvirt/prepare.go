@@ -133,9 +133,9 @@ func (d *Driver) prepareSnapshot(ctx context.Context, g driver.Guest, opts drive
 		if persistent != 1 && !internal {
 			var imgs []string
 			for _, dk := range p.disks {
-				imgs = append(imgs, dk.active)
+				imgs = append(imgs, bottomImage(dk))
 			}
-			p.notes = append(p.notes, fmt.Sprintf("guest %s is transient: the XML it was started from still names %s; starting it again from that XML loses this snapshot's chain and everything written since (make it persistent: virsh dumpxml %s > %s.xml; virsh define %s.xml)",
+			p.notes = append(p.notes, fmt.Sprintf("guest %s is transient: the XML it was started from (wherever that is) still names %s, not the overlays; starting it again from that XML loses this snapshot's chain and everything written since (make it persistent: virsh dumpxml %s > %s.xml; virsh define %s.xml)",
 				g.Name, strings.Join(imgs, ", "), g.Name, g.Name, g.Name))
 		}
 	}
@@ -152,6 +152,18 @@ func (d *Driver) prepareSnapshot(ctx context.Context, g driver.Guest, opts drive
 	}
 	held = true
 	return p, nil
+}
+
+// bottomImage is the last image of dk's backing chain as the live definition records
+// it: the image a transient guest was started with.
+func bottomImage(dk snapDisk) string {
+	img := dk.active
+	for b := dk.prev.BackingStore; b != nil && b.Source != nil; b = b.BackingStore {
+		if f := sourcePath(b.Source); f != "" {
+			img = f
+		}
+	}
+	return img
 }
 
 // external builds the request for an external snapshot; see CreateSnapshot.
