@@ -505,3 +505,5 @@ func (p *preparedSnapshot) release() {
 	p.state = prepClosed
 	p.unlock()
 }
+
+var _ driver.SnapshotPreparer = (*Driver)(nil)
