@@ -8,11 +8,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
 
+	"github.com/autosnap/autosnap/internal/crash"
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/naming"
 )
@@ -42,24 +44,38 @@ func (d *Driver) RevertSnapshot(ctx context.Context, g driver.Guest, name string
 //     the first free name), mode 0600, is created on it beside the disk's current
 //     image, and the persistent definition's disk is pointed at it. The state image is
 //     never written, so the snapshot can be reverted to again.
-//   - Each disk's image that held the discarded current state is deleted when no
-//     snapshot's state depends on it, it holds no internal snapshot, and a snapshot
-//     or an earlier revert created it (it is named in a snapshot's <disks> or is a
-//     revert overlay of this disk); otherwise it is kept and a note says so.
 //   - The snapshot becomes current (its metadata is redefined with the Current flag).
+//   - Only then is each disk's image that held the discarded current state deleted:
+//     when no snapshot's state depends on it, it holds no internal snapshot, and a
+//     snapshot or an earlier revert created it (it is named in a snapshot's <disks>
+//     or is a revert overlay of this disk); otherwise it is kept and a note says so.
 //   - A snapshot with memory is then restored from its memory file
 //     (virDomainRestoreFlags with the save image's domain XML, disks pointed at the
 //     new overlays): running, or paused with opts.Paused (without either option, the
-//     state recorded at snapshot time). Filesystems frozen in the saved RAM (snap
-//     --state with quiesce freezes them around the memory snapshot) are thawed
-//     through the agent once it answers. A disk-only snapshot leaves the guest shut
-//     off unless opts.Running or opts.Paused.
+//     state recorded at snapshot time). The restore has its own bound, not what is
+//     left of ctx: one minute plus one second per 50 MiB of the memory file (see
+//     memoryRestoreBound); cancelling ctx still cancels it. Filesystems frozen in the
+//     saved RAM (snap --state with quiesce freezes them around the memory snapshot)
+//     are thawed through the agent once it answers. A disk-only snapshot leaves the
+//     guest shut off unless opts.Running or opts.Paused.
+//
+// Nothing is deleted before the reverted state is in place and recorded. Before the
+// guest is touched, the revert's plan (new overlays, images to delete, the snapshot's
+// new <disks>) is written to the journal; it is removed once the discarded images
+// are gone. A run cut off in between is finished by the next one that changes the
+// guest if the definition names the new overlays, and undone otherwise (see
+// settleRevert). When the call that points the definition at the new overlays gives
+// no answer (a timeout, a broken connection), the definition is read back: if it does
+// not name them yet, nothing is deleted, since the call may still be applied, and the
+// next run decides.
 //
 // Before anything is changed it refuses, with an error naming the guest, the snapshot
-// and what to do, when a covered disk is gone from the guest's definition, when a
-// state image, its backing chain or the memory file is missing, when a disk's current
-// image is the state image itself (the snapshot no longer holds its point), or when
-// the domain is transient (stopping it would drop it with its snapshot metadata).
+// and what to do, when the snapshot's data is not whole (a merge that removes it was
+// interrupted: incompleteReasons), when a covered disk is gone from the guest's
+// definition, when a state image, its backing chain or the memory file is missing,
+// when a disk's current image is the state image itself (the snapshot no longer holds
+// its point), or when the domain is transient (stopping it would drop it with its
+// snapshot metadata).
 //
 // The image tree after a revert, which merges must respect. Before reverting to S:
 //
@@ -93,6 +109,19 @@ func (d *Driver) RevertSnapshotNotes(ctx context.Context, g driver.Guest, name s
 	}
 	unlock := d.domLock(g.Key())
 	defer unlock()
+	if err := d.settle(ctx, g, dom); err != nil {
+		return err
+	}
+	if err := d.settleOwn(ctx, g, dom); err != nil {
+		return err
+	}
+	incomplete, err := d.incompleteReasons(ctx, g, dom)
+	if err != nil {
+		return fmt.Errorf("guest %s: %w", g.Name, err)
+	}
+	if why := incomplete[name]; why != "" {
+		return fmt.Errorf("guest %s: refusing to revert to snapshot %s: its data is not whole: %s (revert to another snapshot, or delete this one)", g.Name, name, why)
+	}
 
 	snap := golibvirt.DomainSnapshot{Name: name, Dom: dom}
 	raw, err := call(ctx, func() (string, error) {
@@ -146,6 +175,7 @@ type revertDisk struct {
 	format  string // format of state
 	current string // the disk's active image before the revert
 	overlay string // the new overlay created on state
+	made    bool   // overlay was created by this revert
 	snapOv  string // the overlay the snapshot's <disks> names
 }
 
@@ -233,53 +263,107 @@ func (d *Driver) revertExternal(ctx context.Context, g driver.Guest, dom golibvi
 		}
 	}
 
+	// Decided now, while the images are as the snapshot metadata describes them, and
+	// recorded, so that a run cut off later finishes with the same decisions.
+	drop, kept := planDiscard(dom.Name, disks, images)
+	for i := range disks {
+		f, err := freeRevertOverlay(dom.Name, name, &disks[i], disks[:i])
+		if err != nil {
+			return fmt.Errorf("guest %s: disk %s: %w", g.Name, disks[i].target, err)
+		}
+		disks[i].overlay = f
+	}
+	rewrite := rewriteFor(disks, images, setOf(drop))
+	applyRewrite(sx, rewrite)
+	sxml, err := sx.Marshal()
+	if err != nil {
+		return fmt.Errorf("guest %s: snapshot %s: %w", g.Name, name, err)
+	}
+	store, key := d.createStore(), revertKey(d.node, dom)
+	rec := newRevertRecord(g, dom, name, disks, drop, memFile)
+	rec.Rewrite, rec.SnapshotXML = rewrite, sxml
+	if err := store.Put(key, rec); err != nil {
+		return fmt.Errorf("guest %s: nothing was reverted: %w", g.Name, err)
+	}
+	// undo removes the new overlays; only while nothing can point the guest at them.
+	undo := func() error {
+		for _, dk := range disks {
+			if !dk.made {
+				continue
+			}
+			if err := os.Remove(dk.overlay); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+		return store.Delete(key)
+	}
+
 	if active {
 		err := call0(ctx, func() error { return d.l.DomainDestroyFlags(dom, 0) })
 		if err != nil && !isShutOff(d.domState(ctx, dom)) {
+			_ = undo()
 			return fmt.Errorf("guest %s: stopping it for the revert failed: %w", g.Name, err)
 		}
 		note(fmt.Sprintf("stopped %s hard (like virsh destroy); its current state is discarded", g.Name))
 	}
-
-	var created []string
-	undo := func() {
-		for _, f := range created {
-			_ = os.Remove(f)
-		}
-	}
 	for i := range disks {
 		dk := &disks[i]
-		f, err := newRevertOverlay(ctx, dom.Name, name, dk)
-		if err != nil {
-			undo()
+		if err := createRevertOverlay(ctx, dk); err != nil {
+			_ = undo()
 			return fmt.Errorf("guest %s: disk %s: creating the overlay on %s: %w", g.Name, dk.target, dk.state, err)
 		}
-		created = append(created, f)
-		dk.overlay = f
 	}
-	if err := d.pointDisks(ctx, dom, disks); err != nil {
-		undo()
-		return fmt.Errorf("guest %s: %w (the guest still uses its previous images)", g.Name, err)
+	crash.Point(crash.RevertOverlays)
+	if err := d.pointDisks(ctx, dom, disks, key); err != nil {
+		var unsure *unsureError
+		if !errors.As(err, &unsure) {
+			_ = undo()
+			return fmt.Errorf("guest %s: %w (the guest still uses its previous images)", g.Name, err)
+		}
+		// The call may still be applied: verify before deciding anything.
+		vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.timeout)
+		n, verr := d.pointedAt(vctx, dom, rec.Disks)
+		cancel()
+		if verr != nil || n != len(disks) {
+			return fmt.Errorf("guest %s: reverting to %s: %w; the definition may still be changed to use the new overlays, so nothing was deleted: the next run that changes the guest finishes or undoes the revert", g.Name, name, err)
+		}
+	}
+	rec.Phase = revertPointed
+	if err := store.Put(key, rec); err != nil {
+		return fmt.Errorf("guest %s: disks reverted to %s, but %w; the discarded images were kept", g.Name, name, err)
 	}
 	for _, dk := range disks {
 		note(fmt.Sprintf("%s: new overlay %s on %s", dk.target, dk.overlay, dk.state))
 	}
-
-	d.dropDiscarded(g, dom.Name, disks, images, note)
-	rewriteSnapshotDisks(sx, disks, images)
-	if err := d.redefineCurrent(ctx, dom, sx); err != nil {
-		return fmt.Errorf("guest %s: disks reverted to %s, but marking it current failed: %w", g.Name, name, err)
+	crash.Point(crash.RevertPointed)
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("guest %s: disks reverted to %s, but the time is up (%w); the next run that changes the guest marks it current and deletes the discarded images", g.Name, name, err)
 	}
 
+	crash.Point(crash.RevertBeforeCurrent)
+	if err := d.redefineCurrent(ctx, dom, sx); err != nil {
+		return fmt.Errorf("guest %s: disks reverted to %s, but marking it current failed: %w; nothing was deleted: the next run that changes the guest finishes the revert", g.Name, name, err)
+	}
+	for _, n := range kept {
+		note(n)
+	}
+	d.dropDiscarded(ctx, g, dom, drop, note)
+	if err := store.Delete(key); err != nil {
+		note(fmt.Sprintf("the revert is complete, but removing its journal record failed: %v", err))
+	}
+
+	crash.Point(crash.RevertBeforeMemory)
 	if memFile != "" {
 		paused := opts.Paused || (!opts.Running && sx.State == "paused")
 		if err := d.restoreMemory(ctx, g, dom, memFile, disks, paused); err != nil {
 			return fmt.Errorf("guest %s: disks reverted to %s, but restoring its memory failed: %w (the guest is shut off; revert again, or start it to boot from the snapshot's disks)", g.Name, name, err)
 		}
 		quiesced := naming.DescriptionFields(sx.Description)["consistency"] == string(driver.ConsistencyQuiesced)
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
 		switch {
 		case !paused:
-			d.thawRestored(ctx, g, dom, quiesced, note)
+			d.thawRestored(tctx, g, dom, quiesced, note)
 		case quiesced:
 			note(fmt.Sprintf("the snapshot was quiesced: once resumed, %s has its filesystems frozen until they are thawed (virsh domfsthaw %s)", g.Name, g.Name))
 		}
@@ -348,52 +432,69 @@ func findDomainDisk(x *libvirtxml.Domain, target string) *libvirtxml.DomainDisk 
 }
 
 // revertOverlayName is the file name of the n-th overlay a revert to snap put on disk.
+// Guest and snapshot names go through safeFileName.
 func revertOverlayName(dom, disk, snap string, n int) string {
-	return fmt.Sprintf("%s-%s.%s.revert%d.qcow2", dom, disk, snap, n)
+	return fmt.Sprintf("%s-%s.%s.revert%d.qcow2", safeFileName(dom), safeFileName(disk), safeFileName(snap), n)
 }
 
 // isRevertOverlay reports whether path is named like an overlay a revert created for
-// disk of dom.
+// disk of dom (also as named before guest names were made safe for file names).
 func isRevertOverlay(path, dom, disk string) bool {
 	base := filepath.Base(path)
-	rest, ok := strings.CutPrefix(base, dom+"-"+disk+".")
-	if !ok {
-		return false
-	}
-	rest, ok = strings.CutSuffix(rest, ".qcow2")
-	if !ok {
-		return false
-	}
-	i := strings.LastIndex(rest, ".revert")
-	if i <= 0 {
-		return false
-	}
-	n, err := strconv.Atoi(rest[i+len(".revert"):])
-	return err == nil && n > 0
-}
-
-// newRevertOverlay creates the first free revert overlay of dk beside its current
-// image. The file is created exclusively with mode 0600 before qemu-img writes it, so
-// it is never readable by others and never overwrites an image.
-func newRevertOverlay(ctx context.Context, dom, snap string, dk *revertDisk) (string, error) {
-	dir := filepath.Dir(dk.current)
-	for n := 1; n < 10000; n++ {
-		path := filepath.Join(dir, revertOverlayName(dom, dk.target, snap, n))
-		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-		if errors.Is(err, os.ErrExist) {
+	for _, prefix := range []string{safeFileName(dom) + "-" + safeFileName(disk) + ".", dom + "-" + disk + "."} {
+		rest, ok := strings.CutPrefix(base, prefix)
+		if !ok {
 			continue
 		}
-		if err != nil {
-			return "", err
+		rest, ok = strings.CutSuffix(rest, ".qcow2")
+		if !ok {
+			continue
 		}
-		f.Close()
-		if _, err := runCmd(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", dk.format, "-b", dk.state, path); err != nil {
-			os.Remove(path)
-			return "", err
+		i := strings.LastIndex(rest, ".revert")
+		if i <= 0 {
+			continue
+		}
+		if n, err := strconv.Atoi(rest[i+len(".revert"):]); err == nil && n > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// freeRevertOverlay chooses the first free name for dk's revert overlay beside its
+// current image: no such file exists and no disk of earlier has it.
+func freeRevertOverlay(dom, snap string, dk *revertDisk, earlier []revertDisk) (string, error) {
+	dir := filepath.Dir(dk.current)
+next:
+	for n := 1; n < 10000; n++ {
+		path := filepath.Join(dir, revertOverlayName(dom, dk.target, snap, n))
+		if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		for _, e := range earlier {
+			if e.overlay == path {
+				continue next
+			}
 		}
 		return path, nil
 	}
 	return "", fmt.Errorf("no free overlay name in %s", dir)
+}
+
+// createRevertOverlay creates dk.overlay on dk.state. The file is created exclusively
+// with mode 0600 before qemu-img writes it, so it is never readable by others and
+// never overwrites an image.
+func createRevertOverlay(ctx context.Context, dk *revertDisk) error {
+	f, err := os.OpenFile(dk.overlay, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	dk.made = true
+	if _, err := runCmd(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", dk.format, "-b", dk.state, dk.overlay); err != nil {
+		return err
+	}
+	return nil
 }
 
 // useOverlay makes a disk definition use a new qcow2 overlay file, keeping its
@@ -416,8 +517,21 @@ func useOverlay(dk *libvirtxml.DomainDisk, overlay string) {
 	dk.BackingStore = nil
 }
 
-// pointDisks points the persistent definition's disks at their new overlays.
-func (d *Driver) pointDisks(ctx context.Context, dom golibvirt.Domain, disks []revertDisk) error {
+// unsureError is a call whose outcome is not known: libvirt did not answer in time or
+// the connection broke, so it may still be applied.
+type unsureError struct{ err error }
+
+func (e *unsureError) Error() string { return e.err.Error() }
+func (e *unsureError) Unwrap() error { return e.err }
+
+// pendingDefines holds, per revert journal key, a channel closed when a definition
+// call this process stopped waiting for has returned.
+var pendingDefines sync.Map
+
+// pointDisks points the persistent definition's disks at their new overlays. An error
+// of the define call itself other than libvirt's refusal is an *unsureError: the
+// definition may still change, and pendingDefines[key] says when the call returned.
+func (d *Driver) pointDisks(ctx context.Context, dom golibvirt.Domain, disks []revertDisk, key string) error {
 	x, err := d.domainXML(ctx, dom, true)
 	if err != nil {
 		return err
@@ -433,10 +547,51 @@ func (d *Driver) pointDisks(ctx context.Context, dom golibvirt.Domain, disks []r
 	if err != nil {
 		return err
 	}
-	if _, err := call(ctx, func() (golibvirt.Domain, error) { return d.l.DomainDefineXML(out) }); err != nil {
-		return fmt.Errorf("pointing the definition at the new overlays: %w", err)
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 5*time.Minute)
+		defer cancel()
 	}
-	return nil
+	res := make(chan error, 1)
+	go func() {
+		_, err := d.l.DomainDefineXML(out)
+		res <- err
+	}()
+	select {
+	case err := <-res:
+		var lerr golibvirt.Error
+		if err != nil && !errors.As(err, &lerr) {
+			return &unsureError{fmt.Errorf("pointing the definition at the new overlays: %w", err)}
+		}
+		if err != nil {
+			return fmt.Errorf("pointing the definition at the new overlays: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+		done := make(chan struct{})
+		pendingDefines.Store(key, done)
+		go func() {
+			<-res
+			close(done)
+		}()
+		return &unsureError{fmt.Errorf("pointing the definition at the new overlays: libvirt did not answer in time: %w", ctx.Err())}
+	}
+}
+
+// pointedAt counts the disks of recs whose source in the persistent definition is
+// their new overlay.
+func (d *Driver) pointedAt(ctx context.Context, dom golibvirt.Domain, recs []revertDiskRecord) (int, error) {
+	x, err := d.domainXML(ctx, dom, true)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, r := range recs {
+		if dk := findDomainDisk(x, r.Target); dk != nil && dk.Source != nil && sourcePath(dk.Source) == r.Overlay {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // snapshotImages collects what every snapshot of dom needs and which files the
@@ -496,9 +651,10 @@ func (s *imageSet) addChain(ctx context.Context, top string) error {
 	return nil
 }
 
-// dropDiscarded deletes each disk's pre-revert image when nothing needs it and a
-// snapshot or revert created it; see RevertSnapshotNotes.
-func (d *Driver) dropDiscarded(g driver.Guest, dom string, disks []revertDisk, images *imageSet, note func(string)) {
+// planDiscard decides, for each disk's pre-revert image, whether the revert deletes
+// it: when nothing needs it and a snapshot or revert created it (see
+// RevertSnapshotNotes). kept holds a note for each image that stays.
+func planDiscard(dom string, disks []revertDisk, images *imageSet) (drop, kept []string) {
 	for _, dk := range disks {
 		f := dk.current
 		switch {
@@ -510,49 +666,79 @@ func (d *Driver) dropDiscarded(g driver.Guest, dom string, disks []revertDisk, i
 				if err != nil {
 					why = fmt.Sprintf("cannot tell whether it holds internal snapshots: %v", err)
 				}
-				note(fmt.Sprintf("%s: kept %s, which held the discarded current state: %s", dk.target, f, why))
+				kept = append(kept, fmt.Sprintf("%s: kept %s, which held the discarded current state: %s", dk.target, f, why))
 				continue
 			}
-			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
-				note(fmt.Sprintf("%s: could not delete %s, which held the discarded state: %v (delete it by hand)", dk.target, f, err))
-				continue
-			}
-			note(fmt.Sprintf("%s: deleted %s, which held the discarded current state", dk.target, f))
+			drop = append(drop, f)
 		default:
-			note(fmt.Sprintf("%s: kept %s, which held the discarded current state: no snapshot created it (delete it by hand if nothing else uses it)", dk.target, f))
+			kept = append(kept, fmt.Sprintf("%s: kept %s, which held the discarded current state: no snapshot created it (delete it by hand if nothing else uses it)", dk.target, f))
+		}
+	}
+	return drop, kept
+}
+
+// dropDiscarded deletes the images planDiscard chose, once the reverted state is in
+// place and recorded.
+func (d *Driver) dropDiscarded(ctx context.Context, g driver.Guest, dom golibvirt.Domain, drop []string, note func(string)) {
+	for _, f := range drop {
+		if err := d.removeFile(f); err != nil {
+			note(fmt.Sprintf("could not delete %s, which held the discarded state: %v (delete it by hand)", f, err))
+			continue
+		}
+		note(fmt.Sprintf("deleted %s, which held the discarded current state", f))
+	}
+}
+
+// rewriteFor chooses, per disk, the new overlay to name in the snapshot's <disks>:
+// when it is the only image left on the state image once the images in gone are
+// deleted; see RevertSnapshotNotes.
+func rewriteFor(disks []revertDisk, images *imageSet, gone map[string]bool) map[string]string {
+	there := func(f string) bool {
+		if gone[f] {
+			return false
+		}
+		_, err := os.Stat(f)
+		return err == nil
+	}
+	out := map[string]string{}
+	for _, rd := range disks {
+		if rd.snapOv != "" && there(rd.snapOv) {
+			continue
+		}
+		shared := false
+		for img, b := range images.backing {
+			if b == rd.state && there(img) {
+				shared = true
+				break
+			}
+		}
+		if !shared {
+			out[rd.target] = rd.overlay
+		}
+	}
+	return out
+}
+
+// applyRewrite names each disk's overlay of rewrite in sx's <disks>.
+func applyRewrite(sx *libvirtxml.DomainSnapshot, rewrite map[string]string) {
+	if sx.Disks == nil {
+		return
+	}
+	for i := range sx.Disks.Disks {
+		sd := &sx.Disks.Disks[i]
+		if f, ok := rewrite[sd.Name]; ok && sd.Snapshot == "external" {
+			sd.Source = &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: f}}
+			sd.Driver = &libvirtxml.DomainDiskDriver{Type: "qcow2"}
 		}
 	}
 }
 
-// rewriteSnapshotDisks names each disk's new overlay in sx's <disks> when it is the only
-// image left on the state image; see RevertSnapshotNotes.
-func rewriteSnapshotDisks(sx *libvirtxml.DomainSnapshot, disks []revertDisk, images *imageSet) {
-	for _, rd := range disks {
-		if rd.snapOv != "" {
-			if _, err := os.Stat(rd.snapOv); err == nil {
-				continue
-			}
-		}
-		shared := false
-		for img, b := range images.backing {
-			if b == rd.state {
-				if _, err := os.Stat(img); err == nil {
-					shared = true
-					break
-				}
-			}
-		}
-		if shared {
-			continue
-		}
-		for i := range sx.Disks.Disks {
-			sd := &sx.Disks.Disks[i]
-			if sd.Name == rd.target && sd.Snapshot == "external" {
-				sd.Source = &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: rd.overlay}}
-				sd.Driver = &libvirtxml.DomainDiskDriver{Type: "qcow2"}
-			}
-		}
+func setOf(xs []string) map[string]bool {
+	m := make(map[string]bool, len(xs))
+	for _, x := range xs {
+		m[x] = true
 	}
+	return m
 }
 
 // redefineCurrent rewrites sx's metadata and makes it the current snapshot.
@@ -570,6 +756,12 @@ func (d *Driver) redefineCurrent(ctx context.Context, dom golibvirt.Domain, sx *
 // new overlays. The domain XML comes from the save image itself, so it is the one the
 // saved RAM was taken with.
 func (d *Driver) restoreMemory(ctx context.Context, g driver.Guest, dom golibvirt.Domain, file string, disks []revertDisk, paused bool) error {
+	var size int64
+	if fi, err := os.Stat(file); err == nil {
+		size = fi.Size()
+	}
+	ctx, cancel := restoreContext(ctx, memoryRestoreBound(size))
+	defer cancel()
 	raw, err := call(ctx, func() (string, error) {
 		return d.l.DomainSaveImageGetXMLDesc(file, uint32(golibvirt.DomainSaveImageXMLSecure))
 	})
@@ -596,6 +788,28 @@ func (d *Driver) restoreMemory(ctx context.Context, g driver.Guest, dom golibvir
 		flags = uint32(golibvirt.DomainSavePaused)
 	}
 	return call0(ctx, func() error { return d.l.DomainRestoreFlags(file, golibvirt.OptString{out}, flags) })
+}
+
+// memoryRestoreBound is how long restoring a memory file of size bytes may take: one
+// minute plus one second per 50 MiB (a slow disk's read rate).
+func memoryRestoreBound(size int64) time.Duration {
+	return time.Minute + time.Duration(size/(50<<20))*time.Second
+}
+
+// restoreContext bounds the RAM restore by its own limit, not by what is left of the
+// revert's ctx: the disks are already reverted, and a restore cut short would leave
+// the guest off. Cancelling ctx (not its deadline) still cancels the restore.
+func restoreContext(ctx context.Context, bound time.Duration) (context.Context, context.CancelFunc) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bound)
+	stop := context.AfterFunc(ctx, func() {
+		if errors.Is(ctx.Err(), context.Canceled) {
+			cancel()
+		}
+	})
+	return rctx, func() {
+		stop()
+		cancel()
+	}
 }
 
 // thawRestored thaws filesystems the guest had frozen when its RAM was saved (snap

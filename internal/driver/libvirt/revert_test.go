@@ -529,3 +529,130 @@ func TestRevertOlderThenDelete(t *testing.T) {
 		t.Errorf("images left with two snapshots: %v", files)
 	}
 }
+
+// immutable makes path immutable (chattr +i) until the test ends or the returned
+// function is called.
+func immutable(t *testing.T, path string) func() {
+	t.Helper()
+	if out, err := exec.Command("chattr", "+i", path).CombinedOutput(); err != nil {
+		t.Fatalf("chattr +i %s: %v %s", path, err, out)
+	}
+	undo := func() { exec.Command("chattr", "-i", path).Run() }
+	t.Cleanup(undo)
+	return undo
+}
+
+// TestRevertDeletesOnlyOnceRecorded: the image holding the discarded state survives
+// a revert whose last step (marking the snapshot current) fails, and the next run
+// finishes the revert: the snapshot is current, the image is gone, the data is the
+// snapshot's.
+func TestRevertDeletesOnlyOnceRecorded(t *testing.T) {
+	e := newRevertEnv(t, testbed.DomainSpec{State: testbed.Shutoff, DiskMiB: 8})
+	const n = 64 << 10
+	e.write(t, "vda", 0, 0xa1, n)
+	e.snap(t, "s1", false, false)
+	discarded := e.dom.Chain(t, "vda")[0]
+	e.write(t, "vda", 0, 0xb2, n)
+	e.write(t, "vda", n, 0xb3, n)
+	// libvirt cannot save s1's metadata: marking it current fails.
+	allow := immutable(t, filepath.Join("/var/lib/libvirt/qemu/snapshot", e.dom.Name, "s1.xml"))
+	notes, err := e.revert(t, "s1", driver.RevertOptions{})
+	if err == nil {
+		t.Fatal("the revert succeeded although s1's metadata could not be written")
+	}
+	if !exists(discarded) {
+		t.Fatalf("%s, which held the discarded state, was deleted before the revert was recorded (notes %q)", discarded, notes)
+	}
+	if got := testbed.ReadImage(t, discarded, 0, 2*n); !bytes.Equal(got, append(bytes.Repeat([]byte{0xb2}, n), bytes.Repeat([]byte{0xb3}, n)...)) {
+		t.Errorf("the discarded state changed")
+	}
+	allow()
+	e.snap(t, "s2", false, false)
+	if exists(discarded) {
+		t.Errorf("the next run did not delete %s", discarded)
+	}
+	chain := e.dom.Chain(t, "vda")
+	want := filepath.Join(e.dom.Dir, e.dom.Name+"-vda.s1.revert1.qcow2")
+	if len(chain) != 3 || chain[1] != want || chain[2] != e.dom.Disks[0].Path {
+		t.Errorf("chain = %v, want [s2's overlay %s %s]", chain, want, e.dom.Disks[0].Path)
+	}
+	e.expect(t, "vda", 0, 0xa1, n)
+	e.expect(t, "vda", n, 0, n)
+	ss, err := e.d.Snapshots(rctx(t), e.guest(t))
+	if err != nil || len(ss) != 2 || ss[1].Name != "s2" || ss[1].Parent != "s1" {
+		t.Errorf("snapshots = %+v, %v; want s2 a child of s1 (s1 current when it was taken)", ss, err)
+	}
+}
+
+// TestRevertRefusesPartlyMerged: a delete interrupted while it merges a snapshot's
+// overlay into that snapshot's state image (throttled so the interruption comes
+// half-way) leaves the snapshot's data not whole; a revert to it afterwards must not
+// give the guest that half-merged state: it is refused (or the snapshot is gone,
+// its merge finished), or it yields exactly the snapshot's data.
+//
+// Needs the merge journal (incompleteReasons, settle): it fails on a branch without it.
+func TestRevertRefusesPartlyMerged(t *testing.T) {
+	e := newRevertEnv(t, testbed.DomainSpec{State: testbed.Paused, DiskMiB: 128})
+	const n = 64 << 20
+	e.write(t, "vda", 0, 0xa1, n)
+	e.snap(t, "s1", false, false)
+	e.write(t, "vda", 0, 0xb2, n)
+	e.snap(t, "s2", false, false)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- e.d.DeleteSnapshot(ctx, e.guest(t), "s1") }()
+	// Throttle the merge of s1's overlay into its state image to 1 MiB/s as soon as it
+	// starts, and interrupt it once it has copied something.
+	deadline := time.Now().Add(time.Minute)
+	throttled := false
+	for {
+		if time.Now().After(deadline) {
+			t.Fatal("the merge did not start or make progress within a minute")
+		}
+		found, _, _, cur, _, err := e.bed.Conn.DomainGetBlockJobInfo(e.dom.Dom, "vda", 0)
+		if err != nil {
+			t.Fatalf("block job info: %v", err)
+		}
+		if found == 1 && !throttled {
+			if err := e.bed.Conn.DomainBlockJobSetSpeed(e.dom.Dom, "vda", 1, 0); err != nil {
+				t.Fatalf("throttling the merge: %v", err)
+			}
+			throttled = true
+		}
+		if throttled && cur > 0 {
+			t.Logf("interrupting the merge at %d bytes", cur)
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the delete ended before it could be interrupted: %v", err)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	cancel()
+	err := <-done
+	t.Logf("interrupted delete: %v", err)
+	if err == nil {
+		t.Fatal("the interrupted delete reported success")
+	}
+
+	_, err = e.revert(t, "s1", driver.RevertOptions{Force: true, Paused: true})
+	switch {
+	case err == nil:
+		// Allowed only if the data is exactly s1's.
+		got := testbed.ReadImage(t, e.dom.Chain(t, "vda")[0], 0, n)
+		for i, b := range got {
+			if b != 0xa1 {
+				t.Errorf("the revert to the partly merged s1 gave the guest other data than s1's: byte %d is %02x, want a1", i, b)
+				break
+			}
+		}
+	case errors.Is(err, driver.ErrNotFound):
+		// The next run finished the merge: s1 is gone.
+	case !strings.Contains(err.Error(), "not whole"):
+		t.Errorf("revert to the partly merged s1: %v, want a refusal saying its data is not whole", err)
+	}
+}

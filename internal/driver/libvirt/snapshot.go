@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
@@ -26,22 +24,28 @@ func errCode(err error) golibvirt.ErrorNumber {
 type snapDisk struct {
 	target string
 	active string // current active image (file or block device path)
+	// prev is the disk's definition before the snapshot, to point it back at its
+	// image when a snapshot has to be undone.
+	prev *libvirtxml.DomainDisk
 }
 
 // snapshotDisks lists the disks of a domain definition that a snapshot covers: real
-// disks (not cdrom/floppy, not read-only or shared, not in skip) backed by a local file
-// or block device. Any other disk makes the snapshot fail with a clear error rather
-// than silently leaving a disk out.
+// disks (not cdrom/floppy, not read-only or shared) backed by a local file or block
+// device, except those skip maps to true and those the definition marks
+// snapshot='no' (unless skip maps them to false: the caller asked for them). Any
+// other disk makes the snapshot fail with a clear error rather than silently leaving
+// a disk out.
 func snapshotDisks(g driver.Guest, x *libvirtxml.Domain, skip map[string]bool) ([]snapDisk, error) {
 	var out []snapDisk
 	if x.Devices == nil {
 		return nil, nil
 	}
-	for _, dk := range x.Devices.Disks {
-		if dk.Device == "cdrom" || dk.Device == "floppy" || dk.ReadOnly != nil || dk.Shareable != nil {
+	for i := range x.Devices.Disks {
+		dk := &x.Devices.Disks[i]
+		if dk.Device == "cdrom" || dk.Device == "floppy" || dk.ReadOnly != nil || dk.Shareable != nil || dk.Target == nil {
 			continue
 		}
-		if dk.Target == nil || skip[dk.Target.Dev] {
+		if s, asked := skip[dk.Target.Dev]; s || (!asked && dk.Snapshot == "no") {
 			continue
 		}
 		var path string
@@ -54,9 +58,9 @@ func snapshotDisks(g driver.Guest, x *libvirtxml.Domain, skip map[string]bool) (
 			}
 		}
 		if path == "" {
-			return nil, fmt.Errorf("guest %s: disk %s is not a local file or block device; autosnap cannot take an external snapshot of it", g.Name, dk.Target.Dev)
+			return nil, fmt.Errorf("guest %s: disk %s is not a local file or block device; autosnap cannot take an external snapshot of it (mark it snapshot='no' in the domain to leave it out)", g.Name, dk.Target.Dev)
 		}
-		out = append(out, snapDisk{target: dk.Target.Dev, active: path})
+		out = append(out, snapDisk{target: dk.Target.Dev, active: path, prev: dk})
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("guest %s has no disk autosnap can snapshot", g.Name)
@@ -64,164 +68,61 @@ func snapshotDisks(g driver.Guest, x *libvirtxml.Domain, skip map[string]bool) (
 	return out, nil
 }
 
+// safeFileName replaces every character of s that libvirt or QEMU may rewrite in a
+// file name (libvirt doubles commas when it creates offline overlays, QEMU parses
+// commas and colons as option syntax) with '_': letters, digits, '.', '_', '-' and
+// '+' are kept.
+func safeFileName(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-', c == '+':
+		default:
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}
+
 // overlayPath names the overlay file an external snapshot creates for one disk: next
-// to the disk's current image, named after the guest, the disk and the snapshot so
-// `ls` shows what each file is.
+// to the disk's current image, "<guest>-<disk>.<snapshot>.qcow2", so `ls` shows what
+// each file is. Guest and snapshot names go through safeFileName.
 func overlayPath(domName, target, active, snap string) string {
-	return filepath.Join(filepath.Dir(active), fmt.Sprintf("%s-%s.%s.qcow2", domName, target, snap))
+	return filepath.Join(filepath.Dir(active), fmt.Sprintf("%s-%s.%s.qcow2", safeFileName(domName), safeFileName(target), safeFileName(snap)))
 }
 
+// memoryPath names the file the RAM of a snapshot with memory is saved to:
+// "<guest>.<snapshot>.mem" beside the first disk's current image.
 func memoryPath(domName, active, snap string) string {
-	return filepath.Join(filepath.Dir(active), fmt.Sprintf("%s.%s.mem", domName, snap))
+	return filepath.Join(filepath.Dir(active), fmt.Sprintf("%s.%s.mem", safeFileName(domName), safeFileName(snap)))
 }
 
-// CreateSnapshot implements driver.Driver. By default every snapshot is external: an
-// atomic, disk-only snapshot of all disks for a running or paused guest (with RAM in a
-// file beside the disks when opts.Memory or opts.MemoryFile), an offline external
-// snapshot for a shut-off guest. opts.Disks can exclude disks (snapshot "no") or name
-// the overlay files.
+// CreateSnapshot implements driver.Driver: PrepareSnapshot, then Create, then Close.
+//
+// By default every snapshot is external: an atomic, disk-only snapshot of all disks
+// for a running or paused guest (with RAM in a file beside the disks when opts.Memory
+// or opts.MemoryFile), an offline external snapshot for a shut-off guest. A disk the
+// domain marks snapshot='no' is left out (recorded as "no"); opts.Disks can exclude
+// disks too, include such a disk, or name the overlay files.
 //
 // An internal snapshot (every disk "internal") is only taken of a shut-off guest whose
 // disks are single qcow2 images without overlays: an internal snapshot inside an
 // overlay would be lost when that overlay is merged away, and one of a running guest
 // would pause it while its RAM is written into the image.
+//
+// A name that exists, or an overlay or memory file that exists, fails with an error
+// wrapping driver.ErrExists before anything changes. After an external create every
+// overlay the snapshot records must exist (and, for a shut-off guest, be what the
+// definition names); otherwise the snapshot is undone and the error says which file
+// libvirt did not create. A transient guest's snapshot carries a note (Snapshot.Notes)
+// that the XML it was started from still names the old images.
 func (d *Driver) CreateSnapshot(ctx context.Context, g driver.Guest, opts driver.CreateOptions) (driver.Snapshot, error) {
-	dom, err := d.lookup(ctx, g)
+	p, err := d.prepareSnapshot(ctx, g, opts)
 	if err != nil {
 		return driver.Snapshot{}, err
 	}
-	unlock := d.domLock(g.Key())
-	defer unlock()
-
-	x, active, err := d.currentXML(ctx, dom)
-	if err != nil {
-		return driver.Snapshot{}, fmt.Errorf("guest %s: %w", g.Name, err)
-	}
-	specs := map[string]driver.DiskSpec{}
-	skip := map[string]bool{}
-	internal := false
-	for _, s := range opts.Disks {
-		if !hasDisk(x, s.Name) {
-			return driver.Snapshot{}, fmt.Errorf("guest %s has no disk %q (see: autosnap snapshot chain): %w", g.Name, s.Name, driver.ErrNotFound)
-		}
-		switch s.Snapshot {
-		case "no":
-			skip[s.Name] = true
-		case "internal":
-			internal = true
-		case "external", "":
-		default:
-			return driver.Snapshot{}, fmt.Errorf("guest %s: disk %s: snapshot=%q: use internal, external or no", g.Name, s.Name, s.Snapshot)
-		}
-		specs[s.Name] = s
-	}
-	disks, err := snapshotDisks(g, x, skip)
-	if err != nil {
-		return driver.Snapshot{}, err
-	}
-	if internal {
-		return d.createInternal(ctx, g, dom, x, active, specs, opts)
-	}
-
-	sx := &libvirtxml.DomainSnapshot{Name: opts.Name, Description: opts.Description, Disks: &libvirtxml.DomainSnapshotDisks{}}
-	var files []string
-	for _, dk := range disks {
-		f := specs[dk.target].File
-		if f == "" {
-			f = overlayPath(dom.Name, dk.target, dk.active, opts.Name)
-		}
-		files = append(files, f)
-		sx.Disks.Disks = append(sx.Disks.Disks, libvirtxml.DomainSnapshotDisk{
-			Name: dk.target, Snapshot: "external",
-			Driver: &libvirtxml.DomainDiskDriver{Type: "qcow2"},
-			Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: f}},
-		})
-	}
-	for n := range skip {
-		sx.Disks.Disks = append(sx.Disks.Disks, libvirtxml.DomainSnapshotDisk{Name: n, Snapshot: "no"})
-	}
-	var flags golibvirt.DomainSnapshotCreateFlags
-	if opts.MemoryFile != "" && !active {
-		return driver.Snapshot{}, fmt.Errorf("guest %s is not running: there is no RAM to save", g.Name)
-	}
-	memory := (opts.Memory || opts.MemoryFile != "") && active
-	if memory {
-		f := opts.MemoryFile
-		if f == "" {
-			f = memoryPath(dom.Name, disks[0].active, opts.Name)
-		}
-		files = append(files, f)
-		sx.Memory = &libvirtxml.DomainSnapshotMemory{Snapshot: "external", File: f}
-		flags |= golibvirt.DomainSnapshotCreateAtomic
-	} else {
-		sx.Memory = &libvirtxml.DomainSnapshotMemory{Snapshot: "no"}
-		flags |= golibvirt.DomainSnapshotCreateDiskOnly | golibvirt.DomainSnapshotCreateAtomic
-	}
-	if opts.Quiesce {
-		state, err := d.domState(ctx, dom)
-		if err != nil {
-			return driver.Snapshot{}, fmt.Errorf("guest %s: %w", g.Name, err)
-		}
-		if state != driver.StateRunning {
-			return driver.Snapshot{}, fmt.Errorf("guest %s is %s: only a running guest can be quiesced (use --quiesce auto or off): %w", g.Name, state, driver.ErrAgent)
-		}
-		flags |= golibvirt.DomainSnapshotCreateQuiesce
-	}
-	raw, err := sx.Marshal()
-	if err != nil {
-		return driver.Snapshot{}, err
-	}
-	_, err = call(ctx, func() (golibvirt.DomainSnapshot, error) {
-		return d.l.DomainSnapshotCreateXML(dom, raw, uint32(flags))
-	})
-	if err != nil {
-		// An abandoned call may still complete: make sure no snapshot is left behind
-		// under our name when we report failure.
-		if ctx.Err() != nil {
-			d.cleanupAbandonedCreate(dom, opts.Name)
-		}
-		hint := ""
-		switch errCode(err) {
-		case golibvirt.ErrAgentUnresponsive:
-			hint = " (the guest agent did not answer: check qemu-guest-agent in the guest, or use --quiesce auto/off)"
-			err = fmt.Errorf("%w: %w", err, driver.ErrAgent)
-		case golibvirt.ErrOperationInvalid:
-			if opts.Quiesce {
-				err = fmt.Errorf("%w: %w", err, driver.ErrAgent)
-			}
-		}
-		return driver.Snapshot{}, fmt.Errorf("guest %s: creating snapshot %s failed: %w%s", g.Name, opts.Name, err, hint)
-	}
-	// libvirt creates offline overlays world-readable; guest data is not.
-	if d.local {
-		for _, f := range files {
-			_ = os.Chmod(f, 0o600)
-		}
-	}
-	// Built from what was asked rather than read back: saves three RPCs per guest
-	// on a busy daemon. The creation time is libvirt's second-resolution clock.
-	s := fromXML(sx)
-	s.Created = time.Now().Truncate(time.Second)
-	s.Current = true
-	if active && !memory {
-		s.GuestState = "disk-snapshot"
-		s.DiskOnly = true
-	}
-	return s, nil
-}
-
-// cleanupAbandonedCreate waits a bounded time for a create call we stopped waiting for
-// and, if it did create the snapshot, merges it away again.
-func (d *Driver) cleanupAbandonedCreate(dom golibvirt.Domain, name string) {
-	ctx, cancel := context.WithTimeout(context.Background(), d.timeout)
-	defer cancel()
-	for ctx.Err() == nil {
-		if _, err := call(ctx, func() (golibvirt.DomainSnapshot, error) { return d.l.DomainSnapshotLookupByName(dom, name, 0) }); err == nil {
-			_ = d.deleteSnapshot(ctx, driver.Guest{Name: dom.Name, UUID: formatUUID(dom.UUID)}, dom, name)
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	defer p.Close()
+	return p.Create(ctx)
 }
 
 func (d *Driver) snapshotByName(ctx context.Context, g driver.Guest, dom golibvirt.Domain, name string) (driver.Snapshot, error) {
@@ -257,6 +158,9 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, g driver.Guest, name string
 	}
 	unlock := d.domLock(g.Key())
 	defer unlock()
+	if err := d.settleOwn(ctx, g, dom); err != nil {
+		return err
+	}
 	return d.deleteSnapshot(ctx, g, dom, name)
 }
 
@@ -292,10 +196,11 @@ func hasDisk(x *libvirtxml.Domain, target string) bool {
 	return false
 }
 
-// createInternal takes an internal snapshot of a shut-off guest; see CreateSnapshot.
-func (d *Driver) createInternal(ctx context.Context, g driver.Guest, dom golibvirt.Domain, x *libvirtxml.Domain, active bool, specs map[string]driver.DiskSpec, opts driver.CreateOptions) (driver.Snapshot, error) {
-	refuse := func(why string) (driver.Snapshot, error) {
-		return driver.Snapshot{}, fmt.Errorf("guest %s: no internal snapshot: %s; take an external one (the default): %w", g.Name, why, driver.ErrUnsupported)
+// internalSnapshotXML checks that an internal snapshot of a shut-off guest can be taken
+// (see CreateSnapshot) and returns what to ask libvirt for.
+func (d *Driver) internalSnapshotXML(ctx context.Context, g driver.Guest, x *libvirtxml.Domain, active bool, specs map[string]driver.DiskSpec, opts driver.CreateOptions) (*libvirtxml.DomainSnapshot, error) {
+	refuse := func(why string) (*libvirtxml.DomainSnapshot, error) {
+		return nil, fmt.Errorf("guest %s: no internal snapshot: %s; take an external one (the default): %w", g.Name, why, driver.ErrUnsupported)
 	}
 	if active {
 		return refuse("the guest is running, and an internal snapshot would pause it while its RAM is saved into the disk images (shut it down first)")
@@ -305,7 +210,7 @@ func (d *Driver) createInternal(ctx context.Context, g driver.Guest, dom golibvi
 	}
 	chains, err := d.chainsOf(ctx, x, false)
 	if err != nil {
-		return driver.Snapshot{}, fmt.Errorf("guest %s: %w", g.Name, err)
+		return nil, fmt.Errorf("guest %s: %w", g.Name, err)
 	}
 	sx := &libvirtxml.DomainSnapshot{Name: opts.Name, Description: opts.Description, Disks: &libvirtxml.DomainSnapshotDisks{},
 		Memory: &libvirtxml.DomainSnapshotMemory{Snapshot: "no"}}
@@ -313,7 +218,12 @@ func (d *Driver) createInternal(ctx context.Context, g driver.Guest, dom golibvi
 		if dk.Target == nil || dk.Device == "cdrom" || dk.Device == "floppy" || dk.ReadOnly != nil || dk.Shareable != nil {
 			continue
 		}
-		if s := specs[dk.Target.Dev]; s.Snapshot != "internal" {
+		s, asked := specs[dk.Target.Dev]
+		if (asked && s.Snapshot == "no") || (!asked && dk.Snapshot == "no") {
+			sx.Disks.Disks = append(sx.Disks.Disks, libvirtxml.DomainSnapshotDisk{Name: dk.Target.Dev, Snapshot: "no"})
+			continue
+		}
+		if s.Snapshot != "internal" {
 			return refuse(fmt.Sprintf("disk %s would be %q, and libvirt takes internal snapshots of all disks or none", dk.Target.Dev, orDefault(s.Snapshot, "external")))
 		}
 		if dk.Driver == nil || dk.Driver.Type != "qcow2" {
@@ -324,17 +234,7 @@ func (d *Driver) createInternal(ctx context.Context, g driver.Guest, dom golibvi
 		}
 		sx.Disks.Disks = append(sx.Disks.Disks, libvirtxml.DomainSnapshotDisk{Name: dk.Target.Dev, Snapshot: "internal"})
 	}
-	raw, err := sx.Marshal()
-	if err != nil {
-		return driver.Snapshot{}, err
-	}
-	_, err = call(ctx, func() (golibvirt.DomainSnapshot, error) {
-		return d.l.DomainSnapshotCreateXML(dom, raw, uint32(golibvirt.DomainSnapshotCreateAtomic))
-	})
-	if err != nil {
-		return driver.Snapshot{}, fmt.Errorf("guest %s: creating internal snapshot %s failed: %w", g.Name, opts.Name, err)
-	}
-	return d.snapshotByName(ctx, g, dom, opts.Name)
+	return sx, nil
 }
 
 func orDefault(s, def string) string {
