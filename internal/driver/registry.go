@@ -23,6 +23,8 @@ type Config struct {
 	// Insecure skips TLS verification (Proxmox); Fingerprint pins a certificate.
 	Insecure    bool
 	Fingerprint string
+	// StateDir holds durable state such as merge journals ("" means journal.DefaultDir()).
+	StateDir string
 }
 
 // Opener connects to one host.
