@@ -230,8 +230,7 @@ func (d *Driver) settleMerge(ctx context.Context, g driver.Guest, dom golibvirt.
 		return nil, nil
 	}
 	if err := d.execute(ctx, g, dom, key, rec, progress); err != nil {
-		return nil, fmt.Errorf("guest %s: an earlier delete of snapshot(s) %s was interrupted and could not be finished, so nothing else was done: %w",
-			g.Name, strings.Join(rec.Deleted, ", "), err)
+		return nil, fmt.Errorf("guest %s: an interrupted delete had to be finished first, so nothing else was done: %w", g.Name, err)
 	}
 	return rec.Deleted, nil
 }
@@ -239,7 +238,7 @@ func (d *Driver) settleMerge(ctx context.Context, g driver.Guest, dom golibvirt.
 // execute carries out the steps of rec that are not done and then the bookkeeping,
 // saving rec under key as it goes and deleting it at the end. On an error it stops
 // with every disk chain valid (a running block job is aborted), records the error and
-// returns it with what is partly merged and what to do.
+// returns it with what is partly merged and what to do; the caller names the guest.
 func (d *Driver) execute(ctx context.Context, g driver.Guest, dom golibvirt.Domain, key string, rec *mergeRecord, progress driver.ProgressFunc) error {
 	save := func() error { return d.store().Put(key, rec) }
 	mark := func(p string) { point(dom, p) }
@@ -293,7 +292,7 @@ func (d *Driver) execute(ctx context.Context, g driver.Guest, dom golibvirt.Doma
 		}
 	}
 	if err := d.store().Delete(key); err != nil {
-		return fmt.Errorf("guest %s: the delete of %s is complete, but its journal record could not be removed: %w (remove %s by hand)", g.Name, strings.Join(rec.Deleted, ", "), err, d.store().Path(key))
+		return fmt.Errorf("the delete of snapshot(s) %s is complete, but its journal record could not be removed: %w (remove %s by hand)", strings.Join(rec.Deleted, ", "), err, d.store().Path(key))
 	}
 	return nil
 }
@@ -310,7 +309,7 @@ func (d *Driver) stopped(ctx context.Context, g driver.Guest, dom golibvirt.Doma
 		if err := d.store().Delete(key); err != nil {
 			cause = errors.Join(cause, err)
 		}
-		return fmt.Errorf("guest %s: deleting snapshot(s) %s: %w (nothing was changed)", g.Name, strings.Join(rec.Deleted, ", "), cause)
+		return fmt.Errorf("deleting snapshot(s) %s: %w (nothing was changed)", strings.Join(rec.Deleted, ", "), cause)
 	}
 	rec.LastError, rec.LastErrorAt = cause.Error(), time.Now()
 	var extra []error
@@ -327,8 +326,8 @@ func (d *Driver) stopped(ctx context.Context, g driver.Guest, dom golibvirt.Doma
 	if p := rec.partlyMerged(); len(p) > 0 {
 		msg = "partly merged, not to be reverted to: " + strings.Join(p, ", ")
 	}
-	return fmt.Errorf("guest %s: deleting snapshot(s) %s stopped: %w (every disk chain is valid and the guest's data intact; %s; %s; the next snap, clean or snapshot delete on this guest finishes it; to give up instead, check `autosnap snapshot chain` and remove %s)",
-		g.Name, strings.Join(rec.Deleted, ", "), errors.Join(append([]error{cause}, extra...)...), msg, rec.left(), d.store().Path(key))
+	return fmt.Errorf("deleting snapshot(s) %s stopped: %w (every disk chain is valid and the guest's data intact; %s; %s; the next snap, clean or snapshot delete on this guest finishes it; to give up instead, check `autosnap snapshot chain` and remove %s)",
+		strings.Join(rec.Deleted, ", "), errors.Join(append([]error{cause}, extra...)...), msg, rec.left(), d.store().Path(key))
 }
 
 // stepObs is what the executor sees of a step's disk before running it.
@@ -568,13 +567,13 @@ func (d *Driver) finishCommit(ctx context.Context, dom golibvirt.Domain, s *merg
 			return err
 		}
 	}
+	if s.Mode == modeLiveDelete && !d.local {
+		return nil // libvirt deleted them; a remote pool may still list them until refreshed
+	}
 	for _, f := range s.removed() {
 		// The step started, so a missing file is one this merge deleted (libvirt does
 		// after a block commit).
 		if err := d.removeFile(f); err != nil {
-			if errors.Is(err, errRemoteMissing) && s.Mode == modeLiveDelete {
-				continue
-			}
 			return fmt.Errorf("removing merged image %s: %w", f, err)
 		}
 	}

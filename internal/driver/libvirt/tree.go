@@ -244,7 +244,10 @@ func (d *Driver) deleteTree(ctx context.Context, g driver.Guest, dom golibvirt.D
 		return fmt.Errorf("guest %s: nothing was deleted: the merge plan could not be recorded first: %w (check that %s is writable)", g.Name, err, d.store().Dir)
 	}
 	point(dom, crash.MergeJournaled)
-	return d.execute(ctx, g, dom, key, rec, opts.Progress)
+	if err := d.execute(ctx, g, dom, key, rec, opts.Progress); err != nil {
+		return fmt.Errorf("guest %s: %w", g.Name, err)
+	}
+	return nil
 }
 
 // forget removes one snapshot's metadata and nothing else.
