@@ -533,6 +533,8 @@ func (d *Driver) commitOffline(ctx context.Context, dom golibvirt.Domain, s *mer
 	if !s.InChain {
 		return nil
 	}
+	// The data is merged: taking top out of the chain is short and must not be cut off.
+	ctx = context.WithoutCancel(ctx)
 	switch i := indexOf(chain, s.Top); {
 	case i > 0:
 		return d.rebaseUnsafe(ctx, chain[i-1], s.Base)
@@ -550,9 +552,13 @@ func (d *Driver) commitOffline(ctx context.Context, dom golibvirt.Domain, s *mer
 
 // finishCommit completes a commit step whose merge is done: images of other branches
 // that still build on top are rebased onto base, then top and the images between are
-// removed, top first.
+// removed, top first. It is short and runs to its end even when ctx was cancelled
+// meanwhile (each call bounded by the timeout): the merge it completes is done.
 func (d *Driver) finishCommit(ctx context.Context, dom golibvirt.Domain, s *mergeRecordStep) error {
-	chains, _, err := d.chains(ctx, dom)
+	ctx = context.WithoutCancel(ctx)
+	rctx, cancel := d.rpcCtx(ctx)
+	chains, _, err := d.chains(rctx, dom)
+	cancel()
 	if err != nil {
 		return err
 	}
