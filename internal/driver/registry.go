@@ -23,7 +23,9 @@ type Config struct {
 	// Insecure skips TLS verification (Proxmox); Fingerprint pins a certificate.
 	Insecure    bool
 	Fingerprint string
-	// StateDir holds durable state such as merge journals ("" means journal.DefaultDir()).
+	// StateDir is autosnap's state directory, like $AUTOSNAP_STATE_DIR: durable records
+	// of work in progress (merge journals) live in its journal/ subdirectory. "" means
+	// the default (see journal.DefaultDir).
 	StateDir string
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -193,6 +194,15 @@ func (r *mergeRecord) left() string {
 
 func mergeKey(node string, dom golibvirt.Domain) string {
 	return "merge/" + node + "/" + formatUUID(dom.UUID)
+}
+
+// journalStore returns the journal under stateDir (like $AUTOSNAP_STATE_DIR, journals
+// live in its "journal" directory), or the default one when stateDir is "".
+func journalStore(stateDir string) *journal.Store {
+	if stateDir == "" {
+		return journal.Open("")
+	}
+	return journal.Open(filepath.Join(stateDir, "journal"))
 }
 
 func (d *Driver) store() *journal.Store {

@@ -91,7 +91,7 @@ func Open(ctx context.Context, cfg driver.Config) (*Driver, error) {
 	}
 
 	d := &Driver{l: l, uri: u, timeout: cfg.Timeout, jobPoll: 100 * time.Millisecond, domMus: map[string]*sync.Mutex{}}
-	d.journal = journal.Open(cfg.StateDir)
+	d.journal = journalStore(cfg.StateDir)
 	d.local = isLocal(u)
 	d.node = u.Hostname()
 	if d.node == "" {

@@ -327,8 +327,8 @@ func TestMergeKilledAtEveryPoint(t *testing.T) {
 				}
 			}
 			e.checkAll(t, "after two rounds")
-			if files, _ := os.ReadDir(e.stateDir + "/journal"); len(files) != 0 {
-				t.Errorf("journal records left: %v", files)
+			if files, err := os.ReadDir(e.stateDir + "/journal"); err != nil || len(files) != 0 {
+				t.Errorf("journal records left: %v %v", files, err)
 			}
 		})
 	}
