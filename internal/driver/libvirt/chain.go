@@ -251,15 +251,22 @@ func (d *Driver) abortCommit(ctx context.Context, dom golibvirt.Domain, disk, to
 	// The abort is asynchronous: wait until the job is gone, then check the chain.
 	deadline := time.Now().Add(max(d.timeout, time.Second))
 	running := true
+	var jerr error
 	for time.Now().Before(deadline) {
-		j, err := d.jobInfo(bctx, dom, disk)
-		if err == nil && !j.found {
+		var j blockJob
+		if j, jerr = d.jobInfo(bctx, dom, disk); jerr != nil {
+			break // libvirt cannot be asked (e.g. it restarted): the next run looks again
+		}
+		if !j.found {
 			running = false
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if running {
+	switch {
+	case jerr != nil:
+		return fmt.Errorf("%w; aborting the block job: %v; whether it still runs could not be checked: %v (check with: virsh blockjob %s %s)", cause, aerr, jerr, dom.Name, disk)
+	case running:
 		return fmt.Errorf("%w; aborting the block job failed (%v) and it still runs (check with: virsh blockjob %s %s)", cause, aerr, dom.Name, disk)
 	}
 	rctx, cancel = d.rpcCtx(bctx)

@@ -280,25 +280,25 @@ func (d *Driver) execute(ctx context.Context, g driver.Guest, dom golibvirt.Doma
 	mark(crash.MergeBeforeMetadata)
 	t, err := d.loadTree(bctx, g, dom)
 	if err != nil {
-		return d.stopped(ctx, g, dom, key, rec, err)
+		return d.stoppedAfter(ctx, g, dom, key, rec, err)
 	}
 	gone := map[string]bool{}
 	for _, n := range rec.External {
 		gone[n] = true
 	}
 	if err := d.rewriteRemaining(bctx, g, dom, t, gone, rec.Replaced); err != nil {
-		return d.stopped(ctx, g, dom, key, rec, err)
+		return d.stoppedAfter(ctx, g, dom, key, rec, err)
 	}
 	for _, f := range rec.Memory {
 		// Missing is fine: the record says this delete removes it.
 		if err := d.removeFile(f); err != nil && !errors.Is(err, errRemoteMissing) {
-			return d.stopped(ctx, g, dom, key, rec, fmt.Errorf("removing memory file %s: %w", f, err))
+			return d.stoppedAfter(ctx, g, dom, key, rec, fmt.Errorf("removing memory file %s: %w", f, err))
 		}
 	}
 	mark(crash.MergeBeforeForget)
 	for _, n := range rec.External {
 		if err := d.forget(bctx, g, dom, n); err != nil {
-			return d.stopped(ctx, g, dom, key, rec, err)
+			return d.stoppedAfter(ctx, g, dom, key, rec, err)
 		}
 	}
 	if err := d.store().Delete(key); err != nil {
@@ -307,11 +307,21 @@ func (d *Driver) execute(ctx context.Context, g driver.Guest, dom golibvirt.Doma
 	return nil
 }
 
-// stopped handles an execute that could not go on. Before any step started nothing
-// changed and the record goes; otherwise it stays, with the error, and the remaining
-// snapshots' metadata is pointed at the files that exist.
+// stopped handles an execute that could not go on during the steps. Before any step
+// started nothing changed and the record goes; otherwise it stays, with the error,
+// and the remaining snapshots' metadata is pointed at the files that exist.
 func (d *Driver) stopped(ctx context.Context, g driver.Guest, dom golibvirt.Domain, key string, rec *mergeRecord, cause error) error {
-	started := false
+	return d.stop(ctx, g, dom, key, rec, cause, false)
+}
+
+// stoppedAfter is stopped during the bookkeeping after the steps: metadata may have
+// changed, so the record stays even when the plan had no step.
+func (d *Driver) stoppedAfter(ctx context.Context, g driver.Guest, dom golibvirt.Domain, key string, rec *mergeRecord, cause error) error {
+	return d.stop(ctx, g, dom, key, rec, cause, true)
+}
+
+func (d *Driver) stop(ctx context.Context, g driver.Guest, dom golibvirt.Domain, key string, rec *mergeRecord, cause error, bookkeeping bool) error {
+	started := bookkeeping
 	for _, s := range rec.Steps {
 		started = started || s.Status != stepPlanned
 	}
