@@ -358,11 +358,13 @@ func TestMergeInterruptedIsIncomplete(t *testing.T) {
 	e.snap(t, "a")
 	e.write(t, region{mib, mib}, 0x02)
 	e.snap(t, "b")
-	e.write(t, region{2 * mib, 8 * mib}, 0x03) // what the merge of b copies
+	// What the merge of b copies: large enough that the throttle set right after the
+	// job started always catches it in progress on a loaded machine.
+	e.write(t, region{2 * mib, 40 * mib}, 0x03)
 	e.write(t, region{mib, mib}, 0x04)
 	e.snap(t, "c")
-	e.write(t, region{12 * mib, mib}, 0x05)
-	e.write(t, region{2 * mib, 8 * mib}, 0x06)
+	e.write(t, region{48 * mib, mib}, 0x05)
+	e.write(t, region{2 * mib, 40 * mib}, 0x06)
 
 	ctx, cancel := context.WithCancel(mctx(t))
 	defer cancel()
@@ -457,25 +459,27 @@ func TestMergeCancelledAtCompletion(t *testing.T) {
 // leaving a valid chain that the next delete merges.
 func TestMergeStallTimeout(t *testing.T) {
 	const timeout = 2 * time.Second
-	e := newMergeEnv(t, testbed.DomainSpec{DiskMiB: 64}, timeout)
+	e := newMergeEnv(t, testbed.DomainSpec{DiskMiB: 128}, timeout)
 	if sb, ok := driver.Driver(e.d).(driver.StallBounded); !ok || !sb.StallBounded() {
 		t.Error("the libvirt driver does not declare its merges stall-bounded")
 	}
 	g := e.guest()
+	// Each merge copies 40 MiB: what the job copies before the throttle set right after
+	// its start lands (a few MiB on a loaded machine) leaves seconds of work.
 	e.snap(t, "a")
-	e.write(t, region{0, 10 * mib}, 0x01)
+	e.write(t, region{0, 40 * mib}, 0x01)
 	e.snap(t, "b")
-	e.write(t, region{16 * mib, 10 * mib}, 0x02)
+	e.write(t, region{48 * mib, 40 * mib}, 0x02)
 	e.snap(t, "c")
-	e.write(t, region{32 * mib, mib}, 0x03)
+	e.write(t, region{96 * mib, mib}, 0x03)
 
 	// The engine passes no deadline to a stall-bounded driver; this one only keeps a
 	// broken test from hanging.
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	e.throttle(t, 2*mib)
+	e.throttle(t, 5*mib)
 	start := time.Now()
-	err := e.d.DeleteSnapshotTree(ctx, g, "a", driver.DeleteOptions{}) // 10 MiB at 2 MiB/s
+	err := e.d.DeleteSnapshotTree(ctx, g, "a", driver.DeleteOptions{}) // 40 MiB at 5 MiB/s
 	took := time.Since(start)
 	t.Logf("progressing merge: %s, %v", took.Round(time.Millisecond), err)
 	if err != nil {
