@@ -23,6 +23,10 @@ type Config struct {
 	// Insecure skips TLS verification (Proxmox); Fingerprint pins a certificate.
 	Insecure    bool
 	Fingerprint string
+	// StateDir is autosnap's state directory, like $AUTOSNAP_STATE_DIR: durable records
+	// of work in progress (merge journals) live in its journal/ subdirectory. "" means
+	// the default (see journal.DefaultDir).
+	StateDir string
 }
 
 // Opener connects to one host.

@@ -69,6 +69,10 @@ func (s *Store) fileName(key string) string {
 	return filepath.Join(s.Dir, b.String()+".json")
 }
 
+// Path returns the file that holds (or would hold) the record of key, for messages
+// that tell a user what to inspect or remove.
+func (s *Store) Path(key string) string { return s.fileName(key) }
+
 // Put durably replaces the record of key with v (marshalled as JSON).
 func (s *Store) Put(key string, v any) error {
 	data, err := json.MarshalIndent(v, "", "  ")

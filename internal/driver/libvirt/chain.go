@@ -14,6 +14,7 @@ import (
 	golibvirt "github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
 
+	"github.com/autosnap/autosnap/internal/crash"
 	"github.com/autosnap/autosnap/internal/driver"
 )
 
@@ -149,102 +150,85 @@ func runCmd(ctx context.Context, name string, args ...string) ([]byte, error) {
 // commitLive merges top (and the images between) into base on a running or paused
 // guest with a libvirt block commit: an active commit with a pivot when top is the
 // disk's active image, a plain commit otherwise. With deleteFiles libvirt deletes the
-// merged images once the merge succeeded. progress, if not nil, gets the job's
-// cur/end. If the job fails or ctx ends first it is aborted, which leaves a valid chain
-// (top still overlays base); the chain is read back to confirm.
-func (d *Driver) commitLive(ctx context.Context, g driver.Guest, dom golibvirt.Domain, disk, top, base string, activeTop, deleteFiles bool, progress driver.ProgressFunc) error {
-	var flags golibvirt.DomainBlockCommitFlags
-	if deleteFiles {
-		flags |= golibvirt.DomainBlockCommitDelete
-	}
-	if activeTop {
-		flags |= golibvirt.DomainBlockCommitActive
-	}
-	err := call0(ctx, func() error {
-		return d.l.DomainBlockCommit(dom, disk, golibvirt.OptString{base}, golibvirt.OptString{top}, 0, flags)
-	})
-	startErr := err
-	abort := func(cause error) error {
-		actx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		aerr := call0(actx, func() error { return d.l.DomainBlockJobAbort(dom, disk, 0) })
-		if aerr != nil && errCode(aerr) != golibvirt.ErrOperationInvalid {
-			return fmt.Errorf("%w; aborting the block job also failed: %v (check with: virsh blockjob %s %s)", cause, aerr, dom.Name, disk)
+// merged images once the merge succeeded. With adopt the commit is already running (an
+// earlier run started it and was cut off; libvirt keeps such jobs): commitLive waits
+// for it and pivots it when it is an active commit that is ready. progress, if not
+// nil, gets the job's cur/end; mark is called at the crash points.
+//
+// The merge is given up only when the job's position has not advanced for the
+// connection timeout, or when ctx ends; each call to libvirt is bounded by the timeout.
+// Giving up aborts the job, which leaves a valid chain (top still overlays base). A job
+// found finished when it is aborted (or when a pivot fails) is a success: the chain,
+// not the error, tells.
+func (d *Driver) commitLive(ctx context.Context, dom golibvirt.Domain, disk, top, base string, activeTop, deleteFiles, adopt bool, progress driver.ProgressFunc, mark func(string)) error {
+	abort := func(cause error) error { return d.abortCommit(ctx, dom, disk, top, cause) }
+	if !adopt {
+		var flags golibvirt.DomainBlockCommitFlags
+		if deleteFiles {
+			flags |= golibvirt.DomainBlockCommitDelete
 		}
-		// The abort is asynchronous: wait until the job is gone, then check the chain.
-		for actx.Err() == nil {
-			found, err := call(actx, func() (int32, error) {
-				f, _, _, _, _, err := d.l.DomainGetBlockJobInfo(dom, disk, 0)
-				return f, err
-			})
-			if err != nil || found == 0 {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
+		if activeTop {
+			flags |= golibvirt.DomainBlockCommitActive
 		}
-		chains, _, cerr := d.chains(actx, dom)
-		switch {
-		case cerr != nil:
-			return fmt.Errorf("%w; the merge was aborted but the chain could not be read back: %v", cause, cerr)
-		case indexOf(chains[disk], top) >= 0:
-			return fmt.Errorf("%w; the merge was aborted and the disk chain is unchanged", cause)
-		}
-		// The merge completed before the abort reached it: that is a success, and the
-		// caller must record it as one, or the snapshot metadata would keep naming a
-		// file libvirt deleted.
-		return nil
-	}
-	if startErr != nil {
-		if ctx.Err() == nil {
-			return fmt.Errorf("starting block commit of %s into %s: %w", top, base, startErr)
-		}
-		// We stopped waiting for the call, but libvirt may have started the job.
-		return abort(fmt.Errorf("starting block commit of %s into %s: %w", top, base, startErr))
-	}
-	type info struct {
-		found    int32
-		cur, end uint64
-	}
-	poll := func() (info, error) {
-		return call(ctx, func() (info, error) {
-			f, _, _, c, e, err := d.l.DomainGetBlockJobInfo(dom, disk, 0)
-			return info{f, c, e}, err
+		rctx, cancel := d.rpcCtx(ctx)
+		err := call0(rctx, func() error {
+			return d.l.DomainBlockCommit(dom, disk, golibvirt.OptString{base}, golibvirt.OptString{top}, 0, flags)
 		})
+		cancel()
+		if err != nil {
+			if rctx.Err() == nil {
+				return fmt.Errorf("starting block commit of %s into %s: %w", top, base, err)
+			}
+			// We stopped waiting for the call, but libvirt may have started the job.
+			return abort(fmt.Errorf("starting block commit of %s into %s: %w", top, base, err))
+		}
+		mark(crash.MergeCommitStarted)
 	}
+	watch := stallWatch{limit: d.timeout}
 	pivoted := false
 	wait := time.Millisecond
 	for {
-		i, err := poll()
+		j, err := d.jobInfo(ctx, dom, disk)
 		if err != nil {
 			return abort(fmt.Errorf("watching block commit of %s: %w", top, err))
 		}
-		if i.found == 0 {
+		if !j.found {
 			break
 		}
-		if progress != nil && i.end > 0 {
-			progress(disk, i.cur, i.end)
+		if progress != nil && j.end > 0 {
+			progress(disk, j.cur, j.end)
+		}
+		if watch.observe(j.cur, time.Now()) {
+			return abort(fmt.Errorf("block commit of %s into %s made %w for %s (%d of %d bytes copied)", top, base, errStalled, d.timeout, j.cur, j.end))
 		}
 		// cur == end can come before QEMU declares the job ready; the pivot is only
 		// allowed once the live definition shows <mirror ready='yes'>.
-		if activeTop && !pivoted && i.end > 0 && i.cur == i.end && d.mirrorReady(ctx, dom, disk) {
-			err := call0(ctx, func() error { return d.l.DomainBlockJobAbort(dom, disk, golibvirt.DomainBlockJobAbortPivot) })
+		active := activeTop || j.typ == golibvirt.DomainBlockJobTypeActiveCommit
+		if active && !pivoted && j.end > 0 && j.cur == j.end && d.mirrorReady(ctx, dom, disk) {
+			mark(crash.MergeCommitReady)
+			rctx, cancel := d.rpcCtx(ctx)
+			err := call0(rctx, func() error { return d.l.DomainBlockJobAbort(dom, disk, golibvirt.DomainBlockJobAbortPivot) })
+			cancel()
 			if err != nil {
 				return abort(fmt.Errorf("pivoting %s to %s: %w", disk, base, err))
 			}
 			pivoted = true
+			watch.reset(time.Now())
 			wait = time.Millisecond
 			continue
 		}
 		select {
 		case <-ctx.Done():
-			return abort(fmt.Errorf("block commit of %s did not finish in time: %w", top, ctx.Err()))
+			return abort(fmt.Errorf("block commit of %s interrupted: %w", top, ctx.Err()))
 		case <-time.After(wait):
 		}
 		// Small merges finish in milliseconds; back off for long ones.
 		wait = min(2*wait, d.jobPoll)
 	}
 	// A job that vanished may have failed: the chain tells.
-	chains, _, err := d.chains(ctx, dom)
+	rctx, cancel := d.rpcCtx(context.WithoutCancel(ctx))
+	defer cancel()
+	chains, _, err := d.chains(rctx, dom)
 	if err != nil {
 		return err
 	}
@@ -254,9 +238,73 @@ func (d *Driver) commitLive(ctx context.Context, g driver.Guest, dom golibvirt.D
 	return nil
 }
 
+// abortCommit aborts the block job on disk after cause and tells what became of the
+// merge: nil when the job had completed (top left the chain) whatever the abort
+// answered ("no job", or QEMU's "in state 'concluded' cannot accept 'cancel'"), cause
+// with what happened otherwise. It works on after ctx ended, each call bounded by the
+// timeout.
+func (d *Driver) abortCommit(ctx context.Context, dom golibvirt.Domain, disk, top string, cause error) error {
+	bctx := context.WithoutCancel(ctx)
+	rctx, cancel := d.rpcCtx(bctx)
+	aerr := call0(rctx, func() error { return d.l.DomainBlockJobAbort(dom, disk, 0) })
+	cancel()
+	// The abort is asynchronous: wait until the job is gone, then check the chain.
+	deadline := time.Now().Add(max(d.timeout, time.Second))
+	running := true
+	var jerr error
+	for time.Now().Before(deadline) {
+		var j blockJob
+		if j, jerr = d.jobInfo(bctx, dom, disk); jerr != nil {
+			break // libvirt cannot be asked (e.g. it restarted): the next run looks again
+		}
+		if !j.found {
+			running = false
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	switch {
+	case jerr != nil:
+		return fmt.Errorf("%w; aborting the block job: %v; whether it still runs could not be checked: %v (check with: virsh blockjob %s %s)", cause, aerr, jerr, dom.Name, disk)
+	case running:
+		return fmt.Errorf("%w; aborting the block job failed (%v) and it still runs (check with: virsh blockjob %s %s)", cause, aerr, dom.Name, disk)
+	}
+	rctx, cancel = d.rpcCtx(bctx)
+	defer cancel()
+	chains, _, cerr := d.chains(rctx, dom)
+	switch {
+	case cerr != nil:
+		return fmt.Errorf("%w; the merge was aborted but the chain could not be read back: %v", cause, cerr)
+	case indexOf(chains[disk], top) >= 0:
+		return fmt.Errorf("%w; the merge was aborted and the disk chain is unchanged", cause)
+	}
+	// The merge completed before the abort reached it: that is a success, and the
+	// caller must record it as one, or the snapshot metadata would keep naming a file
+	// libvirt deleted.
+	return nil
+}
+
+// blockJob is what libvirt reports of the block job on a disk.
+type blockJob struct {
+	found    bool
+	typ      golibvirt.DomainBlockJobType
+	cur, end uint64
+}
+
+func (d *Driver) jobInfo(ctx context.Context, dom golibvirt.Domain, disk string) (blockJob, error) {
+	rctx, cancel := d.rpcCtx(ctx)
+	defer cancel()
+	return call(rctx, func() (blockJob, error) {
+		f, typ, _, c, e, err := d.l.DomainGetBlockJobInfo(dom, disk, 0)
+		return blockJob{f == 1, golibvirt.DomainBlockJobType(typ), c, e}, err
+	})
+}
+
 // mirrorReady reports whether disk's two-phase block job is ready to pivot.
 func (d *Driver) mirrorReady(ctx context.Context, dom golibvirt.Domain, disk string) bool {
-	x, err := d.domainXML(ctx, dom, false)
+	rctx, cancel := d.rpcCtx(ctx)
+	defer cancel()
+	x, err := d.domainXML(rctx, dom, false)
 	if err != nil || x.Devices == nil {
 		return false
 	}
@@ -315,8 +363,13 @@ func (d *Driver) exists(path string) bool {
 	return err == nil
 }
 
-// removeFile deletes an image or memory file autosnap created. On a remote host the
-// file is left in place (libvirt has no file API outside storage pools).
+// errRemoteMissing marks a file on a remote host that no storage pool knows: it is
+// either gone or outside every pool, which libvirt cannot tell apart.
+var errRemoteMissing = errors.New("not in any libvirt storage pool")
+
+// removeFile deletes an image or memory file autosnap created; a file that does not
+// exist is not an error (callers decide whether its absence is explained). On a remote
+// host the file is deleted through its storage volume.
 func (d *Driver) removeFile(path string) error {
 	if !d.local {
 		return d.removeRemote(path)
@@ -330,11 +383,14 @@ func (d *Driver) removeFile(path string) error {
 // removeRemote deletes a file on the libvirt host through its storage volume, which
 // works when the file sits in a storage pool.
 func (d *Driver) removeRemote(path string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), d.timeout)
+	ctx, cancel := d.rpcCtx(context.Background())
 	defer cancel()
 	vol, err := call(ctx, func() (golibvirt.StorageVol, error) { return d.l.StorageVolLookupByPath(path) })
 	if err != nil {
-		return fmt.Errorf("cannot delete %s on %s: it is not in a libvirt storage pool (delete it by hand): %w", path, d.node, err)
+		if errCode(err) == golibvirt.ErrNoStorageVol {
+			return fmt.Errorf("cannot delete %s on %s: it is gone or %w (if it exists, delete it by hand)", path, d.node, errRemoteMissing)
+		}
+		return fmt.Errorf("cannot delete %s on %s: %w", path, d.node, err)
 	}
 	return call0(ctx, func() error { return d.l.StorageVolDelete(vol, 0) })
 }

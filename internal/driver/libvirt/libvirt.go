@@ -20,6 +20,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/journal"
 )
 
 func init() {
@@ -40,6 +41,7 @@ type Driver struct {
 	node    string
 	local   bool // the daemon runs on this machine: image files are reachable directly
 	timeout time.Duration
+	journal *journal.Store // merge journals (see execute.go)
 
 	// jobPoll is the longest pause between block-job progress polls.
 	jobPoll time.Duration
@@ -91,6 +93,7 @@ func Open(ctx context.Context, cfg driver.Config) (*Driver, error) {
 	}
 
 	d := &Driver{l: l, uri: u, timeout: cfg.Timeout, jobPoll: 100 * time.Millisecond, domMus: map[string]*sync.Mutex{}}
+	d.journal = journalStore(cfg.StateDir)
 	d.local = isLocal(u)
 	d.node = u.Hostname()
 	if d.node == "" {

@@ -7,85 +7,28 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 
 	"github.com/autosnap/autosnap/internal/driver"
 )
 
-// runStep executes one planned merge step. Every step leaves valid chains when it
-// fails or is interrupted: a commit changes only the base, whose content nobody else
-// reads, until the images above are switched to it, and files are deleted last.
+// runStep executes one planned merge step without a journal (chain collapse does;
+// deletes go through execute). It decides at execution time, like execute, whether to
+// merge live or with qemu-img, and refuses when an image it needs is missing. Every
+// step leaves valid chains when it fails or is interrupted: a commit changes only the
+// base, whose content nobody else reads, until the images above are switched to it,
+// and files are deleted last.
 func (d *Driver) runStep(ctx context.Context, g driver.Guest, dom golibvirt.Domain, s mergeStep, progress driver.ProgressFunc) error {
-	if s.kind == stepRemove {
-		if err := d.removeFile(s.top); err != nil {
-			return fmt.Errorf("disk %s: removing the unused overlay %s: %w", s.disk, s.top, err)
-		}
-		return nil
-	}
-	if s.live {
-		// libvirt deletes the merged files itself unless another branch still names
-		// top as its backing file; that one is switched to base first.
-		offBranch := len(s.above) > 1 || (len(s.above) == 1 && s.activeTop)
-		if err := d.commitLive(ctx, g, dom, s.disk, s.top, s.base, s.activeTop, !offBranch, progress); err != nil {
-			return fmt.Errorf("disk %s: merging %s into %s: %w", s.disk, s.top, s.base, err)
-		}
-		if !offBranch {
-			return nil
-		}
-		chains, _, err := d.chains(ctx, dom)
-		if err != nil {
-			return err
-		}
-		for _, a := range s.above {
-			if indexOf(chains[s.disk], a) >= 0 {
-				continue // QEMU switched it already
-			}
-			if err := d.rebaseUnsafe(ctx, a, s.base); err != nil {
-				return fmt.Errorf("disk %s: %w", s.disk, err)
-			}
-		}
-		return d.removeFiles(s.removed())
-	}
-	if !d.local {
-		return fmt.Errorf("disk %s: merging images the guest does not have open needs autosnap on the guest's host (qemu:///system there), or start the guest first", s.disk)
-	}
-	args := []string{"commit", "-p", "-f", "qcow2"}
-	if len(s.between) > 0 {
-		args = append(args, "-b", s.base) // implies -d: top is deleted below
-	} else {
-		args = append(args, "-d") // top is deleted below: emptying it would be wasted writes
-	}
-	if err := runProgress(ctx, s.disk, progress, "qemu-img", append(args, s.top)...); err != nil {
-		return fmt.Errorf("disk %s: merging %s into %s: %w", s.disk, s.top, s.base, err)
-	}
-	for _, a := range s.above {
-		if err := d.rebaseUnsafe(ctx, a, s.base); err != nil {
-			return fmt.Errorf("disk %s: %w", s.disk, err)
-		}
-	}
-	if s.activeTop {
-		fmtName, err := imageFormat(ctx, s.base)
-		if err != nil {
-			return err
-		}
-		if err := d.repointDisk(ctx, dom, s.disk, s.base, fmtName); err != nil {
-			return fmt.Errorf("disk %s: %w", s.disk, err)
-		}
-	}
-	return d.removeFiles(s.removed())
-}
-
-func (d *Driver) removeFiles(files []string) error {
-	for _, f := range files {
-		if err := d.removeFile(f); err != nil {
-			return fmt.Errorf("removing merged image %s: %w", f, err)
-		}
-	}
-	return nil
+	rs := recordStep(s, s.live || s.activeTop)
+	return d.execStep(ctx, dom, &rs, func() error { return nil }, progress, func(string) {})
 }
 
 // rebaseUnsafe points image at base without copying: base already holds the content
@@ -94,6 +37,8 @@ func (d *Driver) rebaseUnsafe(ctx context.Context, image, base string) error {
 	if !d.local {
 		return fmt.Errorf("switching %s to %s needs autosnap on the guest's host", image, base)
 	}
+	ctx, cancel := d.rpcCtx(ctx)
+	defer cancel()
 	baseFmt, err := imageFormat(ctx, base)
 	if err != nil {
 		return err
@@ -117,9 +62,17 @@ func imageFormat(ctx context.Context, path string) (string, error) {
 }
 
 // runProgress runs a qemu-img command with -p and reports its percentages as
-// progress(disk, done, 10000). ctx ending kills the command.
-func runProgress(ctx context.Context, disk string, progress driver.ProgressFunc, name string, args ...string) error {
-	cmd := exec.CommandContext(ctx, name, args...)
+// progress(disk, done, 10000). started is called (once) when the first progress above
+// zero arrives. ctx ending kills the command; so does making no progress for stall
+// (neither a new percentage nor a byte written, which a huge image needs between two
+// percent steps), with an error wrapping errStalled. The command also dies with
+// autosnap (SIGKILL on the parent's death), so that a killed run leaves no merge
+// running on its own that the next run would race.
+func runProgress(ctx context.Context, disk string, progress driver.ProgressFunc, stall time.Duration, started func(), name string, args ...string) error {
+	cctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	cmd := exec.CommandContext(cctx, name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
@@ -132,25 +85,78 @@ func runProgress(ctx context.Context, disk string, progress driver.ProgressFunc,
 		}
 		return err
 	}
+	var pct atomic.Uint64 // hundredths of a percent
+	if stall > 0 {
+		done := make(chan struct{})
+		defer close(done)
+		go func() {
+			watch := stallWatch{limit: stall}
+			tick := time.NewTicker(min(max(stall/8, 50*time.Millisecond), time.Second))
+			defer tick.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-cctx.Done():
+					return
+				case now := <-tick.C:
+					if watch.observe(pct.Load()+bytesWritten(cmd.Process.Pid), now) {
+						cancel(fmt.Errorf("%s made %w for %s", name, errStalled, stall))
+						return
+					}
+				}
+			}
+		}()
+	}
 	sc := bufio.NewScanner(out)
 	sc.Split(splitCR)
 	for sc.Scan() {
 		// qemu-img -p prints "    (12.34/100%)" and a carriage return.
 		line := strings.TrimSpace(sc.Text())
-		pct, ok := strings.CutPrefix(line, "(")
-		if pct, ok2 := strings.CutSuffix(pct, "/100%)"); ok && ok2 && progress != nil {
-			if v, err := strconv.ParseFloat(pct, 64); err == nil {
-				progress(disk, uint64(v*100), 10000)
-			}
+		p, ok := strings.CutPrefix(line, "(")
+		p, ok2 := strings.CutSuffix(p, "/100%)")
+		if !ok || !ok2 {
+			continue
+		}
+		v, err := strconv.ParseFloat(p, 64)
+		if err != nil {
+			continue
+		}
+		pct.Store(uint64(v * 100))
+		if progress != nil {
+			progress(disk, uint64(v*100), 10000)
+		}
+		if v > 0 && started != nil {
+			started()
+			started = nil
 		}
 	}
 	if err := cmd.Wait(); err != nil {
-		if ctx.Err() != nil {
+		if cctx.Err() != nil {
+			if cause := context.Cause(cctx); errors.Is(cause, errStalled) {
+				return fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), cause)
+			}
 			return fmt.Errorf("%s %s interrupted: %w", name, strings.Join(args, " "), ctx.Err())
 		}
 		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return nil
+}
+
+// bytesWritten returns how many bytes process pid has written (wchar of
+// /proc/<pid>/io), 0 if unknown.
+func bytesWritten(pid int) uint64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/io")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "wchar: "); ok {
+			n, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			return n
+		}
+	}
+	return 0
 }
 
 func splitCR(data []byte, atEOF bool) (int, []byte, error) {

@@ -54,6 +54,9 @@ func (d *Driver) RedefineSnapshot(ctx context.Context, g driver.Guest, xml strin
 	}
 	unlock := d.domLock(g.Key())
 	defer unlock()
+	if err := d.settle(ctx, g, dom); err != nil {
+		return err
+	}
 	flags := uint32(golibvirt.DomainSnapshotCreateRedefine)
 	if current {
 		flags |= uint32(golibvirt.DomainSnapshotCreateCurrent)
@@ -86,6 +89,9 @@ func (d *Driver) EditSnapshot(ctx context.Context, g driver.Guest, name string, 
 	}
 	unlock := d.domLock(g.Key())
 	defer unlock()
+	if err := d.settle(ctx, g, dom); err != nil {
+		return err
+	}
 	t, err := d.loadTree(ctx, g, dom)
 	if err != nil {
 		return err

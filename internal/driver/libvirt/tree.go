@@ -2,14 +2,15 @@ package libvirt
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"slices"
 	"sort"
-	"strings"
+	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
 
+	"github.com/autosnap/autosnap/internal/crash"
 	"github.com/autosnap/autosnap/internal/driver"
 )
 
@@ -59,8 +60,10 @@ func (t *snapTree) depth(name string) int {
 }
 
 // loadTree reads every snapshot's metadata (secure XML) and the current snapshot.
+//
+// Each call to libvirt is bounded by the connection timeout.
 func (d *Driver) loadTree(ctx context.Context, g driver.Guest, dom golibvirt.Domain) (*snapTree, error) {
-	snaps, err := call(ctx, func() ([]golibvirt.DomainSnapshot, error) {
+	snaps, err := rpc(d, ctx, func() ([]golibvirt.DomainSnapshot, error) {
 		s, _, err := d.l.DomainListAllSnapshots(dom, 1, 0)
 		return s, err
 	})
@@ -71,14 +74,14 @@ func (d *Driver) loadTree(ctx context.Context, g driver.Guest, dom golibvirt.Dom
 	if len(snaps) == 0 {
 		return t, nil
 	}
-	cur, err := call(ctx, func() (golibvirt.DomainSnapshot, error) { return d.l.DomainSnapshotCurrent(dom, 0) })
+	cur, err := rpc(d, ctx, func() (golibvirt.DomainSnapshot, error) { return d.l.DomainSnapshotCurrent(dom, 0) })
 	hasCur := err == nil
 	if err != nil && errCode(err) != golibvirt.ErrNoDomainSnapshot {
 		return nil, fmt.Errorf("guest %s: reading current snapshot: %w", g.Name, err)
 	}
 	var list []driver.Snapshot
 	for _, s := range snaps {
-		raw, err := call(ctx, func() (string, error) {
+		raw, err := rpc(d, ctx, func() (string, error) {
 			return d.l.DomainSnapshotGetXMLDesc(s, uint32(golibvirt.DomainSnapshotXMLSecure))
 		})
 		if err != nil {
@@ -134,10 +137,17 @@ func (d *Driver) loadTree(ctx context.Context, g driver.Guest, dom golibvirt.Dom
 // builds on is never written. Remaining snapshots' metadata is rewritten to name the
 // images that now hold their state and the nearest remaining ancestor as parent.
 //
-// On an error or when ctx ends, the running merge is aborted (its chain stays valid),
-// every snapshot's metadata is pointed at the files that exist, nothing is forgotten,
-// and the error names the selected snapshots that are partly merged: running the same
-// delete again finishes the job.
+// The plan is written to a journal before anything irreversible and the progress of
+// every step after, so a run cut off at any point (SIGKILL, a libvirtd restart, ctx
+// ending) is finished by the next operation on the guest (see settle), which every
+// delete runs first: deleting a snapshot an interrupted delete was removing succeeds
+// once that delete is finished. Until then the snapshots whose data a started step
+// changed are reported Incomplete.
+//
+// The driver is StallBounded: a merge gives up only when it makes no progress for the
+// connection timeout, or when ctx ends. Giving up aborts the running merge (its chain
+// stays valid), points every snapshot's metadata at the files that exist, forgets
+// nothing, and returns an error naming the snapshots that are partly merged.
 func (d *Driver) DeleteSnapshotTree(ctx context.Context, g driver.Guest, name string, opts driver.DeleteOptions) error {
 	dom, err := d.lookup(ctx, g)
 	if err != nil {
@@ -152,11 +162,18 @@ func (d *Driver) deleteTree(ctx context.Context, g driver.Guest, dom golibvirt.D
 	if opts.Children && opts.ChildrenOnly {
 		return fmt.Errorf("delete: children and children-only exclude each other")
 	}
+	finished, err := d.settleMerge(ctx, g, dom, opts.Progress)
+	if err != nil {
+		return err
+	}
 	t, err := d.loadTree(ctx, g, dom)
 	if err != nil {
 		return err
 	}
 	if _, ok := t.byName[name]; !ok {
+		if slices.Contains(finished, name) {
+			return nil // an interrupted delete of it was just finished
+		}
 		return fmt.Errorf("guest %s has no snapshot %q: %w", g.Name, name, driver.ErrNotFound)
 	}
 	var sel []string
@@ -187,8 +204,9 @@ func (d *Driver) deleteTree(ctx context.Context, g driver.Guest, dom golibvirt.D
 			return fmt.Errorf("guest %s: snapshot %s mixes internal and external disks; delete it with virsh: %w", g.Name, n, driver.ErrUnsupported)
 		}
 	}
-	// Internal snapshots live inside the images; libvirt removes them. Done first so
-	// their images are free to merge, and before anything else changes.
+	// Internal snapshots live inside the images; libvirt removes them (each delete is
+	// atomic). Done first so their images are free to merge, and before anything else
+	// changes.
 	var external []string
 	for _, n := range sel {
 		if t.byName[n].location != driver.LocationInternal {
@@ -196,7 +214,7 @@ func (d *Driver) deleteTree(ctx context.Context, g driver.Guest, dom golibvirt.D
 			continue
 		}
 		snap := golibvirt.DomainSnapshot{Name: n, Dom: dom}
-		if err := call0(ctx, func() error { return d.l.DomainSnapshotDelete(snap, 0) }); err != nil && errCode(err) != golibvirt.ErrNoDomainSnapshot {
+		if err := rpc0(d, ctx, func() error { return d.l.DomainSnapshotDelete(snap, 0) }); err != nil && errCode(err) != golibvirt.ErrNoDomainSnapshot {
 			return fmt.Errorf("guest %s: deleting internal snapshot %s failed: %w", g.Name, n, err)
 		}
 	}
@@ -209,80 +227,25 @@ func (d *Driver) deleteTree(ctx context.Context, g driver.Guest, dom golibvirt.D
 			return err
 		}
 	}
-	graphs, err := d.buildGraphs(ctx, g, dom, t, deleted)
+	pctx, cancel := d.rpcCtx(ctx)
+	graphs, err := d.buildGraphs(pctx, g, dom, t, deleted)
+	cancel()
 	if err != nil {
 		return err
 	}
+	inChain := chainSets(graphs)
 	var steps []mergeStep
-	disks := make([]string, 0, len(graphs))
-	for k := range graphs {
-		disks = append(disks, k)
-	}
-	sort.Strings(disks)
-	for _, k := range disks {
+	for _, k := range sortedKeys(graphs) {
 		steps = append(steps, graphs[k].plan()...)
 	}
-	replaced := map[string]string{}
-	touched := map[string]bool{} // files whose content changed or that are gone
-	var runErr error
-	for _, s := range steps {
-		for _, f := range s.removed() {
-			touched[f] = true
-		}
-		if s.kind == stepCommit {
-			touched[s.base] = true
-		}
-		if runErr = d.runStep(ctx, g, dom, s, opts.Progress); runErr != nil {
-			break
-		}
-		if s.kind == stepCommit {
-			for _, f := range s.removed() {
-				replaced[f] = s.base
-			}
-		}
+	rec := newMergeRecord(time.Now(), g.Name, formatUUID(dom.UUID), t, sel, external, steps, inChain)
+	key := mergeKey(d.node, dom)
+	if err := d.store().Put(key, rec); err != nil {
+		return fmt.Errorf("guest %s: nothing was deleted: the merge plan could not be recorded first: %w (check that %s is writable)", g.Name, err, d.store().Dir)
 	}
-	if runErr != nil {
-		// Every chain is valid, but the selected snapshots whose images a step touched
-		// no longer hold their point in time. Their metadata stays, repointed at the
-		// files that exist, so that the same delete can run again and finish.
-		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.timeout)
-		defer cancel()
-		var partly []string
-		for _, n := range external {
-			m := t.byName[n]
-			for disk, st := range m.states {
-				if touched[st] || touched[m.overlays[disk]] {
-					partly = append(partly, n)
-					break
-				}
-			}
-		}
-		if err := d.rewriteRemaining(mctx, g, dom, t, nil, replaced); err != nil {
-			runErr = errors.Join(runErr, err)
-		}
-		msg := "no snapshot was changed"
-		if len(partly) > 0 {
-			msg = "partly merged, not to be reverted to: " + strings.Join(partly, ", ")
-		}
-		return fmt.Errorf("guest %s: %w (every disk chain is valid and the guest's data intact; %s; run the delete again to finish)", g.Name, runErr, msg)
-	}
-	gone := map[string]bool{}
-	for _, n := range external {
-		gone[n] = true
-	}
-	if err := d.rewriteRemaining(ctx, g, dom, t, gone, replaced); err != nil {
-		return err
-	}
-	for _, n := range external {
-		m := t.byName[n]
-		if m.x.Memory != nil && m.x.Memory.Snapshot == "external" && m.x.Memory.File != "" {
-			if err := d.removeFile(m.x.Memory.File); err != nil {
-				return fmt.Errorf("guest %s: snapshot %s: removing memory file: %w", g.Name, n, err)
-			}
-		}
-		if err := d.forget(ctx, g, dom, n); err != nil {
-			return err
-		}
+	point(dom, crash.MergeJournaled)
+	if err := d.execute(ctx, g, dom, key, rec, opts.Progress); err != nil {
+		return fmt.Errorf("guest %s: %w", g.Name, err)
 	}
 	return nil
 }
@@ -290,7 +253,7 @@ func (d *Driver) deleteTree(ctx context.Context, g driver.Guest, dom golibvirt.D
 // forget removes one snapshot's metadata and nothing else.
 func (d *Driver) forget(ctx context.Context, g driver.Guest, dom golibvirt.Domain, name string) error {
 	snap := golibvirt.DomainSnapshot{Name: name, Dom: dom}
-	err := call0(ctx, func() error { return d.l.DomainSnapshotDelete(snap, golibvirt.DomainSnapshotDeleteMetadataOnly) })
+	err := rpc0(d, ctx, func() error { return d.l.DomainSnapshotDelete(snap, golibvirt.DomainSnapshotDeleteMetadataOnly) })
 	if err != nil && errCode(err) != golibvirt.ErrNoDomainSnapshot {
 		return fmt.Errorf("guest %s: removing the metadata of snapshot %s failed: %w (run: virsh snapshot-delete %s %s --metadata)", g.Name, name, err, dom.Name, name)
 	}
@@ -371,8 +334,21 @@ func (d *Driver) redefine(ctx context.Context, dom golibvirt.Domain, x *libvirtx
 	if current {
 		flags |= uint32(golibvirt.DomainSnapshotCreateCurrent)
 	}
-	_, err = call(ctx, func() (golibvirt.DomainSnapshot, error) { return d.l.DomainSnapshotCreateXML(dom, out, flags) })
+	_, err = rpc(d, ctx, func() (golibvirt.DomainSnapshot, error) { return d.l.DomainSnapshotCreateXML(dom, out, flags) })
 	return err
+}
+
+// rpc runs one call to libvirt bounded by the connection timeout (and ctx).
+func rpc[T any](d *Driver, ctx context.Context, f func() (T, error)) (T, error) {
+	rctx, cancel := d.rpcCtx(ctx)
+	defer cancel()
+	return call(rctx, f)
+}
+
+func rpc0(d *Driver, ctx context.Context, f func() error) error {
+	rctx, cancel := d.rpcCtx(ctx)
+	defer cancel()
+	return call0(rctx, f)
 }
 
 var (
