@@ -212,7 +212,7 @@ func (r *recorder) RevertSnapshotNotes(_ context.Context, g Guest, name string, 
 // bare is a member with no optional capability at all; it records into r.
 type bare struct{ r *recorder }
 
-func (b *bare) Name() string                               { return "bare" }
+func (b *bare) Name() string                                { return "bare" }
 func (b *bare) Guests(ctx context.Context) ([]Guest, error) { return b.r.Guests(ctx) }
 func (b *bare) Snapshots(ctx context.Context, g Guest) ([]Snapshot, error) {
 	return b.r.Snapshots(ctx, g)
