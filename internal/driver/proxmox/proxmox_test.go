@@ -136,6 +136,12 @@ func (f *fixture) NewGuest(t *testing.T, st driver.State, disks int) driver.Gues
 		Disks: ds, Agent: "1", AgentRunning: st == driver.StateRunning})
 }
 
+// NewAgentGuest implements drivertest.AgentFixture: the emulator's running guests have
+// an enabled agent that answers.
+func (f *fixture) NewAgentGuest(t *testing.T) driver.Guest {
+	return f.NewGuest(t, driver.StateRunning, 1)
+}
+
 func (f *fixture) Write(t *testing.T, g driver.Guest, disk int, off int64, pattern byte, n int) {
 	f.e.c.WriteDisk(g.ID, fmt.Sprintf("scsi%d", disk), off, bytes.Repeat([]byte{pattern}, n))
 }
