@@ -288,6 +288,13 @@ func testMetadata(t *testing.T, f Fixture) {
 		t.Errorf("creating a snapshot with an existing name succeeded")
 	}
 	wantSnaps(t, d, g, "autosuite2", "autosuite1", "autosuite2")
+	// Taken within the same second as its parent (hypervisors may record whole
+	// seconds), a snapshot whose name sorts first is still listed after it.
+	create(t, d, g, "autosuite0")
+	list = wantSnaps(t, d, g, "autosuite0", "autosuite1", "autosuite2", "autosuite0")
+	if list[2].Parent != "autosuite2" {
+		t.Errorf("autosuite0's parent is %q, want autosuite2", list[2].Parent)
+	}
 }
 
 func testNotFound(t *testing.T, f Fixture) {
