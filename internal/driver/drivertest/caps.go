@@ -68,7 +68,7 @@ func (s *suite) runCapabilities(t *testing.T) {
 		}
 		t.Run("Capability/"+c.iface.Name(), func(t *testing.T) { c.run(t, s, d) })
 	}
-	t.Logf("the %s driver declares %s; it does not declare %s", d.Name(), strings.Join(declared, ", "), strings.Join(absent, ", "))
+	t.Logf("%T (%s) declares %s; it does not declare %s", d, d.Name(), strings.Join(declared, ", "), strings.Join(absent, ", "))
 }
 
 // testUnsupported calls every method of a capability that the wrapped driver lacks and
