@@ -55,6 +55,7 @@ func (s *suite) runCapabilities(t *testing.T) {
 	if w, ok := s.f.(WrapperFixture); ok {
 		inner = w.Inner(t)
 	}
+	s.prepareAgent(t, d)
 	var declared, absent []string
 	for _, c := range capabilityTests {
 		if !implements(d, c.iface) {
@@ -105,19 +106,36 @@ func (s *suite) testUnsupported(t *testing.T, d, inner driver.Driver, iface refl
 	}
 }
 
-// agentGuest is the suite's one guest with an answering agent, made on first use and
-// kept until the suite ends (booting one is slow).
+// agentGuest returns the suite's one guest with an answering agent (booting one is
+// slow), made by prepareAgent.
 func (s *suite) agentGuest(t *testing.T) driver.Guest {
 	t.Helper()
-	af, ok := s.f.(AgentFixture)
-	if !ok {
+	if _, ok := s.f.(AgentFixture); !ok {
 		t.Fatalf("the driver talks to guest agents, but the fixture cannot make a guest with one: implement AgentFixture")
 	}
-	s.agentOnce.Do(func() { s.agent = af.NewAgentGuest(s.top) })
 	if s.agent.Name == "" {
-		t.Fatal("the fixture's agent guest could not be made")
+		t.Fatal("the fixture's agent guest was not made")
 	}
 	return s.agent
+}
+
+// prepareAgent makes the agent guest on the suite's own test when a capability that
+// needs one will run, so that it lives until the suite ends.
+func (s *suite) prepareAgent(t *testing.T, d driver.Driver) {
+	af, ok := s.f.(AgentFixture)
+	if !ok {
+		return
+	}
+	var inner driver.Driver = d
+	if w, ok := s.f.(WrapperFixture); ok {
+		inner = w.Inner(t)
+	}
+	for _, c := range []reflect.Type{reflect.TypeFor[driver.AgentPinger](), reflect.TypeFor[driver.Quiescer]()} {
+		if implements(d, c) && implements(inner, c) {
+			s.agent = af.NewAgentGuest(t)
+			return
+		}
+	}
 }
 
 func testAgentPinger(t *testing.T, s *suite, d driver.Driver) {

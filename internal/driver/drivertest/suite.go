@@ -28,7 +28,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -72,16 +71,13 @@ type WrapperFixture interface {
 
 // suite is one run of the suite.
 type suite struct {
-	f   Fixture
-	top *testing.T
-
-	agentOnce sync.Once
-	agent     driver.Guest
+	f     Fixture
+	agent driver.Guest // see prepareAgent
 }
 
 // Run runs the whole suite.
 func Run(t *testing.T, f Fixture) {
-	s := &suite{f: f, top: t}
+	s := &suite{f: f}
 	t.Run("Listing", func(t *testing.T) { testListing(t, f) })
 	t.Run("Deadline", func(t *testing.T) { testDeadline(t, f) })
 	t.Run("Metadata", func(t *testing.T) { testMetadata(t, f) })
