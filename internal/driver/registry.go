@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"sort"
@@ -106,18 +107,27 @@ func Open(ctx context.Context, hosts string, cfg Config) (Driver, error) {
 		c.Host = strings.Join(entries, ",")
 		return reg.open(ctx, c)
 	}
-	var ds []Driver
-	for _, e := range entries {
-		c := cfg
-		c.Host = e
-		d, err := reg.open(ctx, c)
-		if err != nil {
-			for _, o := range ds {
-				_ = o.Close()
+	// Hosts are connected at once: a fleet should not wait for each handshake in turn.
+	ds := make([]Driver, len(entries))
+	errs := make([]error, len(entries))
+	var wg sync.WaitGroup
+	for i, e := range entries {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := cfg
+			c.Host = e
+			ds[i], errs[i] = reg.open(ctx, c)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for i, d := range ds {
+			if errs[i] == nil {
+				_ = d.Close()
 			}
-			return nil, err
 		}
-		ds = append(ds, d)
+		return nil, err
 	}
 	return NewFleet(ds), nil
 }

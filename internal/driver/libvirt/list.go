@@ -46,13 +46,35 @@ func (d *Driver) snapshots(ctx context.Context, g driver.Guest, dom golibvirt.Do
 		s.Incomplete = incomplete[s.Name]
 		out = append(out, s)
 	}
+	// libvirt records whole seconds: within one, a parent still comes before its children.
+	depth := depths(out)
 	sort.SliceStable(out, func(i, j int) bool {
 		if !out[i].Created.Equal(out[j].Created) {
 			return out[i].Created.Before(out[j].Created)
 		}
+		if di, dj := depth[out[i].Name], depth[out[j].Name]; di != dj {
+			return di < dj
+		}
 		return out[i].Name < out[j].Name
 	})
 	return out, nil
+}
+
+// depths returns each snapshot's number of ancestors.
+func depths(snaps []driver.Snapshot) map[string]int {
+	parent := make(map[string]string, len(snaps))
+	for _, s := range snaps {
+		parent[s.Name] = s.Parent
+	}
+	out := make(map[string]int, len(snaps))
+	for _, s := range snaps {
+		n := 0
+		for p := s.Parent; p != "" && n < len(snaps); p = parent[p] {
+			n++
+		}
+		out[s.Name] = n
+	}
+	return out
 }
 
 func (d *Driver) snapshotXMLs(ctx context.Context, g driver.Guest, dom golibvirt.Domain) ([]*libvirtxml.DomainSnapshot, error) {

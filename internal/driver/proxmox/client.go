@@ -136,8 +136,8 @@ func (e *authError) Error() string { return e.msg }
 
 // newHTTPClient builds the transport: verified TLS by default, a pinned leaf
 // certificate with fingerprint, or no verification with insecure.
-func newHTTPClient(fingerprint string, insecure bool, roots *x509.CertPool, timeout time.Duration) (*http.Client, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}
+func newHTTPClient(fingerprint string, insecure bool, timeout time.Duration) (*http.Client, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	switch {
 	case fingerprint != "":
 		pins, err := parseFingerprints(fingerprint)

@@ -42,7 +42,6 @@ package proxmox
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -137,16 +136,9 @@ func parseEndpoint(entry string) (endpoint, error) {
 	return endpoint{hostport: hp, base: "https://" + hp + "/api2/json"}, nil
 }
 
-// Options are settings a driver.Config cannot carry.
-type Options struct {
-	// RootCAs, when set, replaces the system roots for TLS verification.
-	RootCAs *x509.CertPool
-}
-
 // Driver talks to one Proxmox VE cluster (or standalone node) through its API.
 type Driver struct {
-	c    *client
-	opts Options
+	c *client
 	// poll bounds the interval between task status polls.
 	pollMin, pollMax time.Duration
 	// lockMax caps the backoff between attempts on a locked guest.
@@ -161,11 +153,6 @@ type Driver struct {
 // returns an error wrapping driver.ErrConnect when no host answers and
 // authenticates within ctx and cfg.Timeout.
 func Open(ctx context.Context, cfg driver.Config) (*Driver, error) {
-	return OpenWith(ctx, cfg, Options{})
-}
-
-// OpenWith is Open with Options.
-func OpenWith(ctx context.Context, cfg driver.Config, opts Options) (*Driver, error) {
 	var eps []endpoint
 	for _, h := range strings.Split(cfg.Host, ",") {
 		if strings.TrimSpace(h) == "" {
@@ -200,7 +187,7 @@ func OpenWith(ctx context.Context, cfg driver.Config, opts Options) (*Driver, er
 	default:
 		return nil, errors.New("Proxmox VE needs credentials: --api-token USER@REALM!TOKENID=SECRET, or --username USER[@REALM] with --password")
 	}
-	hc, err := newHTTPClient(cfg.Fingerprint, cfg.Insecure, opts.RootCAs, requestTimeout)
+	hc, err := newHTTPClient(cfg.Fingerprint, cfg.Insecure, requestTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -214,7 +201,7 @@ func OpenWith(ctx context.Context, cfg driver.Config, opts Options) (*Driver, er
 		hc.CloseIdleConnections()
 		return nil, err
 	}
-	return &Driver{c: c, opts: opts, pollMin: 50 * time.Millisecond, pollMax: time.Second, lockMax: 2 * time.Second}, nil
+	return &Driver{c: c, pollMin: 50 * time.Millisecond, pollMax: time.Second, lockMax: 2 * time.Second}, nil
 }
 
 // parseToken validates USER@REALM!TOKENID=SECRET. Its errors never repeat the value,

@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -74,9 +78,9 @@ func (e *env) cfg(hosts ...string) driver.Config {
 		Fingerprint: e.c.Fingerprint(), Timeout: 10 * time.Second}
 }
 
-func (e *env) open(t *testing.T, cfg driver.Config, opts proxmox.Options) *proxmox.Driver {
+func (e *env) open(t *testing.T, cfg driver.Config) *proxmox.Driver {
 	t.Helper()
-	d, err := proxmox.OpenWith(ctx(t), cfg, opts)
+	d, err := proxmox.Open(ctx(t), cfg)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -136,6 +140,12 @@ func (f *fixture) NewGuest(t *testing.T, st driver.State, disks int) driver.Gues
 		Disks: ds, Agent: "1", AgentRunning: st == driver.StateRunning})
 }
 
+// NewAgentGuest implements drivertest.AgentFixture: the emulator's running guests have
+// an enabled agent that answers.
+func (f *fixture) NewAgentGuest(t *testing.T) driver.Guest {
+	return f.NewGuest(t, driver.StateRunning, 1)
+}
+
 func (f *fixture) Write(t *testing.T, g driver.Guest, disk int, off int64, pattern byte, n int) {
 	f.e.c.WriteDisk(g.ID, fmt.Sprintf("scsi%d", disk), off, bytes.Repeat([]byte{pattern}, n))
 }
@@ -149,7 +159,7 @@ func (f *fixture) ChainLen(t *testing.T, g driver.Guest, disk int) int { return 
 // TestProxmoxConformance runs the driver suite with the default options.
 func TestProxmoxConformance(t *testing.T) {
 	e := newEnv(t)
-	d := e.open(t, e.cfg(), proxmox.Options{})
+	d := e.open(t, e.cfg())
 	drivertest.Run(t, &fixture{e: e, d: d})
 }
 
@@ -206,7 +216,7 @@ func TestProxmoxRegistry(t *testing.T) {
 
 func TestProxmoxGuests(t *testing.T) {
 	e := newEnv(t, "pve1", "pve2", "pve3")
-	d := e.open(t, e.cfg(), proxmox.Options{})
+	d := e.open(t, e.cfg())
 	e.c.AddGuest(pveemu.Guest{Node: "pve1", VMID: 100, Name: "web1", Kind: "qemu", Status: "running", Tags: []string{"Prod", "web"}, Pool: "prod/web"})
 	e.c.AddGuest(pveemu.Guest{Node: "pve1", VMID: 101, Name: "web2", Kind: "qemu", Status: "paused"})
 	e.c.AddGuest(pveemu.Guest{Node: "pve2", VMID: 102, Name: "tmpl", Kind: "qemu", Status: "stopped", Template: true})
@@ -309,6 +319,23 @@ func TestProxmoxAuthentication(t *testing.T) {
 	}
 }
 
+// trustedCAEnv makes the test binary connect to the host it names with the token and
+// verified TLS, and exit; see TestProxmoxTLS.
+const trustedCAEnv = "AUTOSNAP_TEST_PVE_TRUSTED_HOST"
+
+func TestMain(m *testing.M) {
+	if host := os.Getenv(trustedCAEnv); host != "" {
+		d, err := proxmox.Open(context.Background(), driver.Config{Host: host, APIToken: tokenID + "=" + tokenSecret, Timeout: 10 * time.Second})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		d.Close()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
 func TestProxmoxTLS(t *testing.T) {
 	e := newEnv(t)
 	base := e.cfg()
@@ -318,9 +345,17 @@ func TestProxmoxTLS(t *testing.T) {
 	if !errors.Is(err, driver.ErrConnect) || !strings.Contains(err.Error(), "--fingerprint") {
 		t.Errorf("self-signed without --fingerprint: %v", err)
 	}
-	// Trusted CA.
-	if _, err := proxmox.OpenWith(ctx(t), base, proxmox.Options{RootCAs: e.c.CertPool()}); err != nil {
-		t.Errorf("with the CA trusted: %v", err)
+	// Trusted CA: the system's trust store (SSL_CERT_FILE, read once per process, so in
+	// a process of its own) holds the emulator's certificate.
+	pemFile := filepath.Join(t.TempDir(), "ca.pem")
+	der := e.c.Certificate().Certificate[0]
+	if err := os.WriteFile(pemFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+pemFile, "SSL_CERT_DIR="+t.TempDir(), trustedCAEnv+"="+base.Host)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("with the CA trusted: %v: %s", err, out)
 	}
 	// Fingerprint pinning: AA:BB form, plain lower-case hex.
 	fp := e.c.Fingerprint()
@@ -356,7 +391,7 @@ func TestProxmoxTLS(t *testing.T) {
 
 func TestProxmoxDeadline(t *testing.T) {
 	e := newEnv(t)
-	d := e.open(t, e.cfg(), proxmox.Options{})
+	d := e.open(t, e.cfg())
 	g := e.add(t, d, pveemu.Guest{Kind: "qemu", Status: "running"})
 	c, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -409,7 +444,7 @@ func snapNames(t *testing.T, d driver.Driver, g driver.Guest) string {
 
 func TestProxmoxDescriptionMarker(t *testing.T) {
 	e := newEnv(t)
-	d := e.open(t, e.cfg(), proxmox.Options{})
+	d := e.open(t, e.cfg())
 	g := e.add(t, d, pveemu.Guest{Kind: "qemu", Status: "stopped"})
 	s, err := d.CreateSnapshot(ctx(t), g, driver.CreateOptions{Name: "autohourly1", Description: "autosnap\nconsistency: offline"})
 	if err != nil {
@@ -431,7 +466,7 @@ func TestProxmoxDescriptionMarker(t *testing.T) {
 
 func TestProxmoxCreateParameters(t *testing.T) {
 	e := newEnv(t)
-	d := e.open(t, e.cfg(), proxmox.Options{})
+	d := e.open(t, e.cfg())
 	run := e.add(t, d, pveemu.Guest{Kind: "qemu", Status: "running"})
 	off := e.add(t, d, pveemu.Guest{Kind: "qemu", Status: "stopped"})
 	ct := e.add(t, d, pveemu.Guest{Kind: "lxc", Status: "running"})
@@ -464,7 +499,7 @@ func TestProxmoxCreateParameters(t *testing.T) {
 
 func TestProxmoxConsistencyAndAgent(t *testing.T) {
 	e := newEnv(t)
-	d := e.open(t, e.cfg(), proxmox.Options{})
+	d := e.open(t, e.cfg())
 	cases := []struct {
 		g       pveemu.Guest
 		ping    bool
@@ -522,7 +557,7 @@ func TestProxmoxConsistencyAndAgent(t *testing.T) {
 
 func TestProxmoxUnsupportedGuests(t *testing.T) {
 	e := newEnv(t)
-	d := e.open(t, e.cfg(), proxmox.Options{})
+	d := e.open(t, e.cfg())
 	cases := []struct {
 		g    pveemu.Guest
 		want string
@@ -555,7 +590,7 @@ func TestProxmoxUnsupportedGuests(t *testing.T) {
 
 func TestProxmoxStorage(t *testing.T) {
 	e := newEnv(t)
-	d := e.open(t, e.cfg(), proxmox.Options{})
+	d := e.open(t, e.cfg())
 	e.c.AddStorage("pve1", "fast", "zfspool", 1000<<20, 960<<20, true, "images,rootdir")
 	e.c.AddStorage("pve2", "fast", "zfspool", 1000<<20, 10<<20, true, "images,rootdir")
 	e.c.AddStorage("pve1", "bulk", "lvmthin", 0, 0, true, "images,rootdir")
@@ -585,7 +620,7 @@ func TestProxmoxStorage(t *testing.T) {
 
 func TestProxmoxSnapshotsOrderAndCurrent(t *testing.T) {
 	e := newEnv(t)
-	d := e.open(t, e.cfg(), proxmox.Options{})
+	d := e.open(t, e.cfg())
 	g := e.add(t, d, pveemu.Guest{Kind: "lxc", Status: "stopped"})
 	now := time.Now()
 	e.c.AddSnapshot(g.ID, "b", "", now.Add(-time.Hour), false)
@@ -606,7 +641,7 @@ func TestProxmoxSnapshotsOrderAndCurrent(t *testing.T) {
 
 func TestProxmoxLockedGuestRetried(t *testing.T) {
 	e := newEnv(t)
-	d := e.open(t, e.cfg(), proxmox.Options{})
+	d := e.open(t, e.cfg())
 	g := e.add(t, d, pveemu.Guest{Kind: "qemu", Status: "running"})
 	e.c.Lock(g.ID, "backup")
 	time.AfterFunc(700*time.Millisecond, func() { e.c.Unlock(g.ID) })
@@ -646,7 +681,7 @@ func TestProxmoxLockedGuestRetried(t *testing.T) {
 
 func TestProxmoxTaskOutcomes(t *testing.T) {
 	e := newEnv(t)
-	d := e.open(t, e.cfg(), proxmox.Options{})
+	d := e.open(t, e.cfg())
 	g := e.add(t, d, pveemu.Guest{Kind: "qemu", Status: "running"})
 	e.c.FailNextTask(g.ID, "WARNINGS: 2")
 	if _, err := d.CreateSnapshot(ctx(t), g, driver.CreateOptions{Name: "autowarn", Description: "autosnap"}); err != nil {
@@ -680,7 +715,7 @@ func TestProxmoxTaskOutcomes(t *testing.T) {
 
 func TestProxmoxRevert(t *testing.T) {
 	e := newEnv(t)
-	d := e.open(t, e.cfg(), proxmox.Options{})
+	d := e.open(t, e.cfg())
 	g := e.add(t, d, pveemu.Guest{Kind: "qemu", Status: "stopped"})
 	e.c.WriteDisk(g.ID, "scsi0", 0, []byte("before"))
 	if _, err := d.CreateSnapshot(ctx(t), g, driver.CreateOptions{Name: "autorev", Description: "autosnap"}); err != nil {
@@ -712,7 +747,7 @@ func TestProxmoxFailoverAtOpen(t *testing.T) {
 	e := newEnv(t)
 	down := e.addrs["pve1"]
 	e.c.CloseNode("pve1")
-	d := e.open(t, e.cfg(down, e.addrs["pve2"]), proxmox.Options{})
+	d := e.open(t, e.cfg(down, e.addrs["pve2"]))
 	if d.Host() != e.addrs["pve2"] {
 		t.Errorf("using %s, want the second host", d.Host())
 	}
@@ -726,7 +761,7 @@ func TestProxmoxFailoverAtOpen(t *testing.T) {
 
 func TestProxmoxFailoverMidOperation(t *testing.T) {
 	e := newEnv(t)
-	d := e.open(t, e.cfg(e.addrs["pve1"], e.addrs["pve2"]), proxmox.Options{})
+	d := e.open(t, e.cfg(e.addrs["pve1"], e.addrs["pve2"]))
 	g := e.add(t, d, pveemu.Guest{Kind: "qemu", Status: "running", Node: "pve2"})
 	e.c.SetTaskDuration(600 * time.Millisecond)
 	defer e.c.SetTaskDuration(30 * time.Millisecond)
@@ -795,7 +830,7 @@ func TestProxmoxLostWriteNotRepeated(t *testing.T) {
 				return r.Method == http.MethodDelete
 			}
 			lossy := newLossyHost(t, e, false, isOp)
-			d := e.open(t, e.cfg(lossy.addr(), e.addrs["pve2"]), proxmox.Options{})
+			d := e.open(t, e.cfg(lossy.addr(), e.addrs["pve2"]))
 			g := e.add(t, d, pveemu.Guest{Kind: "qemu", Status: "running"})
 			if op == "delete" {
 				e.c.AddSnapshot(g.ID, "autodel", "cv4pve-autosnap", time.Now(), false)
@@ -842,7 +877,7 @@ func TestProxmoxTicketRenewedOnExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := &env{c: c, addrs: map[string]string{"pve1": addr}, next: 1000}
-	d := e.open(t, driver.Config{Host: addr, Username: "root", Password: password, Fingerprint: c.Fingerprint()}, proxmox.Options{})
+	d := e.open(t, driver.Config{Host: addr, Username: "root", Password: password, Fingerprint: c.Fingerprint()})
 	gs := make([]driver.Guest, 6)
 	for i := range gs {
 		gs[i] = e.add(t, d, pveemu.Guest{Kind: "qemu", Status: "stopped"})
@@ -879,7 +914,7 @@ func TestProxmoxTicketRenewedOnExpiry(t *testing.T) {
 
 func TestProxmoxUnreachableNode(t *testing.T) {
 	e := newEnv(t, "pve1", "pve2", "pve3")
-	d := e.open(t, e.cfg(), proxmox.Options{})
+	d := e.open(t, e.cfg())
 	g := e.add(t, d, pveemu.Guest{Kind: "qemu", Status: "running", Node: "pve2"})
 	// A proxy hop that fails briefly is retried.
 	e.c.SetNodeProxyError("pve2", 596, "Broken pipe")
@@ -914,7 +949,7 @@ func TestProxmoxLostWriteSingleHost(t *testing.T) {
 	lossy := newLossyHost(t, e, true, func(r *http.Request) bool {
 		return r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/snapshot")
 	})
-	d := e.open(t, e.cfg(lossy.addr()), proxmox.Options{})
+	d := e.open(t, e.cfg(lossy.addr()))
 	g := e.add(t, d, pveemu.Guest{Kind: "lxc", Status: "running"})
 	e.c.ResetRequests()
 	if _, err := d.CreateSnapshot(ctx(t), g, driver.CreateOptions{Name: "autoflaky", Description: "autosnap"}); err != nil {
