@@ -105,9 +105,21 @@ type result struct {
 func (r result) String() string {
 	end := fmt.Sprintf("exit %d", r.code)
 	if r.signal != 0 {
-		end = "killed by " + r.signal.String()
+		end = "killed by " + signalName(r.signal)
 	}
 	return fmt.Sprintf("autosnap %s → %s (%s)", strings.Join(r.args, " "), end, r.took.Round(time.Millisecond))
+}
+
+func signalName(s syscall.Signal) string {
+	switch s {
+	case syscall.SIGKILL:
+		return "SIGKILL"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGPIPE:
+		return "SIGPIPE"
+	}
+	return s.String()
 }
 
 // output is the run's stdout and stderr for logs and failure reasons.

@@ -482,7 +482,7 @@ func runScenario(t *testing.T, sc scenario) []string {
 	}
 	rr := e.run(args...)
 	if rr.code != 0 {
-		problems = append(problems, fmt.Sprintf("the next run failed (%s): %s", exitOf(rr), lastLines(rr.output(), 2)))
+		problems = append(problems, fmt.Sprintf("the next run failed (%s): %s", exitOf(rr), errorLine(rr.output())))
 	}
 	e.recordNew(before)
 	problems = append(problems, e.verify(sc.expect(e), sc.fsck)...)
@@ -491,7 +491,7 @@ func runScenario(t *testing.T, sc scenario) []string {
 
 func exitOf(r result) string {
 	if r.signal != 0 {
-		return r.signal.String()
+		return signalName(r.signal)
 	}
 	return fmt.Sprintf("exit %d", r.code)
 }
@@ -499,6 +499,18 @@ func exitOf(r result) string {
 func firstLine(err error) string {
 	s, _, _ := strings.Cut(err.Error(), "\n")
 	return s
+}
+
+// errorLine picks the line of autosnap's output that says what went wrong: the first
+// error that is not the closing count of failed guests, else the last lines.
+func errorLine(s string) string {
+	for _, l := range strings.Split(s, "\n") {
+		l = strings.TrimSpace(l)
+		if (strings.Contains(l, "ERROR") || strings.HasPrefix(strings.ToLower(l), "error")) && !strings.Contains(l, "guests failed") {
+			return l
+		}
+	}
+	return lastLines(s, 2)
 }
 
 func lastLines(s string, n int) string {

@@ -167,19 +167,18 @@ func TestHarnessDetectsMetadataMismatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ov := ""
-	for f, role := range snapshotFiles(sx[e.order[1]]) {
-		if strings.HasPrefix(role, "overlay of vdb") {
-			ov = f
-		}
-	}
-	// The newest snapshot's vdb overlay is the guest's active image: move it aside and
-	// back, without the guest noticing (QEMU keeps its file open).
-	if err := os.Rename(ov, ov+".away"); err != nil {
+	// The newest snapshot's vdb state is the older snapshot's overlay, an image in the
+	// guest's chain: move it aside and back, without the guest noticing (QEMU keeps its
+	// file open).
+	st, err := stateImage(sx[e.order[1]], "vdb")
+	if err != nil {
 		t.Fatal(err)
 	}
-	expectOne("a named file gone", "snapshot "+e.order[1]+" names "+ov, want)
-	if err := os.Rename(ov+".away", ov); err != nil {
+	if err := os.Rename(st, st+".away"); err != nil {
+		t.Fatal(err)
+	}
+	expectOne("a state image gone", "snapshot "+e.order[1]+" names "+st+" as its state of vdb", want)
+	if err := os.Rename(st+".away", st); err != nil {
 		t.Fatal(err)
 	}
 	if p := e.verify(want, ""); len(p) > 0 {
