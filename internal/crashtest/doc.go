@@ -12,10 +12,7 @@
 // the image files on disk, chain depth, no block job and no journal record left over.
 // The test log ends with the matrix: one row per scenario, repaired or failed and why.
 //
-// Environment:
-//
-//	AUTOSNAP_CRASHTEST_RESTART=1  also run the scenarios that restart libvirtd (make
-//	                              crashtest sets it; it disconnects every libvirt client
-//	                              on the machine, so it is off by default)
-//	AUTOSNAP_CRASHTEST_ONLY=RE    run only the scenarios whose name matches RE
+// AUTOSNAP_CRASHTEST_RESTART=1 also runs the scenarios that restart libvirtd; `make
+// crashtest` sets it. A restart disconnects every libvirt client on the machine, so it
+// is off by default. docs/crashtest.md lists the scenarios and how each is forced.
 package crashtest

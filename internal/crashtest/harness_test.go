@@ -227,6 +227,7 @@ type crashRun struct {
 type paused struct {
 	pid   int
 	point string
+	at    time.Time // when autosnap wrote the crash file
 }
 
 // pointTimeout bounds how long a run may take to reach its point.
@@ -296,7 +297,11 @@ func runCrash(t testing.TB, stateDir, scratch string, c crashRun, restart func()
 			}
 		}
 	}
-	t.Logf("crashtest: autosnap (pid %d) reached %s after %v", pid, c.point, time.Since(start).Round(time.Millisecond))
+	at := time.Now()
+	if fi, err := os.Stat(flag); err == nil {
+		at = fi.ModTime()
+	}
+	t.Logf("crashtest: autosnap (pid %d) reached %s after %v (seen %v later)", pid, c.point, at.Sub(start).Round(time.Millisecond), time.Since(at).Round(time.Microsecond))
 	if ended != nil && c.how != killAtPoint {
 		return *ended, fmt.Errorf("autosnap reached %s but ended by itself (%s) instead of waiting there", c.point, ended)
 	}
@@ -321,7 +326,7 @@ func runCrash(t testing.TB, stateDir, scratch string, c crashRun, restart func()
 	case pauseThenKill:
 		var actErr error
 		if c.atPoint != nil {
-			actErr = c.atPoint(&paused{pid: pid, point: c.point})
+			actErr = c.atPoint(&paused{pid: pid, point: c.point, at: at})
 		}
 		if c.killGroup {
 			_ = syscall.Kill(-pid, syscall.SIGKILL)
@@ -340,7 +345,7 @@ func runCrash(t testing.TB, stateDir, scratch string, c crashRun, restart func()
 	case restartAtPoint:
 		var actErr error
 		if c.atPoint != nil {
-			actErr = c.atPoint(&paused{pid: pid, point: c.point})
+			actErr = c.atPoint(&paused{pid: pid, point: c.point, at: at})
 		}
 		if actErr == nil {
 			actErr = restart()

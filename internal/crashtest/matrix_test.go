@@ -246,7 +246,7 @@ func collapsed(e *env) expectation {
 
 // throttleJob slows the block job autosnap just started to 1 MiB/s, so that it is
 // still running when autosnap is interrupted, and checks that it has not finished.
-func throttleJob(e *env, _ *paused) error {
+func throttleJob(e *env, p *paused) error {
 	disk, cur, end, err := e.blockJob()
 	if err != nil {
 		return err
@@ -257,6 +257,7 @@ func throttleJob(e *env, _ *paused) error {
 	if err := e.bed.Conn.DomainBlockJobSetSpeed(e.dom.Dom, disk, 1, 0); err != nil {
 		return fmt.Errorf("throttling the block job of %s: %w", disk, err)
 	}
+	late := time.Since(p.at)
 	_, cur, end, err = e.blockJob()
 	if err != nil {
 		return err
@@ -265,7 +266,7 @@ func throttleJob(e *env, _ *paused) error {
 		return fmt.Errorf("the block job of %s had already copied everything (%d of %d) when it was throttled: write a larger region", disk, cur, end)
 	}
 	e.jobDisk = disk
-	e.logf("crashtest: throttled the block job of %s at %d of %d bytes", disk, cur, end)
+	e.logf("crashtest: throttled the block job of %s %v after the point, at %d of %d bytes", disk, late.Round(time.Millisecond), cur, end)
 	return nil
 }
 
@@ -403,13 +404,17 @@ func orphanEnds(e *env) error {
 		return fmt.Errorf("qemu-img (pid %d) died with autosnap: nothing was left running", e.qemuImg)
 	}
 	deadline := time.Now().Add(3 * time.Minute)
+	var last int64
 	for alive(e.qemuImg) {
+		if w, err := bytesWritten(e.qemuImg); err == nil {
+			last = w
+		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("the orphaned qemu-img (pid %d) did not end within 3 minutes", e.qemuImg)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(time.Millisecond)
 	}
-	e.logf("crashtest: the orphaned qemu-img (pid %d) ended", e.qemuImg)
+	e.logf("crashtest: the orphaned qemu-img (pid %d) ended; it had written at least %d of about %d bytes", e.qemuImg, last, int64(e.bigMiB())<<20)
 	return nil
 }
 
@@ -425,7 +430,7 @@ func watchdogThawed(e *env) error {
 	return nil
 }
 
-func (e *env) bigMiB() int { return int(e.regions[len(e.regions)-1].n >> 20) }
+func (e *env) bigMiB() int { return int(e.regions[0][len(e.regions[0])-1].n >> 20) }
 
 // The matrix.
 
