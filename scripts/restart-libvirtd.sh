@@ -18,13 +18,18 @@ else
   fi
   if [ -n "$pid" ]; then
     kill -TERM "$pid"
-    for _ in $(seq 1 300); do
+    for _ in $(seq 1 600); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
     if kill -0 "$pid" 2>/dev/null; then
-      echo "restart-libvirtd: libvirtd (pid $pid) did not stop within 30 s" >&2
-      exit 1
+      # Never leave the machine without a daemon: a hung one is killed.
+      echo "restart-libvirtd: libvirtd (pid $pid) did not stop within 60 s; killing it" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+      done
     fi
   fi
   bash "$here/start-libvirt.sh"
