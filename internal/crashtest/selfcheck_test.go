@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/autosnap/autosnap/internal/crash"
 	"github.com/autosnap/autosnap/internal/testbed"
@@ -216,5 +217,31 @@ func TestHarnessControl(t *testing.T) {
 				t.Error(p)
 			}
 		})
+	}
+}
+
+// TestHarnessDetectsFrozenOrPausedGuest: a guest left frozen or paused is reported.
+func TestHarnessDetectsFrozenOrPausedGuest(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, guestSpec, []string{"vdb"}, 4)
+	e.write()
+	e.takeSnapshot()
+	want := keepNewest(1)(e)
+	if p := e.verify(want, ""); len(p) > 0 {
+		t.Fatalf("verify on a whole guest reported:\n%s", strings.Join(p, "\n"))
+	}
+	e.dom.Agent(t, `{"execute":"guest-fsfreeze-freeze"}`)
+	if err := thawedWithin(time.Second)(e); err == nil || !strings.Contains(err.Error(), "still frozen") {
+		t.Errorf("thawedWithin on a frozen guest returned %v, want \"still frozen\"", err)
+	}
+	if p := e.verify(want, ""); len(p) != 1 || p[0] != "the guest's file systems are frozen" {
+		t.Errorf("verify on a frozen guest reported %q, want only that it is frozen", p)
+	}
+	e.dom.Agent(t, `{"execute":"guest-fsfreeze-thaw"}`)
+	if err := e.bed.Conn.DomainSuspend(e.dom.Dom); err != nil {
+		t.Fatal(err)
+	}
+	if p := e.verify(want, ""); len(p) != 1 || p[0] != "the domain is paused, want running" {
+		t.Errorf("verify on a paused guest reported %q, want only that it is paused", p)
 	}
 }
