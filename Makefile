@@ -6,8 +6,9 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X github.com/autosnap/autosnap/internal/cli.Version=$(VERSION)
 # Integration tests boot real guests under TCG; leave room on slow machines.
 TEST_TIMEOUT ?= 30m
+CRASHTEST_TIMEOUT ?= 40m
 
-.PHONY: all build deps demo demo-clean test test-unit lint bench fuzz clean
+.PHONY: all build deps demo demo-clean test test-unit crashtest lint bench fuzz clean
 
 all: build
 
@@ -28,11 +29,19 @@ demo-clean:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags crashtest ./internal/crashtest/
 
 # Unit and integration tests against the real libvirtd, QEMU and a real guest, with the
 # race detector (which needs cgo; the shipped binary does not).
 test: deps lint
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# The crash matrix (internal/crashtest, docs/crashtest.md): kills autosnap at every crash
+# point, restarts libvirtd at several, and checks that the next ordinary run repairs.
+# Restarting libvirtd disconnects every libvirt client on the machine: run it alone,
+# after `make test` (CI does: .ci/run).
+crashtest: deps
+	AUTOSNAP_CRASHTEST_RESTART=1 $(GO) test -tags crashtest -count=1 -v -timeout $(CRASHTEST_TIMEOUT) ./internal/crashtest/
 
 # Pure packages only: no root, no libvirt.
 test-unit:
