@@ -31,11 +31,14 @@ func (d *Driver) incompleteReasons(ctx context.Context, g driver.Guest, dom goli
 // A merge journal record of g is carried out from where it stopped: the remaining
 // steps run (live or offline as the guest is now, adopting a block job the earlier run
 // left running), the remaining snapshots' metadata is rewritten, the deleted snapshots
-// are forgotten and the record is removed. If that cannot be done, settle returns an
+// are forgotten and the record is removed; then creates and reverts left half done are
+// reconciled (settleOwn). If that cannot be done, settle returns an
 // error naming the guest, the snapshots, what is left and what to do, and the caller
 // must change nothing else (a new snapshot on top of a half-merged chain would only
 // make it longer).
 func (d *Driver) settle(ctx context.Context, g driver.Guest, dom golibvirt.Domain) error {
-	_, err := d.settleMerge(ctx, g, dom, nil)
-	return err
+	if _, err := d.settleMerge(ctx, g, dom, nil); err != nil {
+		return err
+	}
+	return d.settleOwn(ctx, g, dom)
 }

@@ -18,7 +18,7 @@ import (
 
 // PrepareSnapshot implements driver.SnapshotPreparer. It holds the guest (the driver's
 // per-guest lock) from now until Close, finishes what an interrupted earlier run left
-// half done on it (settle, settleOwn), reads its definition, runs every check
+// half done on it (settle), reads its definition, runs every check
 // CreateSnapshot makes (names and files that exist, disks, quiesce, internal
 // snapshot rules), and records in the journal which snapshot and files the create
 // will make, so that a run cut off during Create is reconciled by the next one.
@@ -82,9 +82,6 @@ func (d *Driver) prepareSnapshot(ctx context.Context, g driver.Guest, opts drive
 		}
 	}()
 	if err := d.settle(ctx, g, dom); err != nil {
-		return nil, err
-	}
-	if err := d.settleOwn(ctx, g, dom); err != nil {
 		return nil, err
 	}
 

@@ -112,9 +112,6 @@ func (d *Driver) RevertSnapshotNotes(ctx context.Context, g driver.Guest, name s
 	if err := d.settle(ctx, g, dom); err != nil {
 		return err
 	}
-	if err := d.settleOwn(ctx, g, dom); err != nil {
-		return err
-	}
 	incomplete, err := d.incompleteReasons(ctx, g, dom)
 	if err != nil {
 		return fmt.Errorf("guest %s: %w", g.Name, err)

@@ -158,9 +158,6 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, g driver.Guest, name string
 	}
 	unlock := d.domLock(g.Key())
 	defer unlock()
-	if err := d.settleOwn(ctx, g, dom); err != nil {
-		return err
-	}
 	return d.deleteSnapshot(ctx, g, dom, name)
 }
 

@@ -166,6 +166,9 @@ func (d *Driver) deleteTree(ctx context.Context, g driver.Guest, dom golibvirt.D
 	if err != nil {
 		return err
 	}
+	if err := d.settleOwn(ctx, g, dom); err != nil {
+		return err
+	}
 	t, err := d.loadTree(ctx, g, dom)
 	if err != nil {
 		return err
