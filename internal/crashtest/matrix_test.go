@@ -92,7 +92,11 @@ func scenarios() []scenario {
 		}
 	}
 	collapse := func(e *env) []string {
-		return e.snapshotArgs("chain", "collapse", e.dom.Name, "--forget-snapshots")
+		args := []string{"chain", "collapse", e.dom.Name, "--forget-snapshots"}
+		for _, d := range e.dom.Disks {
+			args = append(args, "--force-base", d.Path) // the disks' own images, which autosnap did not create
+		}
+		return e.snapshotArgs(args...)
 	}
 	quiesced := []string{"--quiesce", "on"}
 
