@@ -155,7 +155,7 @@ func TestGraphSharedUsers(t *testing.T) {
 			fs, chains := graphWorld()
 			h := newHostUsers()
 			tc.users(fs, h)
-			h.identify(fs)
+			h = h.identified(fs)
 			tree := graphTree([3]string{"s1", "/img/O1", "/img/base"}, [3]string{"s2", "/img/O2", "/img/O1"})
 			in := graphInput{guest: "g", uuid: "u-g", chains: chains, tree: tree, deleted: map[string]bool{"s1": true}, fs: fs,
 				users: func() (*hostUsers, error) { return h, nil }}
@@ -206,5 +206,28 @@ func TestGraphForcedBases(t *testing.T) {
 	}
 	if _, err := forcedBases(keys, []string{"/img/nosuch"}, []string{"/lnk/base"}); err == nil || !strings.Contains(err.Error(), "no such file") {
 		t.Errorf("forcing a missing file: %v", err)
+	}
+}
+
+// TestHostUsersIdentifiedAtUse: a cached scan must not name an image as used because
+// a file deleted since the scan passed its inode number on to it (merges delete
+// overlays and creates make new ones, so inode numbers are reused within one run).
+func TestHostUsersIdentifiedAtUse(t *testing.T) {
+	fs := newFakeFS()
+	other := fs.create("/other/ov.qcow2", "")
+	h := newHostUsers()
+	h.add("/other/ov.qcow2", imageUser{what: "guest other disk vda", uuid: "u-other", disk: "vda"})
+	if us := h.identified(fs).byID[other.id]; len(us) != 1 {
+		t.Fatalf("before: users of the other guest's image = %v, want one", us)
+	}
+	fs.remove("/other/ov.qcow2")
+	mine := fs.create("/mine/new.qcow2", "")
+	// The fake hands out fresh numbers; reuse the freed one as a real file system may.
+	delete(fs.files, mine.id)
+	mine.id = other.id
+	fs.files[mine.id] = mine
+	fs.names[mine.path] = mine.id
+	if us := h.identified(fs).byID[mine.id]; len(us) != 0 {
+		t.Fatalf("a new image that reuses a deleted file's inode is reported used by %v", us)
 	}
 }

@@ -66,17 +66,18 @@ func (d *Driver) hostUsers(ctx context.Context) (*hostUsers, error) {
 	if ttl == 0 {
 		ttl = defaultScanTTL
 	}
-	if s.scan != nil {
-		if age := now().Sub(s.scanAt); age >= 0 && age < ttl {
-			return s.scan, nil
+	if s.scan == nil || now().Sub(s.scanAt) < 0 || now().Sub(s.scanAt) >= ttl {
+		h, err := d.scanHost(ctx)
+		if err != nil {
+			return nil, err
 		}
+		s.scan, s.scanAt = h, now()
 	}
-	h, err := d.scanHost(ctx)
-	if err != nil {
-		return nil, err
-	}
-	s.scan, s.scanAt = h, now()
-	return h, nil
+	// The scan keeps paths; identities are taken now. A file deleted since the scan
+	// may have passed its inode number on to a new file (merges delete overlays and
+	// creates make new ones all the time), so a cached identity could name an
+	// unrelated image as used.
+	return s.scan.identified(d.imageFS()), nil
 }
 
 // scanHost reads who uses which image on the libvirt host.
@@ -110,16 +111,21 @@ func (d *Driver) scanHost(ctx context.Context) (*hostUsers, error) {
 	if err := d.scanPools(ctx, fs, h); err != nil {
 		return nil, err
 	}
-	if fs != nil {
-		h.identify(fs)
-	}
 	return h, nil
 }
 
-// identify moves the users of every image that is a local file from byPath to byID,
-// so that symlinked and bind-mounted names meet, and identifies the users' own files.
-func (h *hostUsers) identify(fs imageFS) {
+// identified returns a copy of h in which the users of every image that is a local
+// file (with fs; nil means remote: paths only) are filed by the file's identity, so
+// that symlinked and bind-mounted names meet, and the users' own files are identified.
+// h itself keeps paths only.
+func (h *hostUsers) identified(fs imageFS) *hostUsers {
+	out := newHostUsers()
 	for p, us := range h.byPath {
+		us = append([]imageUser(nil), us...)
+		if fs == nil {
+			out.byPath[p] = us
+			continue
+		}
 		for i := range us {
 			if us[i].path != "" {
 				if id, ok, err := fs.Stat(us[i].path); err == nil && ok {
@@ -128,10 +134,12 @@ func (h *hostUsers) identify(fs imageFS) {
 			}
 		}
 		if id, ok, err := fs.Stat(p); err == nil && ok {
-			h.byID[id] = append(h.byID[id], us...)
-			delete(h.byPath, p)
+			out.byID[id] = append(out.byID[id], us...)
+		} else {
+			out.byPath[p] = us
 		}
 	}
+	return out
 }
 
 // scanPools records the images that storage pool volumes build on.

@@ -335,7 +335,7 @@ func (w *propWorld) users() *hostUsers {
 			h.add(b, imageUser{what: f + " (storage pool p)", path: f})
 		}
 	}
-	h.identify(w.fs)
+	h = h.identified(w.fs)
 	return h
 }
 
