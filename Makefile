@@ -45,7 +45,9 @@ crashtest: deps
 
 # Pure packages only: no root, no libvirt.
 test-unit:
-	CGO_ENABLED=1 $(GO) test -race -count=1 ./internal/naming/ ./internal/selector/ ./internal/retention/ ./internal/report/ ./internal/hook/
+	CGO_ENABLED=1 $(GO) test -race -count=1 ./internal/naming/ ./internal/selector/ ./internal/retention/ ./internal/report/ ./internal/hook/ \
+		./internal/engine/ ./internal/journal/ ./internal/retry/ ./internal/driver/ ./internal/driver/drivertest/
+	CGO_ENABLED=1 $(GO) test -race -count=1 -run '^(TestPlan|TestGraph|TestHostUsers)' ./internal/driver/libvirt/
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=30s ./internal/selector/
