@@ -4,14 +4,11 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strconv"
-	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/autosnap/autosnap/internal/driver"
-	"github.com/autosnap/autosnap/internal/naming"
 )
 
 // Snapshots implements driver.Driver, oldest first.
@@ -24,25 +21,40 @@ func (d *Driver) Snapshots(ctx context.Context, g driver.Guest) ([]driver.Snapsh
 }
 
 func (d *Driver) snapshots(ctx context.Context, g driver.Guest, dom golibvirt.Domain) ([]driver.Snapshot, error) {
-	xs, err := d.snapshotXMLs(ctx, g, dom)
+	snaps, err := call(ctx, func() ([]golibvirt.DomainSnapshot, error) {
+		s, _, err := d.l.DomainListAllSnapshots(dom, 1, 0)
+		return s, err
+	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("guest %s: listing snapshots: %w", g.Name, d.notFound(g.Name, err))
+	}
+	out := make([]driver.Snapshot, 0, len(snaps))
+	if len(snaps) == 0 {
+		return out, nil
 	}
 	var cur golibvirt.DomainSnapshot
-	if len(xs) > 0 {
-		cur, err = call(ctx, func() (golibvirt.DomainSnapshot, error) { return d.l.DomainSnapshotCurrent(dom, 0) })
-	}
+	cur, err = call(ctx, func() (golibvirt.DomainSnapshot, error) { return d.l.DomainSnapshotCurrent(dom, 0) })
 	if err != nil && errCode(err) != golibvirt.ErrNoDomainSnapshot {
 		return nil, fmt.Errorf("guest %s: reading current snapshot: %w", g.Name, err)
 	}
+	hasCur := err == nil
 	incomplete, ierr := d.incompleteReasons(ctx, g, dom)
 	if ierr != nil {
 		return nil, fmt.Errorf("guest %s: %w", g.Name, ierr)
 	}
-	out := make([]driver.Snapshot, 0, len(xs))
-	for _, x := range xs {
-		s := fromXML(x)
-		s.Current = err == nil && cur.Name == s.Name
+	for _, sn := range snaps {
+		raw, err := call(ctx, func() (string, error) { return d.l.DomainSnapshotGetXMLDesc(sn, 0) })
+		if err != nil {
+			if errCode(err) == golibvirt.ErrNoDomainSnapshot {
+				continue // deleted meanwhile
+			}
+			return nil, fmt.Errorf("guest %s: %w", g.Name, err)
+		}
+		s, err := decodeSnapshot(raw)
+		if err != nil {
+			return nil, fmt.Errorf("guest %s: snapshot %s: unreadable XML: %w", g.Name, sn.Name, err)
+		}
+		s.Current = hasCur && cur.Name == s.Name
 		s.Incomplete = incomplete[s.Name]
 		out = append(out, s)
 	}
@@ -89,48 +101,8 @@ func (d *Driver) snapshotXML(ctx context.Context, s golibvirt.DomainSnapshot) (*
 	return &x, nil
 }
 
+// fromXML is the driver's view of a decoded snapshot document.
 func fromXML(x *libvirtxml.DomainSnapshot) driver.Snapshot {
-	s := driver.Snapshot{Name: x.Name, Description: x.Description, GuestState: x.State}
-	if sec, err := strconv.ParseInt(x.CreationTime, 10, 64); err == nil {
-		s.Created = time.Unix(sec, 0)
-	}
-	if x.Parent != nil {
-		s.Parent = x.Parent.Name
-	}
-	if x.Memory != nil && (x.Memory.Snapshot == "internal" || x.Memory.Snapshot == "external") {
-		s.Memory = true
-	}
-	s.DiskOnly = x.State == "disk-snapshot"
-	internal, external := false, false
-	if x.Disks != nil {
-		for _, dk := range x.Disks.Disks {
-			sd := driver.SnapshotDisk{Name: dk.Name, Snapshot: dk.Snapshot}
-			if dk.Source != nil && dk.Source.File != nil {
-				sd.File = dk.Source.File.File
-			}
-			switch dk.Snapshot {
-			case "external":
-				external = true
-			case "internal":
-				internal = true
-			}
-			s.Disks = append(s.Disks, sd)
-		}
-	}
-	if x.Memory != nil && x.Memory.Snapshot == "internal" {
-		internal = true
-	}
-	switch {
-	case internal && external:
-		s.Location = driver.LocationMixed
-	case external:
-		s.Location = driver.LocationExternal
-	default:
-		s.Location = driver.LocationInternal
-	}
-	switch c := naming.DescriptionFields(x.Description)["consistency"]; driver.Consistency(c) {
-	case driver.ConsistencyQuiesced, driver.ConsistencyCrash, driver.ConsistencyOffline, driver.ConsistencyMemory:
-		s.Consistency = driver.Consistency(c)
-	}
-	return s
+	f := fieldsOf(x)
+	return f.snapshot()
 }
