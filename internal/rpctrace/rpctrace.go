@@ -54,6 +54,7 @@ type Proxy struct {
 	mu    sync.Mutex
 	stats map[string]*Stat
 	seq   []string
+	conns map[net.Conn]bool
 	wg    sync.WaitGroup
 }
 
@@ -71,7 +72,7 @@ func Start(path, upstream string) (*Proxy, error) {
 		ln.Close()
 		return nil, err
 	}
-	p := &Proxy{Path: path, upstream: upstream, ln: ln, stats: map[string]*Stat{}}
+	p := &Proxy{Path: path, upstream: upstream, ln: ln, stats: map[string]*Stat{}, conns: map[net.Conn]bool{}}
 	go p.accept()
 	return p, nil
 }
@@ -90,6 +91,9 @@ func (p *Proxy) accept() {
 			c.Close()
 			continue
 		}
+		p.mu.Lock()
+		p.conns[c], p.conns[u] = true, true
+		p.mu.Unlock()
 		p.wg.Add(1)
 		go p.serve(c, u)
 	}
@@ -126,6 +130,10 @@ func (p *Proxy) serve(c, u net.Conn) {
 	<-done
 	c.Close()
 	u.Close()
+	p.mu.Lock()
+	delete(p.conns, c)
+	delete(p.conns, u)
+	p.mu.Unlock()
 }
 
 type header struct {
@@ -275,9 +283,14 @@ func Format(stats []Stat, per int) string {
 	return b.String()
 }
 
-// Close stops listening and waits for the forwarded connections to end.
+// Close stops listening, cuts the connections still open and waits for them to end.
 func (p *Proxy) Close() error {
 	err := p.ln.Close()
+	p.mu.Lock()
+	for c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
 	p.wg.Wait()
 	if errors.Is(err, net.ErrClosed) {
 		err = nil

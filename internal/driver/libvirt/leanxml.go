@@ -83,7 +83,9 @@ func fieldsOf(x *libvirtxml.DomainSnapshot) snapFields {
 // value inside <domain> is accepted.
 func decodeSnapshot(raw string) (driver.Snapshot, error) {
 	f, err := leanSnapshot(raw)
-	if err != nil {
+	if err == nil {
+		f.detach()
+	} else {
 		// Outside the subset, or malformed: libvirtxml decides, and words the error.
 		var x libvirtxml.DomainSnapshot
 		if err := x.Unmarshal(raw); err != nil {
@@ -92,6 +94,18 @@ func decodeSnapshot(raw string) (driver.Snapshot, error) {
 		f = fieldsOf(&x)
 	}
 	return f.snapshot(), nil
+}
+
+// detach copies the strings the lean decoder cut out of the document, so a listing
+// does not keep every document (mostly the skipped domain) alive.
+func (f *snapFields) detach() {
+	for _, p := range []*string{&f.name, &f.description, &f.state, &f.creationTime, &f.parent, &f.memory} {
+		*p = strings.Clone(*p)
+	}
+	for i := range f.disks {
+		dk := &f.disks[i]
+		dk.Name, dk.Snapshot, dk.File = strings.Clone(dk.Name), strings.Clone(dk.Snapshot), strings.Clone(dk.File)
+	}
 }
 
 // errNotLean marks a document the lean decoder leaves to libvirtxml.

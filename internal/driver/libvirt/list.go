@@ -20,43 +20,65 @@ func (d *Driver) Snapshots(ctx context.Context, g driver.Guest) ([]driver.Snapsh
 	return d.snapshots(ctx, g, dom)
 }
 
+// snapshots lists dom's snapshots: one call for the list, one for the current
+// snapshot and one per snapshot for its XML (libvirt has no bulk read).
 func (d *Driver) snapshots(ctx context.Context, g driver.Guest, dom golibvirt.Domain) ([]driver.Snapshot, error) {
-	snaps, err := call(ctx, func() ([]golibvirt.DomainSnapshot, error) {
-		s, _, err := d.l.DomainListAllSnapshots(dom, 1, 0)
-		return s, err
+	// The calls run back to back in one goroutine: a goroutine hand-off per call
+	// would cost autosnap more CPU than decoding the answer.
+	type listing struct {
+		snaps  []driver.Snapshot
+		cur    string
+		hasCur bool
+	}
+	l, err := call(ctx, func() (listing, error) {
+		var l listing
+		snaps, _, err := d.l.DomainListAllSnapshots(dom, 1, 0)
+		if err != nil {
+			return l, fmt.Errorf("guest %s: listing snapshots: %w", g.Name, d.notFound(g.Name, err))
+		}
+		if len(snaps) == 0 {
+			return l, nil
+		}
+		cur, err := d.l.DomainSnapshotCurrent(dom, 0)
+		if err != nil && errCode(err) != golibvirt.ErrNoDomainSnapshot {
+			return l, fmt.Errorf("guest %s: reading current snapshot: %w", g.Name, err)
+		}
+		l.cur, l.hasCur = cur.Name, err == nil
+		l.snaps = make([]driver.Snapshot, 0, len(snaps))
+		for _, sn := range snaps {
+			if ctx.Err() != nil {
+				return l, ctx.Err() // abandoned: issue no more calls
+			}
+			raw, err := d.l.DomainSnapshotGetXMLDesc(sn, 0)
+			if err != nil {
+				if errCode(err) == golibvirt.ErrNoDomainSnapshot {
+					continue // deleted meanwhile
+				}
+				return l, fmt.Errorf("guest %s: reading snapshot %s: %w", g.Name, sn.Name, err)
+			}
+			s, err := decodeSnapshot(raw)
+			if err != nil {
+				return l, fmt.Errorf("guest %s: snapshot %s: unreadable XML: %w", g.Name, sn.Name, err)
+			}
+			l.snaps = append(l.snaps, s)
+		}
+		return l, nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("guest %s: listing snapshots: %w", g.Name, d.notFound(g.Name, err))
+		return nil, err
 	}
-	out := make([]driver.Snapshot, 0, len(snaps))
-	if len(snaps) == 0 {
-		return out, nil
+	out := l.snaps
+	if out == nil {
+		return []driver.Snapshot{}, nil
 	}
-	var cur golibvirt.DomainSnapshot
-	cur, err = call(ctx, func() (golibvirt.DomainSnapshot, error) { return d.l.DomainSnapshotCurrent(dom, 0) })
-	if err != nil && errCode(err) != golibvirt.ErrNoDomainSnapshot {
-		return nil, fmt.Errorf("guest %s: reading current snapshot: %w", g.Name, err)
-	}
-	hasCur := err == nil
 	incomplete, ierr := d.incompleteReasons(ctx, g, dom)
 	if ierr != nil {
 		return nil, fmt.Errorf("guest %s: %w", g.Name, ierr)
 	}
-	for _, sn := range snaps {
-		raw, err := call(ctx, func() (string, error) { return d.l.DomainSnapshotGetXMLDesc(sn, 0) })
-		if err != nil {
-			if errCode(err) == golibvirt.ErrNoDomainSnapshot {
-				continue // deleted meanwhile
-			}
-			return nil, fmt.Errorf("guest %s: %w", g.Name, err)
-		}
-		s, err := decodeSnapshot(raw)
-		if err != nil {
-			return nil, fmt.Errorf("guest %s: snapshot %s: unreadable XML: %w", g.Name, sn.Name, err)
-		}
-		s.Current = hasCur && cur.Name == s.Name
+	for i := range out {
+		s := &out[i]
+		s.Current = l.hasCur && l.cur == s.Name
 		s.Incomplete = incomplete[s.Name]
-		out = append(out, s)
 	}
 	sort.SliceStable(out, func(i, j int) bool {
 		if !out[i].Created.Equal(out[j].Created) {

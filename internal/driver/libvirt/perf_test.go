@@ -3,6 +3,9 @@ package libvirt_test
 import (
 	"context"
 	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -93,4 +96,54 @@ func fmtTags(t []string) string {
 		s += x
 	}
 	return s + "]"
+}
+
+// BenchmarkListFleet lists the snapshots of every guest of a fleet bench/status.sh
+// built and left defined (KEEP=1 SIZES=200x20 bash bench/status.sh), as status does:
+// 4 guests at a time. Profile autosnap's side of status with -cpuprofile.
+func BenchmarkListFleet(b *testing.B) {
+	d, err := libvirt.Open(context.Background(), driver.Config{Host: "qemu:///system", Timeout: 30 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	all, err := d.Guests(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	var fleet []driver.Guest
+	for _, g := range all {
+		if strings.HasPrefix(g.Name, "astbench-st-") {
+			fleet = append(fleet, g)
+		}
+	}
+	if len(fleet) == 0 {
+		b.Skip("no astbench-st- fleet: build one with KEEP=1 SIZES=200x20 bash bench/status.sh")
+	}
+	cpu0 := cpuTime()
+	for b.Loop() {
+		sem := make(chan struct{}, 4)
+		var wg sync.WaitGroup
+		for _, g := range fleet {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				if _, err := d.Snapshots(context.Background(), g); err != nil {
+					b.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	b.ReportMetric(float64(len(fleet)), "guests")
+	b.ReportMetric(float64((cpuTime()-cpu0).Milliseconds())/float64(b.N), "cpu-ms/op")
+}
+
+// cpuTime is the CPU (user+system) this process used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
