@@ -45,6 +45,14 @@ type Stat struct {
 	Wait time.Duration
 }
 
+// Call is one call the proxy saw.
+type Call struct {
+	Name  string
+	Start time.Time
+	// Wait is the time until libvirtd's reply (0 while there is none).
+	Wait time.Duration
+}
+
 // Proxy forwards a Unix socket to libvirtd and counts the calls.
 type Proxy struct {
 	Path     string
@@ -53,7 +61,7 @@ type Proxy struct {
 
 	mu    sync.Mutex
 	stats map[string]*Stat
-	seq   []string
+	seq   []Call
 	conns map[net.Conn]bool
 	wg    sync.WaitGroup
 }
@@ -101,15 +109,14 @@ func (p *Proxy) accept() {
 
 func (p *Proxy) serve(c, u net.Conn) {
 	defer p.wg.Done()
-	var sent sync.Map // serial → time the call left the client
+	var sent sync.Map // serial → index of the call in p.seq
 	done := make(chan struct{}, 2)
 	go func() {
 		_ = p.pump(u, c, func(h header) {
 			if h.program == programKeepalive || (h.typ != typeCall && h.typ != typeCallWithFDs) {
 				return
 			}
-			sent.Store(h.serial, time.Now())
-			p.record(h, 0, true)
+			sent.Store(h.serial, p.call(h))
 		})
 		u.(*net.UnixConn).CloseWrite()
 		done <- struct{}{}
@@ -119,8 +126,8 @@ func (p *Proxy) serve(c, u net.Conn) {
 			if h.typ != typeReply && h.typ != typeReplyFDs {
 				return
 			}
-			if t, ok := sent.LoadAndDelete(h.serial); ok {
-				p.record(h, time.Since(t.(time.Time)), false)
+			if i, ok := sent.LoadAndDelete(h.serial); ok {
+				p.reply(i.(int))
 			}
 		})
 		c.(*net.UnixConn).CloseWrite()
@@ -192,7 +199,8 @@ func Name(program uint32, proc int32) string {
 	return fmt.Sprintf("%#x.%d", program, proc)
 }
 
-func (p *Proxy) record(h header, wait time.Duration, call bool) {
+// call records a call and returns its index in p.seq.
+func (p *Proxy) call(h header) int {
 	n := Name(h.program, h.proc)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -201,11 +209,23 @@ func (p *Proxy) record(h header, wait time.Duration, call bool) {
 		s = &Stat{Name: n}
 		p.stats[n] = s
 	}
-	if call {
-		s.Calls++
-		p.seq = append(p.seq, n)
+	s.Calls++
+	p.seq = append(p.seq, Call{Name: n, Start: time.Now()})
+	return len(p.seq) - 1
+}
+
+// reply records the reply to the call at index i of p.seq.
+func (p *Proxy) reply(i int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if i >= len(p.seq) { // Reset in between
+		return
 	}
-	s.Wait += wait
+	c := &p.seq[i]
+	c.Wait = time.Since(c.Start)
+	if s, ok := p.stats[c.Name]; ok {
+		s.Wait += c.Wait
+	}
 }
 
 // Stats returns what the proxy saw since the start or the last Reset, most called
@@ -243,11 +263,11 @@ func (p *Proxy) Total() int {
 	return len(p.seq)
 }
 
-// Sequence returns the procedures called, in the order the calls left the clients.
-func (p *Proxy) Sequence() []string {
+// Sequence returns the calls in the order they left the clients.
+func (p *Proxy) Sequence() []Call {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return append([]string(nil), p.seq...)
+	return append([]Call(nil), p.seq...)
 }
 
 // Reset forgets what was counted.
