@@ -2,8 +2,10 @@ package libvirt
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
+	"sync"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
@@ -19,6 +21,9 @@ func (d *Driver) Snapshots(ctx context.Context, g driver.Guest) ([]driver.Snapsh
 	}
 	return d.snapshots(ctx, g, dom)
 }
+
+// listInFlight is how many snapshot reads of one guest a listing keeps in flight.
+const listInFlight = 4
 
 // snapshots lists dom's snapshots: one call for the list, one for the current
 // snapshot and one per snapshot for its XML (libvirt has no bulk read).
@@ -44,23 +49,51 @@ func (d *Driver) snapshots(ctx context.Context, g driver.Guest, dom golibvirt.Do
 			return l, fmt.Errorf("guest %s: reading current snapshot: %w", g.Name, err)
 		}
 		l.cur, l.hasCur = cur.Name, err == nil
-		l.snaps = make([]driver.Snapshot, 0, len(snaps))
-		for _, sn := range snaps {
-			if ctx.Err() != nil {
-				return l, ctx.Err() // abandoned: issue no more calls
-			}
-			raw, err := d.l.DomainSnapshotGetXMLDesc(sn, 0)
-			if err != nil {
-				if errCode(err) == golibvirt.ErrNoDomainSnapshot {
-					continue // deleted meanwhile
+		// A few calls in flight: libvirtd answers them together and the reader
+		// goroutine finds answers waiting instead of sleeping between them.
+		got := make([]driver.Snapshot, len(snaps))
+		ok := make([]bool, len(snaps))
+		errs := make([]error, len(snaps))
+		next := make(chan int, len(snaps))
+		for i := range snaps {
+			next <- i
+		}
+		close(next)
+		var wg sync.WaitGroup
+		for range min(listInFlight, len(snaps)) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range next {
+					if ctx.Err() != nil {
+						errs[i] = ctx.Err() // abandoned: issue no more calls
+						continue
+					}
+					sn := snaps[i]
+					raw, err := d.l.DomainSnapshotGetXMLDesc(sn, 0)
+					if err != nil {
+						if errCode(err) != golibvirt.ErrNoDomainSnapshot { // else deleted meanwhile
+							errs[i] = fmt.Errorf("guest %s: reading snapshot %s: %w", g.Name, sn.Name, err)
+						}
+						continue
+					}
+					if got[i], err = decodeSnapshot(raw); err != nil {
+						errs[i] = fmt.Errorf("guest %s: snapshot %s: unreadable XML: %w", g.Name, sn.Name, err)
+						continue
+					}
+					ok[i] = true
 				}
-				return l, fmt.Errorf("guest %s: reading snapshot %s: %w", g.Name, sn.Name, err)
+			}()
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return l, err
+		}
+		l.snaps = make([]driver.Snapshot, 0, len(snaps))
+		for i := range got {
+			if ok[i] {
+				l.snaps = append(l.snaps, got[i])
 			}
-			s, err := decodeSnapshot(raw)
-			if err != nil {
-				return l, fmt.Errorf("guest %s: snapshot %s: unreadable XML: %w", g.Name, sn.Name, err)
-			}
-			l.snaps = append(l.snaps, s)
 		}
 		return l, nil
 	})
