@@ -8,13 +8,13 @@
 # time of 500x20 under 3 s).
 #
 # libvirtd's CPU counts every client: on a machine where other tests run, it and the
-# wall time are inflated; the best of RUNS is printed as well.
+# wall time are inflated. Medians over RUNS are printed, and the run with the best wall.
 #
 # Usage: bench/status.sh [path/to/autosnap]
 #   env: SIZES="200x20 500x20" (NxM, ascending N, same M: the fleet grows between sizes)
 #        RUNS=3   STATUS_ARGS=""  (extra args for status, e.g. "-o json")
-#        KEEP=1   leave the fleet defined afterwards (remove it with: KEEP=0 N=0 ... or
-#                 run the script again)
+#        KEEP=1   leave the fleet (astbench-st-*) defined afterwards, e.g. for
+#                 BenchmarkListFleet or bench/cpuprofile; the next run removes it
 set -euo pipefail
 bin=${1:-bin/autosnap}
 SIZES=${SIZES:-"200x20 500x20"}
@@ -25,7 +25,6 @@ dir=/var/tmp/astbench-st
 export LIBVIRT_DEFAULT_URI=qemu:///system
 
 [ -x "$bin" ] || { echo "no autosnap binary at $bin (make build)" >&2; exit 2; }
-# shellcheck disable=SC2207
 lvpid=$(pgrep -xo libvirtd) || { echo "libvirtd is not running (bash scripts/start-libvirt.sh)" >&2; exit 2; }
 hz=$(getconf CLK_TCK)
 
@@ -123,15 +122,17 @@ for size in $SIZES; do
     cleanup; install -d -m 0700 "$dir"; have=0
   fi
   grow "$n" "$m"
-  best=""
+  : > "$dir/runs"
   for r in $(seq 1 "$RUNS"); do
     read -r wall acpu dcpu rows < <(measure)
     if [ "$rows" != $((n * m)) ]; then echo "status listed $rows snapshots, want $((n * m))" >&2; exit 1; fi
     ratio=$(echo "if ($dcpu > 0) $acpu / $dcpu else 0" | bc -l)
     printf '  run %d: wall %6.2f s   autosnap CPU %5.2f s   libvirtd CPU %5.2f s   autosnap/libvirtd %.2f\n' "$r" "$wall" "$acpu" "$dcpu" "$ratio"
-    if [ -z "$best" ] || [ "$(echo "$wall < ${best%% *}" | bc)" = 1 ]; then best="$wall $acpu $dcpu $ratio"; fi
+    echo "$wall $acpu $dcpu $ratio" >> "$dir/runs"
   done
-  read -r wall acpu dcpu ratio <<< "$best"
-  printf 'status %dx%d (%d snapshots), best of %d: wall %.2f s, autosnap CPU %.2f s, libvirtd CPU %.2f s, ratio %.2f (goal < 0.33%s)\n' \
-    "$n" "$m" $((n * m)) "$RUNS" "$wall" "$acpu" "$dcpu" "$ratio" "$([ "$n" -ge 500 ] && echo ", wall < 3 s")"
+  # Medians of each column, and the run with the best wall time.
+  med() { sort -g -k"$1" "$dir/runs" | awk -v c="$1" '{a[NR]=$c} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+  read -r bwall bacpu bdcpu bratio < <(sort -g -k1 "$dir/runs" | head -1)
+  printf 'status %dx%d (%d snapshots), %d runs: median wall %.2f s, autosnap CPU %.2f s, libvirtd CPU %.2f s, ratio %.2f; best run: wall %.2f s, ratio %.2f (goal: ratio < 0.33%s)\n' \
+    "$n" "$m" $((n * m)) "$RUNS" "$(med 1)" "$(med 2)" "$(med 3)" "$(med 4)" "$bwall" "$bratio" "$([ "$n" -ge 500 ] && echo ", wall < 3 s")"
 done
