@@ -7,9 +7,11 @@
 #             (external disk-only atomic create; block commit of the oldest overlay,
 #             redefine of its child, drop of its metadata) back to back over one
 #             connection, block jobs awaited by event: libvirt's floor;
+#   native:   bench/floor -mode native on astbench-fn-: the same creates, each delete
+#             one libvirt 9 snapshot-delete call (libvirt merges itself) — for reference;
 #   autosnap: `autosnap --vmid 'astbench-fl-%' snap --label b --keep KEEP` on
 #             astbench-fl-*, a process per round as cron runs it.
-# Prints both, the ratio autosnap/floor (goal <= 1.1) overall and per round, and
+# Prints all three, the ratio autosnap/floor (goal <= 1.1) overall and per round, and
 # autosnap's RPCs per guest and round (one more round through bench/rpccount's counting
 # proxy, not timed). PEER=1 also times the sequential virsh loop (snapshot-create-as +
 # snapshot-delete, libvirt 9 merging itself) on a third fleet, after the others.
@@ -31,7 +33,7 @@ tools=$(mktemp -d)
 
 cleanup() {
   local doms
-  doms=$(virsh list --all --name | grep '^astbench-f[alp]-' || true)
+  doms=$(virsh list --all --name | grep '^astbench-f[alnp]-' || true)
   for d in $doms; do
     virsh destroy "$d" >/dev/null 2>&1 || true
     virsh undefine "$d" --snapshots-metadata >/dev/null 2>&1 || true
@@ -68,8 +70,8 @@ XML
 now() { date +%s.%N; }
 snap() { "$bin" --max-parallel "$PARALLEL" --vmid 'astbench-fl-%' --timestamp-format yyMMddHHmmssfff snap --label b --keep "$KEEP" --quiesce off "$@"; }
 
-floor_round() {
-  "$tools/floor" -prefix astbench-fa- -keep "$KEEP" | sed -n 's/^floor_seconds=\([0-9.]*\).*/\1/p'
+floor_round() { # PREFIX MODE
+  "$tools/floor" -prefix "$1" -mode "$2" -keep "$KEEP" | sed -n 's/^floor_seconds=\([0-9.]*\).*/\1/p'
 }
 auto_round() {
   local t0
@@ -78,18 +80,22 @@ auto_round() {
   echo "$(now) - $t0" | bc -l
 }
 
-echo "== $N guests for the floor (astbench-fa-), $N for autosnap (astbench-fl-)"
+echo "== $N guests each for the floor (astbench-fa-), native (astbench-fn-), autosnap (astbench-fl-)"
 make_fleet astbench-fa-
+make_fleet astbench-fn-
 make_fleet astbench-fl-
-for _ in $(seq 1 "$KEEP"); do floor_round >/dev/null; snap >/dev/null; done
-echo "== $R interleaved rounds: floor, then autosnap --max-parallel $PARALLEL"
-floor=0; auto=0; ratios=""
+for _ in $(seq 1 "$KEEP"); do
+  floor_round astbench-fa- commit >/dev/null; floor_round astbench-fn- native >/dev/null; snap >/dev/null
+done
+echo "== $R interleaved rounds: floor, native, autosnap --max-parallel $PARALLEL"
+floor=0; native=0; auto=0; ratios=""
 for r in $(seq 1 "$R"); do
-  f=$(floor_round)
+  f=$(floor_round astbench-fa- commit)
+  nv=$(floor_round astbench-fn- native)
   a=$(auto_round)
-  floor=$(echo "$floor + $f" | bc -l); auto=$(echo "$auto + $a" | bc -l)
+  floor=$(echo "$floor + $f" | bc -l); native=$(echo "$native + $nv" | bc -l); auto=$(echo "$auto + $a" | bc -l)
   ratios="$ratios $(echo "$a / $f" | bc -l)"
-  printf '  round %d: floor %.3f s  autosnap %.3f s  ratio %.2f\n' "$r" "$f" "$a" "$(echo "$a / $f" | bc -l)"
+  printf '  round %d: floor %.3f s  native %.3f s  autosnap %.3f s  ratio %.2f\n' "$r" "$f" "$nv" "$a" "$(echo "$a / $f" | bc -l)"
 done
 median=$(tr ' ' '\n' <<< "$ratios" | grep . | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}')
 rpcs=$("$tools/rpccount" -per "$N" -- "$bin" --host '{uri}' --max-parallel "$PARALLEL" --vmid 'astbench-fl-%' \
@@ -115,9 +121,11 @@ fi
 printf '\nautosnap RPCs in one more round (calls, per guest, total wait):\n%s\n' "$rpcs"
 printf '\nguests=%d timed rounds=%d keep=%d (each side: create %d snapshots, merge %d)\n' "$N" "$R" "$KEEP" $((N * R)) $((N * R))
 printf 'floor (libvirt, one connection): %7.2f s  %6.3f s per guest-round\n' "$floor" "$(echo "$floor / ($N * $R)" | bc -l)"
+printf 'native (libvirt 9 deletes):      %7.2f s  %6.3f s per guest-round\n' "$native" "$(echo "$native / ($N * $R)" | bc -l)"
 printf 'autosnap snap --keep %d:          %7.2f s  %6.3f s per guest-round  (chain after: %d images)\n' \
   "$KEEP" "$auto" "$(echo "$auto / ($N * $R)" | bc -l)" "$depth"
 if [ "$PEER" = 1 ]; then
   printf 'virsh loop (peer):               %7.2f s  %6.3f s per guest-round\n' "$peer" "$(echo "$peer / ($N * $R)" | bc -l)"
 fi
-printf 'ratio autosnap/floor: %.2f overall, median of rounds %.2f  (goal <= 1.10)\n' "$(echo "$auto / $floor" | bc -l)" "$median"
+printf 'ratio autosnap/floor: %.2f overall, median of rounds %.2f  (goal <= 1.10); autosnap/native %.2f\n' \
+  "$(echo "$auto / $floor" | bc -l)" "$median" "$(echo "$auto / $native" | bc -l)"
