@@ -2,7 +2,6 @@ package libvirt
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -28,8 +27,8 @@ const listInFlight = 4
 // snapshots lists dom's snapshots: one call for the list, one for the current
 // snapshot and one per snapshot for its XML (libvirt has no bulk read).
 func (d *Driver) snapshots(ctx context.Context, g driver.Guest, dom golibvirt.Domain) ([]driver.Snapshot, error) {
-	// The calls run back to back in one goroutine: a goroutine hand-off per call
-	// would cost autosnap more CPU than decoding the answer.
+	// The calls run inside one bounded call rather than one each: a goroutine
+	// hand-off per call would cost autosnap more CPU than decoding the answer.
 	type listing struct {
 		snaps  []driver.Snapshot
 		cur    string
@@ -86,8 +85,13 @@ func (d *Driver) snapshots(ctx context.Context, g driver.Guest, dom golibvirt.Do
 			}()
 		}
 		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
-			return l, err
+		if ctx.Err() != nil {
+			return l, ctx.Err()
+		}
+		for _, err := range errs {
+			if err != nil {
+				return l, err
+			}
 		}
 		l.snaps = make([]driver.Snapshot, 0, len(snaps))
 		for i := range got {
