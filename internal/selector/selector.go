@@ -96,6 +96,13 @@ func Parse(s string) (*Selector, error) {
 	return sel, nil
 }
 
+// NeedsTags reports whether the selection looks at guests' tags (an @tag-NAME token,
+// including or excluding), so a caller knows whether the guests it selects from must
+// have their tags loaded (see driver.LoadTags).
+func (s *Selector) NeedsTags() bool {
+	return slices.ContainsFunc(s.tokens, func(t token) bool { return t.kind == kindTag })
+}
+
 func parseToken(t string) (token, error) {
 	if t == "" {
 		return token{}, errors.New("empty token: remove the extra comma")

@@ -222,3 +222,24 @@ func TestStringRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+func TestNeedsTags(t *testing.T) {
+	for expr, want := range map[string]bool{
+		"@all":            false,
+		"web%,100:199":    false,
+		"@tag-prod":       true,
+		"@all,-@TAG-test": true,
+		"@pool-p,@node-x": false,
+		"tag-prod":        false, // a guest name, not a tag
+		"%tag%":           false,
+		"100, @tag-a":     true,
+	} {
+		s, err := Parse(expr)
+		if err != nil {
+			t.Fatalf("%q: %v", expr, err)
+		}
+		if got := s.NeedsTags(); got != want {
+			t.Errorf("Parse(%q).NeedsTags() = %v, want %v", expr, got, want)
+		}
+	}
+}

@@ -281,8 +281,9 @@ func stateOf(s int32) driver.State {
 	return driver.StateUnknown
 }
 
-// Guests implements driver.Driver. Domains and their states come from one
-// ConnectGetAllDomainStats call; tags need one metadata read per domain.
+// Guests implements driver.Driver with one ConnectGetAllDomainStats call for every
+// domain and its state. Tags are left nil: reading them costs a call per domain, so
+// they are read only by LoadTags, for the guests that need them.
 func (d *Driver) Guests(ctx context.Context) ([]driver.Guest, error) {
 	recs, err := call(ctx, func() ([]golibvirt.DomainStatsRecord, error) {
 		return d.l.ConnectGetAllDomainStats(nil, uint32(golibvirt.DomainStatsState), 0)
@@ -292,7 +293,7 @@ func (d *Driver) Guests(ctx context.Context) ([]driver.Guest, error) {
 	}
 	guests := make([]driver.Guest, len(recs))
 	for i, r := range recs {
-		g := driver.Guest{Node: d.node, Name: r.Dom.Name, UUID: formatUUID(r.Dom.UUID), Kind: driver.KindQEMU, State: driver.StateUnknown, Tags: []string{}}
+		g := driver.Guest{Node: d.node, Name: r.Dom.Name, UUID: formatUUID(r.Dom.UUID), Kind: driver.KindQEMU, State: driver.StateUnknown}
 		if r.Dom.ID > 0 {
 			g.ID = int(r.Dom.ID)
 		}
@@ -305,17 +306,33 @@ func (d *Driver) Guests(ctx context.Context) ([]driver.Guest, error) {
 		}
 		guests[i] = g
 	}
-	// Tags: a handful of concurrent reads; libvirtd serves 5 calls per client at once.
+	return guests, nil
+}
+
+// LoadTags implements driver.TagLoader: it sets the Tags of every guest (an empty
+// slice for a guest without tags, or one undefined since it was listed), one
+// metadata read per guest, a few at a time.
+func (d *Driver) LoadTags(ctx context.Context, guests []driver.Guest) error {
+	// libvirtd serves 5 calls per client at once.
 	sem := make(chan struct{}, 4)
 	var wg sync.WaitGroup
 	errs := make([]error, len(guests))
 	for i := range guests {
+		dom, err := d.lookup(ctx, guests[i])
+		if err != nil {
+			if errors.Is(err, driver.ErrNotFound) {
+				guests[i].Tags = []string{}
+				continue
+			}
+			errs[i] = err
+			continue
+		}
 		wg.Add(1)
 		sem <- struct{}{}
 		go func(i int) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			tags, err := d.tags(ctx, recs[i].Dom)
+			tags, err := d.tags(ctx, dom)
 			if err != nil {
 				errs[i] = err
 				return
@@ -324,10 +341,7 @@ func (d *Driver) Guests(ctx context.Context) ([]driver.Guest, error) {
 		}(i)
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	return guests, nil
+	return errors.Join(errs...)
 }
 
 type tagsXML struct {
@@ -430,6 +444,7 @@ func (d *Driver) domState(ctx context.Context, dom golibvirt.Domain) (driver.Sta
 var (
 	_ driver.Driver          = (*Driver)(nil)
 	_ driver.Tagger          = (*Driver)(nil)
+	_ driver.TagLoader       = (*Driver)(nil)
 	_ driver.AgentPinger     = (*Driver)(nil)
 	_ driver.Quiescer        = (*Driver)(nil)
 	_ driver.StorageReporter = (*Driver)(nil)

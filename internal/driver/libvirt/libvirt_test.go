@@ -207,6 +207,9 @@ func TestTags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := driver.LoadTags(context.Background(), d, gs); err != nil {
+		t.Fatal(err)
+	}
 	for _, x := range gs {
 		if x.UUID == dom.UUID {
 			if fmt.Sprint(x.Tags) != "[prod web]" {

@@ -4,14 +4,12 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strconv"
-	"time"
+	"sync"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/autosnap/autosnap/internal/driver"
-	"github.com/autosnap/autosnap/internal/naming"
 )
 
 // Snapshots implements driver.Driver, oldest first.
@@ -23,28 +21,101 @@ func (d *Driver) Snapshots(ctx context.Context, g driver.Guest) ([]driver.Snapsh
 	return d.snapshots(ctx, g, dom)
 }
 
+// listInFlight is how many snapshot reads of one guest a listing keeps in flight.
+const listInFlight = 4
+
+// snapshots lists dom's snapshots: one call for the list, one for the current
+// snapshot and one per snapshot for its XML (libvirt has no bulk read).
 func (d *Driver) snapshots(ctx context.Context, g driver.Guest, dom golibvirt.Domain) ([]driver.Snapshot, error) {
-	xs, err := d.snapshotXMLs(ctx, g, dom)
+	// The calls run inside one bounded call rather than one each: a goroutine
+	// hand-off per call would cost autosnap more CPU than decoding the answer.
+	type listing struct {
+		snaps  []driver.Snapshot
+		cur    string
+		hasCur bool
+	}
+	l, err := call(ctx, func() (listing, error) {
+		var l listing
+		snaps, _, err := d.l.DomainListAllSnapshots(dom, 1, 0)
+		if err != nil {
+			return l, fmt.Errorf("guest %s: listing snapshots: %w", g.Name, d.notFound(g.Name, err))
+		}
+		if len(snaps) == 0 {
+			return l, nil
+		}
+		cur, err := d.l.DomainSnapshotCurrent(dom, 0)
+		if err != nil && errCode(err) != golibvirt.ErrNoDomainSnapshot {
+			return l, fmt.Errorf("guest %s: reading current snapshot: %w", g.Name, err)
+		}
+		l.cur, l.hasCur = cur.Name, err == nil
+		// A few calls in flight: libvirtd answers them together and the reader
+		// goroutine finds answers waiting instead of sleeping between them.
+		got := make([]driver.Snapshot, len(snaps))
+		ok := make([]bool, len(snaps))
+		errs := make([]error, len(snaps))
+		next := make(chan int, len(snaps))
+		for i := range snaps {
+			next <- i
+		}
+		close(next)
+		var wg sync.WaitGroup
+		for range min(listInFlight, len(snaps)) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range next {
+					if ctx.Err() != nil {
+						errs[i] = ctx.Err() // abandoned: issue no more calls
+						continue
+					}
+					sn := snaps[i]
+					raw, err := d.l.DomainSnapshotGetXMLDesc(sn, 0)
+					if err != nil {
+						if errCode(err) != golibvirt.ErrNoDomainSnapshot { // else deleted meanwhile
+							errs[i] = fmt.Errorf("guest %s: reading snapshot %s: %w", g.Name, sn.Name, err)
+						}
+						continue
+					}
+					if got[i], err = decodeSnapshot(raw); err != nil {
+						errs[i] = fmt.Errorf("guest %s: snapshot %s: unreadable XML: %w", g.Name, sn.Name, err)
+						continue
+					}
+					ok[i] = true
+				}
+			}()
+		}
+		wg.Wait()
+		if ctx.Err() != nil {
+			return l, ctx.Err()
+		}
+		for _, err := range errs {
+			if err != nil {
+				return l, err
+			}
+		}
+		l.snaps = make([]driver.Snapshot, 0, len(snaps))
+		for i := range got {
+			if ok[i] {
+				l.snaps = append(l.snaps, got[i])
+			}
+		}
+		return l, nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	var cur golibvirt.DomainSnapshot
-	if len(xs) > 0 {
-		cur, err = call(ctx, func() (golibvirt.DomainSnapshot, error) { return d.l.DomainSnapshotCurrent(dom, 0) })
-	}
-	if err != nil && errCode(err) != golibvirt.ErrNoDomainSnapshot {
-		return nil, fmt.Errorf("guest %s: reading current snapshot: %w", g.Name, err)
+	out := l.snaps
+	if out == nil {
+		return []driver.Snapshot{}, nil
 	}
 	incomplete, ierr := d.incompleteReasons(ctx, g, dom)
 	if ierr != nil {
 		return nil, fmt.Errorf("guest %s: %w", g.Name, ierr)
 	}
-	out := make([]driver.Snapshot, 0, len(xs))
-	for _, x := range xs {
-		s := fromXML(x)
-		s.Current = err == nil && cur.Name == s.Name
+	for i := range out {
+		s := &out[i]
+		s.Current = l.hasCur && l.cur == s.Name
 		s.Incomplete = incomplete[s.Name]
-		out = append(out, s)
 	}
 	// libvirt records whole seconds: within one, a parent still comes before its children.
 	depth := depths(out)
@@ -111,48 +182,8 @@ func (d *Driver) snapshotXML(ctx context.Context, s golibvirt.DomainSnapshot) (*
 	return &x, nil
 }
 
+// fromXML is the driver's view of a decoded snapshot document.
 func fromXML(x *libvirtxml.DomainSnapshot) driver.Snapshot {
-	s := driver.Snapshot{Name: x.Name, Description: x.Description, GuestState: x.State}
-	if sec, err := strconv.ParseInt(x.CreationTime, 10, 64); err == nil {
-		s.Created = time.Unix(sec, 0)
-	}
-	if x.Parent != nil {
-		s.Parent = x.Parent.Name
-	}
-	if x.Memory != nil && (x.Memory.Snapshot == "internal" || x.Memory.Snapshot == "external") {
-		s.Memory = true
-	}
-	s.DiskOnly = x.State == "disk-snapshot"
-	internal, external := false, false
-	if x.Disks != nil {
-		for _, dk := range x.Disks.Disks {
-			sd := driver.SnapshotDisk{Name: dk.Name, Snapshot: dk.Snapshot}
-			if dk.Source != nil && dk.Source.File != nil {
-				sd.File = dk.Source.File.File
-			}
-			switch dk.Snapshot {
-			case "external":
-				external = true
-			case "internal":
-				internal = true
-			}
-			s.Disks = append(s.Disks, sd)
-		}
-	}
-	if x.Memory != nil && x.Memory.Snapshot == "internal" {
-		internal = true
-	}
-	switch {
-	case internal && external:
-		s.Location = driver.LocationMixed
-	case external:
-		s.Location = driver.LocationExternal
-	default:
-		s.Location = driver.LocationInternal
-	}
-	switch c := naming.DescriptionFields(x.Description)["consistency"]; driver.Consistency(c) {
-	case driver.ConsistencyQuiesced, driver.ConsistencyCrash, driver.ConsistencyOffline, driver.ConsistencyMemory:
-		s.Consistency = driver.Consistency(c)
-	}
-	return s
+	f := fieldsOf(x)
+	return f.snapshot()
 }

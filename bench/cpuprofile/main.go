@@ -1,0 +1,49 @@
+// Command cpuprofile runs autosnap's command line in-process under the CPU profiler,
+// for finding where autosnap's own CPU goes (bench/status.sh measures how much).
+//
+//	go run ./bench/cpuprofile -o /tmp/cpu.out -n 3 -- --vmid 'astbench-st-%' status
+//	go tool pprof -top /tmp/cpu.out
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime/pprof"
+	"syscall"
+	"time"
+
+	"github.com/autosnap/autosnap/internal/cli"
+	_ "github.com/autosnap/autosnap/internal/driver/libvirt"
+)
+
+func main() {
+	out := flag.String("o", "cpu.out", "profile file")
+	n := flag.Int("n", 1, "runs")
+	flag.Parse()
+	f, err := os.Create(*out)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	c0, t0 := cpu(), time.Now()
+	for range *n {
+		if rc := cli.Main(context.Background(), flag.Args(), io.Discard, os.Stderr); rc != 0 {
+			fmt.Fprintln(os.Stderr, "exit status", rc)
+		}
+	}
+	pprof.StopCPUProfile()
+	fmt.Printf("per run: wall %.3f s, CPU %.3f s\n", time.Since(t0).Seconds()/float64(*n), (cpu()-c0).Seconds()/float64(*n))
+}
+
+func cpu() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
