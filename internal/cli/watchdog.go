@@ -43,17 +43,39 @@ func runWatchdog(g *GlobalOptions, bound time.Duration) error {
 		fmt.Fprintf(os.Stdout, "error %v\n", err)
 		return err
 	}
-	defer d.Close()
-	q, ok := d.(driver.Quiescer)
-	if !ok {
+	// conn is the current connection; thaw replaces it when the hypervisor went away
+	// (a libvirtd restart drops every client) so that a frozen guest is still thawed.
+	var cmu sync.Mutex
+	conn := d
+	defer func() { conn.Close() }()
+	if _, ok := d.(driver.Quiescer); !ok {
 		fmt.Fprintln(os.Stdout, "error driver cannot thaw")
 		return fmt.Errorf("the %s driver cannot thaw guests", d.Name())
+	}
+	current := func() driver.Driver {
+		cmu.Lock()
+		defer cmu.Unlock()
+		return conn
+	}
+	reconnect := func(ctx context.Context, old driver.Driver) error {
+		cmu.Lock()
+		defer cmu.Unlock()
+		if conn != old {
+			return nil // another thaw reconnected already
+		}
+		nd, err := g.connect(ctx)
+		if err != nil {
+			return err
+		}
+		old.Close()
+		conn = nd
+		return nil
 	}
 	// Resolve guests up front so an emergency thaw is a single call.
 	var mu sync.Mutex
 	known := map[string]driver.Guest{}
 	refresh := func(ctx context.Context) error {
-		guests, err := d.Guests(ctx)
+		guests, err := current().Guests(ctx)
 		if err != nil {
 			return err
 		}
@@ -83,7 +105,19 @@ func runWatchdog(g *GlobalOptions, bound time.Duration) error {
 				return fmt.Errorf("guest %s not found", key)
 			}
 		}
-		_, err := q.Thaw(ctx, gu)
+		c := current()
+		_, err := c.(driver.Quiescer).Thaw(ctx, gu)
+		if err != nil {
+			// A dead connection fails every call: probe it, and reconnect if so.
+			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, perr := c.Guests(pctx)
+			cancel()
+			if perr != nil {
+				if rerr := reconnect(ctx, c); rerr != nil {
+					return fmt.Errorf("%w; reconnecting: %v", err, rerr)
+				}
+			}
+		}
 		return err
 	}
 	return watchdog.Serve(os.Stdin, os.Stdout, bound, thaw, os.Stderr)

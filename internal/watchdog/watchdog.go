@@ -27,10 +27,16 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/autosnap/autosnap/internal/retry"
 )
 
 // DefaultBound is the longest a guest stays frozen when autosnap hangs.
 const DefaultBound = 10 * time.Second
+
+// ThawRetry is how long the watchdog keeps trying to thaw a guest once it has to (the
+// hypervisor may be restarting meanwhile).
+const ThawRetry = 2 * time.Minute
 
 // ThawFunc thaws the guest identified by key.
 type ThawFunc func(ctx context.Context, key string) error
@@ -52,16 +58,15 @@ func Serve(in io.Reader, out io.Writer, bound time.Duration, thaw ThawFunc, log 
 		fmt.Fprintf(out, format+"\n", a...)
 	}
 	doThaw := func(key, why string) {
-		// Retry: the agent may be busy finishing the freeze it was asked for.
-		ctx, cancel := context.WithTimeout(context.Background(), bound)
+		// Retry: the agent may be busy finishing the freeze it was asked for, or the
+		// hypervisor may be restarting (thaw reconnects); a frozen guest is worth
+		// trying for a long while.
+		ctx, cancel := context.WithTimeout(context.Background(), max(bound, ThawRetry))
 		defer cancel()
-		var err error
-		for attempt := 0; ctx.Err() == nil; attempt++ {
-			if err = thaw(ctx, key); err == nil {
-				fmt.Fprintf(log, "autosnap watchdog: thawed %s (%s)\n", key, why)
-				return
-			}
-			time.Sleep(min(time.Duration(attempt+1)*100*time.Millisecond, time.Second))
+		err := retry.Do(ctx, retry.Default, func() error { return thaw(ctx, key) })
+		if err == nil {
+			fmt.Fprintf(log, "autosnap watchdog: thawed %s (%s)\n", key, why)
+			return
 		}
 		fmt.Fprintf(log, "autosnap watchdog: could not thaw %s (%s): %v — thaw it by hand: virsh domfsthaw\n", key, why, err)
 	}
