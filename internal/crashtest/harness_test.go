@@ -216,7 +216,7 @@ type crashRun struct {
 	point string // AUTOSNAP_CRASH_AT: name or name#N
 	how   interruption
 	// killGroup (pauseThenKill): also kill autosnap's process group. Without it the
-	// children autosnap started (qemu-img) carry on as orphans.
+	// children autosnap started (qemu-img) are left to the kernel: they must die with it.
 	killGroup bool
 	// atPoint runs while autosnap waits at the point (pauseThenKill, restartAtPoint);
 	// an error fails the scenario.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/autosnap/autosnap/internal/crash"
 	"github.com/autosnap/autosnap/internal/driver"
@@ -237,22 +238,35 @@ func (d *Driver) CollapseChain(ctx context.Context, g driver.Guest, opts driver.
 		steps = append(steps, mergeStep{kind: stepCommit, disk: k, base: base, top: chain[0],
 			between: reversed(chain[1 : len(chain)-1]), live: active, activeTop: true})
 	}
-	for _, s := range steps {
-		started := false
-		progress := func(disk string, done, total uint64) {
-			if !started {
-				// The first report comes once the job runs: libvirt's block job
-				// exists, or qemu-img commit is writing.
-				started = true
-				crash.Point(crash.CollapseStarted)
-			}
-			if opts.Progress != nil {
-				opts.Progress(disk, done, total)
-			}
+	if len(steps) == 0 {
+		return nil
+	}
+	// Journalled like a delete, so that a collapse cut off anywhere (its block job
+	// left running, qemu-img killed) is finished by the next run's settle.
+	inChain := map[string]map[string]bool{}
+	for _, st := range steps {
+		inChain[st.disk] = map[string]bool{st.top: true}
+	}
+	rec := newMergeRecord(time.Now(), g.Name, formatUUID(dom.UUID), t, nil, nil, steps, inChain)
+	rec.Op = "collapse"
+	key := mergeKey(d.node, dom)
+	if err := d.store().Put(key, rec); err != nil {
+		return fmt.Errorf("guest %s: nothing was merged: the collapse could not be recorded first: %w (check that %s is writable)", g.Name, err, d.store().Dir)
+	}
+	started := map[string]bool{}
+	progress := func(disk string, done, total uint64) {
+		if !started[disk] {
+			// The first report comes once the job runs: libvirt's block job
+			// exists, or qemu-img commit is writing.
+			started[disk] = true
+			crash.Point(crash.CollapseStarted)
 		}
-		if err := d.runStep(ctx, g, dom, s, progress); err != nil {
-			return fmt.Errorf("guest %s: %w", g.Name, err)
+		if opts.Progress != nil {
+			opts.Progress(disk, done, total)
 		}
+	}
+	if err := d.execute(ctx, g, dom, key, rec, progress); err != nil {
+		return fmt.Errorf("guest %s: %w", g.Name, err)
 	}
 	return nil
 }

@@ -49,7 +49,7 @@ const mergeRecordVersion = 1
 // mergeRecord is the journal record of one snapshot delete in progress on one guest.
 type mergeRecord struct {
 	Version int    `json:"version"`
-	Op      string `json:"op"` // "delete"
+	Op      string `json:"op"` // "delete", or "collapse" (snapshot chain collapse)
 	Guest   string `json:"guest"`
 	UUID    string `json:"uuid"`
 	// Started is when the plan was written.
@@ -177,6 +177,14 @@ func (r *mergeRecord) incomplete() map[string]string {
 	return out
 }
 
+// what names the operation, for messages.
+func (r *mergeRecord) what() string {
+	if r.Op == "collapse" {
+		return "collapsing the disk chains"
+	}
+	return "deleting snapshot(s) " + strings.Join(r.Deleted, ", ")
+}
+
 // left describes what remains to be done, for messages.
 func (r *mergeRecord) left() string {
 	n := 0
@@ -239,7 +247,7 @@ func (d *Driver) settleMerge(ctx context.Context, g driver.Guest, dom golibvirt.
 		return nil, nil
 	}
 	if err := d.execute(ctx, g, dom, key, rec, progress); err != nil {
-		return nil, fmt.Errorf("guest %s: an interrupted delete had to be finished first, so nothing else was done: %w", g.Name, err)
+		return nil, fmt.Errorf("guest %s: an interrupted run's merge had to be finished first, so nothing else was done: %w", g.Name, err)
 	}
 	return rec.Deleted, nil
 }
@@ -301,7 +309,7 @@ func (d *Driver) execute(ctx context.Context, g driver.Guest, dom golibvirt.Doma
 		}
 	}
 	if err := d.store().Delete(key); err != nil {
-		return fmt.Errorf("the delete of snapshot(s) %s is complete, but its journal record could not be removed: %w (remove %s by hand)", strings.Join(rec.Deleted, ", "), err, d.store().Path(key))
+		return fmt.Errorf("%s is complete, but its journal record could not be removed: %w (remove %s by hand)", rec.what(), err, d.store().Path(key))
 	}
 	return nil
 }
@@ -328,7 +336,7 @@ func (d *Driver) stop(ctx context.Context, g driver.Guest, dom golibvirt.Domain,
 		if err := d.store().Delete(key); err != nil {
 			cause = errors.Join(cause, err)
 		}
-		return fmt.Errorf("deleting snapshot(s) %s: %w (nothing was changed)", strings.Join(rec.Deleted, ", "), cause)
+		return fmt.Errorf("%s: %w (nothing was changed)", rec.what(), cause)
 	}
 	rec.LastError, rec.LastErrorAt = cause.Error(), time.Now()
 	var extra []error
@@ -345,8 +353,8 @@ func (d *Driver) stop(ctx context.Context, g driver.Guest, dom golibvirt.Domain,
 	if p := rec.partlyMerged(); len(p) > 0 {
 		msg = "partly merged, not to be reverted to: " + strings.Join(p, ", ")
 	}
-	return fmt.Errorf("deleting snapshot(s) %s stopped: %w (every disk chain is valid and the guest's data intact; %s; %s; the next snap, clean or snapshot delete on this guest finishes it; to give up instead, check `autosnap snapshot chain` and remove %s)",
-		strings.Join(rec.Deleted, ", "), errors.Join(append([]error{cause}, extra...)...), msg, rec.left(), d.store().Path(key))
+	return fmt.Errorf("%s stopped: %w (every disk chain is valid and the guest's data intact; %s; %s; the next snap, clean or snapshot delete on this guest finishes it; to give up instead, check `autosnap snapshot chain` and remove %s)",
+		rec.what(), errors.Join(append([]error{cause}, extra...)...), msg, rec.left(), d.store().Path(key))
 }
 
 // stepObs is what the executor sees of a step's disk before running it.
