@@ -1,4 +1,6 @@
-// Package retry is autosnap's one retry and polling policy.
+// Package retry is autosnap's one retry and polling helper, with its policies stated
+// here and nowhere else: Default for retrying, Poll for watching a job, Locked for
+// waiting on a lock another program holds.
 //
 // The policy, stated once: the first retry waits 25 ms, each next one twice as long,
 // at most 500 ms, every wait varied by ±20 % so that parallel waiters (several guests,
@@ -22,9 +24,31 @@ type Backoff struct {
 	Jitter  float64       // each wait is varied by up to ± this fraction, in [0, 1)
 }
 
-// Default is the policy every retry and polling loop of autosnap uses (see the
-// package comment).
+// Default is the policy every retry loop of autosnap uses (see the package comment).
 var Default = Backoff{Initial: 25 * time.Millisecond, Max: 500 * time.Millisecond, Factor: 2, Jitter: 0.2}
+
+// Poll is the policy for watching a job make progress (a block commit, a hypervisor
+// task): small jobs end within milliseconds, so the first look comes after 1 ms; long
+// ones are looked at every 100 ms, often enough for a live progress bar and the stall
+// timeout.
+var Poll = Backoff{Initial: time.Millisecond, Max: 100 * time.Millisecond, Factor: 2}
+
+// Locked is the policy for waiting on something another program holds (a Proxmox VE
+// guest lock during a backup): a lock is held for seconds, so asking more often than
+// every 2 s only adds load.
+var Locked = Backoff{Initial: 200 * time.Millisecond, Max: 2 * time.Second, Factor: 2, Jitter: 0.2}
+
+// Sleep waits d or until ctx is done, and returns ctx.Err() in the latter case.
+func Sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
 
 // Delay returns the wait before retry n (0 is the first), jitter applied.
 func (b Backoff) Delay(n int) time.Duration {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/autosnap/autosnap/internal/crash"
 	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/retry"
 )
 
 // Chains implements driver.ChainReporter.
@@ -186,7 +187,7 @@ func (d *Driver) commitLive(ctx context.Context, dom golibvirt.Domain, disk, top
 	}
 	watch := stallWatch{limit: d.timeout}
 	pivoted := false
-	wait := time.Millisecond
+	polls := 0 // small merges finish in milliseconds; long ones are looked at less often
 	for {
 		j, err := d.jobInfo(ctx, dom, disk)
 		if err != nil {
@@ -214,16 +215,13 @@ func (d *Driver) commitLive(ctx context.Context, dom golibvirt.Domain, disk, top
 			}
 			pivoted = true
 			watch.reset(time.Now())
-			wait = time.Millisecond
+			polls = 0
 			continue
 		}
-		select {
-		case <-ctx.Done():
+		if retry.Sleep(ctx, retry.Poll.Delay(polls)) != nil {
 			return abort(fmt.Errorf("block commit of %s interrupted: %w", top, ctx.Err()))
-		case <-time.After(wait):
 		}
-		// Small merges finish in milliseconds; back off for long ones.
-		wait = min(2*wait, d.jobPoll)
+		polls++
 	}
 	// A job that vanished may have failed: the chain tells.
 	rctx, cancel := d.rpcCtx(context.WithoutCancel(ctx))
@@ -249,10 +247,11 @@ func (d *Driver) abortCommit(ctx context.Context, dom golibvirt.Domain, disk, to
 	aerr := call0(rctx, func() error { return d.l.DomainBlockJobAbort(dom, disk, 0) })
 	cancel()
 	// The abort is asynchronous: wait until the job is gone, then check the chain.
-	deadline := time.Now().Add(max(d.timeout, time.Second))
+	wctx, wcancel := context.WithTimeout(bctx, max(d.timeout, time.Second))
+	defer wcancel()
 	running := true
 	var jerr error
-	for time.Now().Before(deadline) {
+	for polls := 0; wctx.Err() == nil; polls++ {
 		var j blockJob
 		if j, jerr = d.jobInfo(bctx, dom, disk); jerr != nil {
 			break // libvirt cannot be asked (e.g. it restarted): the next run looks again
@@ -261,7 +260,7 @@ func (d *Driver) abortCommit(ctx context.Context, dom golibvirt.Domain, disk, to
 			running = false
 			break
 		}
-		time.Sleep(20 * time.Millisecond)
+		_ = retry.Sleep(wctx, retry.Poll.Delay(polls))
 	}
 	switch {
 	case jerr != nil:

@@ -43,8 +43,6 @@ type Driver struct {
 	timeout time.Duration
 	journal *journal.Store // merge journals (see execute.go)
 
-	// jobPoll is the longest pause between block-job progress polls.
-	jobPoll time.Duration
 	// mu serialises chain-changing operations per domain inside this process; libvirt's
 	// own per-domain job lock would otherwise reject the second with a confusing error.
 	mu     sync.Mutex
@@ -92,7 +90,7 @@ func Open(ctx context.Context, cfg driver.Config) (*Driver, error) {
 		return nil, fmt.Errorf("cannot connect to libvirt at %s: no answer within %s: %w", redactURI(u), cfg.Timeout, driver.ErrConnect)
 	}
 
-	d := &Driver{l: l, uri: u, timeout: cfg.Timeout, jobPoll: 100 * time.Millisecond, domMus: map[string]*sync.Mutex{}}
+	d := &Driver{l: l, uri: u, timeout: cfg.Timeout, domMus: map[string]*sync.Mutex{}}
 	d.journal = journalStore(cfg.StateDir)
 	d.local = isLocal(u)
 	d.node = u.Hostname()

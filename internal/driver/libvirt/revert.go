@@ -17,6 +17,7 @@ import (
 	"github.com/autosnap/autosnap/internal/crash"
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/naming"
+	"github.com/autosnap/autosnap/internal/retry"
 )
 
 // RevertSnapshot implements driver.Driver; it is RevertSnapshotNotes without notes.
@@ -819,7 +820,7 @@ func (d *Driver) thawRestored(ctx context.Context, g driver.Guest, dom golibvirt
 		wait = 10 * time.Second
 	}
 	deadline := time.Now().Add(wait)
-	for {
+	for attempt := 0; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		res, err := call(actx, func() (golibvirt.OptString, error) {
 			return d.l.QEMUDomainAgentCommand(dom, `{"execute":"guest-fsfreeze-status"}`, agentTimeout(actx, 3*time.Second), 0)
@@ -846,10 +847,8 @@ func (d *Driver) thawRestored(ctx context.Context, g driver.Guest, dom golibvirt
 			}
 			return
 		}
-		select {
-		case <-ctx.Done():
+		if retry.Sleep(ctx, retry.Default.Delay(attempt)) != nil {
 			return
-		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }

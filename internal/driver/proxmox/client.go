@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/retry"
 	pxapi "github.com/luthermonson/go-proxmox"
 )
 
@@ -419,7 +420,6 @@ type result struct {
 // few times: a node that stays unreachable must not eat the whole operation's time.
 func (c *client) do(ctx context.Context, method, path string, params url.Values, out any) (result, error) {
 	var res result
-	backoff := 100 * time.Millisecond
 	retries, failovers := 0, 0
 	renewed := false
 	for {
@@ -462,11 +462,10 @@ func (c *client) do(ctx context.Context, method, path string, params url.Values,
 		case ae.Status == http.StatusUnauthorized:
 			return res, fmt.Errorf("%w: %w", err, driver.ErrConnect)
 		case ae.transient() && method == http.MethodGet && retries < maxTransientRetries:
-			retries++
-			if serr := sleep(ctx, backoff); serr != nil {
+			if serr := retry.Sleep(ctx, retry.Default.Delay(retries)); serr != nil {
 				return res, err
 			}
-			backoff *= 2
+			retries++
 			continue
 		}
 		return res, err
@@ -568,18 +567,6 @@ func cleanURLError(err error) error {
 		return ue.Err
 	}
 	return err
-}
-
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // pveInt decodes the API's integers, which arrive as numbers, numeric strings,

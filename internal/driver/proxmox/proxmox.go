@@ -139,10 +139,6 @@ func parseEndpoint(entry string) (endpoint, error) {
 // Driver talks to one Proxmox VE cluster (or standalone node) through its API.
 type Driver struct {
 	c *client
-	// poll bounds the interval between task status polls.
-	pollMin, pollMax time.Duration
-	// lockMax caps the backoff between attempts on a locked guest.
-	lockMax time.Duration
 	// seen holds the UPIDs already waited on, so a lost answer is never matched to an
 	// earlier write's task.
 	seenMu sync.Mutex
@@ -201,7 +197,7 @@ func Open(ctx context.Context, cfg driver.Config) (*Driver, error) {
 		hc.CloseIdleConnections()
 		return nil, err
 	}
-	return &Driver{c: c, pollMin: 50 * time.Millisecond, pollMax: time.Second, lockMax: 2 * time.Second}, nil
+	return &Driver{c: c}, nil
 }
 
 // parseToken validates USER@REALM!TOKENID=SECRET. Its errors never repeat the value,

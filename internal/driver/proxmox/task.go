@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/retry"
 )
 
 // upid is a parsed task id: UPID:node:pid:pstart:starttime:type:id:user:
@@ -57,7 +58,7 @@ func (d *Driver) wait(ctx context.Context, u upid) error {
 	d.seen[u.raw] = true
 	d.seenMu.Unlock()
 	start := time.Now()
-	interval := d.pollMin
+	polls := 0
 	var lastErr error
 	path := "/nodes/" + url.PathEscape(u.node) + "/tasks/" + url.PathEscape(u.raw) + "/status"
 	for {
@@ -83,12 +84,17 @@ func (d *Driver) wait(ctx context.Context, u upid) error {
 		default:
 			lastErr = nil
 		}
-		if sleep(ctx, interval) != nil {
+		if retry.Sleep(ctx, taskPoll.Delay(polls)) != nil {
 			return d.stillRunning(ctx, u, start, lastErr)
 		}
-		interval = min(interval*3/2, d.pollMax)
+		polls++
 	}
 }
+
+// taskPoll paces task status polls: PVE tasks take from a fraction of a second to
+// minutes, and each poll is an HTTP request to the cluster, so the policy's 100 ms
+// ceiling is raised to 1 s.
+var taskPoll = retry.Backoff{Initial: 50 * time.Millisecond, Max: time.Second, Factor: 1.5}
 
 func (d *Driver) stillRunning(ctx context.Context, u upid, since time.Time, unreachable error) error {
 	if unreachable != nil {
@@ -188,8 +194,7 @@ func lockOf(err error) (string, bool) {
 // The final error names the lock and what usually holds it.
 func (d *Driver) retryLocked(ctx context.Context, g driver.Guest, op func() error) error {
 	start := time.Now()
-	backoff := 200 * time.Millisecond
-	for {
+	for attempt := 0; ; attempt++ {
 		err := op()
 		lock, ok := lockOf(err)
 		if !ok || ctx.Err() != nil {
@@ -198,10 +203,9 @@ func (d *Driver) retryLocked(ctx context.Context, g driver.Guest, op func() erro
 			}
 			return err
 		}
-		if sleep(ctx, backoff) != nil {
+		if retry.Sleep(ctx, retry.Locked.Delay(attempt)) != nil {
 			return lockTimeout(g, lock, time.Since(start), ctx.Err())
 		}
-		backoff = min(2*backoff, d.lockMax)
 	}
 }
 
