@@ -39,6 +39,18 @@ import (
 // metadata naming it (see RevertSnapshotNotes); its content is nobody's point in
 // time, so it is left out of the graph.
 //
+// An image's content may change (it is mergeable) when no remaining snapshot needs it
+// as its state and it held the state of a snapshot that is gone: the state image of a
+// deleted snapshot, an overlay autosnap created, and the image such an overlay was
+// created on. The last two also cover what the metadata no longer tells: a snapshot
+// deleted while its state image had other overlays (a revert branched it) leaves no
+// record that the image is free, and the overlay left on it (a revert overlay, or the
+// snapshot's own) must still be merged into it once nothing else builds on it, so that
+// the chain shrinks back to its base when the last snapshot goes. Overlays autosnap
+// created are those the snapshots name and the files named as autosnap names snapshot
+// and revert overlays of the disk ("<dom>-<disk>.<name>.qcow2", see overlayPath and
+// revertOverlayName).
+//
 // It also refuses, changing nothing, when the merge would write into or remove an
 // image that something outside the guest's disk uses (another guest, a file in a
 // storage pool or beside the images).
@@ -47,7 +59,7 @@ func (d *Driver) buildGraphs(ctx context.Context, g driver.Guest, dom golibvirt.
 	if err != nil {
 		return nil, fmt.Errorf("guest %s: %w", g.Name, err)
 	}
-	in := graphInput{guest: g.Name, uuid: formatUUID(dom.UUID), chains: chains, live: active, tree: t, deleted: deleted,
+	in := graphInput{guest: g.Name, domain: dom.Name, uuid: formatUUID(dom.UUID), chains: chains, live: active, tree: t, deleted: deleted,
 		fs: d.imageFS(), users: func() (*hostUsers, error) { return d.hostUsers(ctx) }}
 	graphs, err := in.build()
 	if err != nil {
@@ -64,6 +76,7 @@ func (d *Driver) buildGraphs(ctx context.Context, g driver.Guest, dom golibvirt.
 // libvirt host) and the host-wide scan of image users.
 type graphInput struct {
 	guest   string // for messages
+	domain  string // the libvirt domain's name, which autosnap's overlay file names start with
 	uuid    string // the domain's UUID: its own disk is not another user of its images
 	chains  map[string][]string
 	live    bool // the domain is active: its chains' images are open in QEMU
@@ -170,12 +183,27 @@ func (in graphInput) build() (map[string]*diskGraph, error) {
 		canonicalDomainDisks(m, keys)
 	}
 	for disk, gr := range graphs {
-		// An overlay a snapshot created that no remaining snapshot needs as its state
-		// may absorb the image above it (left over by an earlier delete at a branch
-		// point). A released state image nobody builds on any more is removed.
+		// An overlay autosnap created that no remaining snapshot needs as its state may
+		// absorb the image above it (left over by an earlier delete at a branch point),
+		// and so may the image it was created on: that was a snapshot's state, and the
+		// snapshot is gone. A released state image nobody builds on any more is removed.
+		made := map[string]bool{}
 		for _, ov := range owned[disk] {
-			if len(gr.pins[ov]) == 0 {
-				gr.mergeable[ov] = true
+			made[ov] = true
+		}
+		for f := range gr.nodes {
+			if isOwnOverlay(f, in.domain, disk) {
+				made[f] = true
+			}
+		}
+		for f := range made {
+			if len(gr.pins[f]) == 0 {
+				gr.mergeable[f] = true
+			}
+			if b := gr.nodes[f].backing; b != "" && len(gr.pins[b]) == 0 {
+				if _, ok := gr.nodes[b]; ok {
+					gr.mergeable[b] = true
+				}
 			}
 		}
 		for _, st := range released[disk] {
@@ -221,6 +249,23 @@ func (in graphInput) refuseShared(graphs map[string]*diskGraph) error {
 		}
 	}
 	return nil
+}
+
+// isOwnOverlay reports whether path is named as autosnap names the overlays it
+// creates on disk of dom: a snapshot's ("<dom>-<disk>.<snap>.qcow2") or a revert's
+// ("<dom>-<disk>.<snap>.revert<N>.qcow2"), also as named before guest names were made
+// safe for file names. An empty dom matches nothing.
+func isOwnOverlay(path, dom, disk string) bool {
+	if dom == "" {
+		return false
+	}
+	base := filepath.Base(path)
+	for _, prefix := range []string{safeFileName(dom) + "-" + safeFileName(disk) + ".", dom + "-" + disk + "."} {
+		if rest, ok := strings.CutPrefix(base, prefix); ok && len(rest) > len(".qcow2") && strings.HasSuffix(rest, ".qcow2") {
+			return true
+		}
+	}
+	return false
 }
 
 // usedAsState reports whether a snapshot of t records ov as its state on disk.

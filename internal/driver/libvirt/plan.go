@@ -52,7 +52,9 @@ type diskGraph struct {
 	active string // the image the domain's disk uses
 	// pins maps images to the remaining snapshots whose state they hold.
 	pins map[string][]string
-	// mergeable are state images of deleted snapshots: their content may change.
+	// mergeable are images whose content may change: state images of deleted
+	// snapshots, and images autosnap created or created an overlay on that no remaining
+	// snapshot needs (see buildGraphs).
 	mergeable map[string]bool
 	// removable are overlays of deleted snapshots: they may be deleted when unused.
 	removable map[string]bool

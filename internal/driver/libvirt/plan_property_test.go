@@ -36,6 +36,12 @@ import (
 // touch a shared image) and with the raw planner, which must leave such images alone
 // by itself.
 //
+// Once the history is over, every snapshot left is deleted, in random rounds. When
+// nothing outside the guest ever built on its images and none held internal
+// snapshots, the disk is then back to its base image alone: every image a snapshot or
+// a revert added is merged or removed, however the reverts branched the tree and in
+// whatever order the snapshots went.
+//
 // AUTOSNAP_PLAN_SEED=N replays one seed; AUTOSNAP_PLAN_ITER sets the number of worlds.
 
 const propBlocks = 8
@@ -57,15 +63,18 @@ func TestPlanProperties(t *testing.T) {
 				seed, err, seed, strings.Join(w.log, "\n  "), w.fs.dump())
 		}
 	}
-	t.Logf("%d worlds, %d delete rounds: %d removes, %d commits (%d into the active image, %d with images between), %d naming images through the symlinked directory; %d refused (shared image), raw planner left %d shared images alone",
-		iters, st.rounds, st.removes, st.commits, st.activeCommits, st.betweens, st.aliased, st.refused, st.sparedShared)
-	if st.commits == 0 || st.removes == 0 || st.refused == 0 || st.betweens == 0 || st.aliased == 0 || st.sparedShared == 0 {
+	t.Logf("%d worlds, %d delete rounds: %d removes, %d commits (%d into the active image, %d with images between), %d naming images through the symlinked directory; %d refused (shared image), raw planner left %d shared images alone; %d worlds back to their base image once every snapshot was deleted, %d of them after reverts",
+		iters, st.rounds, st.removes, st.commits, st.activeCommits, st.betweens, st.aliased, st.refused, st.sparedShared, st.emptied, st.reverted)
+	if st.commits == 0 || st.removes == 0 || st.refused == 0 || st.betweens == 0 || st.aliased == 0 || st.sparedShared == 0 || st.reverted == 0 {
 		t.Errorf("the random worlds do not exercise every rule: %+v", st)
 	}
 }
 
 type propStats struct {
 	rounds, removes, commits, activeCommits, betweens, aliased, refused, sparedShared int
+	// emptied: worlds whose chain was checked to be the base alone once every snapshot
+	// was deleted; reverted: those of them with reverts in their history.
+	emptied, reverted int
 }
 
 type propSnap struct {
@@ -88,6 +97,11 @@ type propWorld struct {
 	others []propOther // other guests, by their top images
 	n      int
 	log    []string
+	// shared: something outside the guest built on one of its images, or one of them
+	// held internal snapshots; the chain may then stay longer than its base.
+	shared bool
+	// reverts counts the reverts in the history.
+	reverts int
 }
 
 func newPropWorld(seed int64, st *propStats) *propWorld {
@@ -170,6 +184,7 @@ func (w *propWorld) run() error {
 			imgs := w.guestImages()
 			f := w.fs.file(imgs[w.rnd.Intn(len(imgs))])
 			f.internal = true
+			w.shared = true
 			w.logf("%s holds internal snapshots", f.path)
 		default:
 			if err := w.deleteRound(); err != nil {
@@ -177,12 +192,48 @@ func (w *propWorld) run() error {
 			}
 		}
 	}
-	return w.deleteRound()
+	if err := w.deleteRound(); err != nil {
+		return err
+	}
+	if w.shared {
+		return nil // a delete that would touch a shared image is refused
+	}
+	for round := 0; w.snapsLeft() > 0; round++ {
+		if round == 100 {
+			return fmt.Errorf("%d snapshots are left after %d rounds of deleting them", w.snapsLeft(), round)
+		}
+		if err := w.deleteRound(); err != nil {
+			return err
+		}
+	}
+	chain := headerChain(w.fs, w.active)
+	if !w.fs.same(w.active, base) {
+		return fmt.Errorf("every snapshot is deleted and nothing outside uses the guest's images, yet its disk's chain is %v, not its base image %s alone", chain, base)
+	}
+	if imgs := w.guestImages(); len(imgs) != 1 {
+		return fmt.Errorf("every snapshot is deleted and nothing outside uses the guest's images, yet %v are left beside the base image %s", imgs, base)
+	}
+	w.st.emptied++
+	if w.reverts > 0 {
+		w.st.reverted++
+	}
+	return nil
+}
+
+// snapsLeft counts the snapshots not deleted yet.
+func (w *propWorld) snapsLeft() int {
+	n := 0
+	for _, s := range w.snaps {
+		if !s.removed {
+			n++
+		}
+	}
+	return n
 }
 
 func (w *propWorld) snapshot() {
 	name := fmt.Sprintf("s%d", w.next())
-	ov := filepath.Join(filepath.Dir(w.active), "dom-vda."+name)
+	ov := overlayPath("dom", "vda", w.active, name)
 	w.fs.create(ov, w.active)
 	w.snaps = append(w.snaps, &propSnap{name: name, overlay: ov, state: w.active})
 	w.logf("snapshot %s: overlay %s on %s", name, ov, w.active)
@@ -201,10 +252,11 @@ func (w *propWorld) revert() {
 		return
 	}
 	s := cands[w.rnd.Intn(len(cands))]
-	r := filepath.Join(filepath.Dir(w.active), fmt.Sprintf("dom-vda.%s.revert%d", s.name, w.next()))
+	r := filepath.Join(filepath.Dir(w.active), revertOverlayName("dom", "vda", s.name, w.next()))
 	w.fs.create(r, s.state)
 	old := w.active
 	w.active = r
+	w.reverts++
 	w.logf("revert to %s: %s on %s", s.name, r, s.state)
 	needed := false
 	for _, o := range w.snaps {
@@ -273,6 +325,7 @@ func (w *propWorld) foreign() {
 	}
 	w.fs.create(p, on)
 	w.write(p, 2)
+	w.shared = true
 	w.logf("%s builds on %s", p, on)
 }
 
@@ -464,7 +517,7 @@ func (w *propWorld) apply(del map[string]bool, driver bool) error {
 	outside := w.outside()
 	chain := headerChain(w.fs, w.active)
 	t := w.tree()
-	in := graphInput{guest: "dom", uuid: "uuid-dom", chains: map[string][]string{"vda": chain}, live: w.live,
+	in := graphInput{guest: "dom", domain: "dom", uuid: "uuid-dom", chains: map[string][]string{"vda": chain}, live: w.live,
 		tree: t, deleted: del, fs: w.fs, users: func() (*hostUsers, error) { return w.users(), nil }}
 	graphs, err := in.build()
 	if err != nil {

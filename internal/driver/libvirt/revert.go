@@ -97,6 +97,9 @@ func (d *Driver) RevertSnapshot(ctx context.Context, g driver.Guest, name string
 // R into P as it would have merged O_S. Otherwise S's <disks> keep naming O_S, which
 // is no longer in the current chain: a delete must then neither commit into P nor
 // remove an image that has an overlay, since that would corrupt the other branch.
+// Once that branch is gone and no snapshot needs P any more, R (or O_S) is merged into
+// P as a snapshot's overlay would be, even when S's metadata went first: buildGraphs
+// knows autosnap's overlays by their names, so the chain shrinks back to P.
 func (d *Driver) RevertSnapshotNotes(ctx context.Context, g driver.Guest, name string, opts driver.RevertOptions, note func(string)) error {
 	if note == nil {
 		note = func(string) {}
