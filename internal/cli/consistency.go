@@ -33,6 +33,12 @@ func withConsistency(desc string, c driver.Consistency) string {
 	if c == driver.ConsistencyUnknown {
 		return desc
 	}
+	return strings.Join(append(linesWithoutConsistency(desc), consistencyField+": "+string(c)), "\n")
+}
+
+// linesWithoutConsistency splits desc into lines and drops a consistency line after
+// the first (the first line tells autosnap's snapshots from the user's and stays).
+func linesWithoutConsistency(desc string) []string {
 	first, rest, _ := strings.Cut(desc, "\n")
 	lines := []string{first}
 	for line := range strings.Lines(rest) {
@@ -42,7 +48,7 @@ func withConsistency(desc string, c driver.Consistency) string {
 		}
 		lines = append(lines, strings.TrimRight(line, "\r\n"))
 	}
-	return strings.Join(append(lines, consistencyField+": "+string(c)), "\n")
+	return lines
 }
 
 // statesConsistency reports whether desc records a consistency itself.
@@ -51,35 +57,11 @@ func statesConsistency(desc string) bool {
 	return ok
 }
 
-// describeConsistency says in words what c means, for the line a create prints.
-func describeConsistency(c driver.Consistency) string {
-	switch c {
-	case driver.ConsistencyQuiesced:
-		return "quiesced through the guest agent"
-	case driver.ConsistencyOffline:
-		return "guest shut off"
-	case driver.ConsistencyMemory:
-		return "with RAM"
-	case driver.ConsistencyCrash:
-		return "crash-consistent only"
-	}
-	return "consistency unknown"
-}
-
 // shownDescription is desc as list and info show it: without the consistency line,
 // which they show in a column of its own.
 func shownDescription(desc string) string {
-	first, rest, found := strings.Cut(desc, "\n")
-	if !found {
+	if !strings.Contains(desc, "\n") {
 		return desc
 	}
-	lines := []string{first}
-	for line := range strings.Lines(rest) {
-		k, _, ok := strings.Cut(line, ":")
-		if ok && strings.TrimSpace(k) == consistencyField {
-			continue
-		}
-		lines = append(lines, strings.TrimRight(line, "\r\n"))
-	}
-	return strings.TrimRight(strings.Join(lines, "\n"), "\n")
+	return strings.TrimRight(strings.Join(linesWithoutConsistency(desc), "\n"), "\n")
 }

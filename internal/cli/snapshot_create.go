@@ -161,7 +161,7 @@ func runSnapshotCreate(ctx context.Context, g *GlobalOptions, o *SnapshotCreateO
 	cons := createConsistency(s.guest.State, opts)
 	opts.Description = withConsistency(o.Description, cons)
 	if g.DryRun {
-		fmt.Fprintf(g.messages(), "Dry run: snapshot %s of %s would be created (%s)\n", opts.Name, s.guest.Name, describeConsistency(cons))
+		fmt.Fprintf(g.messages(), "Dry run: snapshot %s of %s would be created (%s)\n", opts.Name, s.guest.Name, cons.Describe())
 		return nil
 	}
 	cctx, cancel := context.WithTimeout(ctx, g.timeout())
@@ -174,7 +174,7 @@ func runSnapshotCreate(ctx context.Context, g *GlobalOptions, o *SnapshotCreateO
 		snap.Consistency = cons
 	}
 	if g.format() == report.FormatText {
-		fmt.Fprintf(g.stdout, "%s: snapshot %s created (%s, %s)\n", s.guest.Name, snap.Name, snap.Location, describeConsistency(snap.Consistency))
+		fmt.Fprintf(g.stdout, "%s: snapshot %s created (%s, %s)\n", s.guest.Name, snap.Name, snap.Location, snap.Consistency.Describe())
 		for _, n := range snap.Notes {
 			fmt.Fprintf(g.stdout, "  NOTE: %s\n", n)
 		}

@@ -101,6 +101,21 @@ const (
 	ConsistencyUnknown Consistency = ""
 )
 
+// Describe says in words how the snapshot's disks were captured, for messages.
+func (c Consistency) Describe() string {
+	switch c {
+	case ConsistencyQuiesced:
+		return "quiesced through the guest agent"
+	case ConsistencyOffline:
+		return "guest shut off"
+	case ConsistencyMemory:
+		return "RAM saved with the disks"
+	case ConsistencyCrash:
+		return "crash-consistent only"
+	}
+	return "consistency unknown"
+}
+
 // SnapshotDisk is one disk's part of a snapshot.
 type SnapshotDisk struct {
 	Name     string `json:"name"`           // target (vda) or PVE key (scsi0)

@@ -29,18 +29,6 @@ func (j *Job) consistencyFor(g driver.Guest, quiesce bool) driver.Consistency {
 	return driver.ConsistencyCrash
 }
 
-func describeConsistency(c driver.Consistency) string {
-	switch c {
-	case driver.ConsistencyQuiesced:
-		return "quiesced through the guest agent"
-	case driver.ConsistencyOffline:
-		return "guest shut off"
-	case driver.ConsistencyMemory:
-		return "RAM saved with the disks"
-	}
-	return "crash-consistent only"
-}
-
 // createOptions are the options of the job's snapshot of g. The description records
 // the consistency, and the label and format the name was built with (so any later run
 // reads the name back, whatever its --timestamp-format).
@@ -102,7 +90,7 @@ func (j *Job) create(ctx context.Context, gr *guestRun, name string, quiesce boo
 	if s.Consistency != "" {
 		gr.res.Consistency = s.Consistency
 	}
-	gr.printf("Snapshot %s created (%s)", name, describeConsistency(gr.res.Consistency))
+	gr.printf("Snapshot %s created (%s)", name, gr.res.Consistency.Describe())
 	for _, n := range s.Notes {
 		gr.printf("WARNING: %s", n)
 	}
@@ -125,7 +113,7 @@ func (j *Job) dryCreate(ctx context.Context, gr *guestRun, name string, quiesce 
 		ps.Close()
 	}
 	gr.res.Consistency = j.consistencyFor(g, quiesce)
-	gr.printf("Dry run: would create %s (%s)", name, describeConsistency(gr.res.Consistency))
+	gr.printf("Dry run: would create %s (%s)", name, gr.res.Consistency.Describe())
 	return true
 }
 
