@@ -52,7 +52,11 @@ func (l lazyTags) Guests(ctx context.Context) ([]driver.Guest, error) {
 
 func (l lazyTags) LoadTags(ctx context.Context, guests []driver.Guest) error {
 	l.loads.Add(1)
+	// The wrapped driver may read tags lazily itself (libvirt does).
 	all, err := l.Driver.Guests(ctx)
+	if err == nil {
+		err = driver.LoadTags(ctx, l.Driver, all)
+	}
 	if err != nil {
 		return err
 	}
