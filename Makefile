@@ -56,6 +56,7 @@ fuzz:
 
 bench: deps build
 	bash bench/fleet.sh $(BIN)
+	bash bench/status.sh $(BIN)
 	bash bench/freeze.sh $(BIN)
 
 clean:
