@@ -152,6 +152,10 @@ type Snapshot struct {
 type CreateOptions struct {
 	Name        string
 	Description string
+	// DryRun asks PrepareSnapshot to run its checks only: it changes nothing (it does
+	// not finish what an earlier run left half done, and records nothing), and the
+	// prepared snapshot can only be closed.
+	DryRun bool
 	// Memory includes the guest's RAM (ignored for guests that are not running).
 	Memory bool
 	// Quiesce freezes the guest's filesystems through its agent for the snapshot. The

@@ -255,7 +255,11 @@ func (f *fakeDriver) StallBounded() bool { return f.stall }
 func (f *fakeDriver) PrepareSnapshot(ctx context.Context, g driver.Guest, opts driver.CreateOptions) (driver.PreparedSnapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.record("prepare %s %s", g.Name, opts.Name)
+	if opts.DryRun {
+		f.record("prepare-dry %s %s", g.Name, opts.Name)
+	} else {
+		f.record("prepare %s %s", g.Name, opts.Name)
+	}
 	if err := f.failPrepare[g.Name]; err != nil {
 		return nil, fmt.Errorf("guest %s: preparing snapshot %s: %w", g.Name, opts.Name, err)
 	}

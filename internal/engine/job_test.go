@@ -274,8 +274,11 @@ func TestDryRunMatchesRealRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := h.eventLines("hook", "create", "delete", "freeze", "thaw"); len(got) != 0 {
+	if got := h.eventLines("hook", "create", "delete", "freeze", "thaw", "prepare "); len(got) != 0 {
 		t.Errorf("dry run changed something: %v", got)
+	}
+	if got := h.eventLines("prepare-dry"); len(got) != 1 {
+		t.Errorf("dry run prepared %v, want one check-only prepare (CreateOptions.DryRun)", got)
 	}
 	if !slices.Equal(h.f.names("g"), before) {
 		t.Errorf("dry run changed snapshots")

@@ -102,6 +102,7 @@ func (j *Job) create(ctx context.Context, gr *guestRun, name string, quiesce boo
 func (j *Job) dryCreate(ctx context.Context, gr *guestRun, name string, quiesce bool) bool {
 	g := gr.res.Guest
 	opts := j.createOptions(g, name, quiesce)
+	opts.DryRun = true
 	if p, ok := j.Driver.(driver.SnapshotPreparer); ok {
 		pctx, cancel := j.opCtx(ctx)
 		ps, err := p.PrepareSnapshot(pctx, g, opts)

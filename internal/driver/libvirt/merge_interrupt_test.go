@@ -517,3 +517,48 @@ func TestMergeStallTimeout(t *testing.T) {
 	}
 	e.checkAll(t, "after finishing")
 }
+
+// TestDryRunPrepareRepairsNothing: preparing a snapshot for a dry run
+// (CreateOptions.DryRun) must change nothing — not even finish a merge an interrupted
+// run left (the real run does that first) — and its prepared snapshot cannot be
+// taken. A real prepare then finishes the merge.
+func TestDryRunPrepareRepairsNothing(t *testing.T) {
+	e := newMergeEnv(t, testbed.DomainSpec{DiskMiB: 16}, 10*time.Second)
+	g := e.guest()
+	e.write(t, region{0, mib}, 0x01)
+	e.snap(t, "a")
+	e.write(t, region{0, mib}, 0x02)
+	e.snap(t, "b")
+	e.killAt(t, crash.MergeStepDone, 1)
+	if at, err := runKilled(func() error { return e.d.DeleteSnapshot(mctx(t), g, "a") }); at != crash.MergeStepDone {
+		t.Fatalf("the delete did not reach %s (err %v)", crash.MergeStepDone, err)
+	}
+	libvirt.SetPointHook(t, e.dom.UUID, func(string) {})
+	before := e.incomplete(t)
+	if before["a"] == "" {
+		t.Fatalf("snapshot a is not reported partly merged after the kill: %v", before)
+	}
+	sp := driver.SnapshotPreparer(e.d)
+	p, err := sp.PrepareSnapshot(mctx(t), g, driver.CreateOptions{Name: "c", DryRun: true})
+	if err != nil {
+		t.Fatalf("dry-run prepare: %v", err)
+	}
+	if _, err := p.Create(mctx(t)); err == nil {
+		t.Error("a snapshot prepared for a dry run was taken")
+	}
+	p.Close()
+	if got := e.incomplete(t); fmt.Sprint(got) != fmt.Sprint(before) {
+		t.Errorf("the dry run changed the interrupted merge: incomplete %v, was %v", got, before)
+	}
+	if got := e.names(t); fmt.Sprint(got) != "[a b]" {
+		t.Errorf("after the dry run the snapshots are %v, want [a b]", got)
+	}
+	p, err = sp.PrepareSnapshot(mctx(t), g, driver.CreateOptions{Name: "c"})
+	if err != nil {
+		t.Fatalf("real prepare: %v", err)
+	}
+	p.Close()
+	if got := e.names(t); fmt.Sprint(got) != "[b]" {
+		t.Errorf("the real prepare did not finish the interrupted delete: snapshots %v, want [b]", got)
+	}
+}

@@ -62,6 +62,7 @@ type preparedSnapshot struct {
 	overlays []string   // the overlay of each of disks
 	memFile  string
 	notes    []string
+	dryRun   bool   // prepared for a dry run: Create refuses
 	key      string // journal key of the create record; "" when none was written
 	unlock   func()
 
@@ -81,7 +82,15 @@ func (d *Driver) prepareSnapshot(ctx context.Context, g driver.Guest, opts drive
 			unlock()
 		}
 	}()
-	if err := d.settle(ctx, g, dom); err != nil {
+	var notes []string
+	if opts.DryRun {
+		// A dry run repairs nothing; say what the real run would do first.
+		if rec, _, err := d.loadMerge(dom); err != nil {
+			return nil, fmt.Errorf("guest %s: %w", g.Name, err)
+		} else if rec != nil {
+			notes = append(notes, fmt.Sprintf("an interrupted run left work half done (%s, %s); the real run finishes it first", rec.what(), rec.left()))
+		}
+	} else if err := d.settle(ctx, g, dom); err != nil {
 		return nil, err
 	}
 
@@ -109,7 +118,8 @@ func (d *Driver) prepareSnapshot(ctx context.Context, g driver.Guest, opts drive
 		}
 		specs[s.Name] = s
 	}
-	p := &preparedSnapshot{d: d, g: g, dom: dom, name: opts.Name, active: active, quiesce: opts.Quiesce, unlock: unlock}
+	p := &preparedSnapshot{d: d, g: g, dom: dom, name: opts.Name, active: active, quiesce: opts.Quiesce, unlock: unlock,
+		notes: notes, dryRun: opts.DryRun}
 	if internal {
 		sx, err := d.internalSnapshotXML(ctx, g, x, active, specs, opts)
 		if err != nil {
@@ -141,7 +151,7 @@ func (d *Driver) prepareSnapshot(ctx context.Context, g driver.Guest, opts drive
 		return nil, err
 	}
 	p.raw = raw
-	if !internal {
+	if !internal && !opts.DryRun {
 		p.key = createKey(d.node, dom)
 		if err := d.createStore().Put(p.key, p.record()); err != nil {
 			return nil, fmt.Errorf("guest %s: snapshot %s not taken: %w", g.Name, opts.Name, err)
@@ -267,6 +277,9 @@ func (p *preparedSnapshot) Create(ctx context.Context) (driver.Snapshot, error) 
 	g := p.g
 	if p.state != prepReady {
 		return driver.Snapshot{}, fmt.Errorf("guest %s: snapshot %s: Create called twice or after Close", g.Name, p.name)
+	}
+	if p.dryRun {
+		return driver.Snapshot{}, fmt.Errorf("guest %s: snapshot %s was prepared for a dry run and is not taken", g.Name, p.name)
 	}
 	p.state = prepDone
 	defer p.release()
