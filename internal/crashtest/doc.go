@@ -12,7 +12,7 @@
 // the image files on disk, chain depth, no block job and no journal record left over.
 // The test log ends with the matrix: one row per scenario, repaired or failed and why.
 //
-// AUTOSNAP_CRASHTEST_RESTART=1 also runs the scenarios that restart libvirtd; `make
-// crashtest` sets it. A restart disconnects every libvirt client on the machine, so it
-// is off by default. docs/crashtest.md lists the scenarios and how each is forced.
+// The scenarios that restart libvirtd always run, unless AUTOSNAP_CRASHTEST_RESTART=0
+// turns them off for a developer sharing the machine (a restart disconnects every
+// libvirt client on it). docs/crashtest.md lists the scenarios and how each is forced.
 package crashtest
