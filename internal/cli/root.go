@@ -121,7 +121,8 @@ set the flags of the same name. --password file:PATH reads the password from a f
 	f.BoolVar(&g.Insecure, "insecure", false, "do not verify TLS certificates (dangerous; prefer --fingerprint)")
 	f.BoolVar(&g.ValidateCert, "validate-certificate", true, "verify TLS certificates (cv4pve-autosnap compatibility; --validate-certificate=false equals --insecure)")
 
-	root.AddCommand(newVersionCommand(g), newVMCommand(g), newSnapCommand(g), newCleanCommand(g), newStatusCommand(g), newSnapshotCommand(g), newWatchdogCommand(g))
+	root.AddCommand(newVersionCommand(g), newVMCommand(g), newSnapCommand(g), newCleanCommand(g), newStatusCommand(g), newSnapshotCommand(g), newWatchdogCommand(g),
+		newBackupCommand(g), newRestoreCommand(g), newBitmapsCommand(g))
 	markRun(root, &g.ran)
 	return root, g
 }
