@@ -3,8 +3,9 @@
 //
 // A snapshot name is "auto" + label + timestamp, where the timestamp is rendered
 // with a Format (a subset of .NET custom DateTime formats, default yyMMddHHmmss).
-// A snapshot is ours when its description's first line is Marker or LegacyMarker;
-// only then, and only when its name parses, does retention count it. Recognizer
+// A snapshot is ours when its description is exactly what autosnap (or cv4pve-autosnap)
+// writes (see IsOurs); only then, and only when its name parses, does retention count
+// it, and never when it is protected (IsProtected). Recognizer
 // reads names made with any supported format, not only the run's (see Recognize).
 //
 // The package is pure: it never reads the clock; times are passed in.
@@ -128,20 +129,132 @@ func validNameRune(r rune) bool {
 	return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_'
 }
 
-// IsOurs reports whether a snapshot description marks an autosnap or
-// cv4pve-autosnap snapshot: its first line, trimmed, is Marker or LegacyMarker,
-// or the whole description with line breaks removed is (cv4pve-autosnap's test;
-// Proxmox VE may store a description with a trailing newline).
+// IsOurs reports whether a snapshot description is one autosnap (or cv4pve-autosnap,
+// or its predecessor eve4pve-autosnap) wrote, so that retention may count and remove
+// the snapshot. After trimming the whole description it is either exactly
+// LegacyMarker or EveMarker, or a header line (Marker, LegacyMarker or EveMarker)
+// followed only by the "key: value" lines autosnap records (see KnownFields): the
+// consistency, the label and timestamp format of the name, and the protected flag.
+// Blank lines and whitespace around a line are ignored (Proxmox VE and editors add
+// them), nothing else is: a description an admin edited — "cv4pve-autosnap\nkeep me",
+// or any other line added — is no longer ours, and retention never touches it.
 func IsOurs(description string) bool {
-	first, _, _ := strings.Cut(description, "\n")
-	if isMarker(strings.TrimSpace(first)) {
-		return true
-	}
-	joined := strings.NewReplacer("\r", "", "\n", "").Replace(description)
-	return isMarker(strings.TrimSpace(joined))
+	_, ok := parseOurs(description)
+	return ok
 }
 
-func isMarker(s string) bool { return s == Marker || s == LegacyMarker }
+// EveMarker is the description eve4pve-autosnap, cv4pve-autosnap's predecessor, set;
+// cv4pve-autosnap 2.0.1 still rotated such snapshots out, and so does autosnap.
+const EveMarker = "eve4pve-autosnap"
+
+// Description fields autosnap records besides FieldLabel and FieldFormat.
+const (
+	// FieldConsistency records how the snapshot's disks were captured.
+	FieldConsistency = "consistency"
+	// FieldProtected, with the value ProtectedValue, marks a snapshot retention never
+	// removes (autosnap snapshot protect).
+	FieldProtected = "protected"
+	ProtectedValue = "yes"
+)
+
+// KnownFields are the description fields autosnap writes; a description with any
+// other field is not ours (see IsOurs). A new field must be added here, or snapshots
+// carrying it would never be rotated out.
+var KnownFields = []string{FieldConsistency, FieldLabel, FieldFormat, FieldProtected}
+
+// ours is a description IsOurs accepts, taken apart.
+type ours struct {
+	header string
+	lines  []string // the "key: value" lines, trimmed, in order
+	fields map[string]string
+}
+
+func isMarker(s string) bool { return s == Marker || s == LegacyMarker || s == EveMarker }
+
+// parseOurs takes apart a description IsOurs accepts.
+func parseOurs(description string) (ours, bool) {
+	var o ours
+	for line := range strings.Lines(strings.ReplaceAll(description, "\r\n", "\n")) {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		if o.header == "" {
+			if !isMarker(line) {
+				return ours{}, false
+			}
+			o.header = line
+			o.fields = map[string]string{}
+			continue
+		}
+		k, v, ok := strings.Cut(line, ":")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if !ok || !validField(k, v) {
+			return ours{}, false
+		}
+		o.lines = append(o.lines, k+": "+v)
+		o.fields[k] = v
+	}
+	return o, o.header != ""
+}
+
+// validField reports whether "k: v" is a line autosnap could have written.
+func validField(k, v string) bool {
+	switch k {
+	case FieldConsistency:
+		// Any value: autosnap rewrites this line itself (snapshot create and edit).
+		return true
+	case FieldLabel:
+		if v == "" {
+			return false
+		}
+		for _, r := range v {
+			if !validNameRune(r) {
+				return false
+			}
+		}
+		return true
+	case FieldFormat:
+		_, err := ParseFormat(v)
+		return err == nil
+	case FieldProtected:
+		return v == ProtectedValue
+	}
+	return false
+}
+
+// IsProtected reports whether a description of ours carries the protected flag:
+// retention never removes such a snapshot. A description that is not ours is never
+// protected (retention does not touch it anyway).
+func IsProtected(description string) bool {
+	o, ok := parseOurs(description)
+	return ok && o.fields[FieldProtected] == ProtectedValue
+}
+
+// WithProtected returns the description of one of our snapshots with the protected
+// flag set (on) or cleared, everything else kept: the header line, and the other
+// fields in their order. It is the description "autosnap snapshot protect" writes,
+// and IsOurs accepts it. Protecting a snapshot whose description is just
+// LegacyMarker gives "cv4pve-autosnap\nprotected: yes", which cv4pve-autosnap itself
+// no longer counts, so it never removes it either; unprotecting it gives back exactly
+// LegacyMarker. A description that is not ours is an error: retention never touches
+// that snapshot, so there is nothing to protect it from.
+func WithProtected(description string, on bool) (string, error) {
+	o, ok := parseOurs(description)
+	if !ok {
+		return "", fmt.Errorf("its description %q was not written by autosnap (nor cv4pve-autosnap), so snap and clean never remove it: nothing to protect", description)
+	}
+	lines := []string{o.header}
+	for _, l := range o.lines {
+		if k, _, _ := strings.Cut(l, ":"); k != FieldProtected {
+			lines = append(lines, l)
+		}
+	}
+	if on {
+		lines = append(lines, FieldProtected+": "+ProtectedValue)
+	}
+	return strings.Join(lines, "\n"), nil
+}
 
 // Match reports whether name is "auto" + label + a timestamp that f parses (in
 // loc), and returns that time. It does not look at the description: callers

@@ -2,6 +2,7 @@ package naming
 
 import (
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -95,9 +96,9 @@ func TestIsOurs(t *testing.T) {
 		"cv4pve-autosnap\n",
 		"autosnap\n",
 		" autosnap \r\n",
-		"autosnap\nconsistency: quiesced\nguest-state: running",
-		"cv4pve-\nautosnap", // cv4pve-autosnap removes every newline before comparing
+		"autosnap\nconsistency: quiesced\nlabel: hourly",
 		"\ncv4pve-autosnap",
+		"eve4pve-autosnap",
 	}
 	for _, d := range ours {
 		if !IsOurs(d) {
@@ -107,7 +108,9 @@ func TestIsOurs(t *testing.T) {
 	foreign := []string{
 		"",
 		"before upgrade",
-		"eve4pve-autosnap",
+		"cv4pve-\nautosnap", // cv4pve-autosnap removed newlines; an edited note is not ours
+		"cv4pve-autosnap\nkeep me",
+		"autosnap\nconsistency: quiesced\nguest-state: running",
 		"Autosnap",
 		"autosnapshot",
 		"cv4pve-autosnap edited",
@@ -207,8 +210,13 @@ func TestDescription(t *testing.T) {
 		if got != c.want {
 			t.Errorf("Description(%v) = %q, want %q", c.extra, got, c.want)
 		}
-		if !IsOurs(got) {
-			t.Errorf("IsOurs(Description(%v)) = false", c.extra)
+		// Only the fields autosnap records keep a description ours.
+		known := true
+		for k := range c.fields {
+			known = known && slices.Contains(KnownFields, k)
+		}
+		if IsOurs(got) != known {
+			t.Errorf("IsOurs(Description(%v)) = %v, want %v", c.extra, !known, known)
 		}
 		if f := DescriptionFields(got); !maps.Equal(f, c.fields) {
 			t.Errorf("DescriptionFields(%q) = %v, want %v", got, f, c.fields)
