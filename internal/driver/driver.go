@@ -142,6 +142,8 @@ type Snapshot struct {
 	// merge that removes it was interrupted and is finished by the next run that
 	// changes the guest). Such a snapshot must not be reverted to.
 	Incomplete string `json:"incomplete,omitempty"`
+	// Protected marks a snapshot retention never removes (see Protector).
+	Protected bool `json:"protected"`
 	// Notes are things the user should know about a snapshot just created (e.g. a
 	// transient domain whose original definition still names the old images). Only
 	// CreateSnapshot fills them in.

@@ -37,6 +37,7 @@ var capabilities = []reflect.Type{
 	reflect.TypeFor[StallBounded](),
 	reflect.TypeFor[SnapshotPreparer](),
 	reflect.TypeFor[RevertNoter](),
+	reflect.TypeFor[Protector](),
 }
 
 // notCapabilities are the interfaces of package driver that a driver does not add on

@@ -43,7 +43,7 @@ func TestRecognizeGolden(t *testing.T) {
 		{"autox20260929020000", legacy},
 		{"autox20260929020000", rec("x20", "yyMMddHHmm")},
 		{"autohourly260929020000", "before upgrade"},
-		{"autohourly260929020000", "cv4pve-autosnap\nkeep me"},       // an admin's note: kept
+		{"autohourly260929020000", "cv4pve-autosnap\nkeep me"}, // an admin's note: kept
 		{"autohourly260929020000", rec("hourly", DefaultFormat) + "\nkeep me"},
 		{"autohourly260929020000", "eve4pve-autosnap"},
 		{"autohourly260929020000", Description(map[string]string{"label": "daily"})},

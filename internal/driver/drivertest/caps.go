@@ -41,6 +41,7 @@ var capabilityTests = []capTest{
 	{reflect.TypeFor[driver.StallBounded](), true, testStallBounded},
 	{reflect.TypeFor[driver.SnapshotPreparer](), false, testSnapshotPreparer},
 	{reflect.TypeFor[driver.RevertNoter](), true, testRevertNoter},
+	{reflect.TypeFor[driver.Protector](), false, testProtector},
 }
 
 func implements(d driver.Driver, iface reflect.Type) bool {

@@ -172,9 +172,13 @@ func wantSnaps(t *testing.T, d driver.Driver, g driver.Guest, current string, na
 	return list
 }
 
+// suiteDescription is the description of the suite's snapshots: one autosnap writes
+// (naming.IsOurs), as snap would.
+var suiteDescription = naming.Description(map[string]string{naming.FieldLabel: "suite"})
+
 func create(t *testing.T, d driver.Driver, g driver.Guest, name string) driver.Snapshot {
 	t.Helper()
-	s, err := d.CreateSnapshot(ctx(t), g, driver.CreateOptions{Name: name, Description: "autosnap\nsuite: " + name})
+	s, err := d.CreateSnapshot(ctx(t), g, driver.CreateOptions{Name: name, Description: suiteDescription})
 	if err != nil {
 		t.Fatalf("CreateSnapshot(%s, %s): %v", g.Name, name, err)
 	}
@@ -265,7 +269,7 @@ func testMetadata(t *testing.T, f Fixture) {
 	s1 := create(t, d, g, "autosuite1")
 	// A driver may rewrite autosnap's marker into its hypervisor's (Proxmox VE keeps
 	// cv4pve-autosnap's), but the snapshot must stay recognisably ours.
-	want := "autosnap\nsuite: autosuite1"
+	want := suiteDescription
 	if s1.Name != "autosuite1" || (s1.Description != want && !(naming.IsOurs(want) && naming.IsOurs(s1.Description))) {
 		t.Errorf("created snapshot %+v: name or description not kept", s1)
 	}

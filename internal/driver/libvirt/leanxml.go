@@ -24,6 +24,7 @@ type snapFields struct {
 // snapshot builds the driver's view of a snapshot from its fields.
 func (f *snapFields) snapshot() driver.Snapshot {
 	s := driver.Snapshot{Name: f.name, Description: f.description, GuestState: f.state, Parent: f.parent, Disks: f.disks}
+	s.Protected = naming.IsProtected(f.description)
 	if sec, err := strconv.ParseInt(f.creationTime, 10, 64); err == nil {
 		s.Created = time.Unix(sec, 0)
 	}

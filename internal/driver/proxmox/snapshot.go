@@ -73,6 +73,7 @@ func toSnapshots(es []snapEntry) []driver.Snapshot {
 			Current:     e.Name == current,
 			Memory:      e.VMState != 0,
 			Location:    driver.LocationInternal,
+			Protected:   naming.IsProtected(e.Description),
 		})
 	}
 	sort.SliceStable(out, func(i, j int) bool {
@@ -87,16 +88,23 @@ func toSnapshots(es []snapEntry) []driver.Snapshot {
 	return out
 }
 
-// description is what is sent to PVE for a requested description: one whose first
-// line is naming.Marker ("autosnap") is sent as exactly naming.LegacyMarker
-// ("cv4pve-autosnap"), because cv4pve-autosnap only recognises snapshots whose whole
-// description is that string; any other description is sent unchanged.
+// description is what is sent to PVE for a requested description: one of ours (see
+// naming.IsOurs) whose header is naming.Marker ("autosnap") is sent with
+// naming.LegacyMarker ("cv4pve-autosnap") alone as its header, because
+// cv4pve-autosnap only recognises snapshots whose whole description is that string:
+// recorded fields are dropped, except the protected flag, which keeps its line (so
+// cv4pve-autosnap leaves a protected snapshot alone too). Any other description — an
+// admin's, even one starting with "autosnap" — is sent unchanged.
 func (d *Driver) description(desc string) string {
-	first, _, _ := strings.Cut(desc, "\n")
-	if strings.TrimSpace(first) == naming.Marker {
-		return naming.LegacyMarker
+	first, _, _ := strings.Cut(strings.TrimSpace(desc), "\n")
+	if strings.TrimSpace(first) != naming.Marker || !naming.IsOurs(desc) {
+		return desc
 	}
-	return desc
+	if naming.IsProtected(desc) {
+		out, _ := naming.WithProtected(naming.LegacyMarker, true)
+		return out
+	}
+	return naming.LegacyMarker
 }
 
 // CreateSnapshot implements driver.Driver.
