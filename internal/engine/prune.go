@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/autosnap/autosnap/internal/driver"
@@ -20,9 +22,21 @@ func (j *Job) recognizer() naming.Recognizer {
 
 // listing is one guest's snapshots as read once per job: all of them (for names
 // already taken and chain depths) and, as retention items, those of the job's label.
+// Protected snapshots of the label are not retention items: retention never removes
+// them and they take no place among the kept ones.
 type listing struct {
-	all  []driver.Snapshot
-	ours []retention.Item
+	all       []driver.Snapshot
+	ours      []retention.Item
+	protected []retention.Item
+}
+
+// protectedReason is the keep reason of a protected snapshot in a dry run.
+const protectedReason = "protected: retention never removes it; autosnap snapshot unprotect makes it count again"
+
+// isProtected reports whether retention must leave s alone: the driver says so, or
+// its description carries the flag (for drivers that do not fill in Protected).
+func isProtected(s driver.Snapshot) bool {
+	return s.Protected || naming.IsProtected(s.Description)
 }
 
 func (l listing) has(name string) bool {
@@ -64,19 +78,35 @@ func (j *Job) list(ctx context.Context, gr *guestRun) (listing, bool) {
 		if !s.Created.IsZero() {
 			t = s.Created
 		}
-		l.ours = append(l.ours, retention.Item{Name: s.Name, Time: t, Incomplete: s.Incomplete})
+		it := retention.Item{Name: s.Name, Time: t, Incomplete: s.Incomplete}
+		if isProtected(s) {
+			l.protected = append(l.protected, it)
+			continue
+		}
+		l.ours = append(l.ours, it)
 	}
 	return l, true
 }
 
 // plan applies retention to the listing; planned is the snapshot about to be created
-// (nil for clean). On failure the guest has failed.
+// (nil for clean). The listing's protected snapshots are added as kept decisions with
+// their reason, in time order, so a dry run lists them. On failure the guest has
+// failed.
 func (j *Job) plan(gr *guestRun, l listing, planned *retention.Item) ([]retention.Decision, bool) {
 	ds, err := retention.Plan(l.ours, planned, j.Keep)
 	if err != nil {
 		gr.fail("retention", fmt.Errorf("guest %s: %w", gr.res.Guest.Name, err))
 		return nil, false
 	}
+	for _, p := range l.protected {
+		ds = append(ds, retention.Decision{Item: p, Keep: true, Reason: protectedReason})
+	}
+	slices.SortStableFunc(ds, func(a, b retention.Decision) int {
+		if c := a.Time.Compare(b.Time); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
 	return ds, true
 }
 

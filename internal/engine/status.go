@@ -27,6 +27,8 @@ type StatusRow struct {
 	// Incomplete, when not empty, says why the snapshot's data is not whole (see
 	// driver.Snapshot.Incomplete): it must not be reverted to.
 	Incomplete string
+	// Protected marks a snapshot retention never removes (autosnap snapshot protect).
+	Protected bool
 }
 
 // Status lists the autosnap (and cv4pve-autosnap) snapshots of the guests, in guest
@@ -72,6 +74,7 @@ func Status(ctx context.Context, d driver.Driver, guests []driver.Guest, label s
 					Node: g.Node, VMID: GuestID(g), VMName: g.Name, Name: s.Name, Label: r.Label,
 					Time: s.Created, Parent: s.Parent, Description: firstLine(s.Description),
 					VMState: s.Memory, Location: s.Location, Consistency: s.Consistency, Incomplete: s.Incomplete,
+					Protected: isProtected(s),
 				})
 			}
 		}(i, g)
