@@ -34,8 +34,9 @@ NAME, chain collapse) hold the guest's lock, the one snap and clean take, so
 they never run inside another autosnap run on the same guest: they wait up to
 --timeout for it, then fail (exit 1) naming the process that holds it.
 
-A snapshot whose description does not start with the line "autosnap" is a user
-snapshot: snap and clean never count or remove it.
+A snapshot whose description is not exactly what autosnap (or cv4pve-autosnap)
+writes is a user snapshot: snap and clean never count or remove it, so editing
+its note keeps it. snapshot protect keeps one of autosnap's own for good.
 
 With -o text, commands that print one value (parent, current, dumpxml, list
 --name) print it plainly for scripts; the other formats print a table or JSON.`,
@@ -43,7 +44,7 @@ With -o text, commands that print one value (parent, current, dumpxml, list
 	cmd.AddCommand(newSnapshotCreateCommand(g), newSnapshotListCommand(g), newSnapshotInfoCommand(g),
 		newSnapshotParentCommand(g), newSnapshotCurrentCommand(g), newSnapshotDumpXMLCommand(g),
 		newSnapshotEditCommand(g), newSnapshotRedefineCommand(g), newSnapshotDeleteCommand(g),
-		newSnapshotChainCommand(g), newSnapshotRevertCommand(g))
+		newSnapshotChainCommand(g), newSnapshotRevertCommand(g), newSnapshotProtectCommand(g), newSnapshotUnprotectCommand(g))
 	return cmd
 }
 

@@ -36,8 +36,8 @@ func newSnapshotCreateCommand(g *GlobalOptions) *cobra.Command {
 Without --description the snapshot is a user snapshot: snap and clean never
 touch it. The description gets a last line "consistency: quiesced" (or crash,
 offline, memory), as autosnap's own snapshots have, so that snapshot info and
-list show how the disks were captured; a description whose first line is not
-"autosnap" still makes a user snapshot. By default every disk gets an external overlay beside its image
+list show how the disks were captured; only --description autosnap (nothing
+more) hands the snapshot to retention, any other still makes a user snapshot. By default every disk gets an external overlay beside its image
 (disk-only and atomic for a running guest; --state adds the RAM).
 
 --diskspec DISK,snapshot=internal|external|no[,file=PATH] per disk:
@@ -61,7 +61,7 @@ list show how the disks were captured; a description whose first line is not
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.Description, "description", "", "description; without the first line \"autosnap\" retention never touches it")
+	f.StringVar(&o.Description, "description", "", "description; unless it is exactly \"autosnap\" retention never touches it")
 	f.BoolVar(&o.DiskOnly, "disk-only", false, "disks only, no RAM (the default)")
 	f.BoolVar(&o.State, "state", false, "include the guest's RAM (running guests)")
 	f.StringVar(&o.Quiesce, "quiesce", "auto", "freeze guest filesystems via the agent: auto, on, off")

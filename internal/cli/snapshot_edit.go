@@ -24,9 +24,9 @@ func newSnapshotEditCommand(g *GlobalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "edit VM NAME [--description D] [--rename NEW]",
 		Short: "Change a snapshot's description or name (metadata only)",
-		Long: `Change a snapshot's description or name; no file changes. A description whose
-first line is not "autosnap" makes the snapshot a user snapshot that retention
-never touches; one starting with that line hands it to retention. A rename
+		Long: `Change a snapshot's description or name; no file changes. Any description
+but exactly what autosnap writes (e.g. "autosnap") makes the snapshot a user
+snapshot that retention never touches; "autosnap" hands it to retention. A rename
 keeps the snapshot's files, its children follow it. The consistency the
 snapshot recorded (its "consistency:" line) is kept unless the new
 description states one.`,

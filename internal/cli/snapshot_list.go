@@ -260,7 +260,7 @@ func (g *GlobalOptions) renderSnapshots(gu driver.Guest, snaps []driver.Snapshot
 			{Header: "CURRENT", Key: "current"}, {Header: "STATE", Key: "state"}, {Header: "LOCATION", Key: "location"},
 			{Header: "VM STATE", Key: "vmstate"}, {Header: "DISK ONLY", Key: "disk_only"}, {Header: "CONSISTENCY", Key: "consistency"},
 			{Header: "AUTOSNAP", Key: "autosnap"}, {Header: "DESCRIPTION", Key: "description"}, {Header: "DISKS", Key: "disks"},
-			{Header: "INCOMPLETE", Key: "incomplete"},
+			{Header: "INCOMPLETE", Key: "incomplete"}, {Header: "PROTECTED", Key: "protected"},
 		}
 		for _, s := range snaps {
 			var tm any = s.Created.UTC()
@@ -276,7 +276,7 @@ func (g *GlobalOptions) renderSnapshots(gu driver.Guest, snaps []driver.Snapshot
 				disks = ds
 			}
 			t.Rows = append(t.Rows, []any{s.Name, tm, s.Parent, s.Current, s.GuestState, string(s.Location), s.Memory,
-				s.DiskOnly, string(s.Consistency), naming.IsOurs(s.Description), shownDescription(s.Description), disks, s.Incomplete})
+				s.DiskOnly, string(s.Consistency), naming.IsOurs(s.Description), shownDescription(s.Description), disks, s.Incomplete, s.Protected})
 		}
 		return report.Render(g.stdout, f, t)
 	}
@@ -291,6 +291,11 @@ func (g *GlobalOptions) renderSnapshots(gu driver.Guest, snaps []driver.Snapshot
 	if incomplete {
 		t.Columns = append(t.Columns, report.Column{Header: "INCOMPLETE", Key: "incomplete"})
 	}
+	// Likewise, the column appears only when a snapshot is protected.
+	protected := slices.ContainsFunc(snaps, func(s driver.Snapshot) bool { return s.Protected })
+	if protected {
+		t.Columns = append(t.Columns, report.Column{Header: "PROTECTED", Key: "protected"})
+	}
 	for i, s := range snaps {
 		row := []any{prefixes[i] + s.Name, s.Created.Local().Format("2006-01-02 15:04:05")}
 		if v.parent {
@@ -299,6 +304,9 @@ func (g *GlobalOptions) renderSnapshots(gu driver.Guest, snaps []driver.Snapshot
 		row = append(row, s.GuestState, string(s.Location), s.Current, firstLine(s.Description))
 		if incomplete {
 			row = append(row, s.Incomplete)
+		}
+		if protected {
+			row = append(row, s.Protected)
 		}
 		t.Rows = append(t.Rows, row)
 	}
@@ -370,11 +378,11 @@ func runSnapshotInfo(ctx context.Context, g *GlobalOptions, vm, name string) err
 			{Header: "CURRENT", Key: "current"}, {Header: "STATE", Key: "state"}, {Header: "LOCATION", Key: "location"},
 			{Header: "VM STATE", Key: "vmstate"}, {Header: "DISK ONLY", Key: "disk_only"}, {Header: "CONSISTENCY", Key: "consistency"},
 			{Header: "AUTOSNAP", Key: "autosnap"}, {Header: "DESCRIPTION", Key: "description"}, {Header: "DISKS", Key: "disks"},
-			{Header: "INCOMPLETE", Key: "incomplete"},
+			{Header: "INCOMPLETE", Key: "incomplete"}, {Header: "PROTECTED", Key: "protected"},
 		}}
 		tb.Rows = append(tb.Rows, []any{s.guest.Name, sn.Name, tm, sn.Parent, kids, len(desc), sn.Current, sn.GuestState,
 			string(sn.Location), sn.Memory, sn.DiskOnly, string(sn.Consistency), naming.IsOurs(sn.Description), shownDescription(sn.Description),
-			disks, sn.Incomplete})
+			disks, sn.Incomplete, sn.Protected})
 		return report.Render(g.stdout, f, tb)
 	}
 	yes := func(b bool) string {
@@ -390,7 +398,8 @@ func runSnapshotInfo(ctx context.Context, g *GlobalOptions, vm, name string) err
 		{"Descendants", strconv.Itoa(len(desc))}, {"Time", sn.Created.Local().Format("2006-01-02 15:04:05")},
 		{"RAM", yes(sn.Memory)}, {"Consistency", orDash(string(sn.Consistency))},
 		{"Incomplete", incompleteText(sn.Incomplete)},
-		{"Managed by autosnap", yes(naming.IsOurs(sn.Description))}, {"Description", shownDescription(sn.Description)},
+		{"Managed by autosnap", yes(naming.IsOurs(sn.Description))}, {"Protected", yes(sn.Protected)},
+		{"Description", shownDescription(sn.Description)},
 		{"Disks", strings.Join(diskCell(sn.Disks), "\n")},
 	} {
 		tb.Rows = append(tb.Rows, []any{kv[0], kv[1]})

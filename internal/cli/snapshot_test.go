@@ -148,7 +148,7 @@ func TestSnapshotCreateDiskspecInfoXML(t *testing.T) {
 		t.Errorf("dumpxml:\n%s", x.stdout)
 	}
 
-	mustRun(t, "snapshot", "edit", d.Name, "s1", "--description", "autosnap\nmanaged now", "--rename", "s1b")
+	mustRun(t, "snapshot", "edit", d.Name, "s1", "--description", "autosnap", "--rename", "s1b")
 	rows = snapshotList(t, d.Name)
 	if len(rows) == 2 && rows[1].Name == "s1b" {
 		rows[0], rows[1] = rows[1], rows[0]

@@ -37,6 +37,7 @@ JSON (-o json|jsonpretty) is an array of objects with the keys:
   location     internal | external | mixed
   consistency  quiesced | crash | offline | memory (RAM saved with the disks) |
                "" (unknown, e.g. made by cv4pve)
+  protected    true when retention never removes it (autosnap snapshot protect)
   incomplete   why the snapshot's data is not whole (an interrupted merge that
                removes it; the next run finishes it): do not revert to it; "" when whole`,
 		Args: cobra.NoArgs,
@@ -52,7 +53,7 @@ var statusColumns = []report.Column{
 	{Header: "NODE", Key: "node"}, {Header: "VM", Key: "vmid"}, {Header: "VM NAME", Key: "vmname"},
 	{Header: "TIME", Key: "time"}, {Header: "PARENT", Key: "parent"}, {Header: "NAME", Key: "name"},
 	{Header: "LABEL", Key: "label"}, {Header: "DESCRIPTION", Key: "description"}, {Header: "VM STATE", Key: "vmstate"},
-	{Header: "LOCATION", Key: "location"}, {Header: "CONSISTENCY", Key: "consistency"},
+	{Header: "LOCATION", Key: "location"}, {Header: "CONSISTENCY", Key: "consistency"}, {Header: "PROTECTED", Key: "protected"},
 	{Header: "INCOMPLETE", Key: "incomplete"},
 }
 
@@ -81,7 +82,7 @@ func runStatus(ctx context.Context, g *GlobalOptions, o *StatusOptions) error {
 			tm = r.Time.UTC()
 		}
 		t.Rows = append(t.Rows, []any{r.Node, r.VMID, r.VMName, tm, r.Parent, r.Name, r.Label, r.Description,
-			r.VMState, string(r.Location), string(r.Consistency), r.Incomplete})
+			r.VMState, string(r.Location), string(r.Consistency), r.Protected, r.Incomplete})
 	}
 	if rerr := report.Render(g.stdout, g.format(), t); rerr != nil {
 		return rerr
