@@ -41,6 +41,7 @@ type GlobalOptions struct {
 	Password        string
 	APIToken        string
 	Fingerprint     string
+	CAFile          string
 	Insecure        bool
 	ValidateCert    bool
 	IgnoreMissing   bool
@@ -118,6 +119,7 @@ set the flags of the same name. --password file:PATH reads the password from a f
 	f.StringVar(&g.APIToken, "api-token", envOr("AUTOSNAP_API_TOKEN", ""), "API token USER@REALM!ID=UUID (env AUTOSNAP_API_TOKEN)")
 
 	f.StringVar(&g.Fingerprint, "fingerprint", envOr("AUTOSNAP_FINGERPRINT", ""), "accept the server certificate with this SHA-256 fingerprint (self-signed Proxmox VE)")
+	f.StringVar(&g.CAFile, "ca-file", envOr("AUTOSNAP_CA_FILE", ""), "also trust the CA certificates in this PEM file, e.g. a copy of the Proxmox VE cluster CA /etc/pve/pve-root-ca.pem, which covers every node (env AUTOSNAP_CA_FILE)")
 	f.BoolVar(&g.Insecure, "insecure", false, "do not verify TLS certificates (dangerous; prefer --fingerprint)")
 	f.BoolVar(&g.ValidateCert, "validate-certificate", true, "verify TLS certificates (cv4pve-autosnap compatibility; --validate-certificate=false equals --insecure)")
 
@@ -207,7 +209,7 @@ func (g *GlobalOptions) connect(ctx context.Context) (driver.Driver, error) {
 		open = driver.Open
 	}
 	cfg := driver.Config{Timeout: g.timeout(), Username: g.Username, Password: g.Password, APIToken: g.APIToken,
-		Fingerprint: g.Fingerprint, Insecure: g.Insecure || !g.ValidateCert}
+		Fingerprint: g.Fingerprint, CAFile: g.CAFile, Insecure: g.Insecure || !g.ValidateCert}
 	if cfg.Insecure {
 		fmt.Fprintln(g.stderr, "WARNING: TLS certificate verification is OFF (--insecure): anyone on the network path can read your credentials; use --fingerprint instead")
 	}

@@ -21,9 +21,11 @@ type Config struct {
 	Username string
 	Password string //nolint:gosec // never logged; see Redacted
 	APIToken string
-	// Insecure skips TLS verification (Proxmox); Fingerprint pins a certificate.
+	// Insecure skips TLS verification (Proxmox); Fingerprint pins a certificate;
+	// CAFile is a PEM file of CA certificates trusted besides the system's.
 	Insecure    bool
 	Fingerprint string
+	CAFile      string
 	// StateDir is autosnap's state directory, like $AUTOSNAP_STATE_DIR: durable records
 	// of work in progress (merge journals) live in its journal/ subdirectory. "" means
 	// the default (see journal.DefaultDir).

@@ -65,6 +65,11 @@ type Options struct {
 	ClusterName string
 	// Logf, when set, receives one line per request (for the demo binary).
 	Logf func(format string, args ...any)
+	// ClusterCA makes every node serve a certificate of its own signed by one cluster
+	// CA, as Proxmox VE's pve-ssl.pem is signed by /etc/pve/pve-root-ca.pem (see
+	// CACertPEM, NodeFingerprint). Without it every node serves one shared
+	// self-signed certificate (Fingerprint).
+	ClusterCA bool
 }
 
 // Guest describes a guest to add with AddGuest.
@@ -157,6 +162,9 @@ type Cluster struct {
 	cert        tls.Certificate
 	certPool    *x509.CertPool
 	fingerprint string
+	// With Options.ClusterCA: the CA and each node's certificate (ca.go).
+	caPEM     []byte
+	nodeCerts map[string]tls.Certificate
 }
 
 type node struct {
@@ -274,6 +282,9 @@ func New(opts Options) *Cluster {
 		c.storages[n] = map[string]*storage{}
 	}
 	c.makeCert()
+	if opts.ClusterCA {
+		c.makeClusterCA()
+	}
 	return c
 }
 

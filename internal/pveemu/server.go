@@ -114,7 +114,7 @@ func (c *Cluster) ListenNodeOn(nodeName, addr string) (string, error) {
 		return "", err
 	}
 	tcfg := &tls.Config{
-		Certificates: []tls.Certificate{c.cert},
+		Certificates: []tls.Certificate{c.certOf(nodeName)},
 		NextProtos:   []string{"http/1.1"}, // pveproxy speaks HTTP/1.1 only
 		MinVersion:   tls.VersionTLS12,
 	}

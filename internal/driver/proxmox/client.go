@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -135,33 +133,11 @@ type authError struct{ msg string }
 
 func (e *authError) Error() string { return e.msg }
 
-// newHTTPClient builds the transport: verified TLS by default, a pinned leaf
-// certificate with fingerprint, or no verification with insecure.
-func newHTTPClient(fingerprint string, insecure bool, timeout time.Duration) (*http.Client, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	switch {
-	case fingerprint != "":
-		pins, err := parseFingerprints(fingerprint)
-		if err != nil {
-			return nil, err
-		}
-		// The pin replaces chain and name verification: Proxmox VE nodes use
-		// self-signed certificates whose names rarely match the address used.
-		tc.InsecureSkipVerify = true
-		tc.VerifyConnection = func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return errors.New("server sent no certificate")
-			}
-			got := sha256.Sum256(cs.PeerCertificates[0].Raw)
-			for _, want := range pins {
-				if got == want {
-					return nil
-				}
-			}
-			return fmt.Errorf("certificate fingerprint %s does not match --fingerprint", formatFingerprint(got[:]))
-		}
-	case insecure:
-		tc.InsecureSkipVerify = true
+// newHTTPClient builds the transport with the TLS settings of tlsConfig.
+func newHTTPClient(fingerprint, caFile string, insecure bool, timeout time.Duration) (*http.Client, error) {
+	tc, err := tlsConfig(fingerprint, caFile, insecure)
+	if err != nil {
+		return nil, err
 	}
 	tr := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
@@ -262,9 +238,11 @@ func (c *client) connect(ctx context.Context, avoid int) error {
 		order = append(order, avoid)
 	}
 	var why []string
+	var errs []error
 	for _, i := range order {
 		ep := c.eps[i]
 		err := c.authenticate(ctx, i)
+		errs = append(errs, err)
 		if err == nil {
 			c.mu.Lock()
 			c.cur = i
@@ -277,6 +255,9 @@ func (c *client) connect(ctx context.Context, avoid int) error {
 		}
 		why = append(why, describeConnErr(ep, err))
 	}
+	if advice := fingerprintAdvice(errs); advice != "" {
+		why = append(why, advice)
+	}
 	return fmt.Errorf("cannot connect to Proxmox VE: %s: %w", strings.Join(why, "; "), driver.ErrConnect)
 }
 
@@ -288,13 +269,8 @@ func describeConnErr(ep endpoint, err error) string {
 		return err.Error()
 	case errors.As(err, &he):
 		hint := "is the host up and pveproxy listening on this port?"
-		var ue x509.UnknownAuthorityError
-		var ce *tls.CertificateVerificationError
-		switch {
-		case errors.As(err, &ue), errors.As(err, &ce):
-			hint = "the certificate is not trusted: pass --fingerprint with the node's SHA-256 fingerprint (or install its CA)"
-		case strings.Contains(err.Error(), "fingerprint"):
-			hint = "check --fingerprint"
+		if h := certHint(err); h != "" {
+			hint = h
 		}
 		return fmt.Sprintf("%s: %v (%s)", ep.hostport, he.err, hint)
 	}

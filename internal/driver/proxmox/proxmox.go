@@ -10,8 +10,11 @@
 //
 // Credentials. --api-token USER@REALM!TOKENID=SECRET, or --username (realm defaults to
 // pam) with --password. TLS is verified against the system roots by default;
-// --fingerprint pins the node certificate's SHA-256 fingerprint instead (for
-// self-signed certificates) and --insecure turns verification off.
+// --ca-file adds a CA (the cluster's /etc/pve/pve-root-ca.pem, which signs every
+// node's certificate); --fingerprint pins node certificates' SHA-256 fingerprints
+// (for self-signed certificates); --insecure turns verification off. A certificate
+// that is not trusted fails the connection with its fingerprint and the exact
+// --fingerprint flag that would accept it.
 //
 // Long operations. Snapshot creation, removal and rollback run as PVE tasks; the
 // driver polls them until ctx ends and treats "OK" and "WARNINGS: N" as success. A
@@ -183,7 +186,7 @@ func Open(ctx context.Context, cfg driver.Config) (*Driver, error) {
 	default:
 		return nil, errors.New("Proxmox VE needs credentials: --api-token USER@REALM!TOKENID=SECRET, or --username USER[@REALM] with --password")
 	}
-	hc, err := newHTTPClient(cfg.Fingerprint, cfg.Insecure, requestTimeout)
+	hc, err := newHTTPClient(cfg.Fingerprint, cfg.CAFile, cfg.Insecure, requestTimeout)
 	if err != nil {
 		return nil, err
 	}
