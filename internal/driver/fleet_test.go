@@ -21,6 +21,7 @@ import (
 // interface that is neither listed here nor in notCapabilities, so a new capability
 // cannot be added without its forwarding being tested.
 var capabilities = []reflect.Type{
+	reflect.TypeFor[Protector](),
 	reflect.TypeFor[AgentPinger](),
 	reflect.TypeFor[Quiescer](),
 	reflect.TypeFor[StorageReporter](),
@@ -37,7 +38,6 @@ var capabilities = []reflect.Type{
 	reflect.TypeFor[StallBounded](),
 	reflect.TypeFor[SnapshotPreparer](),
 	reflect.TypeFor[RevertNoter](),
-	reflect.TypeFor[Protector](),
 }
 
 // notCapabilities are the interfaces of package driver that a driver does not add on

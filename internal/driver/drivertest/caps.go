@@ -25,6 +25,7 @@ type capTest struct {
 // capabilityTests has one entry for every optional capability of package driver;
 // TestConformanceCoversEveryCapability keeps it complete.
 var capabilityTests = []capTest{
+	{reflect.TypeFor[driver.Protector](), false, testProtector},
 	{reflect.TypeFor[driver.AgentPinger](), false, testAgentPinger},
 	{reflect.TypeFor[driver.Quiescer](), false, testQuiescer},
 	{reflect.TypeFor[driver.StorageReporter](), false, testStorageReporter},
@@ -41,7 +42,6 @@ var capabilityTests = []capTest{
 	{reflect.TypeFor[driver.StallBounded](), true, testStallBounded},
 	{reflect.TypeFor[driver.SnapshotPreparer](), false, testSnapshotPreparer},
 	{reflect.TypeFor[driver.RevertNoter](), true, testRevertNoter},
-	{reflect.TypeFor[driver.Protector](), false, testProtector},
 }
 
 func implements(d driver.Driver, iface reflect.Type) bool {
