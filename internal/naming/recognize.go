@@ -40,8 +40,9 @@ type Recognized struct {
 const plausibleSlack = 26 * time.Hour
 
 // Recognize reports whether a snapshot is ours and, when label is not empty, of that
-// label. A snapshot is ours when its description carries Marker or LegacyMarker (see
-// IsOurs) and its name is "auto" + label + a timestamp. The timestamp is read with, in
+// label. A snapshot is ours when its description is exactly one autosnap,
+// cv4pve-autosnap or eve4pve-autosnap wrote (see IsOurs; an edited note is not) and
+// its name is "auto" + label + a timestamp. The timestamp is read with, in
 // this order:
 //
 //  1. the label and format recorded in the description (FieldLabel, FieldFormat), when
