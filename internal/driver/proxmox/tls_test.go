@@ -136,3 +136,28 @@ func errString(err error) string {
 	}
 	return err.Error()
 }
+
+// TestProxmoxCAFileNameMismatch: with --ca-file the names are still verified; an
+// address the certificate does not list fails with the names it does list.
+func TestProxmoxCAFileNameMismatch(t *testing.T) {
+	c := pveemu.New(pveemu.Options{Nodes: []string{"pve1"}, Tokens: map[string]string{tokenID: tokenSecret}, ClusterCA: true})
+	t.Cleanup(c.Close)
+	addr, err := c.ListenNodeOn("pve1", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := filepath.Join(t.TempDir(), "pve-root-ca.pem")
+	if err := os.WriteFile(ca, c.CACertPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := driver.Config{Host: addr, APIToken: tokenID + "=" + tokenSecret, Timeout: 10 * time.Second, CAFile: ca}
+	_, err = proxmox.Open(ctx(t), cfg)
+	if !errors.Is(err, driver.ErrConnect) || !strings.Contains(err.Error(), "valid for pve1, pve1.local, localhost, 127.0.0.1") ||
+		!strings.Contains(err.Error(), c.NodeFingerprint("pve1")) {
+		t.Fatalf("address not in the certificate: %v", err)
+	}
+	cfg.Fingerprint = c.NodeFingerprint("pve1")
+	if _, err := proxmox.Open(ctx(t), cfg); err != nil {
+		t.Errorf("pinned: %v", err)
+	}
+}
