@@ -57,6 +57,9 @@ var statusColumns = []report.Column{
 }
 
 func runStatus(ctx context.Context, g *GlobalOptions, o *StatusOptions) error {
+	if g.cv4pve() {
+		return g.runStatusCV4PVE(ctx, o)
+	}
 	f := g.tsFormat()
 	if o.Label != "" {
 		if err := naming.Validate(o.Label, f); err != nil {
