@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"flag"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -252,5 +253,27 @@ func TestCV4PVEInvocation(t *testing.T) {
 	code = MainNamed(context.Background(), "/usr/bin/cv4pve-autosnap", e.cvArgs("--compat", "native", "--vmid", "200", "status", "-o", "json"), &out, &errb)
 	if code != 0 || !strings.HasPrefix(out.String(), `[{"node":"pve2","vmid":"200",`) {
 		t.Errorf("--compat native as cv4pve-autosnap: exit %d, %q", code, out.String())
+	}
+}
+
+// TestCV4PVEMakeInstall installs with `make install` into a scratch root and runs the
+// real binary through the cv4pve-autosnap symlink (argv[0]) and as autosnap.
+func TestCV4PVEMakeInstall(t *testing.T) {
+	root := t.TempDir()
+	cmd := exec.Command("make", "-C", filepath.Join("..", ".."), "install", "DESTDIR="+root, "PREFIX=/usr")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make install: %v\n%s", err, out)
+	}
+	bin := filepath.Join(root, "usr", "bin")
+	if l, err := os.Readlink(filepath.Join(bin, CV4PVEName)); err != nil || l != "autosnap" {
+		t.Fatalf("%s: symlink %q, %v; want -> autosnap", CV4PVEName, l, err)
+	}
+	e := cvCluster(t)
+	for prog, want := range map[string]string{CV4PVEName: `[{"NODE":"pve2","VM":200,"TIME":"26/09/27 00:00:02","PARENT":"no-parent",`, "autosnap": `[{"node":"pve2","vmid":"200",`} {
+		c := exec.Command(filepath.Join(bin, prog), e.cvArgs("--vmid", "200", "status", "-o", "json")...)
+		out, err := c.Output()
+		if err != nil || !strings.HasPrefix(string(out), want) {
+			t.Errorf("%s status -o json: %v\n%s\nwant prefix %s", prog, err, out, want)
+		}
 	}
 }
