@@ -79,20 +79,18 @@ func (c *cvWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Flush writes a last line without a newline.
+// Flush handles a last line without a newline and writes any line still held back.
 func (c *cvWriter) Flush() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.partial) == 0 && c.header == "" {
-		return nil
+	if len(c.partial) > 0 {
+		line := string(c.partial)
+		c.partial = nil
+		if err := c.line(line); err != nil {
+			return err
+		}
 	}
-	line := string(c.partial)
-	c.partial = nil
-	err := c.emitHeld()
-	if line != "" {
-		err = c.emit(line)
-	}
-	return err
+	return c.emitHeld()
 }
 
 func (c *cvWriter) emit(s string) error {
