@@ -12,6 +12,7 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -274,6 +275,34 @@ func TestCV4PVEMakeInstall(t *testing.T) {
 		out, err := c.Output()
 		if err != nil || !strings.HasPrefix(string(out), want) {
 			t.Errorf("%s status -o json: %v\n%s\nwant prefix %s", prog, err, out, want)
+		}
+	}
+}
+
+// TestCV4PVEOneAtATime: cv4pve mode processes one guest at a time unless
+// --max-parallel is given; native keeps its default.
+func TestCV4PVEOneAtATime(t *testing.T) {
+	e := cvCluster(t)
+	cases := []struct {
+		args []string
+		want int
+	}{
+		{[]string{"--compat", "cv4pve"}, 1},
+		{[]string{"--compat", "cv4pve", "--max-parallel", "3"}, 3},
+		{nil, 4},
+		{[]string{"--max-parallel", "2"}, 2},
+	}
+	for _, cmd := range []string{"snap", "clean"} {
+		for i, c := range cases {
+			got := 0
+			args := e.cvArgs(append(c.args, "--vmid", "100", cmd, "--label", fmt.Sprintf("par%d", i), "--keep", "1")...)
+			var out, errb bytes.Buffer
+			code := execute(context.Background(), args, &out, &errb, func(g *GlobalOptions) {
+				g.adjustJob = func(j *engine.Job) { got = j.MaxParallel }
+			})
+			if code != 0 || got != c.want {
+				t.Errorf("%s %v: exit %d, max parallel %d, want %d\n%s%s", cmd, c.args, code, got, c.want, out.String(), errb.String())
+			}
 		}
 	}
 }
