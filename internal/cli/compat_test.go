@@ -306,3 +306,31 @@ func TestCV4PVEOneAtATime(t *testing.T) {
 		}
 	}
 }
+
+// TestCV4PVEHookGolden pins where hook output and a hook's return code appear in
+// cv4pve mode: job phases around the guests, each guest's phases within its lines, the
+// return code before the output, and a failing hook changing neither the run nor the
+// exit status.
+func TestCV4PVEHookGolden(t *testing.T) {
+	e := cvCluster(t)
+	script := filepath.Join(t.TempDir(), "hook.sh")
+	body := `#!/bin/sh
+echo "hook $CV4PVE_AUTOSNAP_PHASE vm=$CV4PVE_AUTOSNAP_VMID type=$CV4PVE_AUTOSNAP_VMTYPE snap=$CV4PVE_AUTOSNAP_SNAP_NAME label=$CV4PVE_AUTOSNAP_LABEL keep=$CV4PVE_AUTOSNAP_KEEP state=$CV4PVE_AUTOSNAP_STATE"
+if [ "$CV4PVE_AUTOSNAP_PHASE" = snap-create-post ] && [ "$CV4PVE_AUTOSNAP_VMID" = 100 ]; then exit 3; fi
+exit 0
+`
+	if err := os.WriteFile(script, []byte(body), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	clk := &cvClock{t: time.Date(2026, 9, 28, 7, 0, 2, 0, time.UTC), step: 856 * time.Millisecond}
+	r := cvRun(t, CV4PVEName, clk, e.cvArgs("--vmid", "100,200", "snap", "--label", "hourly", "--keep", "2", "--script", script)...)
+	if r.code != 0 {
+		t.Errorf("snap with a hook exiting 3: exit %d, want 0", r.code)
+	}
+	checkGolden(t, "snap_hook", r.stdout)
+	r = cvRun(t, CV4PVEName, clk, e.cvArgs("--vmid", "100,200", "clean", "--label", "hourly", "--keep", "0", "--script", script)...)
+	if r.code != 0 {
+		t.Errorf("clean with a hook: exit %d, want 0", r.code)
+	}
+	checkGolden(t, "clean_hook", r.stdout)
+}
