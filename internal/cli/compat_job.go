@@ -54,7 +54,7 @@ func (g *GlobalOptions) runJobCV4PVE(ctx context.Context, job *engine.Job, actio
 	if err != nil {
 		return err
 	}
-	w := &cvWriter{w: out, clean: !snap, maxPerc: maxPerc, now: g.clock}
+	w := &cvWriter{w: out, clean: !snap, maxPerc: maxPerc, now: g.compat.now}
 	if snap {
 		if err := g.cvStorageTable(ctx, d, out, guests, job.MaxPercStorage); err != nil {
 			return err

@@ -30,7 +30,7 @@ import (
 // Lines cv4pve has no counterpart of (the created snapshot's consistency, dry-run
 // notes, kept snapshots, agent pings) are dropped; hook output and anything else passes
 // unchanged. cv4pve's agent hint is printed after the guest line unless the guest is
-// skipped, for guests agentOff names. Durations come from now, the injected clock.
+// skipped, for guests agentOff names.
 type cvWriter struct {
 	mu    sync.Mutex
 	w     io.Writer
@@ -39,7 +39,10 @@ type cvWriter struct {
 	maxPerc string
 	// agentOff holds the ids of the VMs whose agent option is off.
 	agentOff map[string]bool
-	now      func() time.Time
+	// now, when set (tests), times each guest from its guest line to its end;
+	// otherwise the engine's own measure is used (exact to the millisecond, and right
+	// also for guests whose output the engine held back while others ran).
+	now func() time.Time
 
 	partial []byte
 	// the current guest
@@ -120,7 +123,10 @@ func cvState(s string) string {
 
 func (c *cvWriter) line(l string) error {
 	if m := cvGuestLine.FindStringSubmatch(l); m != nil {
-		c.id, c.start, c.failed, c.inGuest = m[1], c.now(), false, true
+		c.id, c.failed, c.inGuest = m[1], false, true
+		if c.now != nil {
+			c.start = c.now()
+		}
 		c.hint = c.agentOff[c.id]
 		if c.clean {
 			c.header = fmt.Sprintf("----- VM %s %s -----", m[1], m[2])
@@ -138,12 +144,19 @@ func (c *cvWriter) line(l string) error {
 	if err := c.emitHeld(); err != nil {
 		return err
 	}
-	if strings.HasPrefix(l, "VM execution ") && c.inGuest {
+	if took, ok := strings.CutPrefix(l, "VM execution "); ok && c.inGuest {
 		c.inGuest = false
 		if c.clean || c.failed {
 			return nil
 		}
-		return c.emit("VM execution " + report.CV4PVETimeSpan(c.now().Sub(c.start)))
+		d, err := time.ParseDuration(took)
+		if c.now != nil {
+			d, err = c.now().Sub(c.start), nil
+		}
+		if err != nil {
+			return c.emit(l) // not the engine's format: shown as it is
+		}
+		return c.emit("VM execution " + report.CV4PVETimeSpan(d))
 	}
 	for _, p := range cvDropped {
 		if strings.HasPrefix(l, p) {

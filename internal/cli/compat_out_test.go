@@ -115,6 +115,18 @@ func TestCVWriter(t *testing.T) {
 	if out.String() != wantClean {
 		t.Errorf("clean lines:\n%s\nwant:\n%s", out.String(), wantClean)
 	}
+
+	// Without an injected clock the engine's own measure is shown.
+	out.Reset()
+	w = &cvWriter{w: &out}
+	in := "----- VM 100 qemu running (pve1/a) -----\nVM execution 1.234s\n----- VM 101 qemu running (pve1/b) -----\nVM execution 26h3m4.5s\n"
+	if _, err := w.Write([]byte(in)); err != nil {
+		t.Fatal(err)
+	}
+	want = "----- VM 100 qemu running -----\nVM execution 00:00:01.2340000\n----- VM 101 qemu running -----\nVM execution 1.02:03:04.5000000\n"
+	if out.String() != want {
+		t.Errorf("engine durations:\n%s\nwant:\n%s", out.String(), want)
+	}
 }
 
 // slicesOf yields s in pieces of n bytes.
