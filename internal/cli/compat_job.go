@@ -14,6 +14,19 @@ import (
 	"github.com/autosnap/autosnap/internal/selector"
 )
 
+// cvClusterReporter is what cv4pve mode prints about a Proxmox VE cluster: its version
+// and every node's storages. The proxmox driver implements it.
+type cvClusterReporter interface {
+	HypervisorVersion(ctx context.Context) (string, error)
+	ClusterStorages(ctx context.Context) ([]driver.ClusterStorage, error)
+}
+
+// cvAgentReporter tells whether a VM's configuration enables its guest agent, for
+// cv4pve's advice to enable it. The proxmox driver implements it.
+type cvAgentReporter interface {
+	AgentEnabled(ctx context.Context, g driver.Guest) (bool, error)
+}
+
 // runJobCV4PVE is runJob in cv4pve mode: cv4pve-autosnap's header (values aligned at
 // column 19), the `NOT FOUND` lines when nothing is selected, snap's storage table,
 // the guests' lines as cvWriter rewrites them, and snap's `Total execution`. Guests
@@ -31,7 +44,7 @@ func (g *GlobalOptions) runJobCV4PVE(ctx context.Context, job *engine.Job, actio
 	maxPerc := cvPercent(job.MaxPercStorage)
 	if snap {
 		version := ""
-		if cr, ok := d.(driver.ClusterReporter); ok {
+		if cr, ok := d.(cvClusterReporter); ok {
 			vctx, cancel := context.WithTimeout(ctx, g.timeout())
 			version, err = cr.HypervisorVersion(vctx)
 			cancel()
@@ -87,7 +100,7 @@ func (g *GlobalOptions) runJobCV4PVE(ctx context.Context, job *engine.Job, actio
 // storages that hold images or rootdir, by node then name, each Ok, Ko (fuller than
 // --max-perc-storage) or n/a (size unknown); without any, cv4pve's permission hint.
 func (g *GlobalOptions) cvStorageTable(ctx context.Context, d driver.Driver, out io.Writer, guests []driver.Guest, maxPerc float64) error {
-	cr, ok := d.(driver.ClusterReporter)
+	cr, ok := d.(cvClusterReporter)
 	if !ok {
 		return nil
 	}
@@ -127,7 +140,7 @@ func (g *GlobalOptions) cvStorageTable(ctx context.Context, d driver.Driver, out
 // cvAgentOff returns the ids of the VMs among guests (those snap will take, not
 // templates, running ones only with --only-running) whose agent option is off.
 func (g *GlobalOptions) cvAgentOff(ctx context.Context, d driver.Driver, guests []driver.Guest, onlyRunning bool) (map[string]bool, error) {
-	ar, ok := d.(driver.AgentReporter)
+	ar, ok := d.(cvAgentReporter)
 	if !ok {
 		return nil, nil
 	}

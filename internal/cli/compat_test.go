@@ -21,8 +21,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/autosnap/autosnap/internal/driver/proxmox"
 	"github.com/autosnap/autosnap/internal/engine"
 	"github.com/autosnap/autosnap/internal/pveemu"
+)
+
+// The Proxmox VE driver gives cv4pve mode its version, storage table and agent hint.
+var (
+	_ cvClusterReporter = (*proxmox.Driver)(nil)
+	_ cvAgentReporter   = (*proxmox.Driver)(nil)
 )
 
 var updateCV4PVE = flag.Bool("update-cv4pve", false, "rewrite testdata/cv4pve/*.golden")

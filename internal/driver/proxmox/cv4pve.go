@@ -8,7 +8,7 @@ import (
 	"github.com/autosnap/autosnap/internal/driver"
 )
 
-// HypervisorVersion implements driver.ClusterReporter: the "version" of GET /version.
+// HypervisorVersion is the version Proxmox VE reports (cv4pve mode prints it): the "version" of GET /version.
 func (d *Driver) HypervisorVersion(ctx context.Context) (string, error) {
 	var v struct {
 		Version string `json:"version"`
@@ -19,7 +19,7 @@ func (d *Driver) HypervisorVersion(ctx context.Context) (string, error) {
 	return v.Version, nil
 }
 
-// ClusterStorages implements driver.ClusterReporter from GET /cluster/resources?type=storage.
+// ClusterStorages lists every node's storages (cv4pve mode's storage table) from GET /cluster/resources?type=storage.
 // Storages of offline nodes (status unknown) are left out, as cv4pve-autosnap does.
 func (d *Driver) ClusterStorages(ctx context.Context) ([]driver.ClusterStorage, error) {
 	var rs []struct {
@@ -46,10 +46,8 @@ func (d *Driver) ClusterStorages(ctx context.Context) ([]driver.ClusterStorage, 
 	return out, nil
 }
 
-var _ driver.ClusterReporter = (*Driver)(nil)
-
-// AgentEnabled implements driver.AgentReporter: whether a VM's agent option enables
-// the QEMU guest agent. Containers have none.
+// AgentEnabled reports, without contacting the guest, whether a VM's agent option enables
+// the QEMU guest agent (cv4pve mode's advice to enable it). Containers have none.
 func (d *Driver) AgentEnabled(ctx context.Context, g driver.Guest) (bool, error) {
 	if g.Kind != driver.KindQEMU {
 		return false, nil
@@ -60,5 +58,3 @@ func (d *Driver) AgentEnabled(ctx context.Context, g driver.Guest) (bool, error)
 	}
 	return cfg.Agent.Enabled, nil
 }
-
-var _ driver.AgentReporter = (*Driver)(nil)
