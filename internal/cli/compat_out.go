@@ -21,6 +21,7 @@ import (
 //	Remove snapshot: NAME (reason)              →  Remove snapshot: NAME
 //	ERROR: … task … failed: VM is locked        →  Error in task: VM is locked
 //	ERROR: … still running …                    →  Error task in run... increase the timeout!
+//	Skip VM …: cannot snapshot: mp0 is a bind mount … →  Skip VM Proxmox VE cannot snapshot it, bind mount or device: mp0
 //	ERROR: … above --max-perc-storage …         →  Skip VM problem storage space out of N%
 //	ERROR: … status unknown …                   →  Skip VM status unknown: node offline or not reachable
 //	ERROR: other                                →  other (cv4pve prints the bare message)
@@ -59,6 +60,7 @@ var (
 	cvTaskFailed = regexp.MustCompile(`Proxmox VE task \S+ on node \S+ failed: (.*)$`)
 	cvHookExit   = regexp.MustCompile(`^WARNING: hook script .* exited with status (\d+)$`)
 	cvRemove     = regexp.MustCompile(`^Remove snapshot: (\S+)`)
+	cvCannot     = regexp.MustCompile(`cannot snapshot: (\S+) is a (?:bind mount|device mount|passthrough device) `)
 )
 
 // cvDropped are prefixes of engine lines cv4pve has no counterpart of.
@@ -139,6 +141,9 @@ func (c *cvWriter) line(l string) error {
 		c.hint, c.failed = false, true
 		if c.clean && l == "Skip VM is template" {
 			c.header = "" // cv4pve's clean says nothing else about a template
+		}
+		if m := cvCannot.FindStringSubmatch(l); m != nil {
+			l = "Skip VM Proxmox VE cannot snapshot it, bind mount or device: " + m[1]
 		}
 	}
 	if err := c.emitHeld(); err != nil {

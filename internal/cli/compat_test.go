@@ -97,7 +97,8 @@ func checkGolden(t *testing.T, name, got string) {
 
 // cvCluster is the fleet every golden runs against: a VM with the agent and two old
 // hourly snapshots, a stopped VM without agent option (hint), a template, a container,
-// a VM on a storage fuller than 95 % and a VM whose snapshot task fails.
+// a VM on a storage fuller than 95 %, a VM whose snapshot task fails and a container
+// with a bind mount.
 func cvCluster(t *testing.T) *pveEnv {
 	e := newPVE(t, "pve1", "pve2")
 	e.c.AddStorage("pve2", "tank", "zfspool", 1000e9, 970e9, true, "images,rootdir")
@@ -109,6 +110,8 @@ func cvCluster(t *testing.T) *pveEnv {
 	add(pveemu.Guest{Node: "pve2", VMID: 200, Name: "ct1", Kind: "lxc", Status: "running"})
 	add(pveemu.Guest{Node: "pve2", VMID: 201, Name: "db1", Kind: "qemu", Status: "running", Agent: "1", AgentRunning: true,
 		Disks: map[string]string{"scsi0": "tank:vm-201-disk-0,size=8G"}})
+	add(pveemu.Guest{Node: "pve2", VMID: 203, Name: "ct2", Kind: "lxc", Status: "running",
+		Disks: map[string]string{"rootfs": "local-lvm:subvol-203-disk-0,size=8G", "mp0": "/mnt/host,mp=/data"}})
 	add(pveemu.Guest{Node: "pve2", VMID: 202, Name: "db2", Kind: "qemu", Status: "running", Agent: "enabled=1", AgentRunning: true})
 	base := time.Date(2026, 9, 28, 5, 0, 2, 0, time.UTC)
 	e.c.AddSnapshot(100, "autohourly260928050002", "cv4pve-autosnap", base, false)
@@ -122,7 +125,7 @@ func TestCV4PVESnapCleanGolden(t *testing.T) {
 	e := cvCluster(t)
 	e.c.FailNextTask(202, "VM 202 qmp command 'blockdev-snapshot-internal-sync' failed - Input/output error")
 	clk := &cvClock{t: time.Date(2026, 9, 28, 7, 0, 2, 0, time.UTC), step: 856 * time.Millisecond}
-	r := cvRun(t, CV4PVEName, clk, e.cvArgs("--vmid", "100,101,102,200,201,202", "snap", "--label", "hourly", "--keep", "2")...)
+	r := cvRun(t, CV4PVEName, clk, e.cvArgs("--vmid", "100,101,102,200,201,202,203", "snap", "--label", "hourly", "--keep", "2")...)
 	if r.code != 1 {
 		t.Errorf("snap with a failed and a storage-skipped guest: exit %d, want 1", r.code)
 	}
