@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/engine"
@@ -72,9 +73,7 @@ func (g *GlobalOptions) runJobCV4PVE(ctx context.Context, job *engine.Job, actio
 		if err := g.cvStorageTable(ctx, d, out, guests, job.MaxPercStorage); err != nil {
 			return err
 		}
-		if w.agentOff, err = g.cvAgentOff(ctx, d, guests, job.OnlyRunning); err != nil {
-			return err
-		}
+		w.agentOff = g.cvAgentOff(ctx, d, guests, job.OnlyRunning)
 	}
 	if !g.compat.parallelSet {
 		job.MaxParallel = 1
@@ -137,27 +136,43 @@ func (g *GlobalOptions) cvStorageTable(ctx context.Context, d driver.Driver, out
 	return report.CV4PVEStorageTable(out, rows)
 }
 
+// cvAgentReads bounds the concurrent config reads of cvAgentOff.
+const cvAgentReads = 8
+
 // cvAgentOff returns the ids of the VMs among guests (those snap will take, not
-// templates, running ones only with --only-running) whose agent option is off.
-func (g *GlobalOptions) cvAgentOff(ctx context.Context, d driver.Driver, guests []driver.Guest, onlyRunning bool) (map[string]bool, error) {
+// templates, running ones only with --only-running) whose agent option is off. The
+// configurations are read a few at a time before the first guest starts; a guest whose
+// configuration cannot be read gets no hint (the engine reports what fails for it).
+func (g *GlobalOptions) cvAgentOff(ctx context.Context, d driver.Driver, guests []driver.Guest, onlyRunning bool) map[string]bool {
 	ar, ok := d.(cvAgentReporter)
 	if !ok {
-		return nil, nil
+		return nil
 	}
-	off := map[string]bool{}
+	var (
+		mu  sync.Mutex
+		off = map[string]bool{}
+		wg  sync.WaitGroup
+		sem = make(chan struct{}, cvAgentReads)
+	)
 	for _, gu := range guests {
 		if gu.Kind != driver.KindQEMU || gu.Template || gu.State == driver.StateUnknown || (onlyRunning && gu.State != driver.StateRunning) {
 			continue
 		}
-		actx, cancel := context.WithTimeout(ctx, g.timeout())
-		on, err := ar.AgentEnabled(actx, gu)
-		cancel()
-		if err != nil {
-			continue // the engine reports a guest it cannot read
-		}
-		if !on {
-			off[engine.GuestID(gu)] = true
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			actx, cancel := context.WithTimeout(ctx, g.timeout())
+			on, err := ar.AgentEnabled(actx, gu)
+			cancel()
+			if err == nil && !on {
+				mu.Lock()
+				off[engine.GuestID(gu)] = true
+				mu.Unlock()
+			}
+		}()
 	}
-	return off, nil
+	wg.Wait()
+	return off
 }
