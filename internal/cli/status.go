@@ -38,7 +38,12 @@ JSON (-o json|jsonpretty) is an array of objects with the keys:
   consistency  quiesced | crash | offline | memory (RAM saved with the disks) |
                "" (unknown, e.g. made by cv4pve)
   incomplete   why the snapshot's data is not whole (an interrupted merge that
-               removes it; the next run finishes it): do not revert to it; "" when whole`,
+               removes it; the next run finishes it): do not revert to it; "" when whole
+
+In cv4pve mode (--compat cv4pve, or run as cv4pve-autosnap) the columns are
+cv4pve-autosnap's: NODE, VM, TIME (yy/MM/dd HH:mm:ss, UTC), PARENT (no-parent),
+NAME, DESCRIPTION, VM STATUS (X with RAM), in -o Text, Html, Markdown, Json or
+JsonPretty; JSON keys are those headers, VM a number (docs/cv4pve-mode.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runStatus(cmd.Context(), g, o)
