@@ -140,6 +140,16 @@ func TestCV4PVESnapCleanGolden(t *testing.T) {
 	}
 	checkGolden(t, "clean", r.stdout)
 
+	// A removal whose task fails ends that guest's removals and fails the run.
+	e.c.AddSnapshot(200, "autoweekly260901000000", "cv4pve-autosnap", time.Date(2026, 9, 1, 0, 0, 0, 0, time.UTC), false)
+	e.c.AddSnapshot(200, "autoweekly260908000000", "cv4pve-autosnap", time.Date(2026, 9, 8, 0, 0, 0, 0, time.UTC), false)
+	e.c.FailNextTask(200, "zfs error: cannot destroy snapshot: dataset is busy")
+	r = cvRun(t, CV4PVEName, clk, e.cvArgs("--vmid", "100,200", "clean", "--label", "weekly", "--keep", "0")...)
+	if r.code != 1 {
+		t.Errorf("clean with a failed removal: exit %d, want 1", r.code)
+	}
+	checkGolden(t, "clean_fail", r.stdout)
+
 	r = cvRun(t, CV4PVEName, clk, e.cvArgs("--dry-run", "--vmid", "100", "snap", "--label", "hourly", "--keep", "1", "--state")...)
 	if r.code != 0 {
 		t.Errorf("dry-run snap: exit %d, want 0", r.code)
