@@ -161,6 +161,15 @@ func TestCV4PVESnapCleanGolden(t *testing.T) {
 		t.Errorf("snap selecting nothing: exit %d, want 1", r.code)
 	}
 	checkGolden(t, "snap_notfound", r.stdout)
+
+	// A task that outlasts --timeout.
+	e.c.SetTaskDuration(3 * time.Second)
+	r = cvRun(t, CV4PVEName, clk, e.cvArgs("--timeout", "1", "--vmid", "101", "snap", "--label", "slow", "--keep", "1")...)
+	e.c.SetTaskDuration(30 * time.Millisecond)
+	if r.code != 1 {
+		t.Errorf("snap past --timeout: exit %d, want 1", r.code)
+	}
+	checkGolden(t, "snap_timeout", r.stdout)
 }
 
 func TestCV4PVEStatusGolden(t *testing.T) {
