@@ -63,8 +63,9 @@ var (
 	cvCannot     = regexp.MustCompile(`cannot snapshot: (\S+) is a (?:bind mount|device mount|passthrough device) `)
 )
 
-// cvDropped are prefixes of engine lines cv4pve has no counterpart of.
-var cvDropped = []string{"Snapshot ", "Dry run: ", "Keep snapshot: ", "Guest agent not available", "Filesystems frozen for "}
+// cvDropped matches the engine lines cv4pve has no counterpart of (and not lines a
+// hook is likely to print).
+var cvDropped = regexp.MustCompile(`^(Snapshot \S+ created \(|Snapshot \S+ was already gone$|Dry run: |Keep snapshot: \S+ \(|Guest agent not available \(|Filesystems frozen for )`)
 
 func (c *cvWriter) Write(p []byte) (int, error) {
 	c.mu.Lock()
@@ -163,10 +164,8 @@ func (c *cvWriter) line(l string) error {
 		}
 		return c.emit("VM execution " + report.CV4PVETimeSpan(d))
 	}
-	for _, p := range cvDropped {
-		if strings.HasPrefix(l, p) {
-			return nil
-		}
+	if cvDropped.MatchString(l) {
+		return nil
 	}
 	if msg, ok := strings.CutPrefix(l, "ERROR: "); ok && c.inGuest {
 		c.failed = true

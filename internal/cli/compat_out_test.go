@@ -13,6 +13,7 @@ func TestCVWriter(t *testing.T) {
 	engineSnap := strings.Join([]string{
 		"----- VM 100 qemu running (pve1/web1) -----",
 		"hook: snap-create-pre 100", // hook output passes unchanged
+		"Snapshot of web1 starts",
 		"Create snapshot: autohourly260928070002",
 		"Snapshot autohourly260928070002 created (quiesced through the guest agent)",
 		"Remove snapshot: autohourly260928050002 (beyond --keep 2)",
@@ -50,6 +51,7 @@ func TestCVWriter(t *testing.T) {
 	want := strings.Join([]string{
 		"----- VM 100 qemu running -----",
 		"hook: snap-create-pre 100",
+		"Snapshot of web1 starts",
 		"Create snapshot: autohourly260928070002",
 		"Remove snapshot: autohourly260928050002",
 		"hook says: bye",
