@@ -34,7 +34,6 @@ type cvAgentReporter interface {
 // are processed one at a time unless --max-parallel was given; a --vmid token that
 // matches nothing is not an error (cv4pve ignores it).
 func (g *GlobalOptions) runJobCV4PVE(ctx context.Context, job *engine.Job, action string, run func(*engine.Job, context.Context, []driver.Guest) (*engine.Report, error)) error {
-	start := g.clock()
 	d, err := g.connect(ctx)
 	if err != nil {
 		return err
@@ -59,6 +58,7 @@ func (g *GlobalOptions) runJobCV4PVE(ctx context.Context, job *engine.Job, actio
 		fmt.Fprintf(out, "ACTION Clean\nVMs:              %s\nLabel:            %s\nKeep:             %d\nTimeout:          %d sec.\nTimestamp format: %s\n",
 			g.VMID, job.Label, job.Keep, g.Timeout, g.TimestampFormat)
 	}
+	start := g.clock() // cv4pve times the job from after its header
 	g.IgnoreMissing = true
 	guests, err := g.selectGuests(ctx, d, false)
 	if errors.Is(err, selector.ErrNoMatch) {
