@@ -130,6 +130,22 @@ func TestCV4PVESnapCleanGolden(t *testing.T) {
 		t.Errorf("snap with a failed and a storage-skipped guest: exit %d, want 1", r.code)
 	}
 	checkGolden(t, "snap", r.stdout)
+	// Independently of the golden: AutoSnapEngine.SnapAsync's header template, its
+	// values at column 19, .NET's True/False, and the PadLeft(25,10,10,10,12,12) table.
+	header := "ACTION Snap\nPVE Version:      8.2.4\nVMs:              100,101,102,200,201,202,203\nLabel:            hourly\n" +
+		"Keep:             2\nState:            False\nOnly running:     False\nTimeout:          30 sec.\n" +
+		"Timestamp format: yyMMddHHmmss\nMax % Storage :   95%\n" +
+		"                  Storage      Type     Valid   Used %    Disk Size  Disk Usage\n"
+	if !strings.HasPrefix(r.stdout, header) {
+		t.Errorf("snap header is not cv4pve's:\n%s\nwant it to start with:\n%s", r.stdout, header)
+	}
+	for _, l := range []string{"----- VM 101 qemu stopped -----\nVM 101 consider enabling QEMU agent see https://pve.proxmox.com/wiki/Qemu-guest-agent\n",
+		"----- VM 102 qemu stopped -----\nSkip VM is template\n----- VM 200",
+		"Remove snapshot: autohourly260928050002\nVM execution 00:00:00.8560000\n"} {
+		if !strings.Contains(r.stdout, l) {
+			t.Errorf("snap output lacks cv4pve's %q", l)
+		}
+	}
 	if got := strings.Join(e.snapNames(100), ","); got != "autohourly260928060002,before-upgrade,autohourly260928070002" {
 		t.Errorf("VM 100 after snap --keep 2: %s", got)
 	}
