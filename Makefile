@@ -8,13 +8,28 @@ LDFLAGS  := -s -w -X github.com/autosnap/autosnap/internal/cli.Version=$(VERSION
 TEST_TIMEOUT ?= 30m
 CRASHTEST_TIMEOUT ?= 40m
 
-.PHONY: all build deps demo demo-clean test test-unit crashtest lint bench fuzz clean
+.PHONY: all build install deps demo demo-clean test test-unit crashtest lint bench fuzz clean
 
 all: build
 
 # A static, cgo-free binary.
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/autosnap
+
+# Installs bin/autosnap as $(DESTDIR)$(BINDIR)/autosnap and the symlink cv4pve-autosnap
+# next to it: run under that name, autosnap behaves and prints as cv4pve-autosnap
+# (docs/cv4pve-mode.md). A real cv4pve-autosnap file there is left alone unless
+# FORCE=1 (it is then replaced by the symlink).
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+install: build
+	install -d -m 0755 $(DESTDIR)$(BINDIR)
+	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/autosnap
+	@link=$(DESTDIR)$(BINDIR)/cv4pve-autosnap; \
+	if [ -e "$$link" ] && [ ! -L "$$link" ] && [ "$(FORCE)" != 1 ]; then \
+		echo "$$link exists and is not a symlink (cv4pve-autosnap itself?): left alone; make install FORCE=1 replaces it"; exit 1; \
+	fi; \
+	ln -sfn autosnap "$$link" && echo "installed $(DESTDIR)$(BINDIR)/autosnap and $$link -> autosnap"
 
 deps:
 	bash scripts/install-deps.sh

@@ -18,7 +18,8 @@ func main() {
 	// SIGINT/SIGTERM cancel the context: running merges are aborted cleanly and every
 	// guest is left resumed and thawed before autosnap exits.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	// Run as cv4pve-autosnap (the symlink `make install` creates), it starts in cv4pve mode.
+	code := cli.MainNamed(ctx, os.Args[0], os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }

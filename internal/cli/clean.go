@@ -34,6 +34,7 @@ stops that removal and the guest's later ones (see docs/hooks.md).`,
   autosnap --dry-run --vmid web1 clean --label daily --keep 3`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			g.compat.parallelSet = cmd.Flags().Changed("max-parallel")
 			return runClean(cmd.Context(), g, o)
 		},
 	}

@@ -26,6 +26,8 @@ EXIT STATUS:
   2  usage or validation error (bad flag, label, timestamp format, selection);
      nothing was changed
   3  cannot connect or authenticate to the hypervisor
+In cv4pve mode (--compat cv4pve, or run as cv4pve-autosnap) the status is
+0 or 1 only, as cv4pve-autosnap's: every failure above is 1.
 `
 
 // usageError marks an error the user fixes by changing the command line.
@@ -56,4 +58,14 @@ func ExitCode(err error) int {
 		return ExitFailure
 	}
 	return ExitFailure
+}
+
+// exitCode is ExitCode in the run's mode: cv4pve-autosnap knows only 0 (success) and 1
+// (anything failed), so cv4pve mode folds usage and connection errors into 1.
+func (g *GlobalOptions) exitCode(err error) int {
+	c := ExitCode(err)
+	if g.cv4pve() && c != ExitOK {
+		return ExitFailure
+	}
+	return c
 }

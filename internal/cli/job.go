@@ -33,6 +33,9 @@ func (g *GlobalOptions) newJob(label string, keep int, script string, hookTimeou
 
 // runJob connects, selects, runs the job and prints its report.
 func (g *GlobalOptions) runJob(ctx context.Context, job *engine.Job, action string, run func(*engine.Job, context.Context, []driver.Guest) (*engine.Report, error)) error {
+	if g.cv4pve() {
+		return g.runJobCV4PVE(ctx, job, action, run)
+	}
 	d, err := g.connect(ctx)
 	if err != nil {
 		return err

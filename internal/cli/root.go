@@ -62,6 +62,8 @@ type GlobalOptions struct {
 	// adjustJob, when set (by tests, through execute), changes a snap or clean job just
 	// before it runs, e.g. to set engine.Job.HoldFrozen without a command-line flag.
 	adjustJob func(*engine.Job)
+	// compat is the output mode, native or cv4pve (compat.go).
+	compat compatState
 }
 
 func envOr(name, def string) string {
@@ -122,6 +124,7 @@ set the flags of the same name. --password file:PATH reads the password from a f
 	f.StringVar(&g.CAFile, "ca-file", envOr("AUTOSNAP_CA_FILE", ""), "also trust the CA certificates in this PEM file, e.g. a copy of the Proxmox VE cluster CA /etc/pve/pve-root-ca.pem, which covers every node (env AUTOSNAP_CA_FILE)")
 	f.BoolVar(&g.Insecure, "insecure", false, "do not verify TLS certificates (dangerous; prefer --fingerprint)")
 	f.BoolVar(&g.ValidateCert, "validate-certificate", true, "verify TLS certificates (cv4pve-autosnap compatibility; --validate-certificate=false equals --insecure)")
+	addCompatFlags(f, g)
 
 	root.AddCommand(newVersionCommand(g), newVMCommand(g), newSnapCommand(g), newCleanCommand(g), newStatusCommand(g), newSnapshotCommand(g), newWatchdogCommand(g),
 		newBackupCommand(g), newRestoreCommand(g), newBitmapsCommand(g))
@@ -282,5 +285,5 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer, setup
 	if err != nil {
 		fmt.Fprintf(stderr, "ERROR: %v\n", err)
 	}
-	return ExitCode(err)
+	return g.exitCode(err)
 }

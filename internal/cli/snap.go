@@ -51,6 +51,7 @@ snapshot and a failing snap-remove-pre hook that removal (see docs/hooks.md).`,
   autosnap --vmid 'web%,-web-test' snap --label daily --keep 7 --script /etc/autosnap/hook.sh`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			g.compat.parallelSet = cmd.Flags().Changed("max-parallel")
 			return runSnap(cmd.Context(), g, o)
 		},
 	}

@@ -39,7 +39,12 @@ JSON (-o json|jsonpretty) is an array of objects with the keys:
                "" (unknown, e.g. made by cv4pve)
   protected    true when retention never removes it (autosnap snapshot protect)
   incomplete   why the snapshot's data is not whole (an interrupted merge that
-               removes it; the next run finishes it): do not revert to it; "" when whole`,
+               removes it; the next run finishes it): do not revert to it; "" when whole
+
+In cv4pve mode (--compat cv4pve, or run as cv4pve-autosnap) the columns are
+cv4pve-autosnap's: NODE, VM, TIME (yy/MM/dd HH:mm:ss, UTC), PARENT (no-parent),
+NAME, DESCRIPTION, VM STATUS (X with RAM), in -o Text, Html, Markdown, Json or
+JsonPretty; JSON keys are those headers, VM a number (docs/cv4pve-mode.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runStatus(cmd.Context(), g, o)
@@ -58,6 +63,9 @@ var statusColumns = []report.Column{
 }
 
 func runStatus(ctx context.Context, g *GlobalOptions, o *StatusOptions) error {
+	if g.cv4pve() {
+		return g.runStatusCV4PVE(ctx, o)
+	}
 	f := g.tsFormat()
 	if o.Label != "" {
 		if err := naming.Validate(o.Label, f); err != nil {

@@ -1,0 +1,81 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// CV4PVEName is the program name that selects cv4pve mode: `make install` and the
+// package install a symlink of this name to autosnap.
+const CV4PVEName = "cv4pve-autosnap"
+
+// Compatibility modes (--compat).
+const (
+	compatNative = "native"
+	compatCV4PVE = "cv4pve"
+)
+
+// compatState is the output mode and what cv4pve mode needs besides the options.
+type compatState struct {
+	mode compatMode
+	// now is the clock of cv4pve mode's snapshot names and durations; nil is time.Now.
+	now func() time.Time
+	// parallelSet is set when --max-parallel was given: cv4pve mode otherwise
+	// processes one guest at a time, as cv4pve-autosnap.
+	parallelSet bool
+}
+
+// compatMode is the --compat flag's value: "native" (or empty) or "cv4pve".
+type compatMode string
+
+func (m *compatMode) String() string { return string(*m) }
+func (m *compatMode) Type() string   { return "mode" }
+func (m *compatMode) Set(s string) error {
+	switch v := strings.ToLower(strings.TrimSpace(s)); v {
+	case compatNative, "":
+		*m = ""
+	case compatCV4PVE, CV4PVEName:
+		*m = compatCV4PVE
+	default:
+		return fmt.Errorf("--compat %q: use cv4pve or native", s)
+	}
+	return nil
+}
+
+// addCompatFlags registers --compat on the root's persistent flags.
+func addCompatFlags(f *pflag.FlagSet, g *GlobalOptions) {
+	f.Var(&g.compat.mode, "compat", "output and exit codes: native, or cv4pve (exactly as cv4pve-autosnap; also when run as "+CV4PVEName+", see docs/cv4pve-mode.md)")
+}
+
+// cv4pve reports whether the run is in cv4pve mode.
+func (g *GlobalOptions) cv4pve() bool { return g.compat.mode == compatCV4PVE }
+
+func (g *GlobalOptions) clock() time.Time {
+	if g.compat.now != nil {
+		return g.compat.now()
+	}
+	return time.Now()
+}
+
+// MainNamed is Main for a program invoked as name (argv[0]): as cv4pve-autosnap it
+// starts in cv4pve mode, which --compat native turns off again.
+func MainNamed(ctx context.Context, name string, args []string, stdout, stderr io.Writer) int {
+	return execute(ctx, args, stdout, stderr, func(g *GlobalOptions) {
+		if invokedAsCV4PVE(name) {
+			g.compat.mode = compatCV4PVE
+		}
+	})
+}
+
+// invokedAsCV4PVE reports whether argv[0] names cv4pve-autosnap (any directory, and a
+// .exe suffix as on Windows).
+func invokedAsCV4PVE(argv0 string) bool {
+	b := strings.TrimSuffix(filepath.Base(argv0), ".exe")
+	return b == CV4PVEName
+}

@@ -1,0 +1,211 @@
+package cli
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/autosnap/autosnap/internal/report"
+)
+
+// cvWriter turns the engine's per-guest lines into cv4pve-autosnap's, line by line,
+// as the engine streams them (one guest at a time, in selection order):
+//
+//	----- VM 101 qemu shutoff (pve1/web) -----  →  ----- VM 101 qemu stopped -----
+//	                                               (clean: ----- VM 101 qemu -----)
+//	Remove snapshot: NAME (reason)              →  Remove snapshot: NAME
+//	ERROR: … task … failed: VM is locked        →  Error in task: VM is locked
+//	ERROR: … still running …                    →  Error task in run... increase the timeout!
+//	Skip VM …: cannot snapshot: mp0 is a bind mount … →  Skip VM Proxmox VE cannot snapshot it, bind mount or device: mp0
+//	ERROR: … above --max-perc-storage …         →  Skip VM problem storage space out of N%
+//	ERROR: … status unknown …                   →  Skip VM status unknown: node offline or not reachable
+//	ERROR: other                                →  other (cv4pve prints the bare message)
+//	WARNING: hook … exited with status N        →  Script return code: N
+//	VM execution 1.2s                           →  VM execution 00:00:01.2000000, after a success only
+//
+// Lines cv4pve has no counterpart of (the created snapshot's consistency, dry-run
+// notes, kept snapshots, agent pings) are dropped; hook output and anything else passes
+// unchanged. cv4pve's agent hint is printed after the guest line unless the guest is
+// skipped, for guests agentOff names.
+type cvWriter struct {
+	mu    sync.Mutex
+	w     io.Writer
+	clean bool // clean's guest line has no state and templates get none
+	// maxPerc is --max-perc-storage as cv4pve prints it.
+	maxPerc string
+	// agentOff holds the ids of the VMs whose agent option is off.
+	agentOff map[string]bool
+	// now, when set (tests), times each guest from its guest line to its end;
+	// otherwise the engine's own measure is used (exact to the millisecond, and right
+	// also for guests whose output the engine held back while others ran).
+	now func() time.Time
+
+	partial []byte
+	// the current guest
+	id      string
+	start   time.Time
+	failed  bool   // failed or skipped: no "VM execution" line
+	header  string // a line held back: clean's guest line, until the guest is not a template
+	hint    bool   // the agent hint is still due
+	inGuest bool
+}
+
+var (
+	cvGuestLine  = regexp.MustCompile(`^----- VM (\S+) (\S+) (\S+) \(.*\) -----$`)
+	cvTaskFailed = regexp.MustCompile(`Proxmox VE task \S+ on node \S+ failed: (.*)$`)
+	cvHookExit   = regexp.MustCompile(`^WARNING: hook script .* exited with status (\d+)$`)
+	cvRemove     = regexp.MustCompile(`^Remove snapshot: (\S+)`)
+	cvCannot     = regexp.MustCompile(`cannot snapshot: (\S+) is a (?:bind mount|device mount|passthrough device) `)
+)
+
+// cvDropped matches the engine lines cv4pve has no counterpart of (and not lines a
+// hook is likely to print).
+var cvDropped = regexp.MustCompile(`^(Snapshot \S+ created \(|Snapshot \S+ was already gone$|Dry run: |Keep snapshot: \S+ \(|Guest agent not available \(|Filesystems frozen for )`)
+
+func (c *cvWriter) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.partial = append(c.partial, p...)
+	for {
+		i := bytes.IndexByte(c.partial, '\n')
+		if i < 0 {
+			break
+		}
+		line := string(c.partial[:i])
+		c.partial = c.partial[i+1:]
+		if err := c.line(line); err != nil {
+			return len(p), err
+		}
+	}
+	return len(p), nil
+}
+
+// Flush handles a last line without a newline and writes any line still held back.
+func (c *cvWriter) Flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.partial) > 0 {
+		line := string(c.partial)
+		c.partial = nil
+		if err := c.line(line); err != nil {
+			return err
+		}
+	}
+	return c.emitHeld()
+}
+
+func (c *cvWriter) emit(s string) error {
+	_, err := io.WriteString(c.w, s+"\n")
+	return err
+}
+
+func (c *cvWriter) emitHeld() error {
+	if c.header == "" {
+		return nil
+	}
+	h := c.header
+	c.header = ""
+	return c.emit(h)
+}
+
+// cvState is the guest state as Proxmox VE's status field spells it.
+func cvState(s string) string {
+	switch s {
+	case "shutoff", "shutdown", "crashed":
+		return "stopped"
+	case "paused", "pmsuspended", "blocked":
+		return "running"
+	}
+	return s
+}
+
+func (c *cvWriter) line(l string) error {
+	if m := cvGuestLine.FindStringSubmatch(l); m != nil {
+		c.id, c.failed, c.inGuest = m[1], false, true
+		if c.now != nil {
+			c.start = c.now()
+		}
+		c.hint = c.agentOff[c.id]
+		if c.clean {
+			c.header = fmt.Sprintf("----- VM %s %s -----", m[1], m[2])
+			return nil
+		}
+		return c.emit(fmt.Sprintf("----- VM %s %s %s -----", m[1], m[2], cvState(m[3])))
+	}
+	if strings.HasPrefix(l, "Skip VM ") {
+		// cv4pve goes on to the next guest: no hint, no execution time.
+		c.hint, c.failed = false, true
+		if c.clean && l == "Skip VM is template" {
+			c.header = "" // cv4pve's clean says nothing else about a template
+		}
+		if m := cvCannot.FindStringSubmatch(l); m != nil {
+			l = "Skip VM Proxmox VE cannot snapshot it, bind mount or device: " + m[1]
+		}
+	}
+	if err := c.emitHeld(); err != nil {
+		return err
+	}
+	if took, ok := strings.CutPrefix(l, "VM execution "); ok && c.inGuest {
+		c.inGuest = false
+		if c.clean || c.failed {
+			return nil
+		}
+		d, err := time.ParseDuration(took)
+		if c.now != nil {
+			d, err = c.now().Sub(c.start), nil
+		}
+		if err != nil {
+			return c.emit(l) // not the engine's format: shown as it is
+		}
+		return c.emit("VM execution " + report.CV4PVETimeSpan(d))
+	}
+	if cvDropped.MatchString(l) {
+		return nil
+	}
+	if msg, ok := strings.CutPrefix(l, "ERROR: "); ok && c.inGuest {
+		c.failed = true
+		switch {
+		case strings.Contains(msg, "above --max-perc-storage"):
+			l = "Skip VM problem storage space out of " + c.maxPerc + "%"
+		case strings.Contains(msg, "status unknown: its host"):
+			c.hint = false
+			l = "Skip VM status unknown: node offline or not reachable"
+		case strings.Contains(msg, "was still running after"):
+			l = "Error task in run... increase the timeout!"
+		default:
+			if m := cvTaskFailed.FindStringSubmatch(msg); m != nil {
+				l = "Error in task: " + m[1]
+			} else {
+				l = msg
+			}
+		}
+	}
+	if c.hint {
+		c.hint = false
+		if err := c.emit("VM " + c.id + " consider enabling QEMU agent see https://pve.proxmox.com/wiki/Qemu-guest-agent"); err != nil {
+			return err
+		}
+	}
+	if m := cvHookExit.FindStringSubmatch(l); m != nil {
+		l = "Script return code: " + m[1]
+	} else if m := cvRemove.FindStringSubmatch(l); m != nil {
+		l = "Remove snapshot: " + m[1]
+	}
+	return c.emit(l)
+}
+
+// cvBool is a .NET bool as Console prints it.
+func cvBool(b bool) string {
+	if b {
+		return "True"
+	}
+	return "False"
+}
+
+// cvPercent is --max-perc-storage as cv4pve prints its int.
+func cvPercent(p float64) string { return strconv.FormatFloat(p, 'f', -1, 64) }
