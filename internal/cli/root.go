@@ -53,6 +53,8 @@ type GlobalOptions struct {
 	// by unmatchedIn (see missing).
 	unmatched   []string
 	unmatchedIn string
+	// brokenHook is the --script that could not run; the run fails with it at the end.
+	brokenHook error
 	// tagsRead is set once a selection read the guests' tags (see pick).
 	tagsRead bool
 	log      *slog.Logger
@@ -275,7 +277,7 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer, setup
 	// (and printed its report) for the guests that were selected.
 	var u usageError
 	if !errors.As(err, &u) {
-		err = errors.Join(err, g.missing())
+		err = errors.Join(err, g.missing(), g.brokenHook)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "ERROR: %v\n", err)
