@@ -109,7 +109,7 @@ set the flags of the same name. --password file:PATH reads the password from a f
 	f.StringVar(&g.VMID, "vmid", "", "guests: all, @all-NODE, @node-NODE, @pool-NAME, @tag-NAME, id, a:b, name, %part%, start%, %end, UUID; -TOKEN excludes")
 	f.BoolVar(&g.IgnoreMissing, "ignore-missing", false, "a --vmid token that matches no guest is only a warning (by default the run exits 1 after doing the rest)")
 	f.IntVar(&g.Timeout, "timeout", 30, "seconds allowed for each operation: connecting, each call to the hypervisor, a snapshot, a merge without progress (libvirt), waiting for a guest locked by another run")
-	f.StringVar(&g.TimestampFormat, "timestamp-format", "yyMMddHHmmss", "timestamp in snapshot names (.NET subset: yy yyyy MM dd HH mm ss fff, literals)")
+	f.StringVar(&g.TimestampFormat, "timestamp-format", "yyMMddHHmmss", "timestamp in snapshot names, a .NET custom format: yy yyyy MM dd HH mm ss f…fffffff; other letters, 'quoted' text and \\x are literals")
 	f.StringVarP(&g.Output, "output", "o", "text", "output: "+strings.Join(report.Formats(), ", "))
 	f.BoolVar(&g.DryRun, "dry-run", false, "show what would be done; change nothing, run no hooks")
 	f.StringVar(&g.LogLevel, "log-level", "warn", "log level: debug, info, warn, error")

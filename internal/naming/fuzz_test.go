@@ -1,6 +1,7 @@
 package naming
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -22,6 +23,7 @@ func fuzzTime(sec int64, nsec uint32) time.Time {
 // atPrecision keeps only the fields f renders, with Parse's defaults for the rest.
 func atPrecision(f Format, t time.Time) time.Time {
 	year, month, day, hour, minute, sec, nsec := 2000, time.January, 1, 0, 0, 0, 0
+	has24 := slices.ContainsFunc(f.elems, func(e element) bool { return e.field == fieldHour && !e.h12 })
 	for _, e := range f.elems {
 		switch e.field {
 		case fieldYear2, fieldYear4:
@@ -31,13 +33,19 @@ func atPrecision(f Format, t time.Time) time.Time {
 		case fieldDay:
 			day = t.Day()
 		case fieldHour:
-			hour = t.Hour()
+			switch {
+			case !e.h12:
+				hour = t.Hour()
+			case !has24:
+				hour = t.Hour() % 12 // hh alone knows the hour modulo 12
+			}
 		case fieldMinute:
 			minute = t.Minute()
 		case fieldSecond:
 			sec = t.Second()
 		case fieldMilli:
-			nsec = t.Nanosecond() / 1e6 * 1e6
+			unit := pow10(9 - e.width)
+			nsec = max(nsec, t.Nanosecond()/unit*unit)
 		}
 	}
 	return time.Date(year, month, day, hour, minute, sec, nsec, time.UTC)
@@ -48,6 +56,8 @@ func FuzzParseFormat(f *testing.F) {
 		DefaultFormat, "yyyyMMddHHmmss", "yyyyMMdd-HHmm", "yyyyMMddHHmmssfff", "ddMMyy",
 		"yyyy'T'MM\"x\"dd\\HHH", "'", "\\", "%", "yyyyy", "MMM", "é", "yy\xff", "",
 		"yyyy-MM-dd HH:mm:ss.fff", "MMdd", "yyyyMMyy",
+		"yyyyMMddTHHmm", "yyyyMMddhhmm", "HHhh", "hhHH", "yyyyMMddHHmmssfffffff", "ffff", "f'x'fff", "yyy",
+		"yyyyy", "yyyyMMdd%T", "%fss", "YYYYMMDD", "HHH:mmm:sss",
 	} {
 		f.Add(s, "daily", int64(0), uint32(0))
 	}
@@ -100,6 +110,12 @@ func FuzzFormatParse(f *testing.F) {
 		{"yyyyMMyy", "20260926"},
 		{"'T'dd", "T31"},
 		{"yyyy'é'", "2026é"},
+		{"yyyyMMddTHHmm", "20260929T0200"},
+		{"yyyyMMddhhmm", "202609291200"},
+		{"yyy", "0999"},
+		{"HHhh", "1302"},
+		{"fff'-'f", "123-1"},
+		{"yyyyyMM", "0202609"},
 	} {
 		f.Add(c[0], c[1])
 	}
