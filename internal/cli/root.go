@@ -91,6 +91,10 @@ Hosts (--host):
 Global flags come before the command:
   autosnap --vmid @all snap --label hourly --keep 24
 
+Option files: @FILE anywhere on the line reads options from FILE, one or more per
+line, '#' starts a comment line, "double quotes" group words (cv4pve-autosnap's
+response files; keep credentials there, mode 0600).
+
 Environment: AUTOSNAP_HOST, AUTOSNAP_USERNAME, AUTOSNAP_PASSWORD, AUTOSNAP_API_TOKEN
 set the flags of the same name. --password file:PATH reads the password from a file.`,
 		SilenceUsage:  true,
@@ -266,8 +270,12 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer, setup
 	if setup != nil {
 		setup(g)
 	}
-	root.SetArgs(args)
-	err := root.ExecuteContext(ctx)
+	// @files and cv4pve's option spellings are resolved before cobra sees the line.
+	args, err := expandArgs(root, args)
+	if err == nil {
+		root.SetArgs(args)
+		err = root.ExecuteContext(ctx)
+	}
 	// cobra validates the command name, arguments and required flags before RunE;
 	// anything that fails there is the command line's fault.
 	if err != nil && !g.ran {
