@@ -19,13 +19,20 @@ const maxArgFileDepth = 32
 
 // expandArgs rewrites a command line the way cv4pve-autosnap's parser
 // (System.CommandLine) reads it, so that cobra then parses what cv4pve would:
-// @FILE is replaced by the options in FILE (a response file, see readArgFile), and
-// an @ token in a file is expanded too; paths are relative to the working directory.
-// An @ token that is the value of an option (--vmid @all) stays a value, as does
-// everything after "--". The files' contents never appear in errors: they are where
-// cv4pve's maintainer recommends keeping credentials.
+//
+//   - @FILE is replaced by the options in FILE (a response file, see readArgFile),
+//     and an @ token in a file is expanded too; paths are relative to the working
+//     directory. An @ token that is the value of an option (--vmid @all) stays a
+//     value, as does everything after "--".
+//   - --name:value is --name=value (System.CommandLine splits at the first ':' or '=').
+//   - A boolean option followed by true or false (any case) takes it as its value:
+//     --state true, --validate-certificate false.
+//   - -? and /? ask for help, as -h and --help do.
+//
+// The files' contents never appear in errors: they are where cv4pve's maintainer
+// recommends keeping credentials.
 func expandArgs(root *cobra.Command, args []string) ([]string, error) {
-	x := &argExpander{root: root, cmd: root, out: make([]string, 0, len(args))}
+	x := &argExpander{root: root, cmd: root, out: make([]string, 0, len(args)), boolAt: -1}
 	for _, a := range args {
 		if err := x.push(a); err != nil {
 			return nil, err
@@ -38,26 +45,51 @@ type argExpander struct {
 	root, cmd *cobra.Command // cmd: the command the tokens so far name
 	out       []string
 	valueNext bool     // the next token is an option's value
+	boolAt    int      // index in out of a boolean option that may take the next token, or -1
 	dashdash  bool     // "--" was seen: the rest is positional
 	files     []string // the @files being read, outermost first (absolute paths)
 }
 
 func (x *argExpander) push(tok string) error {
+	isFile := len(tok) > 1 && tok[0] == '@' && !x.dashdash && !x.valueNext
+	if at := x.boolAt; at >= 0 && !isFile {
+		// The value may also come as the first token of an @file.
+		x.boolAt = -1
+		if v := strings.ToLower(tok); v == "true" || v == "false" {
+			x.out[at] += "=" + v
+			return nil
+		}
+	}
 	switch {
 	case x.dashdash:
 	case x.valueNext:
 		x.valueNext = false
 	case tok == "--":
 		x.dashdash = true
-	case len(tok) > 1 && tok[0] == '@':
+	case isFile:
 		return x.file(tok[1:])
+	case tok == "-?" || tok == "/?":
+		tok = "--help"
 	case !strings.HasPrefix(tok, "-") || tok == "-":
 		if sub := findSub(x.cmd, tok); sub != nil {
 			x.cmd = sub
 		}
 	default:
-		name, _, hasValue := strings.Cut(tok, "=")
-		if fl := x.lookup(name); fl != nil && !hasValue && fl.NoOptDefVal == "" && (strings.HasPrefix(name, "--") || len(name) == 2) {
+		name, value, sep := tok, "", byte(0)
+		if i := strings.IndexAny(tok, ":="); i > 0 {
+			name, value, sep = tok[:i], tok[i+1:], tok[i]
+		}
+		fl := x.lookup(name)
+		switch {
+		case fl == nil:
+		case sep != 0:
+			if fl.Value.Type() == "bool" {
+				value = strings.ToLower(value)
+			}
+			tok = name + "=" + value
+		case fl.Value.Type() == "bool":
+			x.boolAt = len(x.out)
+		case fl.NoOptDefVal == "" && (strings.HasPrefix(name, "--") || len(name) == 2):
 			x.valueNext = true
 		}
 	}

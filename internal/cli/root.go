@@ -44,6 +44,10 @@ type GlobalOptions struct {
 	Insecure        bool
 	ValidateCert    bool
 	IgnoreMissing   bool
+	// MaxPercStorage is --max-perc-storage given with a command other than snap:
+	// cv4pve-autosnap takes it before any command; snap's own flag of the same name
+	// receives it there (a command's flag shadows the inherited one).
+	MaxPercStorage float64
 
 	stdout io.Writer
 	stderr io.Writer
@@ -88,7 +92,7 @@ Hosts (--host):
               or --username/--password. The hosts are one cluster: the first that
               answers is used, the next ones take over if it fails.
 
-Global flags come before the command:
+Global flags go before or after the command:
   autosnap --vmid @all snap --label hourly --keep 24
 
 Option files: @FILE anywhere on the line reads options from FILE, one or more per
@@ -103,6 +107,9 @@ set the flags of the same name. --password file:PATH reads the password from a f
 			return g.setup()
 		},
 	}
+	// --version prints the bare version, as cv4pve-autosnap (System.CommandLine) does.
+	root.Version = Version
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usage(err) })
@@ -125,6 +132,7 @@ set the flags of the same name. --password file:PATH reads the password from a f
 
 	f.StringVar(&g.Fingerprint, "fingerprint", envOr("AUTOSNAP_FINGERPRINT", ""), "accept the server certificate with this SHA-256 fingerprint (self-signed Proxmox VE)")
 	f.BoolVar(&g.Insecure, "insecure", false, "do not verify TLS certificates (dangerous; prefer --fingerprint)")
+	f.Float64Var(&g.MaxPercStorage, "max-perc-storage", 95, "snap: fail a guest whose storage is fuller than this percentage (accepted with every command, as cv4pve-autosnap does)")
 	f.BoolVar(&g.ValidateCert, "validate-certificate", true, "verify TLS certificates (cv4pve-autosnap compatibility; --validate-certificate=false equals --insecure)")
 
 	root.AddCommand(newVersionCommand(g), newVMCommand(g), newSnapCommand(g), newCleanCommand(g), newStatusCommand(g), newSnapshotCommand(g), newWatchdogCommand(g),
@@ -169,6 +177,9 @@ func (g *GlobalOptions) setup() error {
 	}
 	if g.MaxParallel < 1 || g.MaxParallel > 256 {
 		return usage(fmt.Errorf("--max-parallel must be between 1 and 256"))
+	}
+	if g.MaxPercStorage <= 0 || g.MaxPercStorage > 100 {
+		return usage(errors.New("--max-perc-storage must be in (0, 100]"))
 	}
 	if _, err := report.ParseFormat(g.Output); err != nil {
 		return usage(err)
