@@ -3,13 +3,14 @@ package naming
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
 )
 
 // SupportedPatterns lists the .NET custom date and time patterns a Format renders.
-const SupportedPatterns = "yy, yyyy (more y pad the year), MM, dd, HH, hh, mm, ss, f to fffffff"
+const SupportedPatterns = "yy, yyyy (more y pad the year), MM, MMM, dd, ddd, HH, hh, tt, mm, ss, f to fffffff"
 
 // DefaultFormat is cv4pve-autosnap's default --timestamp-format.
 const DefaultFormat = "yyMMddHHmmss"
@@ -25,19 +26,23 @@ const (
 	fieldHour // HH, or hh with element.h12
 	fieldMinute
 	fieldSecond
-	fieldMilli // the fraction of a second, truncated to the element's width (f to fffffff)
+	fieldMilli   // the fraction of a second, truncated to the element's width (f to fffffff)
+	fieldWeekday // ddd: the abbreviated day name, checked against the date
+	fieldAMPM    // t, tt: A/P, AM/PM
 )
 
 // fieldWidth is the usual width of each field; an element carries its own.
 var fieldWidth = [...]int{
-	fieldYear2:  2,
-	fieldYear4:  4,
-	fieldMonth:  2,
-	fieldDay:    2,
-	fieldHour:   2,
-	fieldMinute: 2,
-	fieldSecond: 2,
-	fieldMilli:  3,
+	fieldYear2:   2,
+	fieldYear4:   4,
+	fieldMonth:   2,
+	fieldDay:     2,
+	fieldHour:    2,
+	fieldMinute:  2,
+	fieldSecond:  2,
+	fieldMilli:   3,
+	fieldWeekday: 3,
+	fieldAMPM:    2,
 }
 
 // patterns maps the usual spelling of each field to it (for messages).
@@ -58,6 +63,7 @@ type element struct {
 	width   int    // digits of a field
 	pad     int    // fieldYear4: the year's minimum digits (the y run's length)
 	h12     bool   // fieldHour on a 12-hour clock (hh)
+	name    bool   // fieldMonth as its abbreviated name (MMM)
 }
 
 // Format is a parsed timestamp format: a .NET custom DateTime format string, as
@@ -70,23 +76,26 @@ type Format struct {
 	width int // bytes of every rendering
 }
 
-// ParseFormat parses a .NET custom DateTime format string with .NET's rules:
+// ParseFormat parses a .NET custom DateTime format string with .NET's rules and the
+// invariant culture:
 //
 //   - yy is the year modulo 100; a run of 3 or more y is the year zero-padded to
 //     that many digits (yyy to at least 3, which is 4 for years 1000–9999);
 //   - MM, dd, HH, hh (12-hour clock), mm, ss are two digits; runs of 3 or more H, h,
 //     m or s are two digits too; f to fffffff are 1–7 digits of the second's
 //     fraction, truncated;
+//   - MMM is the month's name (Jan…Dec), ddd the day's (Sun…Sat; only with the
+//     year, month and day, which it is checked against), tt AM or PM, t A or P;
 //   - text in single or double quotes (a backslash inside escapes the next
 //     character), a character after a backslash, '%' followed by one pattern
 //     character (formatted alone) and every character that is not a .NET pattern
 //     letter — including letters such as T or Z, ':' and '/' — are literals;
 //   - a one-character format is a .NET standard format, not a custom one.
 //
-// The .NET patterns whose width varies (d, M, y, H, h, m, s alone, F…), that come
-// from the culture (day and month names, AM/PM, era) or from the time zone (z, K)
-// are refused with the reason: snapshot names must have one length and sort in time
-// order. Validate checks the rest (name characters, sort order).
+// The .NET patterns whose width varies (d, M, y, H, h, m, s alone, F…, full day and
+// month names) or that render the time zone or era (z, K, g) are refused with the
+// reason: snapshot names must have one length. Validate checks the rest (name
+// characters, sort order).
 func ParseFormat(s string) (Format, error) {
 	if s == "" {
 		return Format{}, errors.New("timestamp format is empty: use e.g. " + DefaultFormat)
@@ -112,8 +121,30 @@ func ParseFormat(s string) (Format, error) {
 		i = next
 	}
 	p.flush()
+	if err := p.f.checkWeekday(); err != nil {
+		return Format{}, fmt.Errorf("timestamp format %q: %w", s, err)
+	}
 	return p.f, nil
 }
+
+// checkWeekday refuses a day name without the date it belongs to: its name could
+// not be read back.
+func (f Format) checkWeekday() error {
+	var has [len(fieldWidth)]bool
+	for _, e := range f.elems {
+		has[e.field] = true
+	}
+	if has[fieldWeekday] && !((has[fieldYear2] || has[fieldYear4]) && has[fieldMonth] && has[fieldDay]) {
+		return errors.New(`"ddd" (day name) needs the year, month and day in the format too`)
+	}
+	return nil
+}
+
+// The invariant culture's names, as cv4pve-autosnap renders them.
+var (
+	monthAbbr   = [...]string{"Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"}
+	weekdayAbbr = [...]string{"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"}
+)
 
 type formatParser struct {
 	s   string
@@ -205,8 +236,11 @@ func (p *formatParser) pattern(c byte, n, i int) error {
 			return varies("MM")
 		case n == 2:
 			p.add(fieldMonth, 2, false)
+		case n == 3:
+			p.add(fieldMonth, 3, false)
+			p.f.elems[len(p.f.elems)-1].name = true
 		default:
-			return fmt.Errorf("%q is a month name (position %d; culture-dependent, not in time order): use MM", run, i+1)
+			return fmt.Errorf("%q is a full month name (position %d): names differ in length: use MM", run, i+1)
 		}
 	case 'd':
 		switch {
@@ -214,8 +248,10 @@ func (p *formatParser) pattern(c byte, n, i int) error {
 			return varies("dd")
 		case n == 2:
 			p.add(fieldDay, 2, false)
+		case n == 3:
+			p.add(fieldWeekday, 3, false)
 		default:
-			return fmt.Errorf("%q is a day name (position %d; culture-dependent, not in time order): use dd", run, i+1)
+			return fmt.Errorf("%q is a full day name (position %d): names differ in length: use ddd or leave it out", run, i+1)
 		}
 	case 'H', 'h', 'm', 's':
 		if n == 1 {
@@ -231,7 +267,7 @@ func (p *formatParser) pattern(c byte, n, i int) error {
 	case 'F':
 		return fmt.Errorf("%q drops trailing zeros, so names would differ in length: use %q (position %d)", run, strings.Repeat("f", n), i+1)
 	case 't':
-		return fmt.Errorf("%q is an AM/PM designator (position %d; culture-dependent, and a 12-hour clock does not sort in time order): use HH", run, i+1)
+		p.add(fieldAMPM, min(n, 2), false)
 	case 'z':
 		return fmt.Errorf("%q is a time zone offset (position %d; '+' and ':' are not allowed in snapshot names)", run, i+1)
 	case 'K':
@@ -267,7 +303,18 @@ func (f Format) Render(t time.Time) string {
 		case fieldYear4:
 			b = appendInt(b, t.Year(), e.pad)
 		case fieldMonth:
-			b = appendInt(b, int(t.Month()), 2)
+			if e.name {
+				b = append(b, monthAbbr[t.Month()-1]...)
+			} else {
+				b = appendInt(b, int(t.Month()), 2)
+			}
+		case fieldWeekday:
+			b = append(b, weekdayAbbr[t.Weekday()]...)
+		case fieldAMPM:
+			b = append(b, "AM"[:e.width]...)
+			if t.Hour() >= 12 {
+				b[len(b)-e.width] = 'P'
+			}
 		case fieldDay:
 			b = appendInt(b, t.Day(), 2)
 		case fieldHour:
@@ -329,6 +376,7 @@ func (f Format) Parse(s string, loc *time.Location) (time.Time, error) {
 	seen := [len(fieldWidth)]bool{}
 	h12, h12Seen := 0, false
 	frac, fracWidth := 0, 0 // nanoseconds, and the digits they were read with
+	pm, pmSeen := false, false
 	pos := 0
 	for _, e := range f.elems {
 		if e.field == fieldLiteral {
@@ -339,8 +387,39 @@ func (f Format) Parse(s string, loc *time.Location) (time.Time, error) {
 			continue
 		}
 		w := e.width
+		text := s[pos : pos+w]
+		switch {
+		case e.field == fieldWeekday:
+			// Checked against the date by the final rendering.
+			if !slices.Contains(weekdayAbbr[:], text) {
+				return time.Time{}, fmt.Errorf("timestamp %q does not match format %q: want a day name (Mon…Sun) at position %d", s, f.src, pos+1)
+			}
+			pos += w
+			continue
+		case e.field == fieldAMPM:
+			if text != "AM"[:w] && text != "PM"[:w] {
+				return time.Time{}, fmt.Errorf("timestamp %q does not match format %q: want %s at position %d", s, f.src, map[int]string{1: "A or P", 2: "AM or PM"}[w], pos+1)
+			}
+			if pmSeen && pm != (text[0] == 'P') {
+				return time.Time{}, fmt.Errorf("timestamp %q: conflicting AM/PM designators", s)
+			}
+			pm, pmSeen = text[0] == 'P', true
+			pos += w
+			continue
+		case e.field == fieldMonth && e.name:
+			i := slices.Index(monthAbbr[:], text)
+			if i < 0 {
+				return time.Time{}, fmt.Errorf("timestamp %q does not match format %q: want a month name (Jan…Dec) at position %d", s, f.src, pos+1)
+			}
+			if seen[fieldMonth] && vals[fieldMonth] != i+1 {
+				return time.Time{}, fmt.Errorf("timestamp %q: conflicting values for the month", s)
+			}
+			vals[fieldMonth], seen[fieldMonth] = i+1, true
+			pos += w
+			continue
+		}
 		v := 0
-		for j, c := range []byte(s[pos : pos+w]) {
+		for j, c := range []byte(text) {
 			if c < '0' || c > '9' {
 				return time.Time{}, fmt.Errorf("timestamp %q does not match format %q: want a digit at position %d", s, f.src, pos+j+1)
 			}
@@ -399,6 +478,11 @@ func (f Format) Parse(s string, loc *time.Location) (time.Time, error) {
 		case (hour+11)%12+1 != h12:
 			return time.Time{}, fmt.Errorf("timestamp %q: conflicting values for HH and hh", s)
 		}
+	}
+	// AM/PM sets the half day when HH does not give the hour (the final rendering
+	// checks it against HH).
+	if pm && !seen[fieldHour] {
+		hour += 12
 	}
 	switch {
 	case month < 1 || month > 12:

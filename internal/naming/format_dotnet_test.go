@@ -35,6 +35,11 @@ func TestDotNetCustomFormats(t *testing.T) {
 		{`yyyy"Tx"MM`, "2026Tx09"},
 		{`yyyy'\''MM`, "2026'09"},
 		{"yyyy:MM/dd", "2026:09/29"},
+		{"yyyyMMdd-ddd", "20260929-Tue"},
+		{"yyyyMM-MMM", "202609-Sep"},
+		{"yyMMddHHtt", "26092914PM"},
+		{"yyMMddtthhmm", "260929PM0205"},
+		{"yyMMddHHt", "26092914P"},
 	}
 	for _, c := range cases {
 		f, err := ParseFormat(c.format)
@@ -96,9 +101,9 @@ func TestDotNetFormatsRefused(t *testing.T) {
 		{"yyyyMMddH", `"H" renders 1 or 2 digits: use "HH"`},
 		{"yyMdd", `"M" renders 1 or 2 digits: use "MM"`},
 		{"yMMdd", `"y" renders 1 or 2 digits: use "yy"`},
-		{"yyyyMMM", `"MMM" is a month name`},
-		{"yyyyMMdd-ddd", `"ddd" is a day name`},
-		{"yyyyMMddHHtt", `"tt" is an AM/PM designator`},
+		{"yyyyMMMM", `"MMMM" is a full month name`},
+		{"yyyyMMdd-dddd", `"dddd" is a full day name`},
+		{"yyyyMM-ddd", `"ddd" (day name) needs the year, month and day`},
 		{"yyyyMMddHHmmssFFF", `"FFF" drops trailing zeros`},
 		{"yyyyMMddHHmmssffffffff", `"ffffffff": at most 7`},
 		{"yyyyMMddzz", `"zz" is a time zone offset`},
@@ -119,13 +124,16 @@ func TestDotNetFormatsRefused(t *testing.T) {
 // Formats that parse are still only usable for names when they render name characters
 // and sort in time order.
 func TestDotNetFormatsValidated(t *testing.T) {
-	for _, ok := range []string{"yyyyMMddTHHmm", "yyyyMMdd'T'HHmmss", "yyMMddHHmmssfffffff", "yyyyy-MM-dd"} {
+	for _, ok := range []string{"yyyyMMddTHHmm", "yyyyMMdd'T'HHmmss", "yyMMddHHmmssfffffff", "yyyyy-MM-dd",
+		"yyyyMMdd-ddd-HHmm", "yyyyMM-MMM-dd", "yyMMddHHtt"} {
 		if err := Validate("daily", mustFormat(t, ok)); err != nil {
 			t.Errorf("Validate(%q): %v", ok, err)
 		}
 	}
 	for _, c := range []struct{ format, want string }{
 		{"yyyyMMddhhmm", "does not sort"},
+		{"yyyyMMddtthhmm", "does not sort"}, // 12 AM (00:01) renders after 1 AM
+		{"yyyyMMMdd", "does not sort"},
 		{"YYYYMMDD", "does not sort"},
 		{"yyyy:MM", "contains ':'"},
 		{"yyyyMMddéHH", "contains 'é'"},
@@ -152,6 +160,36 @@ func TestRecognizeFormatWithLetterLiterals(t *testing.T) {
 		}
 		if l, got, ok := Split(name, f, time.UTC); !ok || l != label || !got.Equal(at) {
 			t.Errorf("Split(%q) = %q, %v, %v", name, l, got, ok)
+		}
+	}
+}
+
+// Names and AM/PM parse back: a month name is the month, a day name must be the
+// date's, AM/PM with hh gives the hour, AM/PM alone the half day.
+func TestNamePatternsParse(t *testing.T) {
+	for _, c := range []struct{ format, s, want string }{
+		{"yyyyMMM", "2026Sep", "2026-09-01 00:00:00"},
+		{"yyyyMMdd-ddd", "20260929-Tue", "2026-09-29 00:00:00"},
+		{"yyMMddtthhmm", "260929PM1205", "2026-09-29 12:05:00"},
+		{"yyMMddtthhmm", "260929AM1205", "2026-09-29 00:05:00"},
+		{"yyMMddtt", "260929PM", "2026-09-29 12:00:00"},
+		{"yyMMddHHt", "26092914P", "2026-09-29 14:00:00"},
+	} {
+		got, err := mustFormat(t, c.format).Parse(c.s, time.UTC)
+		if err != nil || got.Format(time.DateTime) != c.want {
+			t.Errorf("%q: Parse(%q) = %v, %v; want %s", c.format, c.s, got, err, c.want)
+		}
+	}
+	for _, c := range [][2]string{
+		{"yyyyMMdd-ddd", "20260929-Wed"},
+		{"yyyyMMdd-ddd", "20260929-tue"},
+		{"yyyyMMM", "2026Foo"},
+		{"yyyyMM-MMM", "202609-Oct"},
+		{"yyMMddHHtt", "26092914AM"},
+		{"yyMMddtt", "260929XM"},
+	} {
+		if got, err := mustFormat(t, c[0]).Parse(c[1], time.UTC); err == nil {
+			t.Errorf("%q: Parse(%q) = %v, want an error", c[0], c[1], got)
 		}
 	}
 }

@@ -96,9 +96,9 @@ func TestParseFormatErrors(t *testing.T) {
 	cases := []struct{ format, want string }{
 		{"", "timestamp format is empty"},
 		{"yyyyMMddh", `"h" renders 1 or 2 digits: use "hh" (position 9`},
-		{"yyyyMMM", `"MMM" is a month name`},
+		{"yyyyMMMM", `"MMMM" is a full month name`},
 		{"yyyyMMd", `"d" renders 1 or 2 digits`},
-		{"HHmm tt", `"tt" is an AM/PM designator`},
+		{"yyyyMMdd dddd", `"dddd" is a full day name`},
 		{"y", "one-character format is a .NET standard format"},
 		{"ffffffff", "at most 7 f"},
 		{"zz", `"zz" is a time zone offset`},

@@ -1,7 +1,6 @@
 package naming
 
 import (
-	"slices"
 	"testing"
 	"time"
 )
@@ -23,7 +22,12 @@ func fuzzTime(sec int64, nsec uint32) time.Time {
 // atPrecision keeps only the fields f renders, with Parse's defaults for the rest.
 func atPrecision(f Format, t time.Time) time.Time {
 	year, month, day, hour, minute, sec, nsec := 2000, time.January, 1, 0, 0, 0, 0
-	has24 := slices.ContainsFunc(f.elems, func(e element) bool { return e.field == fieldHour && !e.h12 })
+	var has24, has12, hasAMPM bool
+	for _, e := range f.elems {
+		has24 = has24 || e.field == fieldHour && !e.h12
+		has12 = has12 || e.field == fieldHour && e.h12
+		hasAMPM = hasAMPM || e.field == fieldAMPM
+	}
 	for _, e := range f.elems {
 		switch e.field {
 		case fieldYear2, fieldYear4:
@@ -32,12 +36,16 @@ func atPrecision(f Format, t time.Time) time.Time {
 			month = t.Month()
 		case fieldDay:
 			day = t.Day()
-		case fieldHour:
+		case fieldHour, fieldAMPM:
+			// HH, or hh with AM/PM, give the hour; hh alone knows it modulo 12,
+			// AM/PM alone the half day.
 			switch {
-			case !e.h12:
+			case has24 || has12 && hasAMPM:
 				hour = t.Hour()
-			case !has24:
-				hour = t.Hour() % 12 // hh alone knows the hour modulo 12
+			case has12:
+				hour = t.Hour() % 12
+			default:
+				hour = t.Hour() / 12 * 12
 			}
 		case fieldMinute:
 			minute = t.Minute()
@@ -58,6 +66,7 @@ func FuzzParseFormat(f *testing.F) {
 		"yyyy-MM-dd HH:mm:ss.fff", "MMdd", "yyyyMMyy",
 		"yyyyMMddTHHmm", "yyyyMMddhhmm", "HHhh", "hhHH", "yyyyMMddHHmmssfffffff", "ffff", "f'x'fff", "yyy",
 		"yyyyy", "yyyyMMdd%T", "%fss", "YYYYMMDD", "HHH:mmm:sss",
+		"yyyyMMdd-ddd", "MMM", "MMMdd", "yyMMddtthhmm", "tt", "%t", "HHtt", "hht", "ttHH",
 	} {
 		f.Add(s, "daily", int64(0), uint32(0))
 	}
@@ -116,6 +125,10 @@ func FuzzFormatParse(f *testing.F) {
 		{"HHhh", "1302"},
 		{"fff'-'f", "123-1"},
 		{"yyyyyMM", "0202609"},
+		{"yyyyMMdd-ddd", "20260929-Tue"},
+		{"MMM-MM", "Sep-09"},
+		{"tthh", "PM12"},
+		{"HHt", "13P"},
 	} {
 		f.Add(c[0], c[1])
 	}
