@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"unicode"
 
@@ -30,9 +32,10 @@ const maxArgFileDepth = 32
 //   - -? and /? ask for help, as -h and --help do.
 //
 // The files' contents never appear in errors: they are where cv4pve's maintainer
-// recommends keeping credentials.
-func expandArgs(root *cobra.Command, args []string) ([]string, error) {
-	x := &argExpander{root: root, cmd: root, out: make([]string, 0, len(args)), boolAt: -1}
+// recommends keeping credentials. A file that holds --password or --api-token and
+// that other users may read is warned about on warn.
+func expandArgs(root *cobra.Command, args []string, warn io.Writer) ([]string, error) {
+	x := &argExpander{root: root, cmd: root, out: make([]string, 0, len(args)), boolAt: -1, warn: warn}
 	for _, a := range args {
 		if err := x.push(a); err != nil {
 			return nil, err
@@ -48,6 +51,7 @@ type argExpander struct {
 	boolAt    int      // index in out of a boolean option that may take the next token, or -1
 	dashdash  bool     // "--" was seen: the rest is positional
 	files     []string // the @files being read, outermost first (absolute paths)
+	warn      io.Writer
 }
 
 func (x *argExpander) push(tok string) error {
@@ -115,6 +119,7 @@ func (x *argExpander) file(path string) error {
 	if err != nil {
 		return err
 	}
+	x.warnReadable(path, tokens)
 	x.files = append(x.files, abs)
 	defer func() { x.files = x.files[:len(x.files)-1] }()
 	for _, t := range tokens {
@@ -123,6 +128,19 @@ func (x *argExpander) file(path string) error {
 		}
 	}
 	return nil
+}
+
+// warnReadable warns when the response file path holds credentials and its mode
+// lets users other than its owner read it.
+func (x *argExpander) warnReadable(path string, tokens []string) {
+	secret := slices.ContainsFunc(tokens, func(t string) bool {
+		return strings.HasPrefix(t, "--password") || strings.HasPrefix(t, "--api-token")
+	})
+	fi, err := os.Stat(path)
+	if !secret || err != nil || fi.Mode().Perm()&0o077 == 0 || x.warn == nil {
+		return
+	}
+	fmt.Fprintf(x.warn, "WARNING: response file %s holds credentials and other users may read it (mode %04o): chmod 600 %s\n", path, fi.Mode().Perm(), path)
 }
 
 // lookup finds the option named by tok ("--name" or "-x"): on the command named so

@@ -55,7 +55,7 @@ func TestExpandArgFiles(t *testing.T) {
 	writeArgFile(t, dir, "conn", "\xef\xbb\xbf# connection\r\n--host\r\npve1:8006,pve2\r\n\r\n   # indented comment\r\n--api-token=root@pam!a=b c\r\n--fingerprint \"AA:BB\"\r\n@more\r\n")
 	writeArgFile(t, dir, "more", "  --timeout   60  \n--vmid\n@all\n")
 	root, _ := NewRootCommand(io.Discard, io.Discard)
-	got, err := expandArgs(root, []string{"@conn", "status", "--label", "@daily", "--", "@conn"})
+	got, err := expandArgs(root, []string{"@conn", "status", "--label", "@daily", "--", "@conn"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func TestExpandArgFiles(t *testing.T) {
 		{[]string{"@loop"}, "response file loop includes itself"},
 		{[]string{"@" + dir}, "response file " + dir + ": "},
 	} {
-		if _, err := expandArgs(root, c.args); err == nil || !strings.Contains(err.Error(), c.want) {
+		if _, err := expandArgs(root, c.args, io.Discard); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("expandArgs(%q) = %v, want %q", c.args, err, c.want)
 		}
 	}
@@ -100,6 +100,17 @@ func TestPVEArgFile(t *testing.T) {
 	}
 	if n := len(e.snapNames(100)); n != 3 {
 		t.Errorf("%d snapshots after three runs, want 3", n)
+	}
+	// A credentials file others may read works, with a warning; a 0600 one without.
+	if r := mustRun(t, "@"+creds, "--vmid", "100", "status"); strings.Contains(r.stderr, "WARNING: response file") {
+		t.Errorf("0600 response file warned about: %s", r.stderr)
+	}
+	if err := os.Chmod(creds, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r0 := mustRun(t, "@"+job, "status")
+	if want := "WARNING: response file " + creds + " holds credentials and other users may read it (mode 0644): chmod 600 " + creds; !strings.Contains(r0.stderr, want) || strings.Contains(r0.stderr, pveSecret) {
+		t.Errorf("readable credentials file: stderr %q, want %q and no secret", r0.stderr, want)
 	}
 	r := run(t, "@"+filepath.Join(dir, "nope.rsp"), "--vmid", "100", "status")
 	if r.code != ExitUsage || !strings.Contains(r.stderr, "nope.rsp not found") {

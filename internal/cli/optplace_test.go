@@ -31,7 +31,7 @@ func TestExpandOptionSpellings(t *testing.T) {
 		{[]string{"snap", "/?"}, []string{"snap", "--help"}},
 		{[]string{"--vmid", "-?"}, []string{"--vmid", "-?"}},
 	} {
-		got, err := expandArgs(root, c.in)
+		got, err := expandArgs(root, c.in, io.Discard)
 		if err != nil || !slices.Equal(got, c.want) {
 			t.Errorf("expandArgs(%q) = %q, %v; want %q", c.in, got, err, c.want)
 		}

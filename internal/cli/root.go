@@ -282,7 +282,7 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer, setup
 		setup(g)
 	}
 	// @files and cv4pve's option spellings are resolved before cobra sees the line.
-	args, err := expandArgs(root, args)
+	args, err := expandArgs(root, args, stderr)
 	if err == nil {
 		root.SetArgs(args)
 		err = root.ExecuteContext(ctx)
