@@ -154,9 +154,16 @@ func (j *Job) forEach(ctx context.Context, guests []driver.Guest, fn func(ctx co
 	sem := make(chan struct{}, par)
 	go func() {
 		for i := range guests {
+			started := false
 			select {
 			case sem <- struct{}{}:
+				// A slot may free up just as the run is interrupted: check again.
+				if started = ctx.Err() == nil; !started {
+					<-sem
+				}
 			case <-ctx.Done():
+			}
+			if !started {
 				for k := i; k < n; k++ {
 					results[k].Outcome, results[k].Err = OutcomeFailed, ctx.Err()
 					results[k].Reason = "interrupted before start"

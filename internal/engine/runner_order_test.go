@@ -105,3 +105,39 @@ func TestMaxParallelStartsInSelectionOrder(t *testing.T) {
 	}
 	<-doneRun
 }
+
+// Guests not yet started when the run is interrupted are not started: they fail as
+// "interrupted before start", in selection order after the running guest's output.
+func TestInterruptedGuestsAreNotStarted(t *testing.T) {
+	var guests []driver.Guest
+	for i := range 4 {
+		guests = append(guests, running(fmt.Sprintf("g%d", i)))
+	}
+	var out strings.Builder
+	j := &Job{MaxParallel: 1, Out: &out}
+	ctx, cancel := context.WithCancel(context.Background())
+	var ran []string
+	results := j.forEach(ctx, guests, func(ctx context.Context, gr *guestRun) {
+		ran = append(ran, gr.res.Guest.Name)
+		cancel()
+	})
+	if !slices.Equal(ran, []string{"g0"}) {
+		t.Errorf("guests started: %v, want only g0", ran)
+	}
+	for i, r := range results {
+		if i == 0 {
+			if r.Outcome != OutcomeOK {
+				t.Errorf("g0: %s", r.Outcome)
+			}
+			continue
+		}
+		if r.Outcome != OutcomeFailed || r.Reason != "interrupted before start" {
+			t.Errorf("%s: %s %q", r.Guest.Name, r.Outcome, r.Reason)
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	want := []string{"----- VM g1: not started, the run was interrupted -----", "----- VM g2: not started, the run was interrupted -----", "----- VM g3: not started, the run was interrupted -----"}
+	if len(lines) != 5 || !slices.Equal(lines[2:], want) || !strings.HasPrefix(lines[0], "----- VM g0 ") {
+		t.Errorf("output:\n%s", out.String())
+	}
+}
