@@ -25,7 +25,9 @@ const maxArgFileDepth = 32
 //   - @FILE is replaced by the options in FILE (a response file, see readArgFile),
 //     and an @ token in a file is expanded too; paths are relative to the working
 //     directory. An @ token that is the value of an option (--vmid @all) stays a
-//     value, as does everything after "--".
+//     value, as does everything after "--", and so does one that names no file
+//     where the command takes arguments (snapshot list @tag-db): cv4pve-autosnap's
+//     commands take none.
 //   - --name:value is --name=value (System.CommandLine splits at the first ':' or '=').
 //   - A boolean option followed by true or false (any case) takes it as its value:
 //     --state true, --validate-certificate false.
@@ -55,7 +57,7 @@ type argExpander struct {
 }
 
 func (x *argExpander) push(tok string) error {
-	isFile := len(tok) > 1 && tok[0] == '@' && !x.dashdash && !x.valueNext
+	isFile := len(tok) > 1 && tok[0] == '@' && !x.dashdash && !x.valueNext && (!takesArgs(x.cmd) || exists(tok[1:]))
 	if at := x.boolAt; at >= 0 && !isFile {
 		// The value may also come as the first token of an @file.
 		x.boolAt = -1
@@ -177,6 +179,23 @@ func (x *argExpander) lookup(tok string) *pflag.Flag {
 	}
 	walk(x.root)
 	return found
+}
+
+// takesArgs reports whether cmd takes positional arguments: its usage line names
+// one (an upper-case word such as VM or NAME after the command's name).
+func takesArgs(cmd *cobra.Command) bool {
+	for _, w := range strings.Fields(cmd.Use)[1:] {
+		w = strings.TrimLeft(w, "[")
+		if w != "" && w[0] >= 'A' && w[0] <= 'Z' {
+			return true
+		}
+	}
+	return false
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // findSub returns cmd's subcommand named (or aliased) name.

@@ -65,6 +65,14 @@ func TestExpandArgFiles(t *testing.T) {
 		t.Errorf("expanded\n%q\nwant\n%q", got, want)
 	}
 
+	// A command that takes arguments keeps an @ token that names no file: a guest
+	// selection such as @tag-db; a file of that name is read.
+	writeArgFile(t, dir, "opts", "--metadata\n")
+	got, err = expandArgs(root, []string{"snapshot", "delete", "@tag-db", "@pool-x", "@opts"}, io.Discard)
+	if want := []string{"snapshot", "delete", "@tag-db", "@pool-x", "--metadata"}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("snapshot delete: %q, %v; want %q", got, err, want)
+	}
+
 	writeArgFile(t, dir, "loop", "--debug\n@loop2\n")
 	writeArgFile(t, dir, "loop2", "@loop\n")
 	for _, c := range []struct {
@@ -72,6 +80,8 @@ func TestExpandArgFiles(t *testing.T) {
 		want string
 	}{
 		{[]string{"@missing", "status"}, "response file missing not found"},
+		{[]string{"status", "@missing"}, "response file missing not found"},
+		{[]string{"snapshot", "@missing"}, "response file missing not found"},
 		{[]string{"@loop"}, "response file loop includes itself"},
 		{[]string{"@" + dir}, "response file " + dir + ": "},
 	} {
