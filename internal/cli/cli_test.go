@@ -712,7 +712,7 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"--vmid", d.Name, "--timestamp-format", "hh", "snap", "--label", "x", "--keep", "1"}, ExitUsage},
 		{[]string{"--vmid", d.Name, "snap", "--label", "waytoolonglabelthatbreaksthefortylimit", "--keep", "1"}, ExitUsage},
 		{[]string{"snap", "--label", "x", "--keep", "1"}, ExitUsage}, // no --vmid
-		{[]string{"--vmid", d.Name, "snap", "--label", "x", "--keep", "1", "--script", "/nonexistent"}, ExitUsage},
+		{[]string{"--vmid", d.Name, "snap", "--label", "x", "--keep", "1", "--script", "/nonexistent"}, ExitFailure},
 		{[]string{"--vmid", d.Name, "nosuchcommand"}, ExitUsage},
 		{[]string{"--bogus-flag", "vm", "list"}, ExitUsage},
 		{[]string{"--host", "pve.example:8006", "vm", "list"}, ExitUsage}, // no credentials

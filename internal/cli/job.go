@@ -7,7 +7,6 @@ import (
 
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/engine"
-	"github.com/autosnap/autosnap/internal/hook"
 	"github.com/autosnap/autosnap/internal/naming"
 	"github.com/autosnap/autosnap/internal/report"
 )
@@ -18,13 +17,7 @@ func (g *GlobalOptions) newJob(label string, keep int, script string, hookTimeou
 	if err := naming.Validate(label, f); err != nil {
 		return nil, usage(err)
 	}
-	var hooks *hook.Runner
-	if script != "" {
-		if err := hook.Validate(script); err != nil {
-			return nil, usage(err)
-		}
-		hooks = &hook.Runner{Path: script, Timeout: hookTimeout}
-	}
+	hooks := g.hookRunner(script, hookTimeout)
 	return &engine.Job{
 		Hooks: hooks, Label: label, Keep: keep, Format: f, DryRun: g.DryRun, Debug: g.Debug,
 		MaxParallel: g.MaxParallel, Timeout: g.timeout(),

@@ -45,6 +45,10 @@ type GlobalOptions struct {
 	Insecure        bool
 	ValidateCert    bool
 	IgnoreMissing   bool
+	// MaxPercStorage is --max-perc-storage given with a command other than snap:
+	// cv4pve-autosnap takes it before any command; snap's own flag of the same name
+	// receives it there (a command's flag shadows the inherited one).
+	MaxPercStorage float64
 
 	stdout io.Writer
 	stderr io.Writer
@@ -54,6 +58,8 @@ type GlobalOptions struct {
 	// by unmatchedIn (see missing).
 	unmatched   []string
 	unmatchedIn string
+	// brokenHook is the --script that could not run; the run fails with it at the end.
+	brokenHook error
 	// tagsRead is set once a selection read the guests' tags (see pick).
 	tagsRead bool
 	log      *slog.Logger
@@ -89,8 +95,12 @@ Hosts (--host):
               or --username/--password. The hosts are one cluster: the first that
               answers is used, the next ones take over if it fails.
 
-Global flags come before the command:
+Global flags go before or after the command:
   autosnap --vmid @all snap --label hourly --keep 24
+
+Option files: @FILE anywhere on the line reads options from FILE, one or more per
+line, '#' starts a comment line, "double quotes" group words (cv4pve-autosnap's
+response files; keep credentials there, mode 0600).
 
 Environment: AUTOSNAP_HOST, AUTOSNAP_USERNAME, AUTOSNAP_PASSWORD, AUTOSNAP_API_TOKEN
 set the flags of the same name. --password file:PATH reads the password from a file.`,
@@ -100,6 +110,9 @@ set the flags of the same name. --password file:PATH reads the password from a f
 			return g.setup()
 		},
 	}
+	// --version prints the bare version, as cv4pve-autosnap (System.CommandLine) does.
+	root.Version = Version
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usage(err) })
@@ -110,7 +123,7 @@ set the flags of the same name. --password file:PATH reads the password from a f
 	f.StringVar(&g.VMID, "vmid", "", "guests: all, @all-NODE, @node-NODE, @pool-NAME, @tag-NAME, id, a:b, name, %part%, start%, %end, UUID; -TOKEN excludes")
 	f.BoolVar(&g.IgnoreMissing, "ignore-missing", false, "a --vmid token that matches no guest is only a warning (by default the run exits 1 after doing the rest)")
 	f.IntVar(&g.Timeout, "timeout", 30, "seconds allowed for each operation: connecting, each call to the hypervisor, a snapshot, a merge without progress (libvirt), waiting for a guest locked by another run")
-	f.StringVar(&g.TimestampFormat, "timestamp-format", "yyMMddHHmmss", "timestamp in snapshot names (.NET subset: yy yyyy MM dd HH mm ss fff, literals)")
+	f.StringVar(&g.TimestampFormat, "timestamp-format", "yyMMddHHmmss", "timestamp in snapshot names, a .NET custom format: yy yyyy MM dd HH mm ss f…fffffff; other letters, 'quoted' text and \\x are literals")
 	f.StringVarP(&g.Output, "output", "o", "text", "output: "+strings.Join(report.Formats(), ", "))
 	f.BoolVar(&g.DryRun, "dry-run", false, "show what would be done; change nothing, run no hooks")
 	f.StringVar(&g.LogLevel, "log-level", "warn", "log level: debug, info, warn, error")
@@ -123,6 +136,7 @@ set the flags of the same name. --password file:PATH reads the password from a f
 	f.StringVar(&g.Fingerprint, "fingerprint", envOr("AUTOSNAP_FINGERPRINT", ""), "accept the server certificate with this SHA-256 fingerprint (self-signed Proxmox VE)")
 	f.StringVar(&g.CAFile, "ca-file", envOr("AUTOSNAP_CA_FILE", ""), "also trust the CA certificates in this PEM file, e.g. a copy of the Proxmox VE cluster CA /etc/pve/pve-root-ca.pem, which covers every node (env AUTOSNAP_CA_FILE)")
 	f.BoolVar(&g.Insecure, "insecure", false, "do not verify TLS certificates (dangerous; prefer --fingerprint)")
+	f.Float64Var(&g.MaxPercStorage, "max-perc-storage", 95, "snap: fail a guest whose storage is fuller than this percentage (accepted with every command, as cv4pve-autosnap does)")
 	f.BoolVar(&g.ValidateCert, "validate-certificate", true, "verify TLS certificates (cv4pve-autosnap compatibility; --validate-certificate=false equals --insecure)")
 	addCompatFlags(f, g)
 
@@ -168,6 +182,9 @@ func (g *GlobalOptions) setup() error {
 	}
 	if g.MaxParallel < 1 || g.MaxParallel > 256 {
 		return usage(fmt.Errorf("--max-parallel must be between 1 and 256"))
+	}
+	if g.MaxPercStorage <= 0 || g.MaxPercStorage > 100 {
+		return usage(errors.New("--max-perc-storage must be in (0, 100]"))
 	}
 	if _, err := report.ParseFormat(g.Output); err != nil {
 		return usage(err)
@@ -269,8 +286,12 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer, setup
 	if setup != nil {
 		setup(g)
 	}
-	root.SetArgs(args)
-	err := root.ExecuteContext(ctx)
+	// @files and cv4pve's option spellings are resolved before cobra sees the line.
+	args, err := expandArgs(root, args, stderr)
+	if err == nil {
+		root.SetArgs(args)
+		err = root.ExecuteContext(ctx)
+	}
 	// cobra validates the command name, arguments and required flags before RunE;
 	// anything that fails there is the command line's fault.
 	if err != nil && !g.ran {
@@ -280,7 +301,7 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer, setup
 	// (and printed its report) for the guests that were selected.
 	var u usageError
 	if !errors.As(err, &u) {
-		err = errors.Join(err, g.missing())
+		err = errors.Join(err, g.missing(), g.brokenHook)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "ERROR: %v\n", err)

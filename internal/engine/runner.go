@@ -129,9 +129,11 @@ func (j *Job) jobHook(ctx context.Context, env hook.Env) {
 	}
 }
 
-// forEach runs fn for every guest with at most MaxParallel at once. Each guest's
-// output appears in one piece, in selection order: the first unfinished guest's
-// output streams to Out as it is written, the others' is held until their turn.
+// forEach runs fn for every guest with at most MaxParallel at once, starting them in
+// selection order: a guest starts only after every guest before it has started, so
+// with MaxParallel 1 they run one after the other in that order. Each guest's output
+// appears in one piece, in selection order: the first unfinished guest's output
+// streams to Out as it is written, the others' is held until their turn.
 func (j *Job) forEach(ctx context.Context, guests []driver.Guest, fn func(ctx context.Context, gr *guestRun)) []GuestResult {
 	n := len(guests)
 	results := make([]GuestResult, n)
@@ -141,42 +143,55 @@ func (j *Job) forEach(ctx context.Context, guests []driver.Guest, fn func(ctx co
 	if par < 1 {
 		par = 1
 	}
-	sem := make(chan struct{}, par)
-	var wg sync.WaitGroup
 	for i, g := range guests {
 		results[i] = GuestResult{Guest: g}
 		runs[i] = &guestRun{j: j, res: &results[i], out: &guestOutput{w: j.Out}}
 		done[i] = make(chan struct{})
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			defer close(done[i])
+	}
+	// The dispatcher takes a slot for each guest in turn and only then starts it;
+	// goroutines competing for slots would start in whatever order the scheduler
+	// picks (often the last guest first).
+	sem := make(chan struct{}, par)
+	go func() {
+		for i := range guests {
+			started := false
 			select {
 			case sem <- struct{}{}:
+				// A slot may free up just as the run is interrupted: check again.
+				if started = ctx.Err() == nil; !started {
+					<-sem
+				}
 			case <-ctx.Done():
-				results[i].Outcome, results[i].Err = OutcomeFailed, ctx.Err()
-				results[i].Reason = "interrupted before start"
-				runs[i].printf("----- VM %s: not started, the run was interrupted -----", results[i].Guest.Name)
+			}
+			if !started {
+				for k := i; k < n; k++ {
+					results[k].Outcome, results[k].Err = OutcomeFailed, ctx.Err()
+					results[k].Reason = "interrupted before start"
+					runs[k].printf("----- VM %s: not started, the run was interrupted -----", results[k].Guest.Name)
+					close(done[k])
+				}
 				return
 			}
-			defer func() { <-sem }()
-			gr := runs[i]
-			gr.start = time.Now()
-			g := gr.res.Guest
-			gr.printf("----- VM %s %s %s (%s) -----", GuestID(g), g.Kind, g.State, g.Node+"/"+g.Name)
-			fn(ctx, gr)
-			gr.res.Duration = time.Since(gr.start)
-			if gr.res.Outcome == "" {
-				gr.res.Outcome = OutcomeOK
-			}
-			gr.printf("VM execution %s", gr.res.Duration.Round(time.Millisecond))
-		}(i)
-	}
+			go func(i int) {
+				defer close(done[i])
+				defer func() { <-sem }()
+				gr := runs[i]
+				gr.start = time.Now()
+				g := gr.res.Guest
+				gr.printf("----- VM %s %s %s (%s) -----", GuestID(g), g.Kind, g.State, g.Node+"/"+g.Name)
+				fn(ctx, gr)
+				gr.res.Duration = time.Since(gr.start)
+				if gr.res.Outcome == "" {
+					gr.res.Outcome = OutcomeOK
+				}
+				gr.printf("VM execution %s", gr.res.Duration.Round(time.Millisecond))
+			}(i)
+		}
+	}()
 	for i := range guests {
 		runs[i].out.goLive()
 		<-done[i]
 	}
-	wg.Wait()
 	return results
 }
 

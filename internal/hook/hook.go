@@ -7,6 +7,7 @@
 package hook
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -173,9 +174,12 @@ const waitDelay = 2 * time.Second
 // guests may overlap with --max-parallel).
 type Runner struct {
 	// Path is the script file, absolute or relative to the working
-	// directory. It is executed directly, never through a shell, so its
+	// directory. It is executed directly, never through a shell string, so its
 	// #! line chooses the interpreter and spaces or shell metacharacters in
-	// the name have no meaning. A name without '/' is not searched in PATH.
+	// the name have no meaning. A file without a #! line that the kernel
+	// refuses (ENOEXEC) runs as "/bin/sh PATH", as a shell would run it; a
+	// binary the kernel refuses is an error. A name without '/' is not
+	// searched in PATH.
 	Path string
 	// Timeout is how long one invocation may run before the script and every
 	// process in its process group are killed. Zero means DefaultTimeout.
@@ -235,9 +239,6 @@ func (r *Runner) Run(ctx context.Context, env Env, out io.Writer) error {
 		// exec would otherwise look a bare name up in PATH.
 		path = "./" + path
 	}
-	cmd := exec.CommandContext(runCtx, path)
-	cmd.Env = append(os.Environ(), env.Vars()...) // later duplicates win
-	cmd.Stdin = nil                               // /dev/null
 	if out == nil {
 		out = io.Discard
 	}
@@ -246,20 +247,22 @@ func (r *Runner) Run(ctx context.Context, env Env, out io.Writer) error {
 		max = DefaultMaxOutput
 	}
 	cw := &cappedWriter{w: out, head: max - max/2, tailCap: int(max / 2)}
-	// One writer value for both: exec then copies from a single pipe, so the
-	// script's own ordering of stdout and stderr lines is kept.
-	cmd.Stdout = cw
-	cmd.Stderr = cw
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error {
-		// Negative pid: the whole group, so children of the script die too.
-		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	}
-	cmd.WaitDelay = waitDelay
-
-	err := cmd.Run()
-	cw.finish()
 	what := fmt.Sprintf("hook script %s (phase %s)", r.Path, env.Phase)
+	err := run(runCtx, cw, env, path)
+	if errors.Is(err, syscall.ENOEXEC) {
+		// No #! line: do what a shell does with such a file (execvp, bash, dash) and
+		// run it under /bin/sh — unless it is a binary the kernel cannot run, which
+		// bash refuses rather than feeding to a shell.
+		binary, berr := isBinary(path)
+		if berr != nil {
+			return fmt.Errorf("%s: %w", what, berr)
+		}
+		if binary {
+			return fmt.Errorf("%s: cannot execute binary file: %w", what, err)
+		}
+		err = run(runCtx, cw, env, "/bin/sh", path)
+	}
+	cw.finish()
 	switch {
 	case err == nil, errors.Is(err, exec.ErrWaitDelay):
 		// ErrWaitDelay: the script succeeded but a leftover background
@@ -277,10 +280,49 @@ func (r *Runner) Run(ctx context.Context, env Env, out io.Writer) error {
 		}
 		return &ExitError{Path: r.Path, Phase: env.Phase, Code: exitErr.ExitCode()}
 	}
-	if errors.Is(err, syscall.ENOEXEC) {
-		return fmt.Errorf("%s: %w (missing #! line?)", what, err)
-	}
 	return fmt.Errorf("%s: %w", what, err)
+}
+
+// run executes argv in its own process group with the hook environment, stdin from
+// /dev/null and stdout and stderr both into out, and waits for it.
+func run(ctx context.Context, out io.Writer, env Env, argv ...string) error {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env.Vars()...) // later duplicates win
+	cmd.Stdin = nil                               // /dev/null
+	// One writer value for both: exec then copies from a single pipe, so the
+	// script's own ordering of stdout and stderr lines is kept.
+	cmd.Stdout = out
+	cmd.Stderr = out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error {
+		// Negative pid: the whole group, so children of the script die too.
+		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	cmd.WaitDelay = waitDelay
+	return cmd.Run()
+}
+
+// isBinary applies bash's test for a file that failed to execute with ENOEXEC: an ELF
+// header, or a NUL byte in the first line of its first 80 bytes, means a binary.
+func isBinary(path string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	sample := make([]byte, 80)
+	n, err := io.ReadFull(f, sample)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return false, err
+	}
+	sample = sample[:n]
+	if bytes.HasPrefix(sample, []byte("\x7fELF")) {
+		return true, nil
+	}
+	if i := bytes.IndexByte(sample, '\n'); i >= 0 {
+		sample = sample[:i]
+	}
+	return bytes.IndexByte(sample, 0) >= 0, nil
 }
 
 // cappedWriter passes the first head bytes on at once, keeps the last tailCap bytes

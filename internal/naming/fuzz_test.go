@@ -22,6 +22,12 @@ func fuzzTime(sec int64, nsec uint32) time.Time {
 // atPrecision keeps only the fields f renders, with Parse's defaults for the rest.
 func atPrecision(f Format, t time.Time) time.Time {
 	year, month, day, hour, minute, sec, nsec := 2000, time.January, 1, 0, 0, 0, 0
+	var has24, has12, hasAMPM bool
+	for _, e := range f.elems {
+		has24 = has24 || e.field == fieldHour && !e.h12
+		has12 = has12 || e.field == fieldHour && e.h12
+		hasAMPM = hasAMPM || e.field == fieldAMPM
+	}
 	for _, e := range f.elems {
 		switch e.field {
 		case fieldYear2, fieldYear4:
@@ -30,14 +36,24 @@ func atPrecision(f Format, t time.Time) time.Time {
 			month = t.Month()
 		case fieldDay:
 			day = t.Day()
-		case fieldHour:
-			hour = t.Hour()
+		case fieldHour, fieldAMPM:
+			// HH, or hh with AM/PM, give the hour; hh alone knows it modulo 12,
+			// AM/PM alone the half day.
+			switch {
+			case has24 || has12 && hasAMPM:
+				hour = t.Hour()
+			case has12:
+				hour = t.Hour() % 12
+			default:
+				hour = t.Hour() / 12 * 12
+			}
 		case fieldMinute:
 			minute = t.Minute()
 		case fieldSecond:
 			sec = t.Second()
 		case fieldMilli:
-			nsec = t.Nanosecond() / 1e6 * 1e6
+			unit := pow10(9 - e.width)
+			nsec = max(nsec, t.Nanosecond()/unit*unit)
 		}
 	}
 	return time.Date(year, month, day, hour, minute, sec, nsec, time.UTC)
@@ -48,6 +64,9 @@ func FuzzParseFormat(f *testing.F) {
 		DefaultFormat, "yyyyMMddHHmmss", "yyyyMMdd-HHmm", "yyyyMMddHHmmssfff", "ddMMyy",
 		"yyyy'T'MM\"x\"dd\\HHH", "'", "\\", "%", "yyyyy", "MMM", "é", "yy\xff", "",
 		"yyyy-MM-dd HH:mm:ss.fff", "MMdd", "yyyyMMyy",
+		"yyyyMMddTHHmm", "yyyyMMddhhmm", "HHhh", "hhHH", "yyyyMMddHHmmssfffffff", "ffff", "f'x'fff", "yyy",
+		"yyyyy", "yyyyMMdd%T", "%fss", "YYYYMMDD", "HHH:mmm:sss",
+		"yyyyMMdd-ddd", "MMM", "MMMdd", "yyMMddtthhmm", "tt", "%t", "HHtt", "hht", "ttHH",
 	} {
 		f.Add(s, "daily", int64(0), uint32(0))
 	}
@@ -100,6 +119,16 @@ func FuzzFormatParse(f *testing.F) {
 		{"yyyyMMyy", "20260926"},
 		{"'T'dd", "T31"},
 		{"yyyy'é'", "2026é"},
+		{"yyyyMMddTHHmm", "20260929T0200"},
+		{"yyyyMMddhhmm", "202609291200"},
+		{"yyy", "0999"},
+		{"HHhh", "1302"},
+		{"fff'-'f", "123-1"},
+		{"yyyyyMM", "0202609"},
+		{"yyyyMMdd-ddd", "20260929-Tue"},
+		{"MMM-MM", "Sep-09"},
+		{"tthh", "PM12"},
+		{"HHt", "13P"},
 	} {
 		f.Add(c[0], c[1])
 	}

@@ -51,6 +51,12 @@ var probeTimes = func() []time.Time {
 		base.AddDate(0, 9, 0),
 		base.AddDate(0, 11, 30).Add(22 * time.Hour),
 		base.AddDate(1, 0, 0),
+		// Beyond cv4pve's probes: the hours a 12-hour clock renders as 12, so that
+		// hh (even after AM/PM) is found not to sort.
+		base.AddDate(1, 0, 1).Add(-time.Hour),
+		base.AddDate(1, 0, 1),
+		base.AddDate(1, 0, 1).Add(11 * time.Hour),
+		base.AddDate(1, 0, 1).Add(12 * time.Hour),
 	}
 }()
 

@@ -14,6 +14,8 @@ func genericFamily(f Format) bool {
 	sawYear, lastLit := false, false
 	for i, e := range f.elems {
 		switch {
+		case e.field != fieldLiteral && (e.width != fieldWidth[e.field] || e.h12):
+			return false // the grammar reads 4-digit years, fff, HH
 		case e.field == fieldLiteral:
 			if i == 0 || i == len(f.elems)-1 || len(e.literal) > 3 || lastLit {
 				return false
