@@ -38,7 +38,9 @@ type meta struct {
 	Argv      []string `json:"argv,omitempty"`
 	Cwd       string   `json:"cwd,omitempty"`
 	LastState string   `json:"last_state,omitempty"`
-	Current   string   `json:"current,omitempty"`
+	// Tags are the guest's autosnap tags (driver.Tagger).
+	Tags    []string `json:"tags,omitempty"`
+	Current string   `json:"current,omitempty"`
 	// Seq orders snapshots taken within the same clock tick.
 	Seq       int64                `json:"seq"`
 	Snapshots map[string]*snapMeta `json:"snapshots,omitempty"`
@@ -56,10 +58,10 @@ type snapMeta struct {
 
 // disk is one block device of the guest.
 type disk struct {
-	Name     string `json:"name"`             // drive id, else qdev id, else node name
-	Node     string `json:"node"`             // root node name (QMP commands address it)
-	File     string `json:"file"`             // the top image file
-	Format   string `json:"format"`           // qcow2, raw, …
+	Name     string `json:"name"`   // drive id, else qdev id, else node name
+	Node     string `json:"node"`   // root node name (QMP commands address it)
+	File     string `json:"file"`   // the top image file
+	Format   string `json:"format"` // qcow2, raw, …
 	ReadOnly bool   `json:"read_only,omitempty"`
 }
 

@@ -26,6 +26,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -331,36 +332,43 @@ func (d *Driver) Guests(ctx context.Context) ([]driver.Guest, error) {
 	return gs, nil
 }
 
-func (d *Driver) guest(e entry, st driver.State) driver.Guest {
-	return driver.Guest{Node: d.node, Name: e.name, State: st, Kind: driver.KindQEMU, Tags: []string{}}
+func (d *Driver) guest(e entry, st driver.State, m *meta) driver.Guest {
+	tags := []string{}
+	if m != nil && len(m.Tags) > 0 {
+		tags = slices.Clone(m.Tags)
+	}
+	return driver.Guest{Node: d.node, Name: e.name, State: st, Kind: driver.KindQEMU, Tags: tags}
 }
 
 // probe finds e's state and, for a running QEMU, refreshes the sidecar's record of its
 // disks and command line.
 func (d *Driver) probe(ctx context.Context, e entry) (driver.Guest, error) {
-	m, _ := readMeta(e.meta)
+	m, err := readMeta(e.meta)
+	if err != nil {
+		return driver.Guest{}, fmt.Errorf("guest %s: %w", e.name, err)
+	}
 	last := driver.StateRunning
-	if m != nil && m.LastState != "" && driver.State(m.LastState).Active() {
+	if m.LastState != "" && driver.State(m.LastState).Active() {
 		last = driver.State(m.LastState)
 	}
 	unlock, ok := d.tryLock(e.name)
 	if !ok {
 		// This process is working on it: QEMU runs.
-		return d.guest(e, last), nil
+		return d.guest(e, last, m), nil
 	}
 	defer unlock()
 	s, err := d.connect(ctx, e, probeWait)
 	switch {
 	case errors.Is(err, qc.ErrBusy):
-		return d.guest(e, last), nil
+		return d.guest(e, last, m), nil
 	case err != nil:
 		return driver.Guest{}, err
 	case s == nil:
-		return d.guest(e, driver.StateShutoff), nil
+		return d.guest(e, driver.StateShutoff, m), nil
 	}
 	defer s.close()
-	if _, err := d.record(ctx, s); err != nil {
+	if m, err = d.record(ctx, s); err != nil {
 		return driver.Guest{}, err
 	}
-	return d.guest(e, s.state), nil
+	return d.guest(e, s.state, m), nil
 }

@@ -479,8 +479,9 @@ func (v *view) forget(name string) {
 
 // RevertSnapshot implements driver.Driver.
 //
-// A snapshot with RAM of a running or paused guest is loaded live (snapshot-load job)
-// and the guest keeps running unless opts.Paused. A disk-only snapshot cannot be
+// A snapshot with RAM of a running or paused guest is loaded live (snapshot-load job),
+// without opts.Force as on libvirt, and the guest runs afterwards unless opts.Paused.
+// A disk-only snapshot cannot be
 // loaded into a running QEMU (QEMU refuses): with opts.Force the driver quits QEMU,
 // reverts the images with qemu-img snapshot -a and, with opts.Running or opts.Paused,
 // starts QEMU again with the command line it recorded. A stopped guest's images are
@@ -508,8 +509,12 @@ func (d *Driver) RevertSnapshotNotes(ctx context.Context, g driver.Guest, name s
 		return err
 	}
 	st := v.state()
-	if st.Active() && !opts.Force {
-		return fmt.Errorf("guest %s is %s: reverting to %s discards its current state; use --force", v.e.name, st, name)
+	if st.Active() && !sn.Memory && !opts.Force {
+		return fmt.Errorf("guest %s is %s: QEMU cannot load the disk-only snapshot %s live, so reverting quits QEMU and discards the guest's current state; shut it down first, or add --force",
+			v.e.name, st, name)
+	}
+	if (opts.Running || opts.Paused) && len(v.m.Argv) == 0 && !(st.Active() && sn.Memory) {
+		return fmt.Errorf("guest %s: autosnap has no record of QEMU's command line, so it could not start the guest after the revert: revert without --running/--paused and start it yourself", v.e.name)
 	}
 	if st.Active() && sn.Memory {
 		if err := v.loadJob(ctx, name, ds, opts); err != nil {
