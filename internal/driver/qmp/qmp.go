@@ -251,17 +251,16 @@ func (s *session) close() {
 func (d *Driver) connect(ctx context.Context, e entry, wait time.Duration) (*session, error) {
 	dctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
+	start := time.Now()
 	m, err := qc.Dial(dctx, e.qmp)
 	switch classify(err) {
 	case dialOK:
 	case dialStopped:
 		return nil, nil
 	case dialBusy:
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("guest %s: connecting to %s: %w", e.name, e.qmp, ctx.Err())
-		}
-		return nil, fmt.Errorf("guest %s: QMP socket %s is held by another client (QEMU serves one at a time; waited %s): close that client (a qmp-shell, socat or monitoring script) or retry later: %w: %w",
-			e.name, e.qmp, wait, qc.ErrBusy, driver.ErrLocked)
+		// The connect succeeded, so QEMU runs; it just serves someone else.
+		return nil, fmt.Errorf("guest %s: QMP socket %s is held by another client (QEMU serves one at a time; waited %s for it): close that client (a qmp-shell, socat or monitoring script) or retry later: %w: %w",
+			e.name, e.qmp, time.Since(start).Round(100*time.Millisecond), qc.ErrBusy, driver.ErrLocked)
 	default:
 		return nil, fmt.Errorf("guest %s: connecting to QMP socket %s: %w", e.name, e.qmp, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/naming"
 	qc "github.com/autosnap/autosnap/internal/qmp"
 )
 
@@ -84,9 +85,7 @@ func (v *view) load(ctx context.Context) error {
 				v.snaps = append(v.snaps, snaps[i])
 			}
 		}
-		if _, err := snapDisks(v.e.name, all); err != nil {
-			v.disks = nil // listing still works; changes are refused by need()
-		}
+		// A guest with a raw disk is still listed; need() refuses changes.
 		return nil
 	}
 	if v.m, err = readMeta(v.e.meta); err != nil {
@@ -303,6 +302,11 @@ func (p *prepared) Create(ctx context.Context) (driver.Snapshot, error) {
 		cons = driver.ConsistencyMemory
 	case o.Quiesce:
 		cons = driver.ConsistencyQuiesced
+	default:
+		// The engine freezes the guest itself and records that in the description.
+		if c := driver.Consistency(naming.DescriptionFields(o.Description)["consistency"]); c == driver.ConsistencyQuiesced {
+			cons = c
+		}
 	}
 	// Record the description before the snapshot exists, so a crash right after it
 	// leaves a snapshot autosnap recognises (and its retention removes).
