@@ -420,3 +420,41 @@ func TestQMPQuiesce(t *testing.T) {
 		t.Errorf("snap after the killed run: exit %d", r.code)
 	}
 }
+
+// TestQMPRevertInterruptedIsFinished: a revert killed after reverting the first of two
+// disks (QEMU already quit) is finished by the next run, so no disk keeps a state
+// its sibling does not have.
+func TestQMPRevertInterruptedIsFinished(t *testing.T) {
+	bin := buildAutosnap(t)
+	for _, point := range []string{"qmp.revert-stopped", "qmp.revert-disk-done"} {
+		t.Run(point, func(t *testing.T) {
+			h := testbed.NewQMPHost(t)
+			q := h.Add(t, testbed.QEMUSpec{Disks: 2, DiskMiB: 16})
+			const n = 8192
+			q.WriteDisk(t, 0, n, 1, n)
+			q.WriteDisk(t, 1, n, 1, n)
+			if r := qmpSnap(t, h, q.Name, "rv", 3); r.code != 0 {
+				t.Fatal("snap failed")
+			}
+			name := qmpStatus(t, h, q.Name, "rv")[0].Name
+			q.WriteDisk(t, 0, n, 2, n)
+			q.WriteDisk(t, 1, n, 2, n)
+			cmd := exec.Command(bin, "--host", h.URI(), "snapshot", "revert", q.Name, name, "--force")
+			cmd.Env = append(os.Environ(), "AUTOSNAP_CRASH_AT="+point)
+			out, err := cmd.CombinedOutput()
+			if err == nil {
+				t.Fatalf("the revert was not killed at %s:\n%s", point, out)
+			}
+			if q.Running() {
+				t.Fatalf("QEMU still runs after the killed revert")
+			}
+			// Any run that opens the guest finishes the revert.
+			mustRun(t, "--host", h.URI(), "snapshot", "list", q.Name)
+			for i := 0; i < 2; i++ {
+				if got := testbed.ReadImage(t, q.Disks[i].Path, n, n); !bytes.Equal(got, bytes.Repeat([]byte{1}, n)) {
+					t.Errorf("disk %d after the interrupted revert and the next run: not the snapshot's data", i)
+				}
+			}
+		})
+	}
+}

@@ -41,6 +41,9 @@ type meta struct {
 	// Tags are the guest's autosnap tags (driver.Tagger).
 	Tags    []string `json:"tags,omitempty"`
 	Current string   `json:"current,omitempty"`
+	// Reverting journals an offline revert in progress: the snapshot every disk is
+	// being set to. The next run that finds QEMU stopped finishes it.
+	Reverting string `json:"reverting,omitempty"`
 	// Seq orders snapshots taken within the same clock tick.
 	Seq       int64                `json:"seq"`
 	Snapshots map[string]*snapMeta `json:"snapshots,omitempty"`

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/autosnap/autosnap/internal/crash"
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/naming"
 	qc "github.com/autosnap/autosnap/internal/qmp"
@@ -91,6 +92,20 @@ func (v *view) load(ctx context.Context) error {
 	if v.m, err = readMeta(v.e.meta); err != nil {
 		return fmt.Errorf("guest %s: %w", v.e.name, err)
 	}
+	if err := v.listOffline(ctx); err != nil {
+		return err
+	}
+	if v.m.Reverting != "" {
+		if err := v.finishRevert(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// listOffline reads the disks' snapshots from the images of a stopped guest.
+func (v *view) listOffline(ctx context.Context) error {
+	var err error
 	v.snaps = nil
 	v.disks = nil
 	for _, x := range v.m.Disks {
@@ -116,8 +131,10 @@ func (v *view) need() ([]disk, error) {
 		return nil, fmt.Errorf("guest %s: QEMU is not running and autosnap has never seen it running, so its images are unknown: start it once with autosnap able to reach %s: %w",
 			v.e.name, v.e.qmp, driver.ErrUnsupported)
 	}
-	all := v.m.Disks
-	return snapDisks(v.e.name, all)
+	if v.s != nil && v.m.Reverting != "" {
+		return nil, fmt.Errorf("guest %s: a revert to %s was interrupted and QEMU was started again before it was finished, so its disks may hold different states: stop the guest (quit QEMU) and run autosnap again to finish the revert", v.e.name, v.m.Reverting)
+	}
+	return snapDisks(v.e.name, v.m.Disks)
 }
 
 // list merges the disks' snapshots by name, oldest first.
@@ -526,19 +543,24 @@ func (d *Driver) RevertSnapshotNotes(ctx context.Context, g driver.Guest, name s
 		}
 		note(fmt.Sprintf("Guest %s: RAM and disks loaded from %s", v.e.name, name))
 	} else {
+		// Journal first: a revert interrupted between disks is finished by the next
+		// run that opens the guest while QEMU is stopped (see finishRevert).
+		v.m.Reverting = name
+		if err := writeMeta(v.e.meta, v.m); err != nil {
+			return fmt.Errorf("guest %s: %w", v.e.name, err)
+		}
 		if st.Active() {
 			if err := v.stop(ctx); err != nil {
 				return err
 			}
+			crash.Point(crashRevertStopped)
 			note(fmt.Sprintf("Guest %s: QEMU stopped (quit) to revert its disks offline", v.e.name))
 		}
-		for _, x := range ds {
-			if err := qemuImg(ctx, "-a", name, x.File); err != nil {
-				return fmt.Errorf("guest %s: reverting disk %s to %s: %w", v.e.name, x.Name, name, err)
-			}
+		if err := v.applyRevert(ctx, name, ds); err != nil {
+			return err
 		}
 		if sn.Memory {
-			note(fmt.Sprintf("Guest %s: only the disks of %s were reverted; its RAM is loaded when the guest runs", v.e.name, name))
+			note(fmt.Sprintf("Guest %s: only the disks of %s were reverted; a stopped guest's RAM cannot be restored", v.e.name, name))
 		}
 	}
 	v.m.Current = name
@@ -584,4 +606,43 @@ func (v *view) loadJob(ctx context.Context, name string, ds []disk, opts driver.
 func isState(err error) bool {
 	var qe *qc.Error
 	return errors.As(err, &qe) && strings.Contains(qe.Desc, "already")
+}
+
+// Crash points of the offline revert (see package crash).
+const (
+	crashRevertStopped = "qmp.revert-stopped"   // revert journaled, QEMU quit, no disk reverted
+	crashRevertDisk    = "qmp.revert-disk-done" // one disk reverted, the next not yet
+)
+
+// applyRevert reverts every disk's image (QEMU not running) and clears the journal.
+func (v *view) applyRevert(ctx context.Context, name string, ds []disk) error {
+	for _, x := range ds {
+		if err := qemuImg(ctx, "-a", name, x.File); err != nil {
+			return fmt.Errorf("guest %s: reverting disk %s to %s (the revert is finished by the next run): %w", v.e.name, x.Name, name, err)
+		}
+		crash.Point(crashRevertDisk)
+	}
+	v.m.Reverting = ""
+	v.m.Current = name
+	if err := writeMeta(v.e.meta, v.m); err != nil {
+		return fmt.Errorf("guest %s: reverted to %s, but: %w", v.e.name, name, err)
+	}
+	return nil
+}
+
+// finishRevert completes a revert an earlier run journaled but did not finish: every
+// disk is reverted again (qemu-img snapshot -a is idempotent), so no disk is left
+// with another state than its siblings.
+func (v *view) finishRevert(ctx context.Context) error {
+	name := v.m.Reverting
+	if _, ok := v.find(name); !ok {
+		// The snapshot is gone (deleted by hand): nothing can be finished.
+		v.m.Reverting = ""
+		return writeMeta(v.e.meta, v.m)
+	}
+	ds, err := v.need()
+	if err != nil {
+		return err
+	}
+	return v.applyRevert(ctx, name, ds)
 }
