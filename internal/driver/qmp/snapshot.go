@@ -302,7 +302,9 @@ func (p *prepared) Create(ctx context.Context) (driver.Snapshot, error) {
 	// Taking the snapshot releases the guest; Close is then optional.
 	defer v.close()
 	st := v.state()
-	memory := (o.Memory || o.MemoryFile != "") && st.Active()
+	// A QEMU process (even of a crashed guest) holds the images: work through it.
+	live := v.s != nil
+	memory := (o.Memory || o.MemoryFile != "") && live
 	if o.MemoryFile != "" {
 		return driver.Snapshot{}, fmt.Errorf("guest %s: internal snapshots keep RAM inside the first disk; --memspec/memory files are not supported on standalone QEMU: %w", v.e.name, driver.ErrUnsupported)
 	}
@@ -313,7 +315,7 @@ func (p *prepared) Create(ctx context.Context) (driver.Snapshot, error) {
 	}
 	cons := driver.ConsistencyCrash
 	switch {
-	case !st.Active():
+	case !live:
 		cons = driver.ConsistencyOffline
 	case memory:
 		cons = driver.ConsistencyMemory
@@ -359,7 +361,7 @@ func (p *prepared) Create(ctx context.Context) (driver.Snapshot, error) {
 		return driver.Snapshot{}, fmt.Errorf("guest %s: snapshot %s taken, but: %w", v.e.name, o.Name, err)
 	}
 	s := driver.Snapshot{Name: o.Name, Description: o.Description, Created: now, Parent: parent, Current: true,
-		Memory: memory, DiskOnly: st.Active() && !memory, Location: driver.LocationInternal, Consistency: cons, GuestState: string(st)}
+		Memory: memory, DiskOnly: live && !memory, Location: driver.LocationInternal, Consistency: cons, GuestState: string(st)}
 	for _, x := range p.disks {
 		s.Disks = append(s.Disks, driver.SnapshotDisk{Name: x.Name, Snapshot: "internal"})
 	}
@@ -530,14 +532,15 @@ func (d *Driver) RevertSnapshotNotes(ctx context.Context, g driver.Guest, name s
 		return err
 	}
 	st := v.state()
-	if st.Active() && !sn.Memory && !opts.Force {
+	live := v.s != nil
+	if live && !sn.Memory && !opts.Force {
 		return fmt.Errorf("guest %s is %s: QEMU cannot load the disk-only snapshot %s live, so reverting quits QEMU and discards the guest's current state; shut it down first, or add --force",
 			v.e.name, st, name)
 	}
-	if (opts.Running || opts.Paused) && len(v.m.Argv) == 0 && !(st.Active() && sn.Memory) {
+	if (opts.Running || opts.Paused) && len(v.m.Argv) == 0 && !(live && sn.Memory) {
 		return fmt.Errorf("guest %s: autosnap has no record of QEMU's command line, so it could not start the guest after the revert: revert without --running/--paused and start it yourself", v.e.name)
 	}
-	if st.Active() && sn.Memory {
+	if live && sn.Memory {
 		if err := v.loadJob(ctx, name, ds, opts); err != nil {
 			return err
 		}
@@ -549,7 +552,7 @@ func (d *Driver) RevertSnapshotNotes(ctx context.Context, g driver.Guest, name s
 		if err := writeMeta(v.e.meta, v.m); err != nil {
 			return fmt.Errorf("guest %s: %w", v.e.name, err)
 		}
-		if st.Active() {
+		if live {
 			if err := v.stop(ctx); err != nil {
 				return err
 			}
