@@ -17,7 +17,7 @@ func (d *Driver) SetTags(ctx context.Context, g driver.Guest, tags []string) err
 	if err != nil {
 		return err
 	}
-	unlock, err := d.lock(ctx, e.name)
+	unlock, err := d.lock(ctx, e)
 	if err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -176,38 +177,77 @@ func (d *Driver) find(g driver.Guest) (entry, error) {
 	return entry{}, fmt.Errorf("guest %s: no QMP socket %s and no autosnap record of it on %s: %w", g.Name, d.entry(g.Name).qmp, d.node, driver.ErrNotFound)
 }
 
-// lock serialises this process's work on one guest: the socket has one client slot.
-func (d *Driver) lock(ctx context.Context, name string) (func(), error) {
-	d.mu.Lock()
-	l := d.locks[name]
-	if l == nil {
-		l = &guestLock{ch: make(chan struct{}, 1)}
-		d.locks[name] = l
-	}
-	d.mu.Unlock()
+// lock serialises work on one guest: within this process (a channel) and across
+// autosnap processes (an flock on NAME.autosnap.lock beside the sidecar), so that the
+// sidecar's read-modify-write cycles never interleave and one process's connection
+// is not mistaken for a foreign client by another.
+func (d *Driver) lock(ctx context.Context, e entry) (func(), error) {
+	l := d.guestLock(e.name)
 	select {
 	case l.ch <- struct{}{}:
-		return func() { <-l.ch }, nil
 	case <-ctx.Done():
-		return nil, fmt.Errorf("guest %s: waiting for another operation of this run on it: %w", name, ctx.Err())
+		return nil, fmt.Errorf("guest %s: waiting for another operation of this run on it: %w", e.name, ctx.Err())
+	}
+	for {
+		f, err := flockFile(e)
+		if err == nil {
+			return func() { f.Close(); <-l.ch }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			<-l.ch
+			return nil, fmt.Errorf("guest %s: locking %s: %w", e.name, e.lockPath(), err)
+		}
+		select {
+		case <-ctx.Done():
+			<-l.ch
+			return nil, fmt.Errorf("guest %s: another autosnap process is working on it (it holds %s): %w", e.name, e.lockPath(), ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 
-// tryLock is lock without waiting.
-func (d *Driver) tryLock(name string) (func(), bool) {
+// tryLock is lock without waiting; ok is false when this or another autosnap process
+// works on the guest.
+func (d *Driver) tryLock(e entry) (func(), bool) {
+	l := d.guestLock(e.name)
+	select {
+	case l.ch <- struct{}{}:
+	default:
+		return nil, false
+	}
+	f, err := flockFile(e)
+	if err != nil {
+		<-l.ch
+		return nil, false
+	}
+	return func() { f.Close(); <-l.ch }, true
+}
+
+func (d *Driver) guestLock(name string) *guestLock {
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	l := d.locks[name]
 	if l == nil {
 		l = &guestLock{ch: make(chan struct{}, 1)}
 		d.locks[name] = l
 	}
-	d.mu.Unlock()
-	select {
-	case l.ch <- struct{}{}:
-		return func() { <-l.ch }, true
-	default:
-		return nil, false
+	return l
+}
+
+func (e entry) lockPath() string { return strings.TrimSuffix(e.meta, metaSuffix) + ".autosnap.lock" }
+
+// flockFile opens and exclusively flocks e's lock file without waiting; the lock goes
+// with the returned file (and with the process, however it dies).
+func flockFile(e entry) (*os.File, error) {
+	f, err := os.OpenFile(e.lockPath(), os.O_CREATE|os.O_RDWR|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, err
 	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // dialResult classifies a connection attempt.
@@ -350,9 +390,18 @@ func (d *Driver) probe(ctx context.Context, e entry) (driver.Guest, error) {
 	if m.LastState != "" && driver.State(m.LastState).Active() {
 		last = driver.State(m.LastState)
 	}
-	unlock, ok := d.tryLock(e.name)
+	unlock, ok := d.tryLock(e)
 	if !ok {
-		// This process is working on it: QEMU runs.
+		// An autosnap process is working on it and may hold its socket: whether
+		// QEMU runs shows in the connect alone, without waiting for a greeting.
+		var nd net.Dialer
+		c, err := nd.DialContext(ctx, "unix", e.qmp)
+		if classify(err) == dialStopped {
+			return d.guest(e, driver.StateShutoff, m), nil
+		}
+		if c != nil {
+			c.Close()
+		}
 		return d.guest(e, last, m), nil
 	}
 	defer unlock()

@@ -53,7 +53,7 @@ func (d *Driver) open(ctx context.Context, g driver.Guest) (*view, error) {
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := d.lock(ctx, e.name)
+	unlock, err := d.lock(ctx, e)
 	if err != nil {
 		return nil, err
 	}

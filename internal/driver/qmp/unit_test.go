@@ -3,6 +3,7 @@ package qmp
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -144,4 +145,51 @@ func TestOpenURIs(t *testing.T) {
 	if _, err := Open(context.Background(), driver.Config{Host: "qmp:///nonexistent-autosnap"}); !errors.Is(err, driver.ErrConnect) {
 		t.Errorf("missing directory: %v, want ErrConnect", err)
 	}
+}
+
+// TestLockAcrossProcesses: a second driver (another autosnap process) neither waits
+// for the greeting of a socket the first one holds when listing, nor works on the
+// guest until the first one is done.
+func TestLockAcrossProcesses(t *testing.T) {
+	dir := t.TempDir()
+	l, err := net.Listen("unix", filepath.Join(dir, "g.qmp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close() // accepts (kernel backlog) but never greets, as a held QMP socket
+	open := func() *Driver {
+		d, err := Open(context.Background(), driver.Config{Host: "qmp://" + dir, Timeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	d1, d2 := open(), open()
+	e := d1.entry("g")
+	unlock, err := d1.lock(context.Background(), e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	gs, err := d2.Guests(context.Background())
+	if err != nil || len(gs) != 1 || gs[0].State != driver.StateRunning {
+		t.Fatalf("Guests while another process works on g: %+v, %v", gs, err)
+	}
+	if took := time.Since(start); took > probeWait/2 {
+		t.Errorf("Guests waited %s for a socket another autosnap process holds", took)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if u, err := d2.lock(ctx, d2.entry("g")); err == nil {
+		u()
+		t.Errorf("a second process locked a guest the first one works on")
+	} else if !strings.Contains(err.Error(), "another autosnap process") {
+		t.Errorf("second lock: %v, want it to name another autosnap process", err)
+	}
+	unlock()
+	u2, err := d2.lock(context.Background(), d2.entry("g"))
+	if err != nil {
+		t.Fatalf("lock after the first process let go: %v", err)
+	}
+	u2()
 }
