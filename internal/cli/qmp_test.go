@@ -458,3 +458,52 @@ func TestQMPRevertInterruptedIsFinished(t *testing.T) {
 		})
 	}
 }
+
+// TestQMPKilledQEMU: QEMU killed hard leaves its socket behind with nobody listening;
+// the guest is listed as shut off, snapshotted offline, and started again by a revert
+// with --running from the command line autosnap recorded.
+func TestQMPKilledQEMU(t *testing.T) {
+	h := testbed.NewQMPHost(t)
+	q := h.Add(t, testbed.QEMUSpec{DiskMiB: 16})
+	q.QMP(t, `{"execute":"cont"}`)
+	const n = 8192
+	q.WriteDisk(t, 0, n, 1, n)
+	if r := qmpSnap(t, h, q.Name, "kq", 3); r.code != 0 {
+		t.Fatal("snap failed")
+	}
+	q.KillHard(t)
+	if _, err := os.Stat(q.QMPSocket); err != nil {
+		t.Fatalf("the killed QEMU's socket is gone (%v); this test needs it left behind", err)
+	}
+	rows, r := vmListHost(t, h, q.Name)
+	if r.code != 0 || len(rows) != 1 || rows[0].State != "shutoff" {
+		t.Fatalf("vm list after kill -9: exit %d, %+v", r.code, rows)
+	}
+	q.WriteDisk(t, 0, n, 2, n) // offline, into the image
+	if r := qmpSnap(t, h, q.Name, "kq", 3); r.code != 0 {
+		t.Fatal("offline snap failed")
+	}
+	st := qmpStatus(t, h, q.Name, "kq")
+	if len(st) != 2 || st[1].Consistency != "offline" {
+		t.Fatalf("status %+v", st)
+	}
+	mustRun(t, "--host", h.URI(), "snapshot", "revert", q.Name, st[0].Name, "--running")
+	if !q.Running() || q.Status(t) != "running" {
+		t.Fatalf("QEMU not running after revert --running")
+	}
+	if got := testbed.ReadImage(t, q.Disks[0].Path, n, n); !bytes.Equal(got, bytes.Repeat([]byte{1}, n)) {
+		t.Errorf("after reverting to %s: not its data", st[0].Name)
+	}
+}
+
+func vmListHost(t *testing.T, h *testbed.QMPHost, sel string) ([]vmRow, result) {
+	t.Helper()
+	r := qmpRun(t, h, "--vmid", sel, "-o", "json", "vm", "list")
+	var rows []vmRow
+	if r.code == 0 {
+		if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
+			t.Fatalf("vm list JSON: %v\n%s", err, r.stdout)
+		}
+	}
+	return rows, r
+}
