@@ -85,3 +85,4 @@ var (
 	_ driver.StorageReporter = (*Driver)(nil)
 	_ driver.CurrentSetter   = (*Driver)(nil)
 )
+var _ driver.TreeDeleter = (*Driver)(nil)

@@ -44,6 +44,9 @@ type meta struct {
 	// Reverting journals an offline revert in progress: the snapshot every disk is
 	// being set to. The next run that finds QEMU stopped finishes it.
 	Reverting string `json:"reverting,omitempty"`
+	// Hidden are snapshots whose metadata was forgotten (DeleteSnapshotTree with
+	// MetadataOnly): still inside the images, no longer listed.
+	Hidden []string `json:"hidden,omitempty"`
 	// Seq orders snapshots taken within the same clock tick.
 	Seq       int64                `json:"seq"`
 	Snapshots map[string]*snapMeta `json:"snapshots,omitempty"`

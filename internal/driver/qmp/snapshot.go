@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -163,6 +164,9 @@ func (v *view) list() []driver.Snapshot {
 	}
 	var out []driver.Snapshot
 	for name, a := range by {
+		if slices.Contains(v.m.Hidden, name) {
+			continue
+		}
 		sm := v.m.Snapshots[name]
 		s := driver.Snapshot{Name: name, Created: a.first, Memory: a.memory, Location: driver.LocationInternal}
 		if sm != nil {
@@ -269,7 +273,7 @@ func (d *Driver) PrepareSnapshot(ctx context.Context, g driver.Guest, opts drive
 		v.close()
 		return nil, fmt.Errorf("guest %s: a snapshot needs a name", v.e.name)
 	}
-	if _, ok := v.find(opts.Name); ok {
+	if _, ok := v.find(opts.Name); ok || v.inImages(opts.Name) {
 		v.close()
 		return nil, fmt.Errorf("guest %s: snapshot %s: %w", v.e.name, opts.Name, driver.ErrExists)
 	}
@@ -335,6 +339,8 @@ func (p *prepared) Create(ctx context.Context) (driver.Snapshot, error) {
 	}
 	now := time.Now()
 	v.m.Seq++
+	// A forgotten snapshot of this name no longer exists in the images (checked above).
+	v.m.Hidden = slices.DeleteFunc(v.m.Hidden, func(h string) bool { return h == o.Name })
 	v.m.Snapshots[o.Name] = &snapMeta{Description: o.Description, Parent: parent, Consistency: string(cons),
 		GuestState: string(st), Created: now, Seq: v.m.Seq}
 	if err := writeMeta(v.e.meta, v.m); err != nil {
@@ -458,6 +464,12 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, g driver.Guest, name string
 	if _, ok := v.find(name); !ok {
 		return fmt.Errorf("guest %s: snapshot %s: %w", v.e.name, name, driver.ErrNotFound)
 	}
+	return v.deleteOne(ctx, name, nil)
+}
+
+// deleteOne removes a snapshot from every disk that holds it and from the sidecar.
+func (v *view) deleteOne(ctx context.Context, name string, progress driver.ProgressFunc) error {
+	var err error
 	for i, x := range v.disks {
 		has := false
 		for _, s := range v.snaps[i] {
@@ -474,10 +486,58 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, g driver.Guest, name string
 		if err != nil {
 			return fmt.Errorf("guest %s: deleting snapshot %s from disk %s: %w", v.e.name, name, x.Name, err)
 		}
+		if progress != nil {
+			progress(x.Name, 1, 1)
+		}
 	}
 	v.forget(name)
 	if err := writeMeta(v.e.meta, v.m); err != nil {
 		return fmt.Errorf("guest %s: snapshot %s deleted, but: %w", v.e.name, name, err)
+	}
+	return nil
+}
+
+// DeleteSnapshotTree implements driver.TreeDeleter. Descendants go first, newest
+// first. MetadataOnly leaves the images untouched: the snapshots stay inside them (as
+// qemu-img snapshot -l shows) but autosnap no longer lists them, as libvirt forgets a
+// snapshot's metadata.
+func (d *Driver) DeleteSnapshotTree(ctx context.Context, g driver.Guest, name string, opts driver.DeleteOptions) error {
+	v, err := d.open(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer v.close()
+	list := v.list()
+	if _, ok := v.find(name); !ok {
+		return fmt.Errorf("guest %s: snapshot %s: %w", v.e.name, name, driver.ErrNotFound)
+	}
+	var targets []string
+	if opts.Children || opts.ChildrenOnly {
+		in := map[string]bool{name: true}
+		// list is oldest first and a parent is older than its children.
+		for _, s := range list {
+			if in[s.Parent] {
+				in[s.Name] = true
+				targets = append(targets, s.Name)
+			}
+		}
+		slices.Reverse(targets)
+	}
+	if !opts.ChildrenOnly {
+		targets = append(targets, name)
+	}
+	for _, n := range targets {
+		if opts.MetadataOnly {
+			v.forget(n)
+			v.m.Hidden = append(v.m.Hidden, n)
+			if err := writeMeta(v.e.meta, v.m); err != nil {
+				return fmt.Errorf("guest %s: forgetting snapshot %s: %w", v.e.name, n, err)
+			}
+			continue
+		}
+		if err := v.deleteOne(ctx, n, opts.Progress); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -648,4 +708,16 @@ func (v *view) finishRevert(ctx context.Context) error {
 		return err
 	}
 	return v.applyRevert(ctx, name, ds)
+}
+
+// inImages reports whether any disk holds a snapshot of that name, listed or not.
+func (v *view) inImages(name string) bool {
+	for _, sn := range v.snaps {
+		for _, s := range sn {
+			if s.Name == name {
+				return true
+			}
+		}
+	}
+	return false
 }
