@@ -12,6 +12,7 @@ import (
 	"github.com/autosnap/autosnap/internal/cli"
 	_ "github.com/autosnap/autosnap/internal/driver/libvirt"
 	_ "github.com/autosnap/autosnap/internal/driver/proxmox"
+	_ "github.com/autosnap/autosnap/internal/driver/qmp"
 )
 
 func main() {

@@ -104,7 +104,9 @@ func Open(ctx context.Context, hosts string, cfg Config) (Driver, error) {
 			return nil, fmt.Errorf("--host mixes %s and %s hosts (%q): run autosnap once per kind of host", reg.name, r.name, hosts)
 		}
 	}
-	if reg.name != "libvirt" || len(entries) == 1 {
+	// libvirt URIs and qmp:// directories are independent hosts; Proxmox VE treats
+	// its list itself (failover within one cluster).
+	if (reg.name != "libvirt" && reg.name != "qmp") || len(entries) == 1 {
 		c := cfg
 		c.Host = strings.Join(entries, ",")
 		return reg.open(ctx, c)
