@@ -25,7 +25,7 @@ import (
 //	ERROR: … above --max-perc-storage …         →  Skip VM problem storage space out of N%
 //	ERROR: … status unknown …                   →  Skip VM status unknown: node offline or not reachable
 //	ERROR: other                                →  other (cv4pve prints the bare message)
-//	WARNING: hook … exited with status N        →  Script return code: N
+//	WARNING: hook … exited with status N        →  (dropped: the runner printed Script return code: N)
 //	VM execution 1.2s                           →  VM execution 00:00:01.2000000, after a success only
 //
 // Lines cv4pve has no counterpart of (the created snapshot's consistency, dry-run
@@ -191,9 +191,10 @@ func (c *cvWriter) line(l string) error {
 			return err
 		}
 	}
-	if m := cvHookExit.FindStringSubmatch(l); m != nil {
-		l = "Script return code: " + m[1]
-	} else if m := cvRemove.FindStringSubmatch(l); m != nil {
+	if cvHookExit.MatchString(l) {
+		return nil // the hook runner printed cv4pve's "Script return code: N" already
+	}
+	if m := cvRemove.FindStringSubmatch(l); m != nil {
 		l = "Remove snapshot: " + m[1]
 	}
 	return c.emit(l)
