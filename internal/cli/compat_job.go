@@ -72,6 +72,7 @@ func (g *GlobalOptions) runJobCV4PVE(ctx context.Context, job *engine.Job, actio
 		// comes before the guests are selected, so the engine must not run it again.
 		h := *job.Hooks
 		h.CV4PVE, h.Stderr = true, &syncWriter{w: g.stderr}
+		h.Frame = [2]string{cvHookBegin + "\n", cvHookEnd + "\n"}
 		first := h
 		h.Skip = []hook.Phase{hook.SnapJobStart, hook.CleanJobStart}
 		job.Hooks = &h

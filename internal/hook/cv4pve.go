@@ -39,8 +39,10 @@ func (r *Runner) runCV4PVE(ctx, runCtx context.Context, env Env, path string, ou
 		block.Write(captured.Bytes())
 	}
 	if block.Len() > 0 {
+		framed := append([]byte(r.Frame[0]), block.Bytes()...)
+		framed = append(framed, r.Frame[1]...)
 		// Errors writing the caller's output must not turn the hook's result around.
-		_, _ = out.Write(block.Bytes())
+		_, _ = out.Write(framed)
 	}
 	return r.result(ctx, runCtx, err, env, what, timeout)
 }

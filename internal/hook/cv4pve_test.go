@@ -73,3 +73,21 @@ func TestRunSkip(t *testing.T) {
 		t.Errorf("output %q, want only snap-job-end", out.String())
 	}
 }
+
+// Frame surrounds a cv4pve-mode hook's output, in one write; a hook that prints
+// nothing gets no frame.
+func TestRunCV4PVEFrame(t *testing.T) {
+	dir := t.TempDir()
+	p := writeScript(t, dir, "h", "#!/bin/sh\necho out\nexit 2\n")
+	var out bytes.Buffer
+	r := &Runner{Path: p, CV4PVE: true, Frame: [2]string{"<begin>\n", "<end>\n"}}
+	_ = r.Run(context.Background(), Env{Phase: SnapCreatePre}, &out)
+	if want := "<begin>\nScript return code: 2\nout\n<end>\n"; out.String() != want {
+		t.Errorf("output %q, want %q", out.String(), want)
+	}
+	out.Reset()
+	q := writeScript(t, dir, "q", "#!/bin/sh\nexit 0\n")
+	if err := (&Runner{Path: q, CV4PVE: true, Frame: r.Frame}).Run(context.Background(), Env{Phase: SnapCreatePre}, &out); err != nil || out.Len() != 0 {
+		t.Errorf("silent hook: %v, output %q", err, out.String())
+	}
+}

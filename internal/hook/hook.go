@@ -202,6 +202,11 @@ type Runner struct {
 	// itself at another point (cv4pve mode runs the job-start phase before it
 	// selects guests).
 	Skip []Phase
+	// Frame, in CV4PVE mode, is written before and after each hook's output (when
+	// there is any) in the same write, so that a line filter downstream can tell the
+	// hook's lines from the program's and pass them on unchanged. Each should be a
+	// whole line no script prints.
+	Frame [2]string
 }
 
 // DefaultMaxOutput is the output cap used when Runner.MaxOutput is zero or negative.
