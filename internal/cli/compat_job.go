@@ -123,15 +123,18 @@ func (g *GlobalOptions) runJobCV4PVE(ctx context.Context, job *engine.Job, actio
 	return jobErr
 }
 
-// cvJobHook runs a job phase's hook as the engine does (not in a dry run; a failure
-// other than an exit status, which the runner prints itself, is a warning), also after
-// the run was interrupted.
+// cvJobHook runs a job phase's hook as the engine does: not in a dry run, a failure
+// other than an exit status (which the runner prints itself) is a warning, and a
+// job-end phase runs also after the run was interrupted, so monitoring learns of it.
 func cvJobHook(ctx context.Context, r *hook.Runner, job *engine.Job, env hook.Env, out io.Writer) {
 	if r == nil || job.DryRun {
 		return
 	}
 	env.Label, env.Keep, env.Debug = job.Label, job.Keep, job.Debug
-	err := r.Run(context.WithoutCancel(ctx), env, out)
+	if env.Phase == hook.SnapJobEnd || env.Phase == hook.CleanJobEnd {
+		ctx = context.WithoutCancel(ctx)
+	}
+	err := r.Run(ctx, env, out)
 	var ee *hook.ExitError
 	if err != nil && !errors.As(err, &ee) {
 		fmt.Fprintf(out, "WARNING: %v\n", err)
