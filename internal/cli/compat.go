@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -9,6 +10,9 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/autosnap/autosnap/internal/engine"
+	"github.com/autosnap/autosnap/internal/selector"
 )
 
 // CV4PVEName is the program name that selects cv4pve mode: `make install` and the
@@ -78,4 +82,20 @@ func MainNamed(ctx context.Context, name string, args []string, stdout, stderr i
 func invokedAsCV4PVE(argv0 string) bool {
 	b := strings.TrimSuffix(filepath.Base(argv0), ".exe")
 	return b == CV4PVEName
+}
+
+// reportCV4PVE prints the error a command returned in cv4pve mode where
+// cv4pve-autosnap prints it: nothing when guests failed or none was selected (the
+// output on stdout says so already), a command-line error on stderr (as
+// System.CommandLine), anything else as "ERROR: message" on stdout (as its
+// ExecuteAppAsync). A hook that cannot run was reported on stderr when the run began.
+func reportCV4PVE(err error, stdout, stderr io.Writer) {
+	var u usageError
+	switch {
+	case err == nil, errors.Is(err, engine.ErrGuestsFailed), errors.Is(err, selector.ErrNoMatch):
+	case errors.As(err, &u):
+		fmt.Fprintf(stderr, "ERROR: %v\n", err)
+	default:
+		fmt.Fprintf(stdout, "ERROR: %v\n", err)
+	}
 }

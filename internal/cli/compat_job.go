@@ -11,6 +11,7 @@ import (
 
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/engine"
+	"github.com/autosnap/autosnap/internal/hook"
 	"github.com/autosnap/autosnap/internal/report"
 	"github.com/autosnap/autosnap/internal/selector"
 )
@@ -59,16 +60,43 @@ func (g *GlobalOptions) runJobCV4PVE(ctx context.Context, job *engine.Job, actio
 			g.VMID, job.Label, job.Keep, g.Timeout, g.TimestampFormat)
 	}
 	start := g.clock() // cv4pve times the job from after its header
+	w := &cvWriter{w: out, clean: !snap, maxPerc: maxPerc, now: g.compat.now}
+	jobStart, jobEnd := hook.Env{Phase: hook.CleanJobStart}, hook.Env{Phase: hook.CleanJobEnd}
+	if snap {
+		jobStart = hook.Env{Phase: hook.SnapJobStart, VMState: job.Memory, State: true}
+		jobEnd = hook.Env{Phase: hook.SnapJobEnd, VMState: job.Memory}
+	}
+	if job.Hooks != nil {
+		// cv4pve runs every hook through bash, prints its return code before its
+		// captured stdout and leaves its stderr on the terminal; its job-start phase
+		// comes before the guests are selected, so the engine must not run it again.
+		h := *job.Hooks
+		h.CV4PVE, h.Stderr = true, &syncWriter{w: g.stderr}
+		h.Frame = [2]string{cvHookBegin + "\n", cvHookEnd + "\n"}
+		first := h
+		h.Skip = []hook.Phase{hook.SnapJobStart, hook.CleanJobStart}
+		job.Hooks = &h
+		cvJobHook(ctx, &first, job, jobStart, w)
+	}
 	g.IgnoreMissing = true
 	guests, err := g.selectGuests(ctx, d, false)
 	if errors.Is(err, selector.ErrNoMatch) {
-		fmt.Fprintf(out, "----- VMs with '%s' NOT FOUND -----\n----- POSSIBLE PROBLEM PERMISSION 'VM.Audit' -----\n", g.VMID)
+		// cv4pve goes on with no guest: its job-end phase (failed) and, for snap,
+		// the total time follow the NOT FOUND lines.
+		fmt.Fprintf(w, "----- VMs with '%s' NOT FOUND -----\n----- POSSIBLE PROBLEM PERMISSION 'VM.Audit' -----\n", g.VMID)
+		jobEnd.Duration = g.clock().Sub(start)
+		cvJobHook(ctx, job.Hooks, job, jobEnd, w)
+		if ferr := w.Flush(); ferr != nil {
+			return ferr
+		}
+		if snap {
+			fmt.Fprintf(out, "Total execution %s\n", report.CV4PVETimeSpan(jobEnd.Duration))
+		}
 		return err
 	}
 	if err != nil {
 		return err
 	}
-	w := &cvWriter{w: out, clean: !snap, maxPerc: maxPerc, now: g.compat.now}
 	if snap {
 		if err := g.cvStorageTable(ctx, d, out, guests, job.MaxPercStorage); err != nil {
 			return err
@@ -93,6 +121,36 @@ func (g *GlobalOptions) runJobCV4PVE(ctx context.Context, job *engine.Job, actio
 		fmt.Fprintf(out, "Total execution %s\n", report.CV4PVETimeSpan(g.clock().Sub(start)))
 	}
 	return jobErr
+}
+
+// cvJobHook runs a job phase's hook as the engine does: not in a dry run, a failure
+// other than an exit status (which the runner prints itself) is a warning, and a
+// job-end phase runs also after the run was interrupted, so monitoring learns of it.
+func cvJobHook(ctx context.Context, r *hook.Runner, job *engine.Job, env hook.Env, out io.Writer) {
+	if r == nil || job.DryRun {
+		return
+	}
+	env.Label, env.Keep, env.Debug = job.Label, job.Keep, job.Debug
+	if env.Phase == hook.SnapJobEnd || env.Phase == hook.CleanJobEnd {
+		ctx = context.WithoutCancel(ctx)
+	}
+	err := r.Run(ctx, env, out)
+	var ee *hook.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		fmt.Fprintf(out, "WARNING: %v\n", err)
+	}
+}
+
+// syncWriter serialises writes of hooks that run at the same time (--max-parallel).
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }
 
 // cvStorageTable prints cv4pve's storage table for the nodes of the guests: the

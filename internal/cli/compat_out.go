@@ -25,13 +25,14 @@ import (
 //	ERROR: … above --max-perc-storage …         →  Skip VM problem storage space out of N%
 //	ERROR: … status unknown …                   →  Skip VM status unknown: node offline or not reachable
 //	ERROR: other                                →  other (cv4pve prints the bare message)
-//	WARNING: hook … exited with status N        →  Script return code: N
+//	WARNING: hook … exited with status N        →  (dropped: the runner printed Script return code: N)
 //	VM execution 1.2s                           →  VM execution 00:00:01.2000000, after a success only
 //
 // Lines cv4pve has no counterpart of (the created snapshot's consistency, dry-run
-// notes, kept snapshots, agent pings) are dropped; hook output and anything else passes
-// unchanged. cv4pve's agent hint is printed after the guest line unless the guest is
-// skipped, for guests agentOff names.
+// notes, kept snapshots, agent pings) are dropped; anything else passes unchanged, and
+// a hook's output (framed by cvHookBegin and cvHookEnd) is never rewritten. cv4pve's
+// agent hint is printed after the guest line unless the guest is skipped, for guests
+// agentOff names.
 type cvWriter struct {
 	mu    sync.Mutex
 	w     io.Writer
@@ -53,7 +54,17 @@ type cvWriter struct {
 	header  string // a line held back: clean's guest line, until the guest is not a template
 	hint    bool   // the agent hint is still due
 	inGuest bool
+	// verbatim is set between cvHookBegin and cvHookEnd: a hook's lines pass unchanged.
+	verbatim bool
 }
+
+// cvHookBegin and cvHookEnd frame a hook's output (hook.Runner.Frame), so that its
+// lines reach stdout exactly as the hook printed them, as cv4pve prints them, and are
+// not taken for the engine's lines. cvWriter removes them.
+const (
+	cvHookBegin = "\x00autosnap: hook output begins\x00"
+	cvHookEnd   = "\x00autosnap: hook output ends\x00"
+)
 
 var (
 	cvGuestLine  = regexp.MustCompile(`^----- VM (\S+) (\S+) (\S+) \(.*\) -----$`)
@@ -125,6 +136,21 @@ func cvState(s string) string {
 }
 
 func (c *cvWriter) line(l string) error {
+	switch {
+	case l == cvHookBegin:
+		c.verbatim = true
+		// What cv4pve prints before any hook of the guest: clean's guest line, the
+		// agent hint.
+		if err := c.emitHeld(); err != nil {
+			return err
+		}
+		return c.emitHint()
+	case l == cvHookEnd:
+		c.verbatim = false
+		return nil
+	case c.verbatim:
+		return c.emit(l)
+	}
 	if m := cvGuestLine.FindStringSubmatch(l); m != nil {
 		c.id, c.failed, c.inGuest = m[1], false, true
 		if c.now != nil {
@@ -185,18 +211,25 @@ func (c *cvWriter) line(l string) error {
 			}
 		}
 	}
-	if c.hint {
-		c.hint = false
-		if err := c.emit("VM " + c.id + " consider enabling QEMU agent see https://pve.proxmox.com/wiki/Qemu-guest-agent"); err != nil {
-			return err
-		}
+	if err := c.emitHint(); err != nil {
+		return err
 	}
-	if m := cvHookExit.FindStringSubmatch(l); m != nil {
-		l = "Script return code: " + m[1]
-	} else if m := cvRemove.FindStringSubmatch(l); m != nil {
+	if cvHookExit.MatchString(l) {
+		return nil // the hook runner printed cv4pve's "Script return code: N" already
+	}
+	if m := cvRemove.FindStringSubmatch(l); m != nil {
 		l = "Remove snapshot: " + m[1]
 	}
 	return c.emit(l)
+}
+
+// emitHint prints cv4pve's agent hint if it is still due for the current guest.
+func (c *cvWriter) emitHint() error {
+	if !c.hint {
+		return nil
+	}
+	c.hint = false
+	return c.emit("VM " + c.id + " consider enabling QEMU agent see https://pve.proxmox.com/wiki/Qemu-guest-agent")
 }
 
 // cvBool is a .NET bool as Console prints it.

@@ -352,15 +352,18 @@ func TestCV4PVEOneAtATime(t *testing.T) {
 	}
 }
 
-// TestCV4PVEHookGolden pins where hook output and a hook's return code appear in
-// cv4pve mode: job phases around the guests, each guest's phases within its lines, the
-// return code before the output, and a failing hook changing neither the run nor the
-// exit status.
+// TestCV4PVEHookGolden pins how cv4pve mode runs hooks: as cv4pve-autosnap does,
+// through `/bin/bash -c PATH` (a script without #! gets bash), the job-start phase
+// right after the header (before the guests are selected and the storage table),
+// job phases around the guests, each guest's phases within its lines, the return code
+// before the captured stdout, stderr on stderr only, a failing hook changing neither
+// the run nor the exit status, and the job phases running when --vmid selects nothing.
 func TestCV4PVEHookGolden(t *testing.T) {
 	e := cvCluster(t)
 	script := filepath.Join(t.TempDir(), "hook.sh")
-	body := `#!/bin/sh
-echo "hook $CV4PVE_AUTOSNAP_PHASE vm=$CV4PVE_AUTOSNAP_VMID type=$CV4PVE_AUTOSNAP_VMTYPE snap=$CV4PVE_AUTOSNAP_SNAP_NAME label=$CV4PVE_AUTOSNAP_LABEL keep=$CV4PVE_AUTOSNAP_KEEP state=$CV4PVE_AUTOSNAP_STATE"
+	body := `if [[ -n "$BASH_VERSION" ]]; then sh=bash; else sh=other; fi
+echo "hook $CV4PVE_AUTOSNAP_PHASE vm=$CV4PVE_AUTOSNAP_VMID type=$CV4PVE_AUTOSNAP_VMTYPE snap=$CV4PVE_AUTOSNAP_SNAP_NAME label=$CV4PVE_AUTOSNAP_LABEL keep=$CV4PVE_AUTOSNAP_KEEP state=$CV4PVE_AUTOSNAP_STATE shell=$sh"
+echo "stderr $CV4PVE_AUTOSNAP_PHASE $CV4PVE_AUTOSNAP_VMID" >&2
 if [ "$CV4PVE_AUTOSNAP_PHASE" = snap-create-post ] && [ "$CV4PVE_AUTOSNAP_VMID" = 100 ]; then exit 3; fi
 exit 0
 `
@@ -368,14 +371,51 @@ exit 0
 		t.Fatal(err)
 	}
 	clk := &cvClock{t: time.Date(2026, 9, 28, 7, 0, 2, 0, time.UTC), step: 856 * time.Millisecond}
+	checkStderr := func(what, stdout, stderr string, phases ...string) {
+		t.Helper()
+		if strings.Contains(stdout, "stderr ") {
+			t.Errorf("%s: the hook's stderr is in stdout:\n%s", what, stdout)
+		}
+		var want strings.Builder
+		for _, p := range phases {
+			want.WriteString("stderr " + p + "\n")
+		}
+		if stderr != want.String() { // the hook's stderr and nothing else
+			t.Errorf("%s: stderr\n%s\nwant\n%s", what, stderr, want.String())
+		}
+	}
 	r := cvRun(t, CV4PVEName, clk, e.cvArgs("--vmid", "100,200", "snap", "--label", "hourly", "--keep", "2", "--script", script)...)
 	if r.code != 0 {
 		t.Errorf("snap with a hook exiting 3: exit %d, want 0", r.code)
 	}
 	checkGolden(t, "snap_hook", r.stdout)
+	checkStderr("snap", r.stdout, r.stderr, "snap-job-start ", "snap-create-pre 100", "snap-remove-pre 100", "snap-remove-post 100",
+		"snap-create-post 100", "snap-create-pre 200", "snap-create-post 200", "snap-job-end ")
+	if !strings.Contains(r.stdout, "Max % Storage :   95%\nhook snap-job-start vm= type= snap= label=hourly keep=2 state=1 shell=bash\n                  Storage") {
+		t.Errorf("snap-job-start does not run right after the header, before the storage table")
+	}
+	if !strings.Contains(r.stdout, "Script return code: 3\nhook snap-create-post vm=100") {
+		t.Errorf("the return code does not come before the hook's output")
+	}
 	r = cvRun(t, CV4PVEName, clk, e.cvArgs("--vmid", "100,200", "clean", "--label", "hourly", "--keep", "0", "--script", script)...)
 	if r.code != 0 {
 		t.Errorf("clean with a hook: exit %d, want 0", r.code)
 	}
 	checkGolden(t, "clean_hook", r.stdout)
+	checkStderr("clean", r.stdout, r.stderr, "clean-job-start ", "snap-remove-pre 100", "snap-remove-post 100", "snap-remove-pre 100", "snap-remove-post 100",
+		"snap-remove-pre 200", "snap-remove-post 200", "clean-job-end ")
+
+	// Nothing selected: cv4pve still runs the job phases, the end one failed.
+	r = cvRun(t, CV4PVEName, clk, e.cvArgs("--vmid", "999", "snap", "--label", "hourly", "--keep", "2", "--script", script)...)
+	if r.code != 1 {
+		t.Errorf("snap selecting nothing: exit %d, want 1", r.code)
+	}
+	checkGolden(t, "snap_hook_notfound", r.stdout)
+	checkStderr("snap selecting nothing", r.stdout, r.stderr, "snap-job-start ", "snap-job-end ")
+	r = cvRun(t, CV4PVEName, clk, e.cvArgs("--vmid", "999", "clean", "--label", "hourly", "--keep", "2", "--script", script)...)
+	if r.code != 1 {
+		t.Errorf("clean selecting nothing: exit %d, want 1", r.code)
+	}
+	checkGolden(t, "clean_hook_notfound", r.stdout)
+	checkStderr("clean selecting nothing", r.stdout, r.stderr, "clean-job-start ", "clean-job-end ")
 }

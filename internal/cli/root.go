@@ -299,11 +299,15 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer, setup
 	}
 	// Unmatched --vmid tokens fail the run only now, after the command did its work
 	// (and printed its report) for the guests that were selected.
+	cmdErr := err
 	var u usageError
 	if !errors.As(err, &u) {
 		err = errors.Join(err, g.missing(), g.brokenHook)
 	}
-	if err != nil {
+	switch {
+	case g.cv4pve():
+		reportCV4PVE(cmdErr, stdout, stderr)
+	case err != nil:
 		fmt.Fprintf(stderr, "ERROR: %v\n", err)
 	}
 	return g.exitCode(err)

@@ -27,8 +27,8 @@ func needsTags(sel *selector.Selector) bool {
 }
 
 // pick applies sel, given as what ("--vmid", "GUEST"), to guests, reading their tags
-// first when sel needs them. Tokens that match no guest are warned about on stderr and
-// remembered for missing; a selection that selects nothing at all is an error wrapping
+// first when sel needs them. Tokens that match no guest are warned about on stderr
+// (not in cv4pve mode) and remembered for missing; a selection that selects nothing at all is an error wrapping
 // selector.ErrNoMatch.
 func (g *GlobalOptions) pick(ctx context.Context, d driver.Driver, what string, sel *selector.Selector, guests []driver.Guest) ([]driver.Guest, error) {
 	if needsTags(sel) {
@@ -38,8 +38,10 @@ func (g *GlobalOptions) pick(ctx context.Context, d driver.Driver, what string, 
 		g.tagsRead = true
 	}
 	res, err := sel.Select(guests)
-	for _, u := range res.Unmatched {
-		fmt.Fprintf(g.stderr, "WARNING: %s token %q matches no guest\n", what, u)
+	if !g.cv4pve() { // cv4pve-autosnap ignores such a token silently
+		for _, u := range res.Unmatched {
+			fmt.Fprintf(g.stderr, "WARNING: %s token %q matches no guest\n", what, u)
+		}
 	}
 	if err != nil {
 		return nil, err

@@ -15,6 +15,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -189,6 +190,23 @@ type Runner struct {
 	// kept and written when the script ends, and a line in between says how many
 	// bytes were left out. Zero means DefaultMaxOutput.
 	MaxOutput int64
+	// CV4PVE runs the script as cv4pve-autosnap runs it (see runCV4PVE): through
+	// `/bin/bash -c PATH`, stdout captured and written to out when the script ends,
+	// after a line "Script return code: N" for a non-zero N, stderr to Stderr.
+	CV4PVE bool
+	// Stderr receives the script's stderr as it comes when CV4PVE is set (cv4pve
+	// leaves it on the terminal); nil discards it. Concurrent hooks write to it
+	// concurrently.
+	Stderr io.Writer
+	// Skip lists the phases Run does nothing for, because the caller runs them
+	// itself at another point (cv4pve mode runs the job-start phase before it
+	// selects guests).
+	Skip []Phase
+	// Frame, in CV4PVE mode, is written before and after each hook's output (when
+	// there is any) in the same write, so that a line filter downstream can tell the
+	// hook's lines from the program's and pass them on unchanged. Each should be a
+	// whole line no script prints.
+	Frame [2]string
 }
 
 // DefaultMaxOutput is the output cap used when Runner.MaxOutput is zero or negative.
@@ -224,7 +242,7 @@ func (e *ExitError) Error() string {
 // if they keep out open, Run returns shortly after the script exited and
 // their further output is lost.
 func (r *Runner) Run(ctx context.Context, env Env, out io.Writer) error {
-	if r == nil || r.Path == "" {
+	if r == nil || r.Path == "" || slices.Contains(r.Skip, env.Phase) {
 		return nil
 	}
 	timeout := r.Timeout
@@ -246,8 +264,11 @@ func (r *Runner) Run(ctx context.Context, env Env, out io.Writer) error {
 	if max <= 0 {
 		max = DefaultMaxOutput
 	}
-	cw := &cappedWriter{w: out, head: max - max/2, tailCap: int(max / 2)}
 	what := fmt.Sprintf("hook script %s (phase %s)", r.Path, env.Phase)
+	if r.CV4PVE {
+		return r.runCV4PVE(ctx, runCtx, env, path, out, max, what, timeout)
+	}
+	cw := &cappedWriter{w: out, head: max - max/2, tailCap: int(max / 2)}
 	err := run(runCtx, cw, env, path)
 	if errors.Is(err, syscall.ENOEXEC) {
 		// No #! line: do what a shell does with such a file (execvp, bash, dash) and
@@ -263,6 +284,11 @@ func (r *Runner) Run(ctx context.Context, env Env, out io.Writer) error {
 		err = run(runCtx, cw, env, "/bin/sh", path)
 	}
 	cw.finish()
+	return r.result(ctx, runCtx, err, env, what, timeout)
+}
+
+// result turns the error of a script's run into Run's result.
+func (r *Runner) result(ctx, runCtx context.Context, err error, env Env, what string, timeout time.Duration) error {
 	switch {
 	case err == nil, errors.Is(err, exec.ErrWaitDelay):
 		// ErrWaitDelay: the script succeeded but a leftover background
@@ -286,13 +312,18 @@ func (r *Runner) Run(ctx context.Context, env Env, out io.Writer) error {
 // run executes argv in its own process group with the hook environment, stdin from
 // /dev/null and stdout and stderr both into out, and waits for it.
 func run(ctx context.Context, out io.Writer, env Env, argv ...string) error {
+	// One writer value for both: exec then copies from a single pipe, so the
+	// script's own ordering of stdout and stderr lines is kept.
+	return runSplit(ctx, out, out, env, argv...)
+}
+
+// runSplit is run with stdout and stderr going to different writers.
+func runSplit(ctx context.Context, stdout, stderr io.Writer, env Env, argv ...string) error {
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env.Vars()...) // later duplicates win
 	cmd.Stdin = nil                               // /dev/null
-	// One writer value for both: exec then copies from a single pipe, so the
-	// script's own ordering of stdout and stderr lines is kept.
-	cmd.Stdout = out
-	cmd.Stderr = out
+	cmd.Stdout = stdout
+	cmd.Stderr = stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error {
 		// Negative pid: the whole group, so children of the script die too.
