@@ -42,6 +42,7 @@ type GlobalOptions struct {
 	APIToken        string
 	Fingerprint     string
 	CAFile          string
+	AgentSocket     string
 	Insecure        bool
 	ValidateCert    bool
 	IgnoreMissing   bool
@@ -94,6 +95,9 @@ Hosts (--host):
   Proxmox VE  HOST[:PORT][,HOST2…] or pve://HOST[:PORT] (port 8006), with --api-token
               or --username/--password. The hosts are one cluster: the first that
               answers is used, the next ones take over if it fails.
+  QEMU (QMP)  qmp:///DIR: every NAME.qmp socket in DIR is a guest NAME, its agent
+              NAME.qga; qmp:///PATH/VM.qmp for one guest (agent: --agent-socket).
+              Comma-separated entries form a fleet. See docs/qmp.md.
 
 Global flags go before or after the command:
   autosnap --vmid @all snap --label hourly --keep 24
@@ -134,6 +138,7 @@ set the flags of the same name. --password file:PATH reads the password from a f
 	f.StringVar(&g.APIToken, "api-token", envOr("AUTOSNAP_API_TOKEN", ""), "API token USER@REALM!ID=UUID (env AUTOSNAP_API_TOKEN)")
 
 	f.StringVar(&g.Fingerprint, "fingerprint", envOr("AUTOSNAP_FINGERPRINT", ""), "accept the server certificate with this SHA-256 fingerprint (self-signed Proxmox VE)")
+	f.StringVar(&g.AgentSocket, "agent-socket", "", "guest agent socket of a single-socket --host qmp:///PATH/VM.qmp (default: the same name with .qga)")
 	f.StringVar(&g.CAFile, "ca-file", envOr("AUTOSNAP_CA_FILE", ""), "also trust the CA certificates in this PEM file, e.g. a copy of the Proxmox VE cluster CA /etc/pve/pve-root-ca.pem, which covers every node (env AUTOSNAP_CA_FILE)")
 	f.BoolVar(&g.Insecure, "insecure", false, "do not verify TLS certificates (dangerous; prefer --fingerprint)")
 	f.Float64Var(&g.MaxPercStorage, "max-perc-storage", 95, "snap: fail a guest whose storage is fuller than this percentage (accepted with every command, as cv4pve-autosnap does)")
@@ -229,7 +234,7 @@ func (g *GlobalOptions) connect(ctx context.Context) (driver.Driver, error) {
 		open = driver.Open
 	}
 	cfg := driver.Config{Timeout: g.timeout(), Username: g.Username, Password: g.Password, APIToken: g.APIToken,
-		Fingerprint: g.Fingerprint, CAFile: g.CAFile, Insecure: g.Insecure || !g.ValidateCert}
+		Fingerprint: g.Fingerprint, CAFile: g.CAFile, AgentSocket: g.AgentSocket, Insecure: g.Insecure || !g.ValidateCert}
 	if cfg.Insecure {
 		fmt.Fprintln(g.stderr, "WARNING: TLS certificate verification is OFF (--insecure): anyone on the network path can read your credentials; use --fingerprint instead")
 	}

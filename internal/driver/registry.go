@@ -26,6 +26,9 @@ type Config struct {
 	Insecure    bool
 	Fingerprint string
 	CAFile      string
+	// AgentSocket is the guest agent's socket of a single-socket QMP host
+	// (qmp:///path/one.sock); "" means the socket's name with .qga.
+	AgentSocket string
 	// StateDir is autosnap's state directory, like $AUTOSNAP_STATE_DIR: durable records
 	// of work in progress (merge journals) live in its journal/ subdirectory. "" means
 	// the default (see journal.DefaultDir).

@@ -90,13 +90,16 @@ func Open(ctx context.Context, cfg driver.Config) (*Driver, error) {
 		return nil, fmt.Errorf("--host %s: %w: %w", cfg.Host, err, driver.ErrConnect)
 	}
 	if fi.IsDir() {
-		if u.Query().Get("agent") != "" {
-			return nil, fmt.Errorf("--host %q: ?agent= is for a single socket; in a directory the agent of NAME.qmp is NAME.qga", cfg.Host)
+		if u.Query().Get("agent") != "" || cfg.AgentSocket != "" {
+			return nil, fmt.Errorf("--host %q: ?agent= and --agent-socket are for a single socket; in a directory the agent of NAME.qmp is NAME.qga", cfg.Host)
 		}
 		d.dir = p
 	} else {
 		d.single = p
 		d.agent = u.Query().Get("agent")
+		if d.agent == "" {
+			d.agent = cfg.AgentSocket
+		}
 		if d.agent == "" {
 			d.agent = strings.TrimSuffix(p, filepath.Ext(p)) + ".qga"
 		}

@@ -142,6 +142,13 @@ func TestOpenURIs(t *testing.T) {
 	if len(es) != 1 || es[0].name != "one" || es[0].agent != filepath.Join(dir, "one.qga") {
 		t.Errorf("single socket entries: %+v", es)
 	}
+	d, _ = Open(context.Background(), driver.Config{Host: "qmp://" + sock, AgentSocket: "/run/vm/one.agent"})
+	if es, _ := d.entries(); len(es) != 1 || es[0].agent != "/run/vm/one.agent" {
+		t.Errorf("--agent-socket not used: %+v", es)
+	}
+	if _, err := Open(context.Background(), driver.Config{Host: "qmp://" + dir, AgentSocket: "/x"}); err == nil {
+		t.Error("--agent-socket with a directory accepted")
+	}
 	if _, err := Open(context.Background(), driver.Config{Host: "qmp:///nonexistent-autosnap"}); !errors.Is(err, driver.ErrConnect) {
 		t.Errorf("missing directory: %v, want ErrConnect", err)
 	}
