@@ -75,7 +75,7 @@ func (d *Driver) BackupSource(ctx context.Context, g driver.Guest) (driver.Backu
 		top[bd.Name] = bd.File
 		type cap struct{ c uint64 }
 		c, err := call(ctx, func() (cap, error) {
-			c, _, _, err := d.l.DomainGetBlockInfo(dom, bd.Name, 0)
+			_, c, _, err := d.l.DomainGetBlockInfo(dom, bd.Name, 0)
 			return cap{c}, err
 		})
 		if err != nil {
@@ -261,7 +261,7 @@ func (d *Driver) backupLive(ctx context.Context, g driver.Guest, dom golibvirt.D
 	for _, t := range req.Targets {
 		type cap struct{ c uint64 }
 		c, err := call(ctx, func() (cap, error) {
-			c, _, _, err := d.l.DomainGetBlockInfo(dom, t.Disk, 0)
+			_, c, _, err := d.l.DomainGetBlockInfo(dom, t.Disk, 0)
 			return cap{c}, err
 		})
 		if err != nil {
