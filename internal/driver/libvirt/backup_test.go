@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	golibvirt "github.com/digitalocean/go-libvirt"
+
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/driver/libvirt"
 	"github.com/autosnap/autosnap/internal/testbed"
@@ -350,5 +352,125 @@ func TestBackupAcrossSnapshots(t *testing.T) {
 	}
 	if n := len(e.dom.Chain(t, "vda")); n != 1 {
 		t.Errorf("vda chain has %d images after both merges, want 1", n)
+	}
+}
+
+// qemuIO runs qemu-io commands on the image of a shut-off guest; the image's
+// persistent bitmaps record the writes as QEMU running the guest would.
+func qemuIO(t *testing.T, file string, cmds ...string) {
+	t.Helper()
+	args := []string{"-f", "qcow2"}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	if out, err := exec.Command("qemu-io", append(args, file)...).CombinedOutput(); err != nil || strings.Contains(string(out), "error") {
+		t.Fatalf("qemu-io %v on %s: %v: %s", cmds, file, err, out)
+	}
+}
+
+// offSums returns the sums of a shut-off guest's disks.
+func (e *bkEnv) offSums(t *testing.T, disks ...string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, d := range disks {
+		out[d] = testbed.ImageSum(t, e.dom.Chain(t, d)[0])
+	}
+	return out
+}
+
+func (e *bkEnv) stop(t *testing.T) {
+	t.Helper()
+	// SIGTERM: QEMU closes its images cleanly and stores the bitmaps.
+	if err := e.bed.Conn.DomainDestroyFlags(e.dom.Dom, golibvirt.DomainDestroyGraceful); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *bkEnv) start(t *testing.T) {
+	t.Helper()
+	if _, err := e.bed.Conn.DomainCreateWithFlags(e.dom.Dom, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBackupShutoff: a chain that moves between a running and a shut-off guest. A live
+// full; the guest stops; data written, zeroed; two offline incs (qemu-storage-daemon on
+// the images) read exactly the disks; the guest starts and a live inc continues from the
+// checkpoint the offline backup created (libvirt found it and QEMU loaded its bitmap);
+// a checkpoint removed while the guest is off leaves no bitmap in its images.
+func TestBackupShutoff(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 2, DiskMiB: 64, State: testbed.Running})
+	disks := []string{"vda", "vdb"}
+	for i, d := range disks {
+		e.dom.WriteDisk(t, d, 0, byte(0x31+i), 4*mib)
+		e.dom.WriteDisk(t, d, 16*mib, byte(0x41+i), 4*mib)
+	}
+	e.backup(t, "p1", driver.LevelFull, "", "autosnap-p1", "", disks...)
+	e.checkPoint(t, "p1", e.capture(t, disks...))
+	e.stop(t)
+
+	for _, c := range checkpointNames(t, e) {
+		if c.Unusable != "" {
+			t.Fatalf("after a clean stop, checkpoint %s is unusable: %s", c.Name, c.Unusable)
+		}
+	}
+	qemuIO(t, e.dom.Chain(t, "vda")[0], fmt.Sprintf("write -P 0x51 %d %d", 8*mib, 2*mib))
+	qemuIO(t, e.dom.Chain(t, "vdb")[0], fmt.Sprintf("write -P 0x52 %d %d", 10*mib, 2*mib))
+	want := e.offSums(t, disks...)
+	res := e.backup(t, "p2", driver.LevelInc, "autosnap-p1", "autosnap-p2", "p1", disks...)
+	e.checkPoint(t, "p2", want)
+	if res.Bytes["vda"] != 2*mib || res.Bytes["vdb"] != 2*mib {
+		t.Errorf("offline inc copied %v, want the 2 MiB written per disk", res.Bytes)
+	}
+
+	qemuIO(t, e.dom.Chain(t, "vda")[0], fmt.Sprintf("write -z %d %d", 0, 4*mib))
+	qemuIO(t, e.dom.Chain(t, "vdb")[0], fmt.Sprintf("write -P 0 %d %d", 0, 4*mib))
+	want = e.offSums(t, disks...)
+	e.backup(t, "p3", driver.LevelInc, "autosnap-p2", "autosnap-p3", "p2", disks...)
+	e.checkPoint(t, "p3", want)
+	for _, d := range disks {
+		if got := testbed.ReadImage(t, e.file("p3", d), 0, 4*mib); !bytes.Equal(got, make([]byte, 4*mib)) {
+			t.Errorf("offline inc of %s: the region zeroed after the full does not read zero", d)
+		}
+		if got := testbed.ReadImage(t, e.file("p3", d), 16*mib, 4*mib); got[0] == 0 {
+			t.Errorf("offline inc of %s: the untouched region does not read through to the full", d)
+		}
+	}
+
+	e.start(t)
+	for _, c := range checkpointNames(t, e) {
+		if c.Unusable != "" {
+			t.Fatalf("after the start, checkpoint %s is unusable: %s", c.Name, c.Unusable)
+		}
+	}
+	e.dom.WriteDisk(t, "vdb", 30*mib, 0x61, 2*mib)
+	want = e.capture(t, disks...)
+	res = e.backup(t, "p4", driver.LevelInc, "autosnap-p3", "autosnap-p4", "p3", disks...)
+	e.checkPoint(t, "p4", want)
+	if res.Bytes["vdb"] != 2*mib || res.Bytes["vda"] != 0 {
+		t.Errorf("live inc after offline points copied %v, want vdb's 2 MiB only", res.Bytes)
+	}
+
+	e.stop(t)
+	e.backup(t, "p5", driver.LevelCopy, "", "", "", disks...)
+	e.checkPoint(t, "p5", e.offSums(t, disks...))
+	if err := e.d.DeleteCheckpoint(rctx(t), e.guest(t), "autosnap-p1"); err != nil {
+		t.Fatal(err)
+	}
+	bms, err := e.d.Bitmaps(rctx(t), e.guest(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, b := range bms {
+		if b.Disk == "vda" {
+			names = append(names, b.Name)
+		}
+		if !b.Checkpoint {
+			t.Errorf("bitmap %s on %s has no checkpoint", b.Name, b.Image)
+		}
+	}
+	if strings.Join(names, ",") != "autosnap-p2,autosnap-p3,autosnap-p4" {
+		t.Errorf("vda's bitmaps after removing autosnap-p1 while shut off: %v", names)
 	}
 }

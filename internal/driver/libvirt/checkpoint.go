@@ -251,6 +251,26 @@ func (d *Driver) deleteCheckpoint(ctx context.Context, g driver.Guest, dom golib
 		return fmt.Errorf("guest %s on %s: looking up checkpoint %s: %w", g.Name, d.node, name, d.notFound(g.Name, err))
 	}
 	x, xerr := d.checkpointDef(ctx, h, 0)
+	st, err := d.domState(ctx, dom)
+	if err != nil {
+		return err
+	}
+	if !st.Active() {
+		// The images are free: remove the bitmaps from every image of each disk's chain
+		// (a snapshot taken while shut off may have left copies below), then the
+		// metadata. A crash in between leaves metadata whose bitmaps are gone, which is
+		// listed as unusable and removed by the next call.
+		if xerr != nil {
+			return fmt.Errorf("guest %s: %w", g.Name, xerr)
+		}
+		if err := d.removeLeftoverBitmaps(ctx, dom, x); err != nil {
+			return fmt.Errorf("guest %s: removing the bitmaps of checkpoint %s: %w", g.Name, name, err)
+		}
+		if err := call0(ctx, func() error { return d.l.DomainCheckpointDelete(h, golibvirt.DomainCheckpointDeleteMetadataOnly) }); err != nil {
+			return fmt.Errorf("guest %s on %s: removing checkpoint %s: %w", g.Name, d.node, name, err)
+		}
+		return nil
+	}
 	// A backup job left by a killed run may still hold this checkpoint's bitmaps.
 	if err := d.abortStaleBackup(ctx, dom); err != nil {
 		return fmt.Errorf("guest %s: %w", g.Name, err)
