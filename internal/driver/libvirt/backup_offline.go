@@ -210,7 +210,9 @@ func waitQSDJobs(ctx context.Context, q *qsd, n int, progress func(done, total u
 // itself in the images of a shut-off guest. bitmap maps each disk of the backup to
 // whether it got a bitmap; the guest's other disks are recorded without one.
 func (d *Driver) redefineCheckpoint(ctx context.Context, dom golibvirt.Domain, name string, at time.Time, bitmap map[string]bool, disks map[string]*libvirtxml.DomainDisk) error {
-	cfg, err := call(ctx, func() (string, error) { return d.l.DomainGetXMLDesc(dom, golibvirt.DomainXMLInactive|golibvirt.DomainXMLSecure) })
+	cfg, err := call(ctx, func() (string, error) {
+		return d.l.DomainGetXMLDesc(dom, golibvirt.DomainXMLInactive|golibvirt.DomainXMLSecure)
+	})
 	if err != nil {
 		return err
 	}
