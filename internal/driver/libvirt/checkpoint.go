@@ -327,19 +327,11 @@ func (d *Driver) removeLeftoverBitmaps(ctx context.Context, dom golibvirt.Domain
 	return nil
 }
 
-// Bitmap is one of autosnap's dirty bitmaps on one image of a guest's disk.
-type Bitmap struct {
-	Disk  string   `json:"disk"`
-	Image string   `json:"image"`
-	Name  string   `json:"name"`
-	Flags []string `json:"flags,omitempty"`
-	// Checkpoint is false for a bitmap no libvirt checkpoint accounts for.
-	Checkpoint bool `json:"checkpoint"`
-}
+var _ driver.BitmapInspector = (*Driver)(nil)
 
-// Bitmaps lists autosnap's bitmaps in the images of every disk of a guest, read with
+// Bitmaps implements driver.BitmapInspector: autosnap's bitmaps in the images of every disk of a guest, read with
 // qemu-img -U (a running guest's bitmaps show the in-use flag while QEMU holds them).
-func (d *Driver) Bitmaps(ctx context.Context, g driver.Guest) ([]Bitmap, error) {
+func (d *Driver) Bitmaps(ctx context.Context, g driver.Guest) ([]driver.Bitmap, error) {
 	dom, err := d.lookup(ctx, g)
 	if err != nil {
 		return nil, err
@@ -362,7 +354,7 @@ func (d *Driver) Bitmaps(ctx context.Context, g driver.Guest) ([]Bitmap, error) 
 			known[disk+"\x00"+c.x.bitmap(disk)] = true
 		}
 	}
-	var out []Bitmap
+	var out []driver.Bitmap
 	disks := make([]string, 0, len(chains))
 	for k := range chains {
 		disks = append(disks, k)
@@ -378,26 +370,16 @@ func (d *Driver) Bitmaps(ctx context.Context, g driver.Guest) ([]Bitmap, error) 
 				if !IsOwnCheckpoint(b.Name) {
 					continue
 				}
-				out = append(out, Bitmap{Disk: disk, Image: img, Name: b.Name, Flags: b.Flags, Checkpoint: known[disk+"\x00"+b.Name]})
+				out = append(out, driver.Bitmap{Disk: disk, Image: img, Name: b.Name, Flags: b.Flags, Checkpoint: known[disk+"\x00"+b.Name]})
 			}
 		}
 	}
 	return out, nil
 }
 
-// Checkpoints lists autosnap's checkpoints of a guest with their usability (as
-// BackupSource does).
-func (d *Driver) Checkpoints(ctx context.Context, g driver.Guest) ([]driver.Checkpoint, error) {
-	src, err := d.BackupSource(ctx, g)
-	if err != nil {
-		return nil, err
-	}
-	return src.Checkpoints, nil
-}
-
-// RemoveOrphanBitmaps removes autosnap's bitmaps that no checkpoint accounts for from
+// RemoveOrphanBitmaps implements driver.BitmapInspector: it removes autosnap's bitmaps that no checkpoint accounts for from
 // the images of a shut-off guest (a running guest's images are QEMU's: it refuses).
-func (d *Driver) RemoveOrphanBitmaps(ctx context.Context, g driver.Guest, bms []Bitmap) error {
+func (d *Driver) RemoveOrphanBitmaps(ctx context.Context, g driver.Guest, bms []driver.Bitmap) error {
 	dom, err := d.lookup(ctx, g)
 	if err != nil {
 		return err
