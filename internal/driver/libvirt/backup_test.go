@@ -474,3 +474,79 @@ func TestBackupShutoff(t *testing.T) {
 		t.Errorf("vda's bitmaps after removing autosnap-p1 while shut off: %v", names)
 	}
 }
+
+// TestBackupPausedAndQuiesced: the real guest with its writer appending to
+// /data/counter on vda. Backups taken while the guest is paused read exactly the disks
+// captured in that pause (full, then an inc after the writer ran on); a backup with
+// Freeze freezes right before the job starts and thaws right after, and its vda holds
+// an ext4 that needs no journal recovery, with the counter file intact.
+func TestBackupPausedAndQuiesced(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 2, Guest: true, Writer: true, State: testbed.Running})
+	disks := []string{"vda", "vdb"}
+	e.dom.WriteDisk(t, "vdb", 0, 0x71, 8*mib)
+	pausedBackup := func(point string, level driver.BackupLevel, since, parent string) {
+		t.Helper()
+		if err := e.bed.Conn.DomainSuspend(e.dom.Dom); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{}
+		for _, d := range disks {
+			want[d] = testbed.ImageSum(t, e.dom.Chain(t, d)[0])
+		}
+		e.backup(t, point, level, since, "autosnap-"+point, parent, disks...)
+		if err := e.bed.Conn.DomainResume(e.dom.Dom); err != nil {
+			t.Fatal(err)
+		}
+		e.checkPoint(t, point, want)
+	}
+	pausedBackup("p1", driver.LevelFull, "", "")
+	time.Sleep(2 * time.Second) // the writer appends and syncs meanwhile
+	e.dom.WriteDisk(t, "vdb", 4*mib, 0x72, 1*mib)
+	pausedBackup("p2", driver.LevelInc, "autosnap-p1", "p1")
+	if testbed.ImageSum(t, e.file("p2", "vda")) == testbed.ImageSum(t, e.file("p1", "vda")) {
+		t.Error("the writer changed nothing on vda between the two points; the test proves nothing")
+	}
+
+	g := e.guest(t)
+	var events []string
+	req := driver.BackupRequest{Level: driver.LevelInc, Since: "autosnap-p2", Checkpoint: "autosnap-p3",
+		Targets: []driver.BackupTarget{{Disk: "vda", File: e.file("p3", "vda"), Backing: "../p2/vda.qcow2"}}}
+	req.Freeze = func(ctx context.Context) (func(), error) {
+		if _, err := e.d.Freeze(ctx, g); err != nil {
+			return nil, err
+		}
+		events = append(events, "freeze")
+		return func() {
+			frozen, err := e.d.FrozenState(context.Background(), g)
+			if err != nil || !frozen {
+				t.Errorf("at thaw the guest is not frozen (%v, %v)", frozen, err)
+			}
+			// The job has started by now: its checkpoint exists.
+			if _, err := e.bed.Conn.DomainCheckpointLookupByName(e.dom.Dom, "autosnap-p3", 0); err != nil {
+				events = append(events, "no job at thaw")
+			}
+			if _, err := e.d.Thaw(context.Background(), g); err != nil {
+				t.Errorf("thaw: %v", err)
+			}
+			events = append(events, "thaw")
+		}, nil
+	}
+	if err := os.MkdirAll(filepath.Join(e.dir, "p3"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.Backup(rctx(t), g, req); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(events, ",") != "freeze,thaw" {
+		t.Errorf("freeze/thaw sequence %v, want freeze,thaw with the job started in between", events)
+	}
+	if frozen, _ := e.d.FrozenState(rctx(t), g); frozen {
+		t.Error("the guest is still frozen after the backup")
+	}
+	if err := testbed.FsckImage(t, e.file("p3", "vda")); err != nil {
+		t.Errorf("the quiesced point's ext4 is not clean: %v", err)
+	}
+	if c := testbed.GuestFile(t, e.file("p3", "vda"), "/counter"); len(c) == 0 {
+		t.Error("the quiesced point has no counter file")
+	}
+}
