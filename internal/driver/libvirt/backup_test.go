@@ -550,3 +550,157 @@ func TestBackupPausedAndQuiesced(t *testing.T) {
 		t.Error("the quiesced point has no counter file")
 	}
 }
+
+// qemuPid is the pid of the QEMU libvirt runs for a domain.
+func qemuPid(t *testing.T, name string) int {
+	t.Helper()
+	b, err := os.ReadFile("/run/libvirt/qemu/" + name + ".pid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if _, err := fmt.Sscan(string(b), &pid); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// TestBackupUncleanStop: QEMU killed with SIGKILL cannot store its bitmaps, which stay
+// marked in use in the images (a bitmap created in that QEMU run would be missing
+// instead); the checkpoint is then reported unusable (shut off, and again once the guest runs), an
+// inc from it fails saying a full is needed and leaves no checkpoint behind, the broken
+// checkpoint is removed without error, and a new full starts a chain that works.
+func TestBackupUncleanStop(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 2, State: testbed.Running})
+	disks := []string{"vda", "vdb"}
+	e.dom.WriteDisk(t, "vda", 0, 0x81, 2*mib)
+	e.backup(t, "p1", driver.LevelFull, "", "autosnap-p1", "", disks...)
+	// A clean stop stores the bitmaps; the next QEMU loads them and marks them in use
+	// in the images until it stores them again.
+	e.stop(t)
+	e.start(t)
+	e.dom.WriteDisk(t, "vda", 2*mib, 0x82, 2*mib)
+	pid := qemuPid(t, e.dom.Name)
+	if err := exec.Command("kill", "-9", fmt.Sprint(pid)).Run(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for e.state(t).Active() {
+		if time.Now().After(deadline) {
+			t.Fatal("the domain did not stop after its QEMU was killed")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cps := checkpointNames(t, e)
+	if len(cps) != 1 || !strings.Contains(cps[0].Unusable, "inconsistent") {
+		t.Fatalf("after SIGKILL, shut off: %+v, want autosnap-p1 unusable as inconsistent", cps)
+	}
+	_ = os.MkdirAll(filepath.Join(e.dir, "p2"), 0o700)
+	_, err := e.d.Backup(rctx(t), e.guest(t), driver.BackupRequest{Level: driver.LevelInc, Since: "autosnap-p1", Checkpoint: "autosnap-p2",
+		Targets: []driver.BackupTarget{{Disk: "vda", File: e.file("p2", "vda"), Backing: "../p1/vda.qcow2"}}})
+	if err == nil || !strings.Contains(err.Error(), "full") {
+		t.Fatalf("offline inc from an inconsistent bitmap: %v, want an error asking for a full", err)
+	}
+	os.RemoveAll(filepath.Join(e.dir, "p2"))
+
+	e.start(t)
+	cps = checkpointNames(t, e)
+	if len(cps) != 1 || cps[0].Unusable == "" {
+		t.Fatalf("after SIGKILL, running again: %+v, want autosnap-p1 unusable", cps)
+	}
+	t.Logf("running: %s", cps[0].Unusable)
+	_ = os.MkdirAll(filepath.Join(e.dir, "p2"), 0o700)
+	_, err = e.d.Backup(rctx(t), e.guest(t), driver.BackupRequest{Level: driver.LevelInc, Since: "autosnap-p1", Checkpoint: "autosnap-p2",
+		Targets: []driver.BackupTarget{{Disk: "vda", File: e.file("p2", "vda"), Backing: "../p1/vda.qcow2"}}})
+	if err == nil || !strings.Contains(err.Error(), "full") {
+		t.Fatalf("live inc from an inconsistent bitmap: %v, want an error asking for a full", err)
+	}
+	if cps := checkpointNames(t, e); len(cps) != 1 {
+		t.Errorf("the failed inc left checkpoints %+v", cps)
+	}
+	if err := e.d.DeleteCheckpoint(rctx(t), e.guest(t), "autosnap-p1"); err != nil {
+		t.Fatalf("removing the broken checkpoint: %v", err)
+	}
+	e.backup(t, "p3", driver.LevelFull, "", "autosnap-p3", "", disks...)
+	e.dom.WriteDisk(t, "vdb", 8*mib, 0x83, 1*mib)
+	want := e.capture(t, disks...)
+	e.backup(t, "p4", driver.LevelInc, "autosnap-p3", "autosnap-p4", "p3", disks...)
+	e.checkPoint(t, "p4", want)
+}
+
+// TestBackupLeftoverJob: a backup job left running by a killed run (its target files
+// already removed by the repository's repair) is aborted by the next backup, which then
+// succeeds; a job whose target still exists belongs to someone and makes Backup fail
+// with a clear message.
+func TestBackupLeftoverJob(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 1, DiskMiB: 512, State: testbed.Running})
+	e.dom.WriteDisk(t, "vda", 0, 0x91, 300*mib)
+	stale := filepath.Join(t.TempDir(), "stale.qcow2")
+	begin := func() {
+		t.Helper()
+		x := fmt.Sprintf(`<domainbackup mode='push'><disks><disk name='vda' backup='yes' type='file'><target file=%q/><driver type='qcow2'/></disk></disks></domainbackup>`, stale)
+		if err := e.bed.Conn.DomainBackupBegin(e.dom.Dom, x, golibvirt.OptString{}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	begin()
+	_ = os.MkdirAll(filepath.Join(e.dir, "p1"), 0o700)
+	req := driver.BackupRequest{Level: driver.LevelCopy, Targets: []driver.BackupTarget{{Disk: "vda", File: e.file("p1", "vda")}}}
+	_, err := e.d.Backup(rctx(t), e.guest(t), req)
+	if _, serr := os.Stat(stale); serr == nil {
+		if err == nil || !strings.Contains(err.Error(), "another backup job") {
+			t.Fatalf("Backup while another job writes %s: %v, want a refusal naming the job", stale, err)
+		}
+		// The live job's files are untouched.
+		if _, serr := os.Stat(stale); serr != nil {
+			t.Fatalf("the other job's target is gone: %v", serr)
+		}
+		os.Remove(e.file("p1", "vda"))
+		if err := e.bed.Conn.DomainAbortJob(e.dom.Dom); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		os.Remove(stale)
+		begin()
+	} else {
+		t.Fatal("the first job finished before Backup was called; make the disk bigger")
+	}
+	if err := os.Remove(stale); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(e.file("p1", "vda"))
+	want := e.capture(t, "vda")
+	e.backup(t, "p1", driver.LevelCopy, "", "", "", "vda")
+	e.checkPoint(t, "p1", want)
+}
+
+// TestBackupCancelled: a backup whose context ends while the job runs stops the job
+// and removes the checkpoint it created.
+func TestBackupCancelled(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 1, DiskMiB: 512, State: testbed.Running})
+	e.dom.WriteDisk(t, "vda", 0, 0xa1, 300*mib)
+	_ = os.MkdirAll(filepath.Join(e.dir, "p1"), 0o700)
+	ctx, cancel := context.WithCancel(rctx(t))
+	var running bool
+	req := driver.BackupRequest{Level: driver.LevelFull, Checkpoint: "autosnap-p1",
+		Targets: []driver.BackupTarget{{Disk: "vda", File: e.file("p1", "vda")}},
+		Progress: func(done, total uint64) {
+			if total == 0 || done < total {
+				running = true
+				cancel()
+			}
+		}}
+	_, err := e.d.Backup(ctx, e.guest(t), req)
+	if !running {
+		t.Fatal("the job finished before its first progress report; make the disk bigger")
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled backup: %v, want context.Canceled", err)
+	}
+	if _, err := e.bed.Conn.DomainBackupGetXMLDesc(e.dom.Dom, 0); err == nil {
+		t.Error("a backup job is still running after the cancelled backup returned")
+	}
+	if cps := checkpointNames(t, e); len(cps) != 0 {
+		t.Errorf("the cancelled backup left checkpoints %+v", cps)
+	}
+}

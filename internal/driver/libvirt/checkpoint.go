@@ -122,10 +122,8 @@ func (d *Driver) checkpointDef(ctx context.Context, h golibvirt.DomainCheckpoint
 }
 
 // checkpoints lists autosnap's checkpoints of a guest with their usability. For an
-// active guest libvirt itself judges them: asking for the checkpoint's size makes
-// libvirt merge its bitmaps along every disk's chain, which fails when a bitmap is
-// missing from the top image, has a gap below it or is inconsistent. For a shut-off
-// guest the images are read directly (imageBitmaps). top maps a disk to its active image.
+// active guest libvirt itself judges them (validateCheckpoint). For a shut-off guest
+// the images are read directly (imageBitmaps). top maps a disk to its active image.
 func (d *Driver) checkpoints(ctx context.Context, dom golibvirt.Domain, active bool, top map[string]string) ([]driver.Checkpoint, error) {
 	own, err := d.ownCheckpoints(ctx, dom)
 	if err != nil {
@@ -136,7 +134,7 @@ func (d *Driver) checkpoints(ctx context.Context, dom golibvirt.Domain, active b
 	for _, c := range own {
 		cp := driver.Checkpoint{Name: c.x.Name, Created: time.Unix(c.x.CreationTime, 0).UTC(), Disks: c.x.tracked()}
 		if active {
-			if _, err := d.checkpointDef(ctx, c.h, golibvirt.DomainCheckpointXMLSize); err != nil {
+			if err := d.validateCheckpoint(ctx, dom, c.h); err != nil {
 				cp.Unusable = "libvirt cannot read its changes: " + libvirtMessage(err)
 			}
 		} else {
@@ -164,6 +162,25 @@ func (d *Driver) checkpoints(ctx context.Context, dom golibvirt.Domain, active b
 		out = append(out, cp)
 	}
 	return out, nil
+}
+
+// validateCheckpoint asks libvirt whether a running guest's checkpoint can be used, as
+// virtnbdbackup does: redefining the checkpoint with its own definition and
+// REDEFINE_VALIDATE makes libvirt check, for every disk, that the bitmap is in the top
+// image, that the images below carrying it form no gap, and that it is recording,
+// persistent and not inconsistent. (Asking for the checkpoint's size does not catch an
+// inconsistent bitmap QEMU loaded after an unclean stop.) The metadata is unchanged.
+func (d *Driver) validateCheckpoint(ctx context.Context, dom golibvirt.Domain, h golibvirt.DomainCheckpoint) error {
+	s, err := call(ctx, func() (string, error) {
+		return d.l.DomainCheckpointGetXMLDesc(h, uint32(golibvirt.DomainCheckpointXMLSecure))
+	})
+	if err != nil {
+		return err
+	}
+	_, err = call(ctx, func() (golibvirt.DomainCheckpoint, error) {
+		return d.l.DomainCheckpointCreateXML(dom, s, uint32(golibvirt.DomainCheckpointCreateRedefine|golibvirt.DomainCheckpointCreateRedefineValidate))
+	})
+	return err
 }
 
 // libvirtMessage is the human part of a libvirt error.
