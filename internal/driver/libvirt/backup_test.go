@@ -14,6 +14,7 @@ import (
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
+	"libvirt.org/go/libvirtxml"
 
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/driver/libvirt"
@@ -703,4 +704,76 @@ func TestBackupCancelled(t *testing.T) {
 	if cps := checkpointNames(t, e); len(cps) != 0 {
 		t.Errorf("the cancelled backup left checkpoints %+v", cps)
 	}
+}
+
+// TestBackupRawDisk: a raw disk beside a qcow2 one is reported as not incremental with
+// the reason, and in an inc it is copied whole (no backing) while the qcow2 disk is
+// copied incrementally, running and shut off; the checkpoint tracks only the qcow2 disk.
+func TestBackupRawDisk(t *testing.T) {
+	spec := testbed.DomainSpec{Disks: 2}
+	var e *bkEnv
+	e = &bkEnv{dir: t.TempDir()}
+	e.revertEnv = newCustomEnv(t, spec, testbed.Running, func(x *libvirtxml.Domain) {
+		for i := range x.Devices.Disks {
+			dk := &x.Devices.Disks[i]
+			if dk.Target.Dev != "vdb" {
+				continue
+			}
+			raw := strings.TrimSuffix(dk.Source.File.File, ".qcow2") + ".raw"
+			if out, err := exec.Command("qemu-img", "convert", "-O", "raw", dk.Source.File.File, raw).CombinedOutput(); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			dk.Source.File.File = raw
+			dk.Driver.Type = "raw"
+		}
+	})
+	src, err := e.d.BackupSource(rctx(t), e.guest(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range src.Disks {
+		switch d.Name {
+		case "vda":
+			if !d.Incremental || d.Format != "qcow2" {
+				t.Errorf("vda: %+v, want incremental qcow2", d)
+			}
+		case "vdb":
+			if d.Incremental || d.Format != "raw" || !strings.Contains(d.NoIncremental, "raw") {
+				t.Errorf("vdb: %+v, want not incremental with a reason naming raw", d)
+			}
+		}
+		if d.VirtualSize != 64*mib {
+			t.Errorf("%s: virtual size %d, want 64 MiB", d.Name, d.VirtualSize)
+		}
+	}
+	disks := []string{"vda", "vdb"}
+	e.dom.WriteDisk(t, "vda", 0, 0xb1, 2*mib)
+	e.dom.WriteDisk(t, "vdb", 0, 0xb2, 2*mib)
+	e.backup(t, "p1", driver.LevelFull, "", "autosnap-p1", "", disks...)
+	if cps := checkpointNames(t, e); len(cps) != 1 || strings.Join(cps[0].Disks, ",") != "vda" {
+		t.Fatalf("checkpoints %+v, want autosnap-p1 tracking vda only", cps)
+	}
+	inc := func(point, since, parent string, want map[string]string) {
+		t.Helper()
+		_ = os.MkdirAll(filepath.Join(e.dir, point), 0o700)
+		req := driver.BackupRequest{Level: driver.LevelInc, Since: since, Checkpoint: "autosnap-" + point, Targets: []driver.BackupTarget{
+			{Disk: "vda", File: e.file(point, "vda"), Backing: filepath.Join("..", parent, "vda.qcow2")},
+			{Disk: "vdb", File: e.file(point, "vdb")},
+		}}
+		res, err := e.d.Backup(rctx(t), e.guest(t), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.checkPoint(t, point, want)
+		if res.Bytes["vda"] != 1*mib || res.Bytes["vdb"] != 3*mib {
+			t.Errorf("inc %s copied %v, want vda's 1 MiB change and all of vdb's 3 MiB", point, res.Bytes)
+		}
+	}
+	e.dom.WriteDisk(t, "vda", 4*mib, 0xb3, 1*mib)
+	e.dom.WriteDisk(t, "vdb", 4*mib, 0xb4, 1*mib)
+	inc("p2", "autosnap-p1", "p1", e.capture(t, disks...))
+
+	e.stop(t)
+	qemuIO(t, e.dom.Chain(t, "vda")[0], fmt.Sprintf("write -P 0xb5 %d %d", 8*mib, 1*mib))
+	inc("p3", "autosnap-p2", "p2", e.offSums(t, disks...))
 }
