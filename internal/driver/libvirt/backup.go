@@ -69,10 +69,8 @@ func (d *Driver) BackupSource(ctx context.Context, g driver.Guest) (driver.Backu
 		return driver.BackupSource{}, fmt.Errorf("guest %s on %s: reading its definition: %w", g.Name, d.node, d.notFound(g.Name, err))
 	}
 	src := driver.BackupSource{Config: []byte(cfg)}
-	top := map[string]string{}
 	for _, dk := range backupDisks(x) {
 		bd := driver.BackupDisk{Name: dk.Target.Dev, File: sourcePath(dk.Source), Format: diskFormat(dk), Incremental: true}
-		top[bd.Name] = bd.File
 		type cap struct{ c uint64 }
 		c, err := call(ctx, func() (cap, error) {
 			_, c, _, err := d.l.DomainGetBlockInfo(dom, bd.Name, 0)
@@ -95,7 +93,13 @@ func (d *Driver) BackupSource(ctx context.Context, g driver.Guest) (driver.Backu
 	if len(src.Disks) == 0 {
 		return driver.BackupSource{}, fmt.Errorf("guest %s on %s has no disk a backup can cover (only cdroms, read-only, shared or transient disks)", g.Name, d.node)
 	}
-	src.Checkpoints, err = d.checkpoints(ctx, dom, active, top)
+	var chains map[string][]string
+	if !active {
+		if chains, err = d.chainsOf(ctx, x, false); err != nil {
+			return driver.BackupSource{}, fmt.Errorf("guest %s: %w", g.Name, err)
+		}
+	}
+	src.Checkpoints, err = d.checkpoints(ctx, dom, active, chains)
 	if err != nil {
 		return driver.BackupSource{}, fmt.Errorf("guest %s: %w", g.Name, err)
 	}
@@ -157,6 +161,9 @@ func (d *Driver) Backup(ctx context.Context, g driver.Guest, req driver.BackupRe
 		}
 	}
 	if !active {
+		if err := d.resumeCheckpoints(ctx, dom); err != nil {
+			return driver.BackupResult{}, fmt.Errorf("guest %s: restoring checkpoints set aside for a snapshot: %w", g.Name, err)
+		}
 		return d.backupOffline(ctx, g, dom, x, disks, req)
 	}
 	return d.backupLive(ctx, g, dom, x, disks, req)

@@ -749,7 +749,7 @@ func (d *Driver) redefineCurrent(ctx context.Context, dom golibvirt.Domain, sx *
 		return err
 	}
 	flags := uint32(golibvirt.DomainSnapshotCreateRedefine | golibvirt.DomainSnapshotCreateCurrent)
-	_, err = call(ctx, func() (golibvirt.DomainSnapshot, error) { return d.l.DomainSnapshotCreateXML(dom, out, flags) })
+	_, err = call(ctx, func() (golibvirt.DomainSnapshot, error) { return d.snapshotCreateXML(dom, out, flags) })
 	return err
 }
 
