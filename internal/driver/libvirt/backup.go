@@ -141,11 +141,14 @@ func (d *Driver) Backup(ctx context.Context, g driver.Guest, req driver.BackupRe
 	if err := checkRequest(g, req); err != nil {
 		return driver.BackupResult{}, err
 	}
+	if !d.local {
+		return driver.BackupResult{}, fmt.Errorf("guest %s: backups are written by autosnap on the guest's host: run it there (qemu:///system), with the target directory on that host or a share it mounts", g.Name)
+	}
 	dom, err := d.lookup(ctx, g)
 	if err != nil {
 		return driver.BackupResult{}, err
 	}
-	unlock := d.domLock(g.UUID + g.Name)
+	unlock := d.domLock(g.Key())
 	defer unlock()
 	x, active, err := d.currentXML(ctx, dom)
 	if err != nil {
@@ -398,6 +401,8 @@ func (d *Driver) waitBackup(ctx context.Context, g driver.Guest, dom golibvirt.D
 		})
 	}
 	var last uint64
+	// Short jobs end within a few polls: start fast, settle at backupPoll.
+	wait := 10 * time.Millisecond
 	for {
 		s, err := get(0)
 		if err != nil {
@@ -417,8 +422,9 @@ func (d *Driver) waitBackup(ctx context.Context, g driver.Guest, dom golibvirt.D
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("guest %s on %s: backup stopped: %w", g.Name, d.node, ctx.Err())
-		case <-time.After(backupPoll):
+		case <-time.After(wait):
 		}
+		wait = min(2*wait, backupPoll)
 	}
 	s, err := get(golibvirt.DomainJobStatsCompleted)
 	if err != nil {

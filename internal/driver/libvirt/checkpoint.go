@@ -294,7 +294,7 @@ func (d *Driver) DeleteCheckpoint(ctx context.Context, g driver.Guest, name stri
 	if err != nil {
 		return err
 	}
-	unlock := d.domLock(g.UUID + g.Name)
+	unlock := d.domLock(g.Key())
 	defer unlock()
 	return d.deleteCheckpoint(ctx, g, dom, name)
 }
