@@ -93,8 +93,14 @@ func (d *Driver) backupOffline(ctx context.Context, g driver.Guest, dom golibvir
 		return driver.BackupResult{}, fmt.Errorf("guest %s (shut off): %w", g.Name, err)
 	}
 	fail := func(err error) (driver.BackupResult, error) {
-		q.kill()
-		// A bitmap the killed daemon added is left in-use; remove it so no orphan stays.
+		// A clean exit stores the images' bitmaps; a killed daemon would leave every
+		// bitmap of a writable image marked inconsistent, breaking all checkpoints.
+		qctx, cancel := context.WithTimeout(context.Background(), d.timeout)
+		defer cancel()
+		if qerr := q.quit(qctx); qerr != nil {
+			q.kill()
+		}
+		// The bitmap of the checkpoint that was not made is removed, so no orphan stays.
 		for _, j := range jobs {
 			if j.bitmap {
 				if bms, berr := imageBitmaps(context.Background(), j.file); berr == nil {

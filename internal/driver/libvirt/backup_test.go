@@ -842,3 +842,50 @@ func TestBackupShutoffSnapshots(t *testing.T) {
 	e.backup(t, "p7", driver.LevelDiff, "autosnap-p1", "autosnap-p7", "p1", disks...)
 	e.checkPoint(t, "p7", want)
 }
+
+// TestBackupShutoffCancelled: an offline backup stopped mid-copy leaves the guest's
+// existing checkpoints usable (qemu-storage-daemon closed the images cleanly), no
+// bitmap or checkpoint of the backup that was not made, and no daemon holding the
+// images: the guest starts.
+func TestBackupShutoffCancelled(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 1, DiskMiB: 512, State: testbed.Running})
+	e.dom.WriteDisk(t, "vda", 0, 0xe1, 300*mib)
+	e.backup(t, "p1", driver.LevelFull, "", "autosnap-p1", "", "vda")
+	e.stop(t)
+	_ = os.MkdirAll(filepath.Join(e.dir, "p2"), 0o700)
+	ctx, cancel := context.WithCancel(rctx(t))
+	var running bool
+	req := driver.BackupRequest{Level: driver.LevelFull, Checkpoint: "autosnap-p2",
+		Targets: []driver.BackupTarget{{Disk: "vda", File: e.file("p2", "vda")}},
+		Progress: func(done, total uint64) {
+			if total == 0 || done < total {
+				running = true
+				cancel()
+			}
+		}}
+	_, err := e.d.Backup(ctx, e.guest(t), req)
+	if !running {
+		t.Fatal("the copy finished before its first progress report; make the disk bigger")
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled offline backup: %v, want context.Canceled", err)
+	}
+	cps := checkpointNames(t, e)
+	if len(cps) != 1 || cps[0].Name != "autosnap-p1" || cps[0].Unusable != "" {
+		t.Fatalf("after the cancelled offline backup: %+v, want autosnap-p1 alone and usable", cps)
+	}
+	bms, err := e.d.Bitmaps(rctx(t), e.guest(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range bms {
+		if b.Name != "autosnap-p1" {
+			t.Errorf("leftover bitmap %s on %s", b.Name, b.Image)
+		}
+	}
+	e.start(t)
+	e.dom.WriteDisk(t, "vda", 400*mib, 0xe2, mib)
+	want := e.capture(t, "vda")
+	e.backup(t, "p3", driver.LevelInc, "autosnap-p1", "autosnap-p3", "p1", "vda")
+	e.checkPoint(t, "p3", want)
+}
