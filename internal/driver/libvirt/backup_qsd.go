@@ -20,12 +20,12 @@ import (
 // shut-off guest's images the way QEMU would, so the same block jobs (blockdev-backup
 // with sync=full or sync=bitmap) and persistent bitmaps serve a guest that is off.
 type qsd struct {
-	cmd  *exec.Cmd
-	dir  string
-	conn net.Conn
-	rd   *bufio.Reader
-	mu   sync.Mutex
-	id   int
+	cmd    *exec.Cmd
+	dir    string
+	conn   net.Conn
+	rd     *bufio.Reader
+	mu     sync.Mutex
+	id     int
 	stderr strings.Builder
 	// exited is closed once the daemon has exited, with exitErr its status.
 	exited  chan struct{}
