@@ -233,6 +233,13 @@ func (d *Driver) backupLive(ctx context.Context, g driver.Guest, dom golibvirt.D
 	if err := d.abortStaleBackup(ctx, dom); err != nil {
 		return driver.BackupResult{}, fmt.Errorf("guest %s: %w", g.Name, err)
 	}
+	if req.Checkpoint != "" {
+		if _, err := call(ctx, func() (golibvirt.DomainCheckpoint, error) {
+			return d.l.DomainCheckpointLookupByName(dom, req.Checkpoint, 0)
+		}); err == nil {
+			return driver.BackupResult{}, fmt.Errorf("guest %s already has a checkpoint %s: a backup creates a new one", g.Name, req.Checkpoint)
+		}
+	}
 	bx := backupXML{Mode: "push"}
 	inc := req.Level == driver.LevelInc || req.Level == driver.LevelDiff
 	if inc {
@@ -312,8 +319,12 @@ func (d *Driver) backupLive(ctx context.Context, g driver.Guest, dom golibvirt.D
 		if errCode(err) == golibvirt.ErrCheckpointInconsistent {
 			return driver.BackupResult{}, fmt.Errorf("guest %s on %s: checkpoint %s cannot be used (%s): take a full backup: %w", g.Name, d.node, req.Since, libvirtMessage(err), err)
 		}
-		// A call abandoned on ctx may still have started the job.
-		d.undoBackup(g, dom, req.Checkpoint)
+		// An error libvirt reports means nothing started (the call is atomic); a call
+		// abandoned on ctx or a lost connection may still have started the job.
+		var lerr golibvirt.Error
+		if !errors.As(err, &lerr) {
+			d.undoBackup(g, dom, req.Checkpoint)
+		}
 		return driver.BackupResult{}, fmt.Errorf("guest %s on %s: starting the backup job: %w", g.Name, d.node, err)
 	}
 	if err := d.waitBackup(ctx, g, dom, req.Progress); err != nil {

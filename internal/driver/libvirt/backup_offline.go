@@ -6,6 +6,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -68,6 +69,27 @@ func (d *Driver) backupOffline(ctx context.Context, g driver.Guest, dom golibvir
 			j.run = n
 		}
 		jobs = append(jobs, j)
+	}
+	// The new checkpoint's name must be free, in libvirt and in the images: the
+	// clean-up of a failed backup removes bitmaps of that name.
+	if req.Checkpoint != "" {
+		if _, err := call(ctx, func() (golibvirt.DomainCheckpoint, error) {
+			return d.l.DomainCheckpointLookupByName(dom, req.Checkpoint, 0)
+		}); err == nil {
+			return driver.BackupResult{}, fmt.Errorf("guest %s already has a checkpoint %s: a backup creates a new one", g.Name, req.Checkpoint)
+		}
+		for _, j := range jobs {
+			if !j.bitmap {
+				continue
+			}
+			bms, err := cache.get(ctx, j.file)
+			if err != nil {
+				return driver.BackupResult{}, fmt.Errorf("guest %s disk %s: %w", g.Name, j.t.Disk, err)
+			}
+			if slices.ContainsFunc(bms, func(b qemuBitmap) bool { return b.Name == req.Checkpoint }) {
+				return driver.BackupResult{}, fmt.Errorf("guest %s disk %s: %s already holds a bitmap %s that no checkpoint accounts for; remove it with autosnap bitmaps cleanup %s", g.Name, j.t.Disk, j.file, req.Checkpoint, g.Name)
+			}
+		}
 	}
 	if req.Since != "" {
 		if _, err := call(ctx, func() (golibvirt.DomainCheckpoint, error) { return d.l.DomainCheckpointLookupByName(dom, req.Since, 0) }); err != nil {

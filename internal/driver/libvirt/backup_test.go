@@ -889,3 +889,34 @@ func TestBackupShutoffCancelled(t *testing.T) {
 	e.backup(t, "p3", driver.LevelInc, "autosnap-p1", "autosnap-p3", "p1", "vda")
 	e.checkPoint(t, "p3", want)
 }
+
+// TestBackupCheckpointNameTaken: a backup asked to create a checkpoint that already
+// exists fails, running and shut off, and the existing checkpoint (and its bitmaps)
+// stay intact: the clean-up of the failed backup must not remove them.
+func TestBackupCheckpointNameTaken(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 1, State: testbed.Running})
+	e.dom.WriteDisk(t, "vda", 0, 0xf1, mib)
+	e.backup(t, "p1", driver.LevelFull, "", "autosnap-p1", "", "vda")
+	for _, state := range []string{"running", "shut off"} {
+		if state == "shut off" {
+			e.stop(t)
+		}
+		dir := filepath.Join(e.dir, "again-"+strings.ReplaceAll(state, " ", ""))
+		_ = os.MkdirAll(dir, 0o700)
+		_, err := e.d.Backup(rctx(t), e.guest(t), driver.BackupRequest{Level: driver.LevelFull, Checkpoint: "autosnap-p1",
+			Targets: []driver.BackupTarget{{Disk: "vda", File: filepath.Join(dir, "vda.qcow2")}}})
+		t.Logf("%s: %v", state, err)
+		if err == nil || !strings.Contains(err.Error(), "already") {
+			t.Fatalf("%s: a backup creating the existing checkpoint autosnap-p1: %v, want a refusal", state, err)
+		}
+		cps := checkpointNames(t, e)
+		if len(cps) != 1 || cps[0].Unusable != "" {
+			t.Fatalf("%s: after the refused backup: %+v, want autosnap-p1 intact", state, cps)
+		}
+	}
+	e.start(t)
+	e.dom.WriteDisk(t, "vda", 8*mib, 0xf2, mib)
+	want := e.capture(t, "vda")
+	e.backup(t, "p2", driver.LevelInc, "autosnap-p1", "autosnap-p2", "p1", "vda")
+	e.checkPoint(t, "p2", want)
+}
