@@ -920,3 +920,31 @@ func TestBackupCheckpointNameTaken(t *testing.T) {
 	e.backup(t, "p2", driver.LevelInc, "autosnap-p1", "autosnap-p2", "p1", "vda")
 	e.checkPoint(t, "p2", want)
 }
+
+// TestBackupAcrossInternalSnapshots: internal snapshots of a shut-off guest (autosnap
+// takes them only while it is off) between backups: libvirt 9.0 refuses them while
+// checkpoints exist unless those are set aside; they create no overlay, so the
+// checkpoints stay usable and the incs whole, and the guest's next live inc too.
+func TestBackupAcrossInternalSnapshots(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 1, State: testbed.Running})
+	e.dom.WriteDisk(t, "vda", 0, 0x21, mib)
+	e.backup(t, "p1", driver.LevelFull, "", "autosnap-p1", "", "vda")
+	e.stop(t)
+	internal := driver.CreateOptions{Name: "i1", Disks: []driver.DiskSpec{{Name: "vda", Snapshot: "internal"}}}
+	if _, err := e.d.CreateSnapshot(rctx(t), e.guest(t), internal); err != nil {
+		t.Fatalf("internal snapshot of a shut-off guest with a checkpoint: %v", err)
+	}
+	qemuIO(t, e.dom.Chain(t, "vda")[0], fmt.Sprintf("write -P 0x23 %d %d", 8*mib, mib))
+	e.backup(t, "p2", driver.LevelInc, "autosnap-p1", "autosnap-p2", "p1", "vda")
+	e.checkPoint(t, "p2", e.offSums(t, "vda"))
+	for _, c := range checkpointNames(t, e) {
+		if c.Unusable != "" {
+			t.Errorf("checkpoint %s unusable after an internal snapshot: %s", c.Name, c.Unusable)
+		}
+	}
+	e.start(t)
+	e.dom.WriteDisk(t, "vda", 4*mib, 0x22, mib)
+	want := e.capture(t, "vda")
+	e.backup(t, "p3", driver.LevelInc, "autosnap-p2", "autosnap-p3", "p2", "vda")
+	e.checkPoint(t, "p3", want)
+}
