@@ -948,3 +948,52 @@ func TestBackupAcrossInternalSnapshots(t *testing.T) {
 	e.backup(t, "p3", driver.LevelInc, "autosnap-p2", "autosnap-p3", "p2", "vda")
 	e.checkPoint(t, "p3", want)
 }
+
+// TestBackupAfterRevert: reverting a shut-off guest to a snapshot changes its disk
+// behind the bitmaps' back. To an internal snapshot, QEMU refuses while bitmaps exist:
+// autosnap's checkpoints are removed (the next backup is a full) and the revert done.
+// To an external snapshot, the guest's new overlay starts on the snapshot's image: a
+// checkpoint older than the snapshot continues exactly (an inc from it reads the
+// reverted disk), one made after it is reported unusable.
+func TestBackupAfterRevert(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 1, State: testbed.Running})
+	e.dom.WriteDisk(t, "vda", 0, 0x31, mib)
+	e.backup(t, "p1", driver.LevelFull, "", "autosnap-p1", "", "vda")
+	e.stop(t)
+	if _, err := e.d.CreateSnapshot(rctx(t), e.guest(t), driver.CreateOptions{Name: "i1", Disks: []driver.DiskSpec{{Name: "vda", Snapshot: "internal"}}}); err != nil {
+		t.Fatal(err)
+	}
+	qemuIO(t, e.dom.Chain(t, "vda")[0], fmt.Sprintf("write -P 0x32 %d %d", 8*mib, mib))
+	e.backup(t, "p2", driver.LevelInc, "autosnap-p1", "autosnap-p2", "p1", "vda")
+	if err := e.d.RevertSnapshot(rctx(t), e.guest(t), "i1", driver.RevertOptions{}); err != nil {
+		t.Fatalf("revert to an internal snapshot with checkpoints: %v", err)
+	}
+	if got := testbed.ReadImage(t, e.dom.Chain(t, "vda")[0], 8*mib, mib); got[0] != 0 {
+		t.Fatal("the revert did not undo the write made after the snapshot")
+	}
+	if cps := checkpointNames(t, e); len(cps) != 0 {
+		t.Fatalf("after an internal revert: checkpoints %+v, want none (their bitmaps cannot be trusted)", cps)
+	}
+	if err := e.d.DeleteSnapshot(rctx(t), e.guest(t), "i1"); err != nil {
+		t.Fatal(err)
+	}
+
+	e.backup(t, "q1", driver.LevelFull, "", "autosnap-q1", "", "vda")
+	e.snap(t, "s1", false, false)
+	qemuIO(t, e.dom.Chain(t, "vda")[0], fmt.Sprintf("write -P 0x33 %d %d", 12*mib, mib))
+	e.backup(t, "q2", driver.LevelInc, "autosnap-q1", "autosnap-q2", "q1", "vda")
+	if err := e.d.RevertSnapshot(rctx(t), e.guest(t), "s1", driver.RevertOptions{}); err != nil {
+		t.Fatalf("revert to an external snapshot with checkpoints: %v", err)
+	}
+	want := e.offSums(t, "vda")
+	for _, c := range checkpointNames(t, e) {
+		t.Logf("after the external revert: %s unusable=%q", c.Name, c.Unusable)
+		if c.Name == "autosnap-q2" && c.Unusable == "" {
+			t.Error("checkpoint q2, made after the snapshot the guest reverted to, is reported usable")
+		}
+	}
+	qemuIO(t, e.dom.Chain(t, "vda")[0], fmt.Sprintf("write -P 0x34 %d %d", 16*mib, mib))
+	want = e.offSums(t, "vda")
+	e.backup(t, "q3", driver.LevelInc, "autosnap-q1", "autosnap-q3", "q1", "vda")
+	e.checkPoint(t, "q3", want)
+}

@@ -2,6 +2,7 @@ package libvirt
 
 import (
 	"context"
+	"errors"
 	"encoding/xml"
 	"fmt"
 	"slices"
@@ -9,6 +10,8 @@ import (
 	"strings"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
+
+	"github.com/autosnap/autosnap/internal/driver"
 )
 
 // checkpointSuspendRecord is the journal record of autosnap's checkpoints whose libvirt
@@ -225,4 +228,33 @@ func carryBitmaps(ctx context.Context, top, base string) error {
 		}
 	}
 	return nil
+}
+
+// revertToSnapshot is DomainRevertToSnapshot for the driver's internal reverts. QEMU
+// refuses to apply an internal snapshot to an image holding dirty bitmaps ("Device has
+// active dirty bitmaps"), and rightly: the revert rewrites the disk behind the bitmaps'
+// back, so no checkpoint could be trusted after it. Refused so while the guest is shut
+// off, autosnap's checkpoints are removed with their bitmaps (the next backup is then a
+// full: the engine finds its chain's checkpoint gone) and the revert is made again;
+// another tool's bitmaps still make it fail.
+func (d *Driver) revertToSnapshot(ctx context.Context, snap golibvirt.DomainSnapshot, flags uint32) error {
+	err := call0(ctx, func() error { return d.l.DomainRevertToSnapshot(snap, flags) })
+	if err == nil || !strings.Contains(libvirtMessage(err), "dirty bitmaps") {
+		return err
+	}
+	dom := snap.Dom
+	if st, serr := d.domState(ctx, dom); serr != nil || st.Active() {
+		return err
+	}
+	own, lerr := d.ownCheckpoints(ctx, dom)
+	if lerr != nil || len(own) == 0 {
+		return err
+	}
+	g := driver.Guest{Name: dom.Name, UUID: formatUUID(dom.UUID)}
+	for i := len(own) - 1; i >= 0; i-- {
+		if derr := d.deleteCheckpoint(ctx, g, dom, own[i].x.Name); derr != nil && !errors.Is(derr, driver.ErrNotFound) {
+			return fmt.Errorf("%w (removing autosnap's checkpoint %s, whose bitmap blocks the revert, failed too: %v)", err, own[i].x.Name, derr)
+		}
+	}
+	return call0(ctx, func() error { return d.l.DomainRevertToSnapshot(snap, flags) })
 }

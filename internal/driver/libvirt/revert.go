@@ -158,7 +158,7 @@ func (d *Driver) revertInternal(ctx context.Context, g driver.Guest, snap golibv
 	if opts.Force {
 		flags |= uint32(golibvirt.DomainSnapshotRevertForce)
 	}
-	err := call0(ctx, func() error { return d.l.DomainRevertToSnapshot(snap, flags) })
+	err := d.revertToSnapshot(ctx, snap, flags)
 	if err != nil {
 		hint := ""
 		if errCode(err) == golibvirt.ErrSnapshotRevertRisky {
