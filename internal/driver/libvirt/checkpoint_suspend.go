@@ -2,8 +2,8 @@ package libvirt
 
 import (
 	"context"
-	"errors"
 	"encoding/xml"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
