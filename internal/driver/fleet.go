@@ -411,3 +411,48 @@ var (
 	_ StallBounded     = (*Fleet)(nil)
 	_ SnapshotPreparer = (*Fleet)(nil)
 )
+
+// BackupSource implements Backupper.
+func (f *Fleet) BackupSource(ctx context.Context, g Guest) (BackupSource, error) {
+	b, err := capability[Backupper](f, g, "take backups")
+	if err != nil {
+		return BackupSource{}, err
+	}
+	return b.BackupSource(ctx, g)
+}
+
+// Backup implements Backupper.
+func (f *Fleet) Backup(ctx context.Context, g Guest, req BackupRequest) (BackupResult, error) {
+	b, err := capability[Backupper](f, g, "take backups")
+	if err != nil {
+		return BackupResult{}, err
+	}
+	return b.Backup(ctx, g, req)
+}
+
+// DeleteCheckpoint implements Backupper.
+func (f *Fleet) DeleteCheckpoint(ctx context.Context, g Guest, name string) error {
+	b, err := capability[Backupper](f, g, "remove backup checkpoints")
+	if err != nil {
+		return err
+	}
+	return b.DeleteCheckpoint(ctx, g, name)
+}
+
+// Bitmaps implements BitmapInspector.
+func (f *Fleet) Bitmaps(ctx context.Context, g Guest) ([]Bitmap, error) {
+	b, err := capability[BitmapInspector](f, g, "list backup bitmaps")
+	if err != nil {
+		return nil, err
+	}
+	return b.Bitmaps(ctx, g)
+}
+
+// RemoveOrphanBitmaps implements BitmapInspector.
+func (f *Fleet) RemoveOrphanBitmaps(ctx context.Context, g Guest, bms []Bitmap) error {
+	b, err := capability[BitmapInspector](f, g, "remove backup bitmaps")
+	if err != nil {
+		return err
+	}
+	return b.RemoveOrphanBitmaps(ctx, g, bms)
+}

@@ -38,6 +38,8 @@ var capabilities = []reflect.Type{
 	reflect.TypeFor[StallBounded](),
 	reflect.TypeFor[SnapshotPreparer](),
 	reflect.TypeFor[RevertNoter](),
+	reflect.TypeFor[Backupper](),
+	reflect.TypeFor[BitmapInspector](),
 }
 
 // notCapabilities are the interfaces of package driver that a driver does not add on
@@ -209,6 +211,22 @@ func (r *recorder) RevertSnapshotNotes(_ context.Context, g Guest, name string, 
 	note("note from " + r.node)
 	return r.rec("RevertSnapshotNotes", g, name, o)
 }
+func (r *recorder) BackupSource(_ context.Context, g Guest) (BackupSource, error) {
+	return BackupSource{}, r.rec("BackupSource", g)
+}
+func (r *recorder) Backup(_ context.Context, g Guest, req BackupRequest) (BackupResult, error) {
+	req.Freeze, req.Progress = nil, nil // functions are not comparable
+	return BackupResult{}, r.rec("Backup", g, req)
+}
+func (r *recorder) DeleteCheckpoint(_ context.Context, g Guest, name string) error {
+	return r.rec("DeleteCheckpoint", g, name)
+}
+func (r *recorder) Bitmaps(_ context.Context, g Guest) ([]Bitmap, error) {
+	return nil, r.rec("Bitmaps", g)
+}
+func (r *recorder) RemoveOrphanBitmaps(_ context.Context, g Guest, bms []Bitmap) error {
+	return r.rec("RemoveOrphanBitmaps", g, bms)
+}
 
 // bare is a member with no optional capability at all; it records into r.
 type bare struct{ r *recorder }
@@ -284,6 +302,10 @@ func argsFor(t *testing.T, m reflect.Method, g Guest, all []Guest) []reflect.Val
 			args = append(args, reflect.ValueOf(EditOptions{Description: &d, Rename: "new"}))
 		case pt == reflect.TypeFor[CollapseOptions]():
 			args = append(args, reflect.ValueOf(CollapseOptions{Disk: "vdb", ForceBase: []string{"/b"}}))
+		case pt == reflect.TypeFor[BackupRequest]():
+			args = append(args, reflect.ValueOf(BackupRequest{Level: LevelInc, Since: "a", Checkpoint: "b", Targets: []BackupTarget{{Disk: "vda", File: "/f", Backing: "p"}}}))
+		case pt == reflect.TypeFor[[]Bitmap]():
+			args = append(args, reflect.ValueOf([]Bitmap{{Disk: "vda", Image: "/i", Name: "autosnap-x"}}))
 		case pt == reflect.TypeFor[func(string)]():
 			args = append(args, reflect.ValueOf(func(string) {}))
 		default:
