@@ -74,7 +74,7 @@ func (s *sim) disk(name string) *simDisk {
 
 // write writes pattern pat (0 with zero) at off..off+n of disk.
 func (s *sim) write(disk string, pat byte, off, n int64) { s.put(disk, ext{off: off, n: n, pat: pat}) }
-func (s *sim) zero(disk string, off, n int64)           { s.put(disk, ext{off: off, n: n, zero: true}) }
+func (s *sim) zero(disk string, off, n int64)            { s.put(disk, ext{off: off, n: n, zero: true}) }
 
 func (s *sim) put(disk string, e ext) {
 	s.t.Helper()
