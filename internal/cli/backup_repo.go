@@ -11,8 +11,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/autosnap/autosnap/internal/driver"
-	"github.com/autosnap/autosnap/internal/report"
 	"github.com/autosnap/autosnap/internal/repo"
+	"github.com/autosnap/autosnap/internal/report"
 	"github.com/autosnap/autosnap/internal/retention"
 	"github.com/autosnap/autosnap/internal/selector"
 )
