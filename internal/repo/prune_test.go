@@ -206,6 +206,12 @@ func TestPruneRebasesDependants(t *testing.T) {
 	if p.Parent != "20261130T043000Z-diff" {
 		t.Errorf("kept inc's parent changed to %q", p.Parent)
 	}
+	// The chain of the removed full keeps its name; its root is now the oldest
+	// remaining point, standalone.
+	root, ok, err := g.ChainRoot("20261123T100000Z-full")
+	if err != nil || !ok || root.ID != "20261130T030000Z-inc" || root.Parent != "" || root.Disks[0].Backing != "" {
+		t.Errorf("chain root after the prune: %+v %v %v", root.Manifest, ok, err)
+	}
 }
 
 // TestPruneRefusesKeepingNothing: an empty policy, and one that selects nothing,
