@@ -109,7 +109,7 @@ func checkPruned(t *testing.T, s *sim, g *Guest, kept []string) {
 	}
 	ents, _ := os.ReadDir(g.Dir)
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".") && e.Name() != LockFile && e.Name() != JournalDir {
+		if strings.HasPrefix(e.Name(), ".") && e.Name() != LockFile && e.Name() != ReadersLockFile && e.Name() != JournalDir {
 			t.Errorf("left over in the guest directory: %s", e.Name())
 		}
 	}
