@@ -166,6 +166,14 @@ func TestPruneKilledAnywhereIsRepaired(t *testing.T) {
 					s.checkRestore(g, p)
 				}
 			}
+			// Verify reports the unfinished prune, and nothing else.
+			faults, err := g.Verify(context.Background(), VerifyOptions{ReadData: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(faults) != 1 || faults[0].File != g.journal().Path(pruneKey) || !strings.Contains(faults[0].Problem, "interrupted prune") {
+				t.Errorf("verify of an interrupted prune: %v", faults)
+			}
 			// A new prune refuses to start over an interrupted one.
 			unlock, err := g.Lock(context.Background())
 			if err != nil {
