@@ -331,7 +331,7 @@ func (g *Guest) Lock(ctx context.Context) (unlock func(), err error) {
 func (g *Guest) RLock(ctx context.Context) (unlock func(), err error) {
 	unlock, err = lockPath(ctx, filepath.Join(g.Dir, ReadersLockFile), false)
 	if err != nil {
-		return nil, fmt.Errorf("guest %s: waiting for a prune to finish (%s): %w", g.ID.Name, g.Dir, err)
+		return nil, fmt.Errorf("guest %s: readers' lock of %s (a prune holds it while it runs): %w", g.ID.Name, g.Dir, err)
 	}
 	return unlock, nil
 }
