@@ -29,6 +29,12 @@ type PrunePlan struct {
 	Rebase []RebaseStep `json:"rebase,omitempty"`
 	// Reparent gives the new Parent of each kept point whose parent is removed.
 	Reparent map[string]string `json:"reparent,omitempty"`
+	// Rechain maps a chain whose full is removed to its oldest kept point, which the
+	// rebases make standalone: that point becomes the chain's full (level full, its
+	// former level in Merged) and every kept point of the chain takes its ID as chain
+	// name, so the chain goes on (an inc stacks on its newest point, a diff on the
+	// new full) instead of needing a new full.
+	Rechain map[string]string `json:"rechain,omitempty"`
 }
 
 // RebaseStep moves one kept image from a backing file that is removed to another.
@@ -120,8 +126,20 @@ func planRemoval(ps []Point, ds []retention.GFSDecision) PrunePlan {
 			pl.Rebase = append(pl.Rebase, RebaseStep{Point: p.ID, Disk: d.Name, From: d.Backing, To: to})
 		}
 	}
+	pl.Rechain = map[string]string{}
+	for _, p := range ps { // oldest first: the first kept point of a chain is its root
+		if removed[p.ID] || p.Chain == "" || !removed[p.Chain] {
+			continue
+		}
+		if _, done := pl.Rechain[p.Chain]; !done {
+			pl.Rechain[p.Chain] = p.ID
+		}
+	}
 	if len(pl.Reparent) == 0 {
 		pl.Reparent = nil
+	}
+	if len(pl.Rechain) == 0 {
+		pl.Rechain = nil
 	}
 	return pl
 }
@@ -222,6 +240,17 @@ func (g *Guest) runPrune(ctx context.Context, plan PrunePlan) error {
 			changed[id] = map[string]bool{}
 		}
 	}
+	if len(plan.Rechain) > 0 {
+		ps, err := g.Points()
+		if err != nil {
+			return err
+		}
+		for _, p := range ps {
+			if _, ok := plan.Rechain[p.Chain]; ok && changed[p.ID] == nil {
+				changed[p.ID] = map[string]bool{}
+			}
+		}
+	}
 	ids := make([]string, 0, len(changed))
 	for id := range changed {
 		ids = append(ids, id)
@@ -263,6 +292,13 @@ func (g *Guest) rewriteManifest(ctx context.Context, id string, plan PrunePlan, 
 	m := p.Manifest
 	if np, ok := plan.Reparent[id]; ok {
 		m.Parent = np
+	}
+	if root, ok := plan.Rechain[m.Chain]; ok {
+		if root == m.ID && m.Level != LevelFull {
+			m.Merged = fmt.Sprintf("taken as %s; the prune removing the full %s merged the data of the points it stood on into it", m.Level, m.Chain)
+			m.Level = LevelFull
+		}
+		m.Chain = root
 	}
 	var redo []DiskManifest
 	for i, d := range m.Disks {

@@ -96,6 +96,11 @@ func checkPruned(t *testing.T, s *sim, g *Guest, kept []string) {
 		if p.Parent != "" && !slices.Contains(kept, p.Parent) {
 			t.Errorf("point %s has removed parent %s", p.ID, p.Parent)
 		}
+		if p.Chain != "" {
+			if root, ok, _ := g.ChainRoot(p.Chain); !ok || root.ID != p.Chain || root.Level != LevelFull || root.Parent != "" {
+				t.Errorf("point %s is in chain %s whose full is not there (root %+v)", p.ID, p.Chain, root.Manifest)
+			}
+		}
 		for _, d := range p.Disks {
 			if b, ok := backingPoint(d.Backing); ok && !slices.Contains(kept, b) {
 				t.Errorf("point %s disk %s backed by removed point %s", p.ID, d.Name, b)
@@ -206,11 +211,20 @@ func TestPruneRebasesDependants(t *testing.T) {
 	if p.Parent != "20261130T043000Z-diff" {
 		t.Errorf("kept inc's parent changed to %q", p.Parent)
 	}
-	// The chain of the removed full keeps its name; its root is now the oldest
-	// remaining point, standalone.
-	root, ok, err := g.ChainRoot("20261123T100000Z-full")
-	if err != nil || !ok || root.ID != "20261130T030000Z-inc" || root.Parent != "" || root.Disks[0].Backing != "" {
+	// The chain of the removed full goes on: its oldest remaining point, now
+	// standalone, is its full and names it.
+	if _, ok, _ := g.ChainRoot("20261123T100000Z-full"); ok {
+		t.Error("the removed full still names a chain")
+	}
+	root, ok, err := g.ChainRoot("20261130T030000Z-inc")
+	if err != nil || !ok || root.ID != "20261130T030000Z-inc" || root.Level != LevelFull || root.Parent != "" ||
+		root.Disks[0].Backing != "" || !strings.Contains(root.Merged, "taken as inc") {
 		t.Errorf("chain root after the prune: %+v %v %v", root.Manifest, ok, err)
+	}
+	for _, id := range []string{"20261130T043000Z-diff", "20261130T051000Z-inc"} {
+		if p, _ := g.Point(id); p.Chain != root.ID {
+			t.Errorf("%s is in chain %q after the prune, want %s", id, p.Chain, root.ID)
+		}
 	}
 }
 
