@@ -81,27 +81,44 @@ func (g *Guest) PlanPrune(policy retention.GFS, now time.Time) (PrunePlan, error
 // planRemoval plans removing the points ds does not keep: for every kept point whose
 // parent or whose disk's backing file belongs to a removed point, the nearest kept
 // ancestor (per disk, following the backing files) becomes its new parent or backing.
+// A chain whose full is removed gets its oldest kept point as new full (Rechain); a
+// kept point of that chain left without any kept ancestor (a diff on the removed
+// full) is rebased onto the new full rather than made standalone: it holds every
+// change since the old full, so the rebase writes next to nothing into it.
 func planRemoval(ps []Point, ds []retention.GFSDecision) PrunePlan {
 	byID := map[string]Point{}
 	for _, p := range ps {
 		byID[p.ID] = p
 	}
 	removed := map[string]bool{}
-	pl := PrunePlan{Decisions: ds, Reparent: map[string]string{}}
+	pl := PrunePlan{Decisions: ds, Reparent: map[string]string{}, Rechain: map[string]string{}}
 	for _, d := range ds {
 		if !d.Keep {
 			removed[d.ID] = true
 			pl.Remove = append(pl.Remove, d.ID)
 		}
 	}
+	for _, p := range ps { // oldest first: the first kept point of a chain is its new full
+		if removed[p.ID] || p.Chain == "" || !removed[p.Chain] {
+			continue
+		}
+		if _, done := pl.Rechain[p.Chain]; !done {
+			pl.Rechain[p.Chain] = p.ID
+		}
+	}
 	for _, p := range ps {
 		if removed[p.ID] {
 			continue
 		}
+		newFull, rechained := pl.Rechain[p.Chain]
+		rechained = rechained && newFull != p.ID
 		if removed[p.Parent] {
 			np := p.Parent
 			for np != "" && removed[np] {
 				np = byID[np].Parent
+			}
+			if np == "" && rechained {
+				np = newFull
 			}
 			pl.Reparent[p.ID] = np
 		}
@@ -123,16 +140,12 @@ func planRemoval(ps []Point, ds []retention.GFSDecision) PrunePlan {
 				}
 				to = bd.Backing
 			}
+			if to == "" && rechained {
+				if fd, ok := byID[newFull].Disk(d.Name); ok && fd.VirtualSize == d.VirtualSize {
+					to = backingName(newFull, fd.File)
+				}
+			}
 			pl.Rebase = append(pl.Rebase, RebaseStep{Point: p.ID, Disk: d.Name, From: d.Backing, To: to})
-		}
-	}
-	pl.Rechain = map[string]string{}
-	for _, p := range ps { // oldest first: the first kept point of a chain is its root
-		if removed[p.ID] || p.Chain == "" || !removed[p.Chain] {
-			continue
-		}
-		if _, done := pl.Rechain[p.Chain]; !done {
-			pl.Rechain[p.Chain] = p.ID
 		}
 	}
 	if len(pl.Reparent) == 0 {
