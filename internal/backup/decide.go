@@ -90,7 +90,7 @@ func Decide(want Level, points []PointInfo, checkpoints []driver.Checkpoint, dis
 	}
 	if why != "" {
 		if want != LevelAuto {
-			return Decision{}, fmt.Errorf("%w: cannot take a %s: %s; take a full with --level full (or let --level auto decide)", ErrLevelImpossible, level, why)
+			return Decision{}, fmt.Errorf("%w: cannot take %s: %s; take a full with --level full (or let --level auto decide)", ErrLevelImpossible, article(level), why)
 		}
 		return Decision{Level: driver.LevelFull, Reason: why}, nil
 	}

@@ -240,7 +240,7 @@ func (j *Job) backupGuest(ctx context.Context, r *run) {
 		cp = j.checkpointName(started)
 	}
 	if j.DryRun {
-		r.printf("Dry run: would take a %s backup %s of %s into %s%s", dec.Level, id, diskNames(disks), j.Target, describe(dec))
+		r.printf("Dry run: would take %s backup %s of %s into %s%s", article(dec.Level), id, diskNames(disks), j.Target, describe(dec))
 		r.res.Consistency = driver.ConsistencyUnknown
 		return
 	}
@@ -344,6 +344,7 @@ func (j *Job) take(ctx context.Context, r *run, b driver.Backupper, gs GuestStor
 	if err != nil {
 		return fmt.Errorf("guest %s: committing point %s in %s: %w", g.Name, meta.ID, j.Target, err)
 	}
+	r.res.Point = pt.ID
 	r.printf("Backup %s (%s) of %s complete: %s copied, %s", pt.ID, dec.Level, diskNames(disks), humanBytes(r.res.Bytes), r.res.Consistency.Describe())
 	points, perr := gs.Points()
 	if perr != nil {
@@ -449,6 +450,14 @@ func describe(d Decision) string {
 		return fmt.Sprintf(" on %s (changes since checkpoint %s)", d.Parent, d.Since)
 	}
 	return ""
+}
+
+// article is the level with its indefinite article: "a full", "an inc".
+func article(l driver.BackupLevel) string {
+	if l == driver.LevelInc {
+		return "an inc"
+	}
+	return "a " + string(l)
 }
 
 func humanBytes(n uint64) string {

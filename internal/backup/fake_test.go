@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -121,7 +123,7 @@ func (f *fakeDriver) Backup(ctx context.Context, g driver.Guest, req driver.Back
 	}
 	res := driver.BackupResult{Instant: time.Now(), Bytes: map[string]uint64{}}
 	for _, t := range req.Targets {
-		if err := os.WriteFile(t.File, []byte(string(req.Level)+" backing="+t.Backing), 0o600); err != nil {
+		if err := qcow2(t.File, t.Backing, f.size(t.Disk)); err != nil {
 			return res, err
 		}
 		res.Bytes[t.Disk] = 1000
@@ -133,6 +135,33 @@ func (f *fakeDriver) Backup(ctx context.Context, g driver.Guest, req driver.Back
 		return res, fail // the checkpoint stays: the engine must remove it
 	}
 	return res, nil
+}
+
+func (f *fakeDriver) size(disk string) uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, d := range f.disks {
+		if d.Name == disk {
+			return d.VirtualSize
+		}
+	}
+	return 0
+}
+
+// qcow2 creates an empty qcow2 image, backed by backing (relative to file's directory)
+// when given.
+func qcow2(file, backing string, size uint64) error {
+	args := []string{"create", "-q", "-f", "qcow2"}
+	if backing != "" {
+		args = append(args, "-b", backing, "-F", "qcow2")
+	}
+	args = append(args, file, strconv.FormatUint(size, 10))
+	cmd := exec.Command("qemu-img", args...)
+	cmd.Dir = filepath.Dir(file)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("qemu-img %v: %w: %s", args, err, out)
+	}
+	return nil
 }
 
 func (f *fakeDriver) DeleteCheckpoint(_ context.Context, g driver.Guest, name string) error {
