@@ -223,7 +223,7 @@ func TestOrphanCheckpointRemoved(t *testing.T) {
 	mustRun(t, f, f.job(LevelAuto))
 	k := f.guest.Key()
 	f.d.cps[k] = append(f.d.cps[k],
-		driver.Checkpoint{Name: "autosnap-"+f.store.Tag()+"-20261130T090000Z", Disks: []string{"vda", "vdb"}},
+		driver.Checkpoint{Name: "autosnap-" + f.store.Tag() + "-20261130T090000Z", Disks: []string{"vda", "vdb"}},
 		driver.Checkpoint{Name: "autosnap-other-20261130T090000Z", Disks: []string{"vda", "vdb"}},
 		driver.Checkpoint{Name: "users-own", Disks: []string{"vda", "vdb"}})
 	res := mustRun(t, f, f.job(LevelAuto))
@@ -242,7 +242,7 @@ func TestDryRunChangesNothing(t *testing.T) {
 	f := newEngineFixture(t)
 	mustRun(t, f, f.job(LevelAuto))
 	k := f.guest.Key()
-	f.d.cps[k] = append(f.d.cps[k], driver.Checkpoint{Name: "autosnap-"+f.store.Tag()+"-20261130T090000Z"})
+	f.d.cps[k] = append(f.d.cps[k], driver.Checkpoint{Name: "autosnap-" + f.store.Tag() + "-20261130T090000Z"})
 	before := f.d.checkpoints(f.guest)
 	j := f.job(LevelAuto)
 	j.DryRun = true

@@ -33,7 +33,7 @@ func (s RepoStore) Guest(g driver.Guest, driverName string) (GuestStore, error) 
 
 type repoGuest struct{ g *repo.Guest }
 
-func (r repoGuest) Lock(ctx context.Context) (func(), error)      { return r.g.Lock(ctx) }
+func (r repoGuest) Lock(ctx context.Context) (func(), error)     { return r.g.Lock(ctx) }
 func (r repoGuest) Repair(ctx context.Context) ([]string, error) { return r.g.Repair(ctx) }
 
 func (r repoGuest) Points() ([]Point, error) {
