@@ -411,3 +411,30 @@ var (
 	_ StallBounded     = (*Fleet)(nil)
 	_ SnapshotPreparer = (*Fleet)(nil)
 )
+
+// BackupSource implements Backupper.
+func (f *Fleet) BackupSource(ctx context.Context, g Guest) (BackupSource, error) {
+	b, err := capability[Backupper](f, g, "take backups")
+	if err != nil {
+		return BackupSource{}, err
+	}
+	return b.BackupSource(ctx, g)
+}
+
+// Backup implements Backupper.
+func (f *Fleet) Backup(ctx context.Context, g Guest, req BackupRequest) (BackupResult, error) {
+	b, err := capability[Backupper](f, g, "take backups")
+	if err != nil {
+		return BackupResult{}, err
+	}
+	return b.Backup(ctx, g, req)
+}
+
+// DeleteCheckpoint implements Backupper.
+func (f *Fleet) DeleteCheckpoint(ctx context.Context, g Guest, name string) error {
+	b, err := capability[Backupper](f, g, "remove backup checkpoints")
+	if err != nil {
+		return err
+	}
+	return b.DeleteCheckpoint(ctx, g, name)
+}

@@ -37,6 +37,7 @@ var capabilities = []reflect.Type{
 	reflect.TypeFor[StallBounded](),
 	reflect.TypeFor[SnapshotPreparer](),
 	reflect.TypeFor[RevertNoter](),
+	reflect.TypeFor[Backupper](),
 }
 
 // notCapabilities are the interfaces of package driver that a driver does not add on
@@ -208,6 +209,16 @@ func (r *recorder) RevertSnapshotNotes(_ context.Context, g Guest, name string, 
 	note("note from " + r.node)
 	return r.rec("RevertSnapshotNotes", g, name, o)
 }
+func (r *recorder) BackupSource(_ context.Context, g Guest) (BackupSource, error) {
+	return BackupSource{}, r.rec("BackupSource", g)
+}
+func (r *recorder) Backup(_ context.Context, g Guest, req BackupRequest) (BackupResult, error) {
+	req.Freeze, req.Progress = nil, nil // functions are not comparable
+	return BackupResult{}, r.rec("Backup", g, req)
+}
+func (r *recorder) DeleteCheckpoint(_ context.Context, g Guest, name string) error {
+	return r.rec("DeleteCheckpoint", g, name)
+}
 
 // bare is a member with no optional capability at all; it records into r.
 type bare struct{ r *recorder }
@@ -283,6 +294,8 @@ func argsFor(t *testing.T, m reflect.Method, g Guest, all []Guest) []reflect.Val
 			args = append(args, reflect.ValueOf(EditOptions{Description: &d, Rename: "new"}))
 		case pt == reflect.TypeFor[CollapseOptions]():
 			args = append(args, reflect.ValueOf(CollapseOptions{Disk: "vdb", ForceBase: []string{"/b"}}))
+		case pt == reflect.TypeFor[BackupRequest]():
+			args = append(args, reflect.ValueOf(BackupRequest{Level: LevelInc, Since: "a", Checkpoint: "b", Targets: []BackupTarget{{Disk: "vda", File: "/f", Backing: "p"}}}))
 		case pt == reflect.TypeFor[func(string)]():
 			args = append(args, reflect.ValueOf(func(string) {}))
 		default:

@@ -1,0 +1,506 @@
+package libvirt
+
+import (
+	"context"
+	"encoding/json"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	golibvirt "github.com/digitalocean/go-libvirt"
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/autosnap/autosnap/internal/driver"
+)
+
+var _ driver.Backupper = (*Driver)(nil)
+
+// backupPoll is how often a running backup job is polled for progress and its end.
+const backupPoll = 100 * time.Millisecond
+
+// backupDisks lists the disks of a definition a backup can cover: real disks (not
+// cdrom, floppy or lun), writable and not shared (a read-only or shared disk is not the
+// guest's own state), not transient (libvirt cannot block-job them), with a source.
+func backupDisks(x *libvirtxml.Domain) []*libvirtxml.DomainDisk {
+	if x.Devices == nil {
+		return nil
+	}
+	var out []*libvirtxml.DomainDisk
+	for i := range x.Devices.Disks {
+		dk := &x.Devices.Disks[i]
+		if dk.Device != "" && dk.Device != "disk" {
+			continue
+		}
+		if dk.ReadOnly != nil || dk.Shareable != nil || dk.Transient != nil || dk.Target == nil || dk.Source == nil {
+			continue
+		}
+		out = append(out, dk)
+	}
+	return out
+}
+
+func diskFormat(dk *libvirtxml.DomainDisk) string {
+	if dk.Driver != nil && dk.Driver.Type != "" {
+		return dk.Driver.Type
+	}
+	return "raw"
+}
+
+// BackupSource implements driver.Backupper: the disks of the definition in force (the
+// live one of a running or paused guest, whose sources are the tops of any snapshot
+// overlays), the persistent definition without secrets as the config to store, and
+// autosnap's checkpoints with their usability.
+func (d *Driver) BackupSource(ctx context.Context, g driver.Guest) (driver.BackupSource, error) {
+	dom, err := d.lookup(ctx, g)
+	if err != nil {
+		return driver.BackupSource{}, err
+	}
+	x, active, err := d.currentXML(ctx, dom)
+	if err != nil {
+		return driver.BackupSource{}, err
+	}
+	cfg, err := call(ctx, func() (string, error) { return d.l.DomainGetXMLDesc(dom, golibvirt.DomainXMLInactive) })
+	if err != nil {
+		return driver.BackupSource{}, fmt.Errorf("guest %s on %s: reading its definition: %w", g.Name, d.node, d.notFound(g.Name, err))
+	}
+	src := driver.BackupSource{Config: []byte(cfg)}
+	top := map[string]string{}
+	for _, dk := range backupDisks(x) {
+		bd := driver.BackupDisk{Name: dk.Target.Dev, File: sourcePath(dk.Source), Format: diskFormat(dk), Incremental: true}
+		top[bd.Name] = bd.File
+		type cap struct{ c uint64 }
+		c, err := call(ctx, func() (cap, error) {
+			_, c, _, err := d.l.DomainGetBlockInfo(dom, bd.Name, 0)
+			return cap{c}, err
+		})
+		if err != nil {
+			return driver.BackupSource{}, fmt.Errorf("guest %s on %s: reading the size of disk %s: %w", g.Name, d.node, bd.Name, d.notFound(g.Name, err))
+		}
+		bd.VirtualSize = c.c
+		switch {
+		case bd.Format != "qcow2":
+			bd.Incremental = false
+			bd.NoIncremental = fmt.Sprintf("disk %s is a %s image: changes can only be tracked with dirty bitmaps stored in qcow2 (convert it with qemu-img convert -O qcow2 while the guest is shut off)", bd.Name, bd.Format)
+		case bd.File == "" && !active:
+			bd.Incremental = false
+			bd.NoIncremental = fmt.Sprintf("disk %s is not a local file: autosnap reads the bitmaps of a shut-off guest's disks from their images", bd.Name)
+		}
+		src.Disks = append(src.Disks, bd)
+	}
+	if len(src.Disks) == 0 {
+		return driver.BackupSource{}, fmt.Errorf("guest %s on %s has no disk a backup can cover (only cdroms, read-only, shared or transient disks)", g.Name, d.node)
+	}
+	src.Checkpoints, err = d.checkpoints(ctx, dom, active, top)
+	if err != nil {
+		return driver.BackupSource{}, fmt.Errorf("guest %s: %w", g.Name, err)
+	}
+	return src, nil
+}
+
+// backupXML is libvirt's <domainbackup> in push mode.
+type backupXML struct {
+	XMLName     xml.Name        `xml:"domainbackup"`
+	Mode        string          `xml:"mode,attr"`
+	Incremental string          `xml:"incremental,omitempty"`
+	Disks       []backupDiskXML `xml:"disks>disk"`
+}
+
+type backupDiskXML struct {
+	Name       string `xml:"name,attr"`
+	Backup     string `xml:"backup,attr"`
+	Type       string `xml:"type,attr,omitempty"`
+	BackupMode string `xml:"backupmode,attr,omitempty"`
+	Target     *struct {
+		File string `xml:"file,attr"`
+	} `xml:"target"`
+	Driver *struct {
+		Type string `xml:"type,attr"`
+	} `xml:"driver"`
+}
+
+// Backup implements driver.Backupper. A running or paused guest is backed up by
+// libvirt in push mode (backup-begin with the new checkpoint in the same call, so the
+// checkpoint's instant is the backup's); a shut-off guest by qemu-storage-daemon on its
+// images (backup_offline.go).
+//
+// Every target is created here as qcow2 before the job (an inc or diff with its
+// backing file set to BackupTarget.Backing), mode 0600, and handed to libvirt as an
+// existing file. QEMU opens it without its backing chain and copies only the blocks
+// the bitmap marks; blocks that became zero are written as zero clusters, which hide
+// the backing file's data (TestBackupZeroedRegion).
+func (d *Driver) Backup(ctx context.Context, g driver.Guest, req driver.BackupRequest) (driver.BackupResult, error) {
+	if err := checkRequest(g, req); err != nil {
+		return driver.BackupResult{}, err
+	}
+	dom, err := d.lookup(ctx, g)
+	if err != nil {
+		return driver.BackupResult{}, err
+	}
+	unlock := d.domLock(g.UUID + g.Name)
+	defer unlock()
+	x, active, err := d.currentXML(ctx, dom)
+	if err != nil {
+		return driver.BackupResult{}, err
+	}
+	disks := map[string]*libvirtxml.DomainDisk{}
+	for _, dk := range backupDisks(x) {
+		disks[dk.Target.Dev] = dk
+	}
+	for _, t := range req.Targets {
+		if disks[t.Disk] == nil {
+			return driver.BackupResult{}, fmt.Errorf("guest %s has no disk %s a backup can cover", g.Name, t.Disk)
+		}
+	}
+	if !active {
+		return d.backupOffline(ctx, g, dom, x, disks, req)
+	}
+	return d.backupLive(ctx, g, dom, x, disks, req)
+}
+
+func checkRequest(g driver.Guest, req driver.BackupRequest) error {
+	switch req.Level {
+	case driver.LevelFull, driver.LevelCopy:
+	case driver.LevelInc, driver.LevelDiff:
+		if req.Since == "" {
+			return fmt.Errorf("guest %s: an %s backup needs the checkpoint it starts from", g.Name, req.Level)
+		}
+	default:
+		return fmt.Errorf("guest %s: unknown backup level %q", g.Name, req.Level)
+	}
+	if req.Level == driver.LevelCopy && req.Checkpoint != "" {
+		return fmt.Errorf("guest %s: a copy creates no checkpoint, but checkpoint %s was asked for", g.Name, req.Checkpoint)
+	}
+	if req.Level != driver.LevelCopy && !IsOwnCheckpoint(req.Checkpoint) {
+		return fmt.Errorf("guest %s: a %s backup creates a checkpoint named %s…, not %q", g.Name, req.Level, CheckpointPrefix, req.Checkpoint)
+	}
+	if req.Since != "" && !IsOwnCheckpoint(req.Since) {
+		return fmt.Errorf("guest %s: checkpoint %s is not autosnap's; backups only start from autosnap's own", g.Name, req.Since)
+	}
+	if len(req.Targets) == 0 {
+		return fmt.Errorf("guest %s: the backup names no disk", g.Name)
+	}
+	for _, t := range req.Targets {
+		if t.File == "" {
+			return fmt.Errorf("guest %s disk %s: no target file", g.Name, t.Disk)
+		}
+		if t.Backing != "" && req.Level != driver.LevelInc && req.Level != driver.LevelDiff {
+			return fmt.Errorf("guest %s disk %s: a %s backup has no backing file", g.Name, t.Disk, req.Level)
+		}
+	}
+	return nil
+}
+
+// incremental reports whether disk t is copied relative to req.Since: an inc or diff of
+// a disk that has a backing point (a disk without one, e.g. raw or newly added, is
+// copied whole into a file without backing).
+func incremental(req driver.BackupRequest, t driver.BackupTarget) bool {
+	return (req.Level == driver.LevelInc || req.Level == driver.LevelDiff) && t.Backing != ""
+}
+
+// createTarget creates one target file, mode 0600: qcow2 of the disk's size, with its
+// backing file when the disk is copied incrementally.
+func createTarget(ctx context.Context, t driver.BackupTarget, size uint64, withBacking bool) error {
+	if _, err := os.Lstat(t.File); err == nil {
+		return fmt.Errorf("target %s already exists", t.File)
+	}
+	args := []string{"create", "-q", "-f", "qcow2"}
+	if withBacking {
+		args = append(args, "-F", "qcow2", "-b", t.Backing)
+	}
+	args = append(args, t.File, strconv.FormatUint(size, 10))
+	if _, err := runCmd(ctx, "qemu-img", args...); err != nil {
+		return err
+	}
+	return os.Chmod(t.File, 0o600)
+}
+
+func (d *Driver) backupLive(ctx context.Context, g driver.Guest, dom golibvirt.Domain, x *libvirtxml.Domain, disks map[string]*libvirtxml.DomainDisk, req driver.BackupRequest) (driver.BackupResult, error) {
+	if err := d.abortStaleBackup(ctx, dom); err != nil {
+		return driver.BackupResult{}, fmt.Errorf("guest %s: %w", g.Name, err)
+	}
+	bx := backupXML{Mode: "push"}
+	inc := req.Level == driver.LevelInc || req.Level == driver.LevelDiff
+	if inc {
+		bx.Incremental = req.Since
+	}
+	cx := checkpointXML{Name: req.Checkpoint, Description: "autosnap backup checkpoint"}
+	targets := map[string]driver.BackupTarget{}
+	for _, t := range req.Targets {
+		targets[t.Disk] = t
+	}
+	for _, dk := range backupDisks(x) {
+		name := dk.Target.Dev
+		t, ok := targets[name]
+		if !ok {
+			bx.Disks = append(bx.Disks, backupDiskXML{Name: name, Backup: "no"})
+			cx.Disks = append(cx.Disks, checkpointDiskXML{Name: name, Checkpoint: "no"})
+			continue
+		}
+		bd := backupDiskXML{Name: name, Backup: "yes", Type: "file"}
+		bd.Target = &struct {
+			File string `xml:"file,attr"`
+		}{t.File}
+		bd.Driver = &struct {
+			Type string `xml:"type,attr"`
+		}{"qcow2"}
+		if inc && !incremental(req, t) {
+			bd.BackupMode = "full"
+		}
+		bx.Disks = append(bx.Disks, bd)
+		if diskFormat(dk) == "qcow2" {
+			cx.Disks = append(cx.Disks, checkpointDiskXML{Name: name, Checkpoint: "bitmap"})
+		} else {
+			cx.Disks = append(cx.Disks, checkpointDiskXML{Name: name, Checkpoint: "no"})
+		}
+	}
+	for _, t := range req.Targets {
+		type cap struct{ c uint64 }
+		c, err := call(ctx, func() (cap, error) {
+			_, c, _, err := d.l.DomainGetBlockInfo(dom, t.Disk, 0)
+			return cap{c}, err
+		})
+		if err != nil {
+			return driver.BackupResult{}, fmt.Errorf("guest %s: reading the size of disk %s: %w", g.Name, t.Disk, err)
+		}
+		if err := createTarget(ctx, t, c.c, incremental(req, t)); err != nil {
+			return driver.BackupResult{}, fmt.Errorf("guest %s disk %s: creating the backup target: %w", g.Name, t.Disk, err)
+		}
+	}
+	bxs, err := xml.Marshal(bx)
+	if err != nil {
+		return driver.BackupResult{}, err
+	}
+	var cps golibvirt.OptString
+	if req.Checkpoint != "" {
+		b, err := xml.Marshal(cx)
+		if err != nil {
+			return driver.BackupResult{}, err
+		}
+		cps = golibvirt.OptString{string(b)}
+	}
+
+	var thaw func()
+	if req.Freeze != nil {
+		thaw, err = req.Freeze(ctx)
+		if err != nil {
+			return driver.BackupResult{}, fmt.Errorf("guest %s: freezing before the backup: %w", g.Name, err)
+		}
+	}
+	err = call0(ctx, func() error {
+		return d.l.DomainBackupBegin(dom, string(bxs), cps, golibvirt.DomainBackupBeginReuseExternal)
+	})
+	instant := time.Now().UTC()
+	if thaw != nil {
+		thaw()
+	}
+	if err != nil {
+		if errCode(err) == golibvirt.ErrCheckpointInconsistent {
+			return driver.BackupResult{}, fmt.Errorf("guest %s on %s: checkpoint %s cannot be used (%s): take a full backup: %w", g.Name, d.node, req.Since, libvirtMessage(err), err)
+		}
+		// A call abandoned on ctx may still have started the job.
+		d.undoBackup(g, dom, req.Checkpoint)
+		return driver.BackupResult{}, fmt.Errorf("guest %s on %s: starting the backup job: %w", g.Name, d.node, err)
+	}
+	if err := d.waitBackup(ctx, g, dom, req.Progress); err != nil {
+		d.undoBackup(g, dom, req.Checkpoint)
+		return driver.BackupResult{}, err
+	}
+	res := driver.BackupResult{Instant: instant, Bytes: map[string]uint64{}}
+	for _, t := range req.Targets {
+		n, err := allocatedBytes(ctx, t.File)
+		if err != nil {
+			return driver.BackupResult{}, fmt.Errorf("guest %s disk %s: %w", g.Name, t.Disk, err)
+		}
+		res.Bytes[t.Disk] = n
+	}
+	return res, nil
+}
+
+// undoBackup stops the job of a failed backup and removes the checkpoint it created,
+// with a fresh context: the caller's may be what ended.
+func (d *Driver) undoBackup(g driver.Guest, dom golibvirt.Domain, checkpoint string) {
+	ctx, cancel := context.WithTimeout(context.Background(), d.timeout)
+	defer cancel()
+	if _, err := call(ctx, func() (string, error) { return d.l.DomainBackupGetXMLDesc(dom, 0) }); err == nil {
+		_ = call0(ctx, func() error { return d.l.DomainAbortJob(dom) })
+		for i := 0; i < 50; i++ {
+			if _, err := call(ctx, func() (string, error) { return d.l.DomainBackupGetXMLDesc(dom, 0) }); err != nil {
+				break
+			}
+			time.Sleep(backupPoll)
+		}
+	}
+	if checkpoint == "" {
+		return
+	}
+	if err := d.deleteCheckpoint(ctx, g, dom, checkpoint); err != nil && !errors.Is(err, driver.ErrNotFound) {
+		// The engine removes checkpoints without a completed point on its next run.
+		_ = err
+	}
+}
+
+// jobStat reads a typed parameter of job statistics as a number.
+func jobStat(params []golibvirt.TypedParam, names ...string) (uint64, bool) {
+	for _, n := range names {
+		for _, p := range params {
+			if p.Field != n {
+				continue
+			}
+			switch v := p.Value.I.(type) {
+			case uint64:
+				return v, true
+			case int64:
+				return uint64(v), true
+			case int32:
+				return uint64(v), true
+			case uint32:
+				return uint64(v), true
+			}
+		}
+	}
+	return 0, false
+}
+
+func jobString(params []golibvirt.TypedParam, name string) string {
+	for _, p := range params {
+		if p.Field == name {
+			if s, ok := p.Value.I.(string); ok {
+				return s
+			}
+		}
+	}
+	return ""
+}
+
+// waitBackup polls the domain's job until the backup ends, reporting progress, and
+// reads the completed job's outcome. When ctx ends it aborts the job.
+func (d *Driver) waitBackup(ctx context.Context, g driver.Guest, dom golibvirt.Domain, progress func(done, total uint64)) error {
+	type stats struct {
+		typ    int32
+		params []golibvirt.TypedParam
+	}
+	get := func(flags golibvirt.DomainGetJobStatsFlags) (stats, error) {
+		return call(ctx, func() (stats, error) {
+			t, p, err := d.l.DomainGetJobStats(dom, flags)
+			return stats{t, p}, err
+		})
+	}
+	var last uint64
+	for {
+		s, err := get(0)
+		if err != nil {
+			return fmt.Errorf("guest %s on %s: reading the backup job: %w", g.Name, d.node, d.notFound(g.Name, err))
+		}
+		if golibvirt.DomainJobType(s.typ) == golibvirt.DomainJobNone {
+			break
+		}
+		if progress != nil {
+			done, _ := jobStat(s.params, "disk_processed", "data_processed")
+			total, _ := jobStat(s.params, "disk_total", "data_total")
+			if done != last || done == 0 {
+				progress(done, total)
+				last = done
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("guest %s on %s: backup stopped: %w", g.Name, d.node, ctx.Err())
+		case <-time.After(backupPoll):
+		}
+	}
+	s, err := get(golibvirt.DomainJobStatsCompleted)
+	if err != nil {
+		return fmt.Errorf("guest %s on %s: reading the finished backup job: %w", g.Name, d.node, err)
+	}
+	switch golibvirt.DomainJobType(s.typ) {
+	case golibvirt.DomainJobCompleted:
+		if progress != nil {
+			total, _ := jobStat(s.params, "disk_total", "data_total")
+			progress(total, total)
+		}
+		return nil
+	case golibvirt.DomainJobCancelled:
+		return fmt.Errorf("guest %s on %s: the backup job was cancelled (virsh domjobabort?): %s", g.Name, d.node, jobString(s.params, "errmsg"))
+	default:
+		msg := jobString(s.params, "errmsg")
+		if msg == "" {
+			msg = "libvirt gives no reason; see the libvirtd log"
+		}
+		return fmt.Errorf("guest %s on %s: the backup job failed: %s (check free space where the backup is written)", g.Name, d.node, msg)
+	}
+}
+
+// abortStaleBackup aborts a backup job left running by a killed run: one whose every
+// target file is gone (the repository removes a partial point's files before the next
+// backup). A job whose targets exist belongs to a live backup and makes this fail.
+func (d *Driver) abortStaleBackup(ctx context.Context, dom golibvirt.Domain) error {
+	s, err := call(ctx, func() (string, error) { return d.l.DomainBackupGetXMLDesc(dom, 0) })
+	if err != nil {
+		return nil // no backup job (or a shut-off guest)
+	}
+	var bx backupXML
+	if err := xml.Unmarshal([]byte(s), &bx); err != nil {
+		return fmt.Errorf("a backup job is running and its definition is unreadable: %w", err)
+	}
+	var live []string
+	for _, dk := range bx.Disks {
+		if dk.Target == nil || dk.Target.File == "" {
+			continue
+		}
+		if _, err := os.Stat(dk.Target.File); err == nil {
+			live = append(live, dk.Target.File)
+		}
+	}
+	if bx.Mode == "pull" || len(live) > 0 {
+		return fmt.Errorf("another backup job is running on it (writing %s); wait for it, or stop it with virsh domjobabort %s", strings.Join(live, ", "), dom.Name)
+	}
+	if err := call0(ctx, func() error { return d.l.DomainAbortJob(dom) }); err != nil {
+		return fmt.Errorf("aborting a backup job left by an interrupted run: %w", err)
+	}
+	for i := 0; i < 100; i++ {
+		if _, err := call(ctx, func() (string, error) { return d.l.DomainBackupGetXMLDesc(dom, 0) }); err != nil {
+			return nil
+		}
+		time.Sleep(backupPoll)
+	}
+	return fmt.Errorf("a backup job left by an interrupted run did not stop after an abort; check virsh domjobinfo %s", dom.Name)
+}
+
+// allocatedBytes is how much data the top layer of a qcow2 file holds (its own data
+// clusters, not its backing file's, not zero clusters).
+func allocatedBytes(ctx context.Context, file string) (uint64, error) {
+	out, err := runCmd(ctx, "qemu-img", "map", "-U", "-f", "qcow2", "--output=json", file)
+	if err != nil {
+		return 0, err
+	}
+	var ext []struct {
+		Length uint64 `json:"length"`
+		Depth  int    `json:"depth"`
+		Data   bool   `json:"data"`
+		Zero   bool   `json:"zero"`
+	}
+	if err := json.Unmarshal(out, &ext); err != nil {
+		return 0, fmt.Errorf("qemu-img map %s: unreadable output: %w", file, err)
+	}
+	var n uint64
+	for _, e := range ext {
+		if e.Depth == 0 && e.Data && !e.Zero {
+			n += e.Length
+		}
+	}
+	return n, nil
+}
+
+// absBacking resolves a target's backing name against the target's directory, as
+// qcow2 does.
+func absBacking(t driver.BackupTarget) string {
+	if filepath.IsAbs(t.Backing) {
+		return t.Backing
+	}
+	return filepath.Join(filepath.Dir(t.File), t.Backing)
+}

@@ -1,0 +1,404 @@
+package libvirt
+
+import (
+	"context"
+	"encoding/json"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	golibvirt "github.com/digitalocean/go-libvirt"
+
+	"github.com/autosnap/autosnap/internal/driver"
+)
+
+// CheckpointPrefix starts the name of every checkpoint (and dirty bitmap) autosnap
+// creates. Checkpoints without it belong to someone else and are never listed, used or
+// removed.
+const CheckpointPrefix = "autosnap-"
+
+// IsOwnCheckpoint reports whether a checkpoint name is one of autosnap's.
+func IsOwnCheckpoint(name string) bool { return strings.HasPrefix(name, CheckpointPrefix) }
+
+// checkpointXML is libvirt's <domaincheckpoint> as far as autosnap reads and writes it
+// (libvirtxml of this module version has no checkpoint type).
+type checkpointXML struct {
+	XMLName      xml.Name             `xml:"domaincheckpoint"`
+	Name         string               `xml:"name"`
+	Description  string               `xml:"description,omitempty"`
+	CreationTime int64                `xml:"creationTime,omitempty"`
+	Parent       *checkpointParentXML `xml:"parent,omitempty"`
+	Disks        []checkpointDiskXML  `xml:"disks>disk"`
+}
+
+type checkpointParentXML struct {
+	Name string `xml:"name"`
+}
+
+type checkpointDiskXML struct {
+	Name       string `xml:"name,attr"`
+	Checkpoint string `xml:"checkpoint,attr,omitempty"` // bitmap or no
+	Bitmap     string `xml:"bitmap,attr,omitempty"`
+	Size       uint64 `xml:"size,attr,omitempty"`
+}
+
+// tracked lists the disks whose changes the checkpoint records with a bitmap.
+func (c *checkpointXML) tracked() []string {
+	var out []string
+	for _, d := range c.Disks {
+		if d.Checkpoint == "bitmap" {
+			out = append(out, d.Name)
+		}
+	}
+	return out
+}
+
+func (c *checkpointXML) bitmap(disk string) string {
+	for _, d := range c.Disks {
+		if d.Name == disk && d.Bitmap != "" {
+			return d.Bitmap
+		}
+	}
+	return c.Name
+}
+
+// ownCheckpoint is one of autosnap's checkpoints with its handle and definition.
+type ownCheckpoint struct {
+	h golibvirt.DomainCheckpoint
+	x checkpointXML
+}
+
+// ownCheckpoints lists autosnap's checkpoints of dom, oldest first.
+func (d *Driver) ownCheckpoints(ctx context.Context, dom golibvirt.Domain) ([]ownCheckpoint, error) {
+	type res struct {
+		cps []golibvirt.DomainCheckpoint
+	}
+	r, err := call(ctx, func() (res, error) {
+		cps, _, err := d.l.DomainListAllCheckpoints(dom, 1, 0)
+		return res{cps}, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing checkpoints of %s on %s: %w", dom.Name, d.node, d.notFound(dom.Name, err))
+	}
+	var out []ownCheckpoint
+	for _, h := range r.cps {
+		if !IsOwnCheckpoint(h.Name) {
+			continue
+		}
+		x, err := d.checkpointDef(ctx, h, 0)
+		if err != nil {
+			if errCode(err) == golibvirt.ErrNoDomainCheckpoint {
+				continue // deleted since the listing
+			}
+			return nil, err
+		}
+		out = append(out, ownCheckpoint{h: h, x: x})
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].x.CreationTime != out[j].x.CreationTime {
+			return out[i].x.CreationTime < out[j].x.CreationTime
+		}
+		return out[i].x.Name < out[j].x.Name
+	})
+	return out, nil
+}
+
+func (d *Driver) checkpointDef(ctx context.Context, h golibvirt.DomainCheckpoint, flags golibvirt.DomainCheckpointXMLFlags) (checkpointXML, error) {
+	s, err := call(ctx, func() (string, error) {
+		return d.l.DomainCheckpointGetXMLDesc(h, uint32(flags|golibvirt.DomainCheckpointXMLNoDomain))
+	})
+	if err != nil {
+		return checkpointXML{}, fmt.Errorf("reading checkpoint %s of %s: %w", h.Name, h.Dom.Name, err)
+	}
+	var x checkpointXML
+	if err := xml.Unmarshal([]byte(s), &x); err != nil {
+		return checkpointXML{}, fmt.Errorf("checkpoint %s of %s: unreadable definition: %w", h.Name, h.Dom.Name, err)
+	}
+	return x, nil
+}
+
+// checkpoints lists autosnap's checkpoints of a guest with their usability. For an
+// active guest libvirt itself judges them: asking for the checkpoint's size makes
+// libvirt merge its bitmaps along every disk's chain, which fails when a bitmap is
+// missing from the top image, has a gap below it or is inconsistent. For a shut-off
+// guest the images are read directly (imageBitmaps). top maps a disk to its active image.
+func (d *Driver) checkpoints(ctx context.Context, dom golibvirt.Domain, active bool, top map[string]string) ([]driver.Checkpoint, error) {
+	own, err := d.ownCheckpoints(ctx, dom)
+	if err != nil {
+		return nil, err
+	}
+	bitmaps := map[string][]qemuBitmap{}
+	out := make([]driver.Checkpoint, 0, len(own))
+	for _, c := range own {
+		cp := driver.Checkpoint{Name: c.x.Name, Created: time.Unix(c.x.CreationTime, 0).UTC(), Disks: c.x.tracked()}
+		if active {
+			if _, err := d.checkpointDef(ctx, c.h, golibvirt.DomainCheckpointXMLSize); err != nil {
+				cp.Unusable = "libvirt cannot read its changes: " + libvirtMessage(err)
+			}
+		} else {
+			var why []string
+			for _, disk := range cp.Disks {
+				file, ok := top[disk]
+				if !ok {
+					why = append(why, "disk "+disk+" is no longer attached")
+					continue
+				}
+				bms, ok := bitmaps[file]
+				if !ok {
+					bms, err = imageBitmaps(ctx, file)
+					if err != nil {
+						return nil, err
+					}
+					bitmaps[file] = bms
+				}
+				if w := bitmapUsable(bms, c.x.bitmap(disk)); w != "" {
+					why = append(why, "disk "+disk+": "+w)
+				}
+			}
+			cp.Unusable = strings.Join(why, "; ")
+		}
+		out = append(out, cp)
+	}
+	return out, nil
+}
+
+// libvirtMessage is the human part of a libvirt error.
+func libvirtMessage(err error) string {
+	var e golibvirt.Error
+	if errors.As(err, &e) {
+		return e.Message
+	}
+	return err.Error()
+}
+
+// qemuBitmap is a persistent dirty bitmap of a qcow2 image as qemu-img reports it.
+type qemuBitmap struct {
+	Name        string   `json:"name"`
+	Granularity uint64   `json:"granularity"`
+	Flags       []string `json:"flags"`
+}
+
+// imageBitmaps lists the persistent bitmaps of one image (not its backing files).
+// -U reads an image a running QEMU holds; its bitmaps then carry the in-use flag.
+func imageBitmaps(ctx context.Context, file string) ([]qemuBitmap, error) {
+	out, err := runCmd(ctx, "qemu-img", "info", "-U", "--output=json", file)
+	if err != nil {
+		return nil, err
+	}
+	var info struct {
+		Format string `json:"format"`
+		Spec   struct {
+			Data struct {
+				Bitmaps []qemuBitmap `json:"bitmaps"`
+			} `json:"data"`
+		} `json:"format-specific"`
+	}
+	if err := json.Unmarshal(out, &info); err != nil {
+		return nil, fmt.Errorf("qemu-img info %s: unreadable output: %w", file, err)
+	}
+	return info.Spec.Data.Bitmaps, nil
+}
+
+// bitmapUsable says why bitmap name in an image of a shut-off guest cannot be used,
+// or "" when it can: present, recording (auto) and cleanly stored (not in-use).
+func bitmapUsable(bms []qemuBitmap, name string) string {
+	for _, b := range bms {
+		if b.Name != name {
+			continue
+		}
+		switch {
+		case slices.Contains(b.Flags, "in-use"):
+			return "bitmap " + name + " is inconsistent (QEMU did not close the image cleanly)"
+		case !slices.Contains(b.Flags, "auto"):
+			return "bitmap " + name + " is not recording"
+		}
+		return ""
+	}
+	return "bitmap " + name + " is missing from the disk's active image"
+}
+
+// DeleteCheckpoint implements driver.Backupper. libvirt keeps one recording bitmap per
+// checkpoint, each holding every change since its own checkpoint, so removing one
+// checkpoint loses nothing a later one tracks; libvirt merges or drops the bitmap along
+// every chain (snapshot overlays included). When that is impossible because the bitmap
+// is already gone or broken (an unclean stop, images changed behind libvirt's back), the
+// metadata alone is removed and the leftover bitmaps are removed from the images of a
+// shut-off guest, so a checkpoint never lingers. Names that are not autosnap's are
+// refused.
+func (d *Driver) DeleteCheckpoint(ctx context.Context, g driver.Guest, name string) error {
+	if !IsOwnCheckpoint(name) {
+		return fmt.Errorf("guest %s: checkpoint %s is not autosnap's (its names start with %q); autosnap never removes others' checkpoints", g.Name, name, CheckpointPrefix)
+	}
+	dom, err := d.lookup(ctx, g)
+	if err != nil {
+		return err
+	}
+	unlock := d.domLock(g.UUID + g.Name)
+	defer unlock()
+	return d.deleteCheckpoint(ctx, g, dom, name)
+}
+
+func (d *Driver) deleteCheckpoint(ctx context.Context, g driver.Guest, dom golibvirt.Domain, name string) error {
+	h, err := call(ctx, func() (golibvirt.DomainCheckpoint, error) { return d.l.DomainCheckpointLookupByName(dom, name, 0) })
+	if err != nil {
+		if errCode(err) == golibvirt.ErrNoDomainCheckpoint {
+			return fmt.Errorf("guest %s on %s has no checkpoint %s: %w", g.Name, d.node, name, driver.ErrNotFound)
+		}
+		return fmt.Errorf("guest %s on %s: looking up checkpoint %s: %w", g.Name, d.node, name, d.notFound(g.Name, err))
+	}
+	x, xerr := d.checkpointDef(ctx, h, 0)
+	// A backup job left by a killed run may still hold this checkpoint's bitmaps.
+	if err := d.abortStaleBackup(ctx, dom); err != nil {
+		return fmt.Errorf("guest %s: %w", g.Name, err)
+	}
+	err = call0(ctx, func() error { return d.l.DomainCheckpointDelete(h, 0) })
+	if err == nil {
+		return nil
+	}
+	code := errCode(err)
+	if code != golibvirt.ErrCheckpointInconsistent && code != golibvirt.ErrOperationFailed && code != golibvirt.ErrInternalError {
+		return fmt.Errorf("guest %s on %s: removing checkpoint %s: %w (check with virsh checkpoint-list %s)", g.Name, d.node, name, err, g.Name)
+	}
+	// The bitmaps are broken or gone: drop the metadata so the checkpoint cannot be used,
+	// then clean what is left of its bitmaps where that can be done safely.
+	if merr := call0(ctx, func() error { return d.l.DomainCheckpointDelete(h, golibvirt.DomainCheckpointDeleteMetadataOnly) }); merr != nil {
+		return fmt.Errorf("guest %s on %s: removing checkpoint %s failed (%v), and so did removing its metadata: %w", g.Name, d.node, name, err, merr)
+	}
+	if xerr == nil {
+		if rerr := d.removeLeftoverBitmaps(ctx, dom, x); rerr != nil {
+			return fmt.Errorf("guest %s: checkpoint %s removed from libvirt (its bitmaps were broken: %v), but leftover bitmaps remain: %w", g.Name, name, libvirtMessage(err), rerr)
+		}
+	}
+	return nil
+}
+
+// removeLeftoverBitmaps removes a checkpoint's bitmaps from every image of a shut-off
+// guest's chains; a running guest's images belong to QEMU and keep them (harmless:
+// libvirt ignores bitmaps without a checkpoint, and cleanup removes them once the guest
+// is shut off).
+func (d *Driver) removeLeftoverBitmaps(ctx context.Context, dom golibvirt.Domain, x checkpointXML) error {
+	dx, active, err := d.currentXML(ctx, dom)
+	if err != nil || active {
+		return err
+	}
+	chains, err := d.chainsOf(ctx, dx, false)
+	if err != nil {
+		return err
+	}
+	for _, disk := range x.tracked() {
+		for _, img := range chains[disk] {
+			bms, err := imageBitmaps(ctx, img)
+			if err != nil {
+				return err
+			}
+			bm := x.bitmap(disk)
+			if !slices.ContainsFunc(bms, func(b qemuBitmap) bool { return b.Name == bm }) {
+				continue
+			}
+			if _, err := runCmd(ctx, "qemu-img", "bitmap", "--remove", img, bm); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Bitmap is one of autosnap's dirty bitmaps on one image of a guest's disk.
+type Bitmap struct {
+	Disk  string   `json:"disk"`
+	Image string   `json:"image"`
+	Name  string   `json:"name"`
+	Flags []string `json:"flags,omitempty"`
+	// Checkpoint is false for a bitmap no libvirt checkpoint accounts for.
+	Checkpoint bool `json:"checkpoint"`
+}
+
+// Bitmaps lists autosnap's bitmaps in the images of every disk of a guest, read with
+// qemu-img -U (a running guest's bitmaps show the in-use flag while QEMU holds them).
+func (d *Driver) Bitmaps(ctx context.Context, g driver.Guest) ([]Bitmap, error) {
+	dom, err := d.lookup(ctx, g)
+	if err != nil {
+		return nil, err
+	}
+	dx, active, err := d.currentXML(ctx, dom)
+	if err != nil {
+		return nil, err
+	}
+	chains, err := d.chainsOf(ctx, dx, active)
+	if err != nil {
+		return nil, err
+	}
+	own, err := d.ownCheckpoints(ctx, dom)
+	if err != nil {
+		return nil, err
+	}
+	known := map[string]bool{}
+	for _, c := range own {
+		for _, disk := range c.x.tracked() {
+			known[disk+"\x00"+c.x.bitmap(disk)] = true
+		}
+	}
+	var out []Bitmap
+	disks := make([]string, 0, len(chains))
+	for k := range chains {
+		disks = append(disks, k)
+	}
+	sort.Strings(disks)
+	for _, disk := range disks {
+		for _, img := range chains[disk] {
+			bms, err := imageBitmaps(ctx, img)
+			if err != nil {
+				return nil, fmt.Errorf("guest %s disk %s: %w", g.Name, disk, err)
+			}
+			for _, b := range bms {
+				if !IsOwnCheckpoint(b.Name) {
+					continue
+				}
+				out = append(out, Bitmap{Disk: disk, Image: img, Name: b.Name, Flags: b.Flags, Checkpoint: known[disk+"\x00"+b.Name]})
+			}
+		}
+	}
+	return out, nil
+}
+
+// Checkpoints lists autosnap's checkpoints of a guest with their usability (as
+// BackupSource does).
+func (d *Driver) Checkpoints(ctx context.Context, g driver.Guest) ([]driver.Checkpoint, error) {
+	src, err := d.BackupSource(ctx, g)
+	if err != nil {
+		return nil, err
+	}
+	return src.Checkpoints, nil
+}
+
+// RemoveOrphanBitmaps removes autosnap's bitmaps that no checkpoint accounts for from
+// the images of a shut-off guest (a running guest's images are QEMU's: it refuses).
+func (d *Driver) RemoveOrphanBitmaps(ctx context.Context, g driver.Guest, bms []Bitmap) error {
+	dom, err := d.lookup(ctx, g)
+	if err != nil {
+		return err
+	}
+	if len(bms) == 0 {
+		return nil
+	}
+	st, err := d.domState(ctx, dom)
+	if err != nil {
+		return err
+	}
+	if st.Active() {
+		return fmt.Errorf("guest %s is %s: bitmaps without a checkpoint can only be removed while it is shut off (QEMU holds its images)", g.Name, st)
+	}
+	for _, b := range bms {
+		if !IsOwnCheckpoint(b.Name) || b.Checkpoint {
+			return fmt.Errorf("guest %s: bitmap %s on %s is not an orphan of autosnap's; not removed", g.Name, b.Name, b.Image)
+		}
+		if _, err := runCmd(ctx, "qemu-img", "bitmap", "--remove", b.Image, b.Name); err != nil {
+			return fmt.Errorf("guest %s disk %s: %w", g.Name, b.Disk, err)
+		}
+	}
+	return nil
+}
