@@ -1,0 +1,110 @@
+package libvirt
+
+import (
+	"context"
+	"fmt"
+	"sort"
+
+	golibvirt "github.com/digitalocean/go-libvirt"
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/autosnap/autosnap/internal/driver"
+)
+
+// DefineGuest implements driver.GuestDefiner: it defines a persistent domain from a
+// domain XML saved with a backup (see RewriteForDefine for what changes) and starts
+// it when req.Start.
+func (d *Driver) DefineGuest(ctx context.Context, req driver.DefineRequest) (driver.Guest, []string, error) {
+	xml, notes, err := RewriteForDefine(req.Config, req.Name, req.Disks)
+	if err != nil {
+		return driver.Guest{}, nil, err
+	}
+	if _, err := call(ctx, func() (golibvirt.Domain, error) { return d.l.DomainLookupByName(req.Name) }); err == nil {
+		return driver.Guest{}, nil, fmt.Errorf("a guest named %s already exists on %s: %w; choose another --define name", req.Name, d.node, driver.ErrExists)
+	}
+	dom, err := call(ctx, func() (golibvirt.Domain, error) { return d.l.DomainDefineXML(xml) })
+	if err != nil {
+		return driver.Guest{}, nil, fmt.Errorf("defining guest %s on %s: %w", req.Name, d.node, err)
+	}
+	g := driver.Guest{Node: d.node, Name: dom.Name, UUID: formatUUID(dom.UUID), Kind: driver.KindQEMU, State: driver.StateShutoff}
+	if req.Start {
+		if err := call0(ctx, func() error { return d.l.DomainCreate(dom) }); err != nil {
+			return g, notes, fmt.Errorf("guest %s was defined on %s but did not start: %w; see its log in /var/log/libvirt/qemu/%s.log", req.Name, d.node, err, req.Name)
+		}
+		g.State = driver.StateRunning
+	}
+	return g, notes, nil
+}
+
+// RewriteForDefine turns a saved domain XML into the definition of a new guest that
+// can run beside the original: the new name, no UUID (libvirt makes one), no MAC
+// addresses (libvirt makes new ones), no generated runtime names (agent socket path,
+// NVRAM file: libvirt derives them from the new name), and each disk in disks pointed
+// at its restored qcow2 file with no backing chain. Disk devices not in disks are left
+// out (a note says so), so the new guest never writes into the original's images;
+// CD-ROMs and floppies are kept. Every disk in disks must exist in the definition.
+func RewriteForDefine(config []byte, name string, disks map[string]string) (string, []string, error) {
+	var x libvirtxml.Domain
+	if err := x.Unmarshal(string(config)); err != nil {
+		return "", nil, fmt.Errorf("the saved definition is not a libvirt domain XML: %w", err)
+	}
+	var notes []string
+	x.Name, x.UUID, x.ID = name, "", nil
+	if x.OS != nil && x.OS.NVRam != nil {
+		x.OS.NVRam.NVRam = ""
+		x.OS.NVRam.Source = nil
+		notes = append(notes, "the UEFI variable store starts from its template (the original's NVRAM file is not copied)")
+	}
+	if x.Devices == nil {
+		return "", nil, fmt.Errorf("the saved definition has no devices")
+	}
+	seen := map[string]bool{}
+	var kept []libvirtxml.DomainDisk
+	for _, dk := range x.Devices.Disks {
+		if dk.Device == "cdrom" || dk.Device == "floppy" {
+			kept = append(kept, dk)
+			continue
+		}
+		target := ""
+		if dk.Target != nil {
+			target = dk.Target.Dev
+		}
+		file, ok := disks[target]
+		if !ok {
+			notes = append(notes, fmt.Sprintf("disk %s was not restored and is left out of the new guest", target))
+			continue
+		}
+		seen[target] = true
+		dk.Source = &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: file}}
+		dk.BackingStore = nil
+		if dk.Driver == nil {
+			dk.Driver = &libvirtxml.DomainDiskDriver{Name: "qemu"}
+		}
+		dk.Driver.Type = "qcow2"
+		kept = append(kept, dk)
+	}
+	x.Devices.Disks = kept
+	var missing []string
+	for t := range disks {
+		if !seen[t] {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		return "", nil, fmt.Errorf("the saved definition has no disk %v", missing)
+	}
+	for i := range x.Devices.Interfaces {
+		x.Devices.Interfaces[i].MAC = nil
+	}
+	for i := range x.Devices.Channels {
+		if s := x.Devices.Channels[i].Source; s != nil && s.UNIX != nil {
+			s.UNIX.Path = ""
+		}
+	}
+	out, err := x.Marshal()
+	if err != nil {
+		return "", nil, fmt.Errorf("writing the new definition: %w", err)
+	}
+	return out, notes, nil
+}
