@@ -14,8 +14,8 @@ import (
 	"github.com/autosnap/autosnap/internal/backup"
 	"github.com/autosnap/autosnap/internal/engine"
 	"github.com/autosnap/autosnap/internal/hook"
-	"github.com/autosnap/autosnap/internal/report"
 	"github.com/autosnap/autosnap/internal/repo"
+	"github.com/autosnap/autosnap/internal/report"
 )
 
 // BackupOptions are the flags of `backup`.
