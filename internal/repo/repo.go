@@ -106,6 +106,10 @@ func Open(dir string) (*Repo, error) {
 			return nil, fmt.Errorf("%w: %s holds %s but no %s; point --target at an empty or existing repository directory", ErrNotRepo, abs, e.Name(), RepoFile)
 		}
 	}
+	// A new repository is private even in a directory that existed with wider modes.
+	if err := os.Chmod(abs, 0o700); err != nil {
+		return nil, fmt.Errorf("backup repository %s: %w", abs, err)
+	}
 	var b [16]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, err
