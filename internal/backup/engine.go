@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/autosnap/autosnap/internal/crash"
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/engine"
 	"github.com/autosnap/autosnap/internal/hook"
@@ -301,6 +302,7 @@ func (j *Job) take(ctx context.Context, r *run, b driver.Backupper, gs GuestStor
 			}
 		}
 	}()
+	crash.Point(CrashBegun)
 	req := driver.BackupRequest{Level: dec.Level, Since: dec.Since, Checkpoint: meta.Checkpoint}
 	for _, d := range disks {
 		t := driver.BackupTarget{Disk: d.Name, File: p.File(d.Name)}
@@ -328,6 +330,7 @@ func (j *Job) take(ctx context.Context, r *run, b driver.Backupper, gs GuestStor
 	if err != nil {
 		return fmt.Errorf("guest %s: %s backup failed: %w", g.Name, dec.Level, err)
 	}
+	crash.Point(CrashCopied)
 	for _, n := range res.Bytes {
 		r.res.Bytes += n
 	}
@@ -345,6 +348,7 @@ func (j *Job) take(ctx context.Context, r *run, b driver.Backupper, gs GuestStor
 		return fmt.Errorf("guest %s: committing point %s in %s: %w", g.Name, meta.ID, j.Target, err)
 	}
 	r.res.Point = pt.ID
+	crash.Point(CrashCommitted)
 	r.printf("Backup %s (%s) of %s complete: %s copied, %s", pt.ID, dec.Level, diskNames(disks), humanBytes(r.res.Bytes), r.res.Consistency.Describe())
 	points, perr := gs.Points()
 	if perr != nil {
