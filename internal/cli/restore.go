@@ -186,7 +186,7 @@ func runRestore(ctx context.Context, g *GlobalOptions, o *RestoreOptions) error 
 	}
 	dctx, cancel := context.WithTimeout(ctx, g.timeout())
 	defer cancel()
-	ng, notes, err := d.(driver.GuestDefiner).DefineGuest(dctx, driver.DefineRequest{Config: p.Config, Name: o.Define, Disks: disks, Start: o.Start})
+	ng, notes, err := d.(driver.GuestDefiner).DefineGuest(dctx, driver.DefineRequest{Config: p.Config, Name: o.Define, Disks: disks, Dir: dir, Start: o.Start})
 	for _, n := range notes {
 		fmt.Fprintf(out, "Note: %s\n", n)
 	}

@@ -12,6 +12,9 @@ type DefineRequest struct {
 	// (qcow2, standalone). Disks of the definition that are not listed are left out of
 	// the new guest, so it never shares an image with the original.
 	Disks map[string]string
+	// Dir holds the new guest's own files other than disks (console logs); empty
+	// means the directory of its disks.
+	Dir string
 	// Start starts the new guest once defined.
 	Start bool
 }

@@ -3,6 +3,7 @@ package libvirt
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"sort"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
@@ -15,7 +16,14 @@ import (
 // domain XML saved with a backup (see RewriteForDefine for what changes) and starts
 // it when req.Start.
 func (d *Driver) DefineGuest(ctx context.Context, req driver.DefineRequest) (driver.Guest, []string, error) {
-	xml, notes, err := RewriteForDefine(req.Config, req.Name, req.Disks)
+	dir := req.Dir
+	if dir == "" {
+		for _, f := range req.Disks {
+			dir = filepath.Dir(f)
+			break
+		}
+	}
+	xml, notes, err := RewriteForDefine(req.Config, req.Name, req.Disks, dir)
 	if err != nil {
 		return driver.Guest{}, nil, err
 	}
@@ -43,7 +51,9 @@ func (d *Driver) DefineGuest(ctx context.Context, req driver.DefineRequest) (dri
 // at its restored qcow2 file with no backing chain. Disk devices not in disks are left
 // out (a note says so), so the new guest never writes into the original's images;
 // CD-ROMs and floppies are kept. Every disk in disks must exist in the definition.
-func RewriteForDefine(config []byte, name string, disks map[string]string) (string, []string, error) {
+// Serial ports and consoles that write to files (and chardev logs) write to files of
+// the new guest in dir instead (<name>-<file name>), since two QEMUs cannot share one.
+func RewriteForDefine(config []byte, name string, disks map[string]string, dir string) (string, []string, error) {
 	var x libvirtxml.Domain
 	if err := x.Unmarshal(string(config)); err != nil {
 		return "", nil, fmt.Errorf("the saved definition is not a libvirt domain XML: %w", err)
@@ -101,6 +111,21 @@ func RewriteForDefine(config []byte, name string, disks map[string]string) (stri
 		if s := x.Devices.Channels[i].Source; s != nil && s.UNIX != nil {
 			s.UNIX.Path = ""
 		}
+	}
+	own := func(path string) string { return filepath.Join(dir, name+"-"+filepath.Base(path)) }
+	chardev := func(src *libvirtxml.DomainChardevSource, log *libvirtxml.DomainChardevLog) {
+		if src != nil && src.File != nil && src.File.Path != "" {
+			src.File.Path = own(src.File.Path)
+		}
+		if log != nil && log.File != "" {
+			log.File = own(log.File)
+		}
+	}
+	for i := range x.Devices.Serials {
+		chardev(x.Devices.Serials[i].Source, x.Devices.Serials[i].Log)
+	}
+	for i := range x.Devices.Consoles {
+		chardev(x.Devices.Consoles[i].Source, x.Devices.Consoles[i].Log)
 	}
 	out, err := x.Marshal()
 	if err != nil {
