@@ -236,10 +236,6 @@ func (j *Job) backupGuest(ctx context.Context, r *run) {
 	started := j.now().UTC()
 	id := pointID(started, dec.Level)
 	r.res.Point = id
-	cp := ""
-	if dec.Level != driver.LevelCopy {
-		cp = j.checkpointName(started)
-	}
 	if j.DryRun {
 		r.printf("Dry run: would take %s backup %s of %s into %s%s", article(dec.Level), id, diskNames(disks), j.Target, describe(dec))
 		r.res.Consistency = driver.ConsistencyUnknown
@@ -257,7 +253,7 @@ func (j *Job) backupGuest(ctx context.Context, r *run) {
 		return
 	}
 	meta := Meta{
-		ID: id, Level: dec.Level, Chain: dec.Chain, Parent: dec.Parent, Checkpoint: cp,
+		ID: id, Level: dec.Level, Chain: dec.Chain, Parent: dec.Parent,
 		Started: started, Config: src.Config, AutosnapVersion: j.Version,
 	}
 	if dec.Level == driver.LevelFull {
@@ -302,6 +298,13 @@ func (j *Job) take(ctx context.Context, r *run, b driver.Backupper, gs GuestStor
 			}
 		}
 	}()
+	// The checkpoint is named after the point's final ID (the repository adds a suffix
+	// when two points start within one second), so names never collide.
+	meta.ID = p.ID()
+	r.res.Point = meta.ID
+	if dec.Level != driver.LevelCopy {
+		meta.Checkpoint = j.checkpointPrefix() + meta.ID
+	}
 	crash.Point(CrashBegun)
 	req := driver.BackupRequest{Level: dec.Level, Since: dec.Since, Checkpoint: meta.Checkpoint}
 	for _, d := range disks {
@@ -396,10 +399,6 @@ func (j *Job) dropCheckpoints(ctx context.Context, r *run, b driver.Backupper, c
 // checkpointPrefix starts the names of the checkpoints this repository's backups
 // create; checkpoints of other repositories (and not autosnap's) are never touched.
 func (j *Job) checkpointPrefix() string { return "autosnap-" + j.Store.Tag() + "-" }
-
-func (j *Job) checkpointName(t time.Time) string {
-	return j.checkpointPrefix() + t.UTC().Format("20060102T150405Z")
-}
 
 // pointID is a point's name, sortable by time.
 func pointID(t time.Time, l driver.BackupLevel) string {

@@ -363,3 +363,17 @@ func TestParallelBoundAndOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestSameSecondBackups: two backups started within one second get distinct point IDs
+// and distinct checkpoints, and the second continues the chain.
+func TestSameSecondBackups(t *testing.T) {
+	f := newEngineFixture(t)
+	j := f.job(LevelAuto)
+	j.Now = func() time.Time { return f.clock }
+	mustRun(t, f, j)
+	res := mustRun(t, f, j)
+	pts := f.points(t)
+	if res.Level != driver.LevelInc || len(pts) != 2 || pts[0].Checkpoint == pts[1].Checkpoint || pts[0].ID == pts[1].ID {
+		t.Fatalf("second backup %s (%s); points %+v", res.Level, res.FullReason, pts)
+	}
+}

@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -111,6 +109,10 @@ func (f *fakeDriver) Backup(ctx context.Context, g driver.Guest, req driver.Back
 	}
 	f.mu.Lock()
 	f.events = append(f.events, "start")
+	if req.Checkpoint != "" && slices.ContainsFunc(f.cps[g.Key()], func(c driver.Checkpoint) bool { return c.Name == req.Checkpoint }) {
+		f.mu.Unlock()
+		return driver.BackupResult{}, fmt.Errorf("checkpoint %s: %w", req.Checkpoint, driver.ErrExists)
+	}
 	if req.Checkpoint != "" {
 		f.cps[g.Key()] = append(f.cps[g.Key()], driver.Checkpoint{Name: req.Checkpoint, Created: time.Now(), Disks: []string{"vda", "vdb"}})
 	}
@@ -185,111 +187,6 @@ func (f *fakeDriver) checkpoints(g driver.Guest) []string {
 		n = append(n, c.Name)
 	}
 	return n
-}
-
-// fakeStore is a repository in a temp dir: points are directories with a file per
-// disk; complete points are kept in memory.
-type fakeStore struct {
-	mu     sync.Mutex
-	dir    string
-	guests map[string]*fakeGuestStore
-}
-
-func newFakeStore(dir string) *fakeStore {
-	return &fakeStore{dir: dir, guests: map[string]*fakeGuestStore{}}
-}
-
-func (s *fakeStore) Tag() string { return "t3st" }
-
-func (s *fakeStore) Guest(g driver.Guest, _ string) (GuestStore, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	gs := s.guests[g.Key()]
-	if gs == nil {
-		gs = &fakeGuestStore{dir: filepath.Join(s.dir, g.Name)}
-		if err := os.MkdirAll(gs.dir, 0o700); err != nil {
-			return nil, err
-		}
-		s.guests[g.Key()] = gs
-	}
-	return gs, nil
-}
-
-type fakeGuestStore struct {
-	mu      sync.Mutex
-	dir     string
-	points  []Point
-	aborted []string
-	began   int
-}
-
-func (g *fakeGuestStore) Lock(context.Context) (func(), error) { return func() {}, nil }
-
-func (g *fakeGuestStore) Repair(context.Context) ([]string, error) {
-	m, _ := filepath.Glob(filepath.Join(g.dir, ".partial-*"))
-	var did []string
-	for _, p := range m {
-		os.RemoveAll(p)
-		did = append(did, "removed "+p)
-	}
-	return did, nil
-}
-
-func (g *fakeGuestStore) Points() ([]Point, error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	p := slices.Clone(g.points)
-	sort.Slice(p, func(i, j int) bool { return p[i].ID < p[j].ID })
-	return p, nil
-}
-
-func (g *fakeGuestStore) Begin(m Meta) (Pending, error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.began++
-	dir := filepath.Join(g.dir, ".partial-"+m.ID)
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return nil, err
-	}
-	return &fakePending{g: g, dir: dir, begin: m}, nil
-}
-
-type fakePending struct {
-	g     *fakeGuestStore
-	dir   string
-	begin Meta
-}
-
-func (p *fakePending) File(disk string) string { return filepath.Join(p.dir, disk+".qcow2") }
-func (p *fakePending) Backing(disk string) string {
-	if p.begin.Parent == "" {
-		return ""
-	}
-	return "../" + p.begin.Parent + "/" + disk + ".qcow2"
-}
-
-func (p *fakePending) Commit(_ context.Context, m Meta) (Point, error) {
-	final := filepath.Join(p.g.dir, m.ID)
-	if err := os.Rename(p.dir, final); err != nil {
-		return Point{}, err
-	}
-	pt := Point{PointInfo: PointInfo{ID: m.ID, Level: m.Level, Chain: m.Chain, Checkpoint: m.Checkpoint}, Dir: final,
-		Started: m.Started, Finished: m.Finished, Files: map[string]string{}, Config: m.Config}
-	for _, d := range m.Disks {
-		pt.Disks = append(pt.Disks, DiskInfo{Name: d.Name, VirtualSize: d.VirtualSize})
-		pt.Files[d.Name] = filepath.Join(final, d.Name+".qcow2")
-	}
-	p.g.mu.Lock()
-	p.g.points = append(p.g.points, pt)
-	p.g.mu.Unlock()
-	return pt, nil
-}
-
-func (p *fakePending) Abort() error {
-	p.g.mu.Lock()
-	p.g.aborted = append(p.g.aborted, p.begin.ID)
-	p.g.mu.Unlock()
-	return os.RemoveAll(p.dir)
 }
 
 var errInjected = errors.New("injected failure")

@@ -91,6 +91,7 @@ func toManifest(m Meta) repo.Manifest {
 
 type repoPending struct{ p *repo.Pending }
 
+func (r repoPending) ID() string                 { return r.p.ID() }
 func (r repoPending) File(disk string) string    { return r.p.File(disk) }
 func (r repoPending) Backing(disk string) string { return r.p.Backing(disk) }
 func (r repoPending) Abort() error               { return r.p.Abort() }

@@ -32,6 +32,8 @@ type GuestStore interface {
 
 // Pending is a point being written.
 type Pending interface {
+	// ID is the point's final ID.
+	ID() string
 	// File is where the Backupper writes disk's data.
 	File(disk string) string
 	// Backing is the backing file name to write into File for an inc or diff.
