@@ -266,7 +266,7 @@ func (j *Job) backupGuest(ctx context.Context, r *run) {
 		}
 		meta.Disks = append(meta.Disks, md)
 	}
-	if err := j.take(ctx, r, b, gs, meta, dec, disks, quiesce); err != nil {
+	if err := j.take(ctx, r, b, gs, meta, dec, disks, src.Checkpoints, quiesce); err != nil {
 		r.fail("backup failed", err)
 		j.hook(ctx, r, hook.BackupAbort, false, dec)
 		return
@@ -276,7 +276,7 @@ func (j *Job) backupGuest(ctx context.Context, r *run) {
 
 // take writes, compresses and commits the point; on any error it aborts the pending
 // point and removes the checkpoint it asked for, so the next run starts clean.
-func (j *Job) take(ctx context.Context, r *run, b driver.Backupper, gs GuestStore, meta Meta, dec Decision, disks []driver.BackupDisk, quiesce bool) (err error) {
+func (j *Job) take(ctx context.Context, r *run, b driver.Backupper, gs GuestStore, meta Meta, dec Decision, disks []driver.BackupDisk, cpsBefore []driver.Checkpoint, quiesce bool) (err error) {
 	g := r.res.Guest
 	p, err := gs.Begin(meta)
 	if err != nil {
@@ -358,14 +358,13 @@ func (j *Job) take(ctx context.Context, r *run, b driver.Backupper, gs GuestStor
 		r.printf("WARNING: listing points after the backup: %v; unneeded checkpoints stay until the next run", perr)
 		return nil
 	}
-	sctx, cancel := j.opCtx(ctx)
-	src, serr := b.BackupSource(sctx, g)
-	cancel()
-	if serr != nil {
-		r.printf("WARNING: listing checkpoints after the backup: %v; unneeded checkpoints stay until the next run", serr)
-		return nil
+	// The guest's checkpoints now are those seen before plus the new one: no second
+	// listing needed.
+	cps := cpsBefore
+	if meta.Checkpoint != "" {
+		cps = append(slices.Clone(cps), driver.Checkpoint{Name: meta.Checkpoint})
 	}
-	j.dropCheckpoints(ctx, r, b, src.Checkpoints, NeededCheckpoints(pointInfos(points)), "the chain no longer needs it")
+	j.dropCheckpoints(ctx, r, b, cps, NeededCheckpoints(pointInfos(points)), "the chain no longer needs it")
 	return nil
 }
 

@@ -32,7 +32,7 @@ type Bar interface {
 
 // NewTerminalProgress draws an mpb bar per backup on out (a terminal).
 func NewTerminalProgress(out io.Writer) Progress {
-	return &termProgress{p: mpb.New(mpb.WithOutput(out), mpb.WithWidth(40), mpb.WithRefreshRate(200*time.Millisecond))}
+	return &termProgress{p: mpb.New(mpb.WithOutput(out), mpb.WithWidth(40), mpb.WithRefreshRate(200*time.Millisecond), mpb.WithAutoRefresh())}
 }
 
 type termProgress struct{ p *mpb.Progress }
