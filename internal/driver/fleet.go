@@ -438,3 +438,21 @@ func (f *Fleet) DeleteCheckpoint(ctx context.Context, g Guest, name string) erro
 	}
 	return b.DeleteCheckpoint(ctx, g, name)
 }
+
+// Bitmaps implements BitmapInspector.
+func (f *Fleet) Bitmaps(ctx context.Context, g Guest) ([]Bitmap, error) {
+	b, err := capability[BitmapInspector](f, g, "list backup bitmaps")
+	if err != nil {
+		return nil, err
+	}
+	return b.Bitmaps(ctx, g)
+}
+
+// RemoveOrphanBitmaps implements BitmapInspector.
+func (f *Fleet) RemoveOrphanBitmaps(ctx context.Context, g Guest, bms []Bitmap) error {
+	b, err := capability[BitmapInspector](f, g, "remove backup bitmaps")
+	if err != nil {
+		return err
+	}
+	return b.RemoveOrphanBitmaps(ctx, g, bms)
+}

@@ -38,6 +38,7 @@ var capabilities = []reflect.Type{
 	reflect.TypeFor[SnapshotPreparer](),
 	reflect.TypeFor[RevertNoter](),
 	reflect.TypeFor[Backupper](),
+	reflect.TypeFor[BitmapInspector](),
 }
 
 // notCapabilities are the interfaces of package driver that a driver does not add on
@@ -220,6 +221,12 @@ func (r *recorder) Backup(_ context.Context, g Guest, req BackupRequest) (Backup
 func (r *recorder) DeleteCheckpoint(_ context.Context, g Guest, name string) error {
 	return r.rec("DeleteCheckpoint", g, name)
 }
+func (r *recorder) Bitmaps(_ context.Context, g Guest) ([]Bitmap, error) {
+	return nil, r.rec("Bitmaps", g)
+}
+func (r *recorder) RemoveOrphanBitmaps(_ context.Context, g Guest, bms []Bitmap) error {
+	return r.rec("RemoveOrphanBitmaps", g, bms)
+}
 
 // bare is a member with no optional capability at all; it records into r.
 type bare struct{ r *recorder }
@@ -297,6 +304,8 @@ func argsFor(t *testing.T, m reflect.Method, g Guest, all []Guest) []reflect.Val
 			args = append(args, reflect.ValueOf(CollapseOptions{Disk: "vdb", ForceBase: []string{"/b"}}))
 		case pt == reflect.TypeFor[BackupRequest]():
 			args = append(args, reflect.ValueOf(BackupRequest{Level: LevelInc, Since: "a", Checkpoint: "b", Targets: []BackupTarget{{Disk: "vda", File: "/f", Backing: "p"}}}))
+		case pt == reflect.TypeFor[[]Bitmap]():
+			args = append(args, reflect.ValueOf([]Bitmap{{Disk: "vda", Image: "/i", Name: "autosnap-x"}}))
 		case pt == reflect.TypeFor[func(string)]():
 			args = append(args, reflect.ValueOf(func(string) {}))
 		default:

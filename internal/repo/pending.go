@@ -33,8 +33,9 @@ var testPoint = func(string) {}
 // its ID (NewID) unless m.ID is set; a taken ID gets a suffix -2, -3…. An inc or diff
 // names its m.Parent (a complete point of the guest that is not a copy); Begin takes
 // m.Chain from it. A full starts the chain named by its own ID; a copy has neither
-// chain nor parent. m.Disks lists the disks to back up (Name, and VirtualSize when
-// known, which lets Backing detect a resized disk).
+// chain nor parent. m.Disks lists the disks to back up: Name, VirtualSize when known
+// (which lets Backing detect a resized disk), and FullReason for a disk the caller
+// copies whole in an inc or diff (a raw disk, a lost bitmap): Backing is then "".
 func (g *Guest) Begin(m Manifest) (*Pending, error) {
 	if !heldExclusive(filepath.Join(g.Dir, LockFile)) {
 		return nil, fmt.Errorf("guest %s: Begin needs the guest's lock (Guest.Lock) held until Commit or Abort", g.ID.Name)
@@ -146,6 +147,9 @@ func (p *Pending) FullReason(disk string) string {
 func (p *Pending) backing(disk string) (string, string) {
 	if p.parent == nil {
 		return "", ""
+	}
+	if why := p.disks[disk].FullReason; why != "" {
+		return "", why
 	}
 	pd, ok := p.parent.Disk(disk)
 	if !ok {

@@ -341,3 +341,30 @@ func (g *Guest) Repair(ctx context.Context) ([]string, error) {
 	}
 	return did, nil
 }
+
+// Leftovers says what Repair would do, without doing it (for a dry run).
+func (g *Guest) Leftovers() ([]string, error) {
+	var out []string
+	ents, err := os.ReadDir(g.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("guest %s: %w", g.ID.Name, err)
+	}
+	for _, e := range ents {
+		n := e.Name()
+		switch {
+		case strings.HasPrefix(n, PartialPfx):
+			out = append(out, fmt.Sprintf("would remove the unfinished point %s", strings.TrimPrefix(n, PartialPfx)))
+		case strings.HasPrefix(n, RemovingPfx):
+			out = append(out, fmt.Sprintf("would finish removing the pruned point %s", strings.TrimPrefix(n, RemovingPfx)))
+		}
+	}
+	var rec pruneRecord
+	ok, err := g.journal().Get(pruneKey, &rec)
+	if err != nil {
+		return out, fmt.Errorf("guest %s: %w", g.ID.Name, err)
+	}
+	if ok {
+		out = append(out, fmt.Sprintf("would first finish the interrupted prune (%s) removing %s", rec.Plan.Policy, strings.Join(rec.Plan.Remove, ", ")))
+	}
+	return out, nil
+}

@@ -121,6 +121,25 @@ func Open(dir string) (*Repo, error) {
 	return r, nil
 }
 
+// OpenExisting opens the repository in dir and fails (wrapping ErrNotRepo) when dir
+// holds none; for commands that only read or prune a repository.
+func OpenExisting(dir string) (*Repo, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("backup repository %s: %w", dir, err)
+	}
+	r := &Repo{Dir: abs}
+	hdr, err := r.readHeader()
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s has no %s (check --target)", ErrNotRepo, abs, RepoFile)
+	}
+	if err != nil {
+		return nil, err
+	}
+	r.ID = hdr.ID
+	return r, nil
+}
+
 func (r *Repo) readHeader() (repoHeader, error) {
 	var h repoHeader
 	data, err := os.ReadFile(filepath.Join(r.Dir, RepoFile))
@@ -144,8 +163,11 @@ func (r *Repo) Lock(ctx context.Context) (unlock func(), err error) {
 // GuestID is a guest's identity in the repository. UUID is the stable key: a guest
 // renamed or moved to another node keeps its directory.
 type GuestID struct {
-	UUID   string `json:"uuid"`
-	Name   string `json:"name"`
+	UUID string `json:"uuid"`
+	Name string `json:"name"`
+	// ID is the numeric id where the hypervisor has one (the Proxmox VE vmid), so
+	// --vmid 100 selects the guest's backups too; 0 when none.
+	ID     int    `json:"id,omitempty"`
 	Node   string `json:"node,omitempty"`
 	Driver string `json:"driver,omitempty"`
 }

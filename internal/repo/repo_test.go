@@ -108,6 +108,21 @@ func TestChainChangesShape(t *testing.T) {
 	if a.Backing != "" || !strings.Contains(a.FullReason, "resized") || a.VirtualSize != 24<<20 || b.Backing == "" {
 		t.Errorf("resized disk: vda %+v vdb %+v", a, b)
 	}
+	// A disk the engine copies whole (raw source, lost bitmap) in an inc.
+	unlock, err := g.Lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pend, err := g.Begin(Manifest{Level: LevelInc, Parent: inc2.ID, Started: t0.Add(3 * time.Hour),
+		Disks: []DiskManifest{{Name: "vda", VirtualSize: 24 << 20, FullReason: "vda is a raw image: no dirty bitmap"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pend.Backing("vda") != "" || pend.FullReason("vda") != "vda is a raw image: no dirty bitmap" {
+		t.Errorf("declared full disk: backing %q reason %q", pend.Backing("vda"), pend.FullReason("vda"))
+	}
+	pend.Abort()
+	unlock()
 	for _, p := range []Point{full, inc1, inc2} {
 		s.checkRestore(g, p)
 	}

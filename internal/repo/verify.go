@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 )
 
 // Fault is one problem Verify found.
@@ -196,7 +197,7 @@ func checkImage(ctx context.Context, path string) (string, error) {
 		return "", nil
 	}
 	if errors.As(err, &ee) {
-		return fmt.Sprintf("%v %s", err, out), nil
+		return summarizeCheck(err, out), nil
 	}
 	return "", err
 }
@@ -207,4 +208,19 @@ func unwrapAll(err error) error {
 		return pe.Err
 	}
 	return err
+}
+
+// summarizeCheck keeps the first errors and the verdict of qemu-img check's report.
+func summarizeCheck(err error, out []byte) string {
+	var keep []string
+	for _, l := range strings.Split(string(out)+"\n"+err.Error(), "\n") {
+		l = strings.TrimSpace(l)
+		if strings.Contains(l, "ERROR") && len(keep) < 3 || strings.Contains(l, "errors were found") {
+			keep = append(keep, l)
+		}
+	}
+	if len(keep) == 0 {
+		return err.Error()
+	}
+	return strings.Join(keep, "; ")
 }

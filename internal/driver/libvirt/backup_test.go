@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	golibvirt "github.com/digitalocean/go-libvirt"
+	"libvirt.org/go/libvirtxml"
+
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/driver/libvirt"
 	"github.com/autosnap/autosnap/internal/testbed"
@@ -351,4 +354,426 @@ func TestBackupAcrossSnapshots(t *testing.T) {
 	if n := len(e.dom.Chain(t, "vda")); n != 1 {
 		t.Errorf("vda chain has %d images after both merges, want 1", n)
 	}
+}
+
+// qemuIO runs qemu-io commands on the image of a shut-off guest; the image's
+// persistent bitmaps record the writes as QEMU running the guest would.
+func qemuIO(t *testing.T, file string, cmds ...string) {
+	t.Helper()
+	args := []string{"-f", "qcow2"}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	if out, err := exec.Command("qemu-io", append(args, file)...).CombinedOutput(); err != nil || strings.Contains(string(out), "error") {
+		t.Fatalf("qemu-io %v on %s: %v: %s", cmds, file, err, out)
+	}
+}
+
+// offSums returns the sums of a shut-off guest's disks.
+func (e *bkEnv) offSums(t *testing.T, disks ...string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, d := range disks {
+		out[d] = testbed.ImageSum(t, e.dom.Chain(t, d)[0])
+	}
+	return out
+}
+
+func (e *bkEnv) stop(t *testing.T) {
+	t.Helper()
+	// SIGTERM: QEMU closes its images cleanly and stores the bitmaps.
+	if err := e.bed.Conn.DomainDestroyFlags(e.dom.Dom, golibvirt.DomainDestroyGraceful); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *bkEnv) start(t *testing.T) {
+	t.Helper()
+	if _, err := e.bed.Conn.DomainCreateWithFlags(e.dom.Dom, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBackupShutoff: a chain that moves between a running and a shut-off guest. A live
+// full; the guest stops; data written, zeroed; two offline incs (qemu-storage-daemon on
+// the images) read exactly the disks; the guest starts and a live inc continues from the
+// checkpoint the offline backup created (libvirt found it and QEMU loaded its bitmap);
+// a checkpoint removed while the guest is off leaves no bitmap in its images.
+func TestBackupShutoff(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 2, DiskMiB: 64, State: testbed.Running})
+	disks := []string{"vda", "vdb"}
+	for i, d := range disks {
+		e.dom.WriteDisk(t, d, 0, byte(0x31+i), 4*mib)
+		e.dom.WriteDisk(t, d, 16*mib, byte(0x41+i), 4*mib)
+	}
+	e.backup(t, "p1", driver.LevelFull, "", "autosnap-p1", "", disks...)
+	e.checkPoint(t, "p1", e.capture(t, disks...))
+	e.stop(t)
+
+	for _, c := range checkpointNames(t, e) {
+		if c.Unusable != "" {
+			t.Fatalf("after a clean stop, checkpoint %s is unusable: %s", c.Name, c.Unusable)
+		}
+	}
+	qemuIO(t, e.dom.Chain(t, "vda")[0], fmt.Sprintf("write -P 0x51 %d %d", 8*mib, 2*mib))
+	qemuIO(t, e.dom.Chain(t, "vdb")[0], fmt.Sprintf("write -P 0x52 %d %d", 10*mib, 2*mib))
+	want := e.offSums(t, disks...)
+	res := e.backup(t, "p2", driver.LevelInc, "autosnap-p1", "autosnap-p2", "p1", disks...)
+	e.checkPoint(t, "p2", want)
+	if res.Bytes["vda"] != 2*mib || res.Bytes["vdb"] != 2*mib {
+		t.Errorf("offline inc copied %v, want the 2 MiB written per disk", res.Bytes)
+	}
+
+	qemuIO(t, e.dom.Chain(t, "vda")[0], fmt.Sprintf("write -z %d %d", 0, 4*mib))
+	qemuIO(t, e.dom.Chain(t, "vdb")[0], fmt.Sprintf("write -P 0 %d %d", 0, 4*mib))
+	want = e.offSums(t, disks...)
+	e.backup(t, "p3", driver.LevelInc, "autosnap-p2", "autosnap-p3", "p2", disks...)
+	e.checkPoint(t, "p3", want)
+	for _, d := range disks {
+		if got := testbed.ReadImage(t, e.file("p3", d), 0, 4*mib); !bytes.Equal(got, make([]byte, 4*mib)) {
+			t.Errorf("offline inc of %s: the region zeroed after the full does not read zero", d)
+		}
+		if got := testbed.ReadImage(t, e.file("p3", d), 16*mib, 4*mib); got[0] == 0 {
+			t.Errorf("offline inc of %s: the untouched region does not read through to the full", d)
+		}
+	}
+
+	e.start(t)
+	for _, c := range checkpointNames(t, e) {
+		if c.Unusable != "" {
+			t.Fatalf("after the start, checkpoint %s is unusable: %s", c.Name, c.Unusable)
+		}
+	}
+	e.dom.WriteDisk(t, "vdb", 30*mib, 0x61, 2*mib)
+	want = e.capture(t, disks...)
+	res = e.backup(t, "p4", driver.LevelInc, "autosnap-p3", "autosnap-p4", "p3", disks...)
+	e.checkPoint(t, "p4", want)
+	if res.Bytes["vdb"] != 2*mib || res.Bytes["vda"] != 0 {
+		t.Errorf("live inc after offline points copied %v, want vdb's 2 MiB only", res.Bytes)
+	}
+
+	e.stop(t)
+	e.backup(t, "p5", driver.LevelCopy, "", "", "", disks...)
+	e.checkPoint(t, "p5", e.offSums(t, disks...))
+	if err := e.d.DeleteCheckpoint(rctx(t), e.guest(t), "autosnap-p1"); err != nil {
+		t.Fatal(err)
+	}
+	bms, err := e.d.Bitmaps(rctx(t), e.guest(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, b := range bms {
+		if b.Disk == "vda" {
+			names = append(names, b.Name)
+		}
+		if !b.Checkpoint {
+			t.Errorf("bitmap %s on %s has no checkpoint", b.Name, b.Image)
+		}
+	}
+	if strings.Join(names, ",") != "autosnap-p2,autosnap-p3,autosnap-p4" {
+		t.Errorf("vda's bitmaps after removing autosnap-p1 while shut off: %v", names)
+	}
+}
+
+// TestBackupPausedAndQuiesced: the real guest with its writer appending to
+// /data/counter on vda. Backups taken while the guest is paused read exactly the disks
+// captured in that pause (full, then an inc after the writer ran on); a backup with
+// Freeze freezes right before the job starts and thaws right after, and its vda holds
+// an ext4 that needs no journal recovery, with the counter file intact.
+func TestBackupPausedAndQuiesced(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 2, Guest: true, Writer: true, State: testbed.Running})
+	disks := []string{"vda", "vdb"}
+	e.dom.WriteDisk(t, "vdb", 0, 0x71, 8*mib)
+	pausedBackup := func(point string, level driver.BackupLevel, since, parent string) {
+		t.Helper()
+		if err := e.bed.Conn.DomainSuspend(e.dom.Dom); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{}
+		for _, d := range disks {
+			want[d] = testbed.ImageSum(t, e.dom.Chain(t, d)[0])
+		}
+		e.backup(t, point, level, since, "autosnap-"+point, parent, disks...)
+		if err := e.bed.Conn.DomainResume(e.dom.Dom); err != nil {
+			t.Fatal(err)
+		}
+		e.checkPoint(t, point, want)
+	}
+	pausedBackup("p1", driver.LevelFull, "", "")
+	time.Sleep(2 * time.Second) // the writer appends and syncs meanwhile
+	e.dom.WriteDisk(t, "vdb", 4*mib, 0x72, 1*mib)
+	pausedBackup("p2", driver.LevelInc, "autosnap-p1", "p1")
+	if testbed.ImageSum(t, e.file("p2", "vda")) == testbed.ImageSum(t, e.file("p1", "vda")) {
+		t.Error("the writer changed nothing on vda between the two points; the test proves nothing")
+	}
+
+	g := e.guest(t)
+	var events []string
+	req := driver.BackupRequest{Level: driver.LevelInc, Since: "autosnap-p2", Checkpoint: "autosnap-p3",
+		Targets: []driver.BackupTarget{{Disk: "vda", File: e.file("p3", "vda"), Backing: "../p2/vda.qcow2"}}}
+	req.Freeze = func(ctx context.Context) (func(), error) {
+		if _, err := e.d.Freeze(ctx, g); err != nil {
+			return nil, err
+		}
+		events = append(events, "freeze")
+		return func() {
+			frozen, err := e.d.FrozenState(context.Background(), g)
+			if err != nil || !frozen {
+				t.Errorf("at thaw the guest is not frozen (%v, %v)", frozen, err)
+			}
+			// The job has started by now: its checkpoint exists.
+			if _, err := e.bed.Conn.DomainCheckpointLookupByName(e.dom.Dom, "autosnap-p3", 0); err != nil {
+				events = append(events, "no job at thaw")
+			}
+			if _, err := e.d.Thaw(context.Background(), g); err != nil {
+				t.Errorf("thaw: %v", err)
+			}
+			events = append(events, "thaw")
+		}, nil
+	}
+	if err := os.MkdirAll(filepath.Join(e.dir, "p3"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.Backup(rctx(t), g, req); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(events, ",") != "freeze,thaw" {
+		t.Errorf("freeze/thaw sequence %v, want freeze,thaw with the job started in between", events)
+	}
+	if frozen, _ := e.d.FrozenState(rctx(t), g); frozen {
+		t.Error("the guest is still frozen after the backup")
+	}
+	if err := testbed.FsckImage(t, e.file("p3", "vda")); err != nil {
+		t.Errorf("the quiesced point's ext4 is not clean: %v", err)
+	}
+	if c := testbed.GuestFile(t, e.file("p3", "vda"), "/counter"); len(c) == 0 {
+		t.Error("the quiesced point has no counter file")
+	}
+}
+
+// qemuPid is the pid of the QEMU libvirt runs for a domain.
+func qemuPid(t *testing.T, name string) int {
+	t.Helper()
+	b, err := os.ReadFile("/run/libvirt/qemu/" + name + ".pid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if _, err := fmt.Sscan(string(b), &pid); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// TestBackupUncleanStop: QEMU killed with SIGKILL cannot store its bitmaps, which stay
+// marked in use in the images (a bitmap created in that QEMU run would be missing
+// instead); the checkpoint is then reported unusable (shut off, and again once the guest runs), an
+// inc from it fails saying a full is needed and leaves no checkpoint behind, the broken
+// checkpoint is removed without error, and a new full starts a chain that works.
+func TestBackupUncleanStop(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 2, State: testbed.Running})
+	disks := []string{"vda", "vdb"}
+	e.dom.WriteDisk(t, "vda", 0, 0x81, 2*mib)
+	e.backup(t, "p1", driver.LevelFull, "", "autosnap-p1", "", disks...)
+	// A clean stop stores the bitmaps; the next QEMU loads them and marks them in use
+	// in the images until it stores them again.
+	e.stop(t)
+	e.start(t)
+	e.dom.WriteDisk(t, "vda", 2*mib, 0x82, 2*mib)
+	pid := qemuPid(t, e.dom.Name)
+	if err := exec.Command("kill", "-9", fmt.Sprint(pid)).Run(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for e.state(t).Active() {
+		if time.Now().After(deadline) {
+			t.Fatal("the domain did not stop after its QEMU was killed")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cps := checkpointNames(t, e)
+	if len(cps) != 1 || !strings.Contains(cps[0].Unusable, "inconsistent") {
+		t.Fatalf("after SIGKILL, shut off: %+v, want autosnap-p1 unusable as inconsistent", cps)
+	}
+	_ = os.MkdirAll(filepath.Join(e.dir, "p2"), 0o700)
+	_, err := e.d.Backup(rctx(t), e.guest(t), driver.BackupRequest{Level: driver.LevelInc, Since: "autosnap-p1", Checkpoint: "autosnap-p2",
+		Targets: []driver.BackupTarget{{Disk: "vda", File: e.file("p2", "vda"), Backing: "../p1/vda.qcow2"}}})
+	if err == nil || !strings.Contains(err.Error(), "full") {
+		t.Fatalf("offline inc from an inconsistent bitmap: %v, want an error asking for a full", err)
+	}
+	os.RemoveAll(filepath.Join(e.dir, "p2"))
+
+	e.start(t)
+	cps = checkpointNames(t, e)
+	if len(cps) != 1 || cps[0].Unusable == "" {
+		t.Fatalf("after SIGKILL, running again: %+v, want autosnap-p1 unusable", cps)
+	}
+	t.Logf("running: %s", cps[0].Unusable)
+	_ = os.MkdirAll(filepath.Join(e.dir, "p2"), 0o700)
+	_, err = e.d.Backup(rctx(t), e.guest(t), driver.BackupRequest{Level: driver.LevelInc, Since: "autosnap-p1", Checkpoint: "autosnap-p2",
+		Targets: []driver.BackupTarget{{Disk: "vda", File: e.file("p2", "vda"), Backing: "../p1/vda.qcow2"}}})
+	if err == nil || !strings.Contains(err.Error(), "full") {
+		t.Fatalf("live inc from an inconsistent bitmap: %v, want an error asking for a full", err)
+	}
+	if cps := checkpointNames(t, e); len(cps) != 1 {
+		t.Errorf("the failed inc left checkpoints %+v", cps)
+	}
+	if err := e.d.DeleteCheckpoint(rctx(t), e.guest(t), "autosnap-p1"); err != nil {
+		t.Fatalf("removing the broken checkpoint: %v", err)
+	}
+	e.backup(t, "p3", driver.LevelFull, "", "autosnap-p3", "", disks...)
+	e.dom.WriteDisk(t, "vdb", 8*mib, 0x83, 1*mib)
+	want := e.capture(t, disks...)
+	e.backup(t, "p4", driver.LevelInc, "autosnap-p3", "autosnap-p4", "p3", disks...)
+	e.checkPoint(t, "p4", want)
+}
+
+// TestBackupLeftoverJob: a backup job left running by a killed run (its target files
+// already removed by the repository's repair) is aborted by the next backup, which then
+// succeeds; a job whose target still exists belongs to someone and makes Backup fail
+// with a clear message.
+func TestBackupLeftoverJob(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 1, DiskMiB: 512, State: testbed.Running})
+	e.dom.WriteDisk(t, "vda", 0, 0x91, 300*mib)
+	stale := filepath.Join(t.TempDir(), "stale.qcow2")
+	begin := func() {
+		t.Helper()
+		x := fmt.Sprintf(`<domainbackup mode='push'><disks><disk name='vda' backup='yes' type='file'><target file=%q/><driver type='qcow2'/></disk></disks></domainbackup>`, stale)
+		if err := e.bed.Conn.DomainBackupBegin(e.dom.Dom, x, golibvirt.OptString{}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	begin()
+	_ = os.MkdirAll(filepath.Join(e.dir, "p1"), 0o700)
+	req := driver.BackupRequest{Level: driver.LevelCopy, Targets: []driver.BackupTarget{{Disk: "vda", File: e.file("p1", "vda")}}}
+	_, err := e.d.Backup(rctx(t), e.guest(t), req)
+	if _, serr := os.Stat(stale); serr == nil {
+		if err == nil || !strings.Contains(err.Error(), "another backup job") {
+			t.Fatalf("Backup while another job writes %s: %v, want a refusal naming the job", stale, err)
+		}
+		// The live job's files are untouched.
+		if _, serr := os.Stat(stale); serr != nil {
+			t.Fatalf("the other job's target is gone: %v", serr)
+		}
+		os.Remove(e.file("p1", "vda"))
+		if err := e.bed.Conn.DomainAbortJob(e.dom.Dom); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		os.Remove(stale)
+		begin()
+	} else {
+		t.Fatal("the first job finished before Backup was called; make the disk bigger")
+	}
+	if err := os.Remove(stale); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(e.file("p1", "vda"))
+	want := e.capture(t, "vda")
+	e.backup(t, "p1", driver.LevelCopy, "", "", "", "vda")
+	e.checkPoint(t, "p1", want)
+}
+
+// TestBackupCancelled: a backup whose context ends while the job runs stops the job
+// and removes the checkpoint it created.
+func TestBackupCancelled(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 1, DiskMiB: 512, State: testbed.Running})
+	e.dom.WriteDisk(t, "vda", 0, 0xa1, 300*mib)
+	_ = os.MkdirAll(filepath.Join(e.dir, "p1"), 0o700)
+	ctx, cancel := context.WithCancel(rctx(t))
+	var running bool
+	req := driver.BackupRequest{Level: driver.LevelFull, Checkpoint: "autosnap-p1",
+		Targets: []driver.BackupTarget{{Disk: "vda", File: e.file("p1", "vda")}},
+		Progress: func(done, total uint64) {
+			if total == 0 || done < total {
+				running = true
+				cancel()
+			}
+		}}
+	_, err := e.d.Backup(ctx, e.guest(t), req)
+	if !running {
+		t.Fatal("the job finished before its first progress report; make the disk bigger")
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled backup: %v, want context.Canceled", err)
+	}
+	if _, err := e.bed.Conn.DomainBackupGetXMLDesc(e.dom.Dom, 0); err == nil {
+		t.Error("a backup job is still running after the cancelled backup returned")
+	}
+	if cps := checkpointNames(t, e); len(cps) != 0 {
+		t.Errorf("the cancelled backup left checkpoints %+v", cps)
+	}
+}
+
+// TestBackupRawDisk: a raw disk beside a qcow2 one is reported as not incremental with
+// the reason, and in an inc it is copied whole (no backing) while the qcow2 disk is
+// copied incrementally, running and shut off; the checkpoint tracks only the qcow2 disk.
+func TestBackupRawDisk(t *testing.T) {
+	spec := testbed.DomainSpec{Disks: 2}
+	var e *bkEnv
+	e = &bkEnv{dir: t.TempDir()}
+	e.revertEnv = newCustomEnv(t, spec, testbed.Running, func(x *libvirtxml.Domain) {
+		for i := range x.Devices.Disks {
+			dk := &x.Devices.Disks[i]
+			if dk.Target.Dev != "vdb" {
+				continue
+			}
+			raw := strings.TrimSuffix(dk.Source.File.File, ".qcow2") + ".raw"
+			if out, err := exec.Command("qemu-img", "convert", "-O", "raw", dk.Source.File.File, raw).CombinedOutput(); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			dk.Source.File.File = raw
+			dk.Driver.Type = "raw"
+		}
+	})
+	src, err := e.d.BackupSource(rctx(t), e.guest(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range src.Disks {
+		switch d.Name {
+		case "vda":
+			if !d.Incremental || d.Format != "qcow2" {
+				t.Errorf("vda: %+v, want incremental qcow2", d)
+			}
+		case "vdb":
+			if d.Incremental || d.Format != "raw" || !strings.Contains(d.NoIncremental, "raw") {
+				t.Errorf("vdb: %+v, want not incremental with a reason naming raw", d)
+			}
+		}
+		if d.VirtualSize != 64*mib {
+			t.Errorf("%s: virtual size %d, want 64 MiB", d.Name, d.VirtualSize)
+		}
+	}
+	disks := []string{"vda", "vdb"}
+	e.dom.WriteDisk(t, "vda", 0, 0xb1, 2*mib)
+	e.dom.WriteDisk(t, "vdb", 0, 0xb2, 2*mib)
+	e.backup(t, "p1", driver.LevelFull, "", "autosnap-p1", "", disks...)
+	if cps := checkpointNames(t, e); len(cps) != 1 || strings.Join(cps[0].Disks, ",") != "vda" {
+		t.Fatalf("checkpoints %+v, want autosnap-p1 tracking vda only", cps)
+	}
+	inc := func(point, since, parent string, want map[string]string) {
+		t.Helper()
+		_ = os.MkdirAll(filepath.Join(e.dir, point), 0o700)
+		req := driver.BackupRequest{Level: driver.LevelInc, Since: since, Checkpoint: "autosnap-" + point, Targets: []driver.BackupTarget{
+			{Disk: "vda", File: e.file(point, "vda"), Backing: filepath.Join("..", parent, "vda.qcow2")},
+			{Disk: "vdb", File: e.file(point, "vdb")},
+		}}
+		res, err := e.d.Backup(rctx(t), e.guest(t), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.checkPoint(t, point, want)
+		if res.Bytes["vda"] != 1*mib || res.Bytes["vdb"] != 3*mib {
+			t.Errorf("inc %s copied %v, want vda's 1 MiB change and all of vdb's 3 MiB", point, res.Bytes)
+		}
+	}
+	e.dom.WriteDisk(t, "vda", 4*mib, 0xb3, 1*mib)
+	e.dom.WriteDisk(t, "vdb", 4*mib, 0xb4, 1*mib)
+	inc("p2", "autosnap-p1", "p1", e.capture(t, disks...))
+
+	e.stop(t)
+	qemuIO(t, e.dom.Chain(t, "vda")[0], fmt.Sprintf("write -P 0xb5 %d %d", 8*mib, 1*mib))
+	inc("p3", "autosnap-p2", "p2", e.offSums(t, disks...))
 }

@@ -122,10 +122,8 @@ func (d *Driver) checkpointDef(ctx context.Context, h golibvirt.DomainCheckpoint
 }
 
 // checkpoints lists autosnap's checkpoints of a guest with their usability. For an
-// active guest libvirt itself judges them: asking for the checkpoint's size makes
-// libvirt merge its bitmaps along every disk's chain, which fails when a bitmap is
-// missing from the top image, has a gap below it or is inconsistent. For a shut-off
-// guest the images are read directly (imageBitmaps). top maps a disk to its active image.
+// active guest libvirt itself judges them (validateCheckpoint). For a shut-off guest
+// the images are read directly (imageBitmaps). top maps a disk to its active image.
 func (d *Driver) checkpoints(ctx context.Context, dom golibvirt.Domain, active bool, top map[string]string) ([]driver.Checkpoint, error) {
 	own, err := d.ownCheckpoints(ctx, dom)
 	if err != nil {
@@ -136,7 +134,7 @@ func (d *Driver) checkpoints(ctx context.Context, dom golibvirt.Domain, active b
 	for _, c := range own {
 		cp := driver.Checkpoint{Name: c.x.Name, Created: time.Unix(c.x.CreationTime, 0).UTC(), Disks: c.x.tracked()}
 		if active {
-			if _, err := d.checkpointDef(ctx, c.h, golibvirt.DomainCheckpointXMLSize); err != nil {
+			if err := d.validateCheckpoint(ctx, dom, c.h); err != nil {
 				cp.Unusable = "libvirt cannot read its changes: " + libvirtMessage(err)
 			}
 		} else {
@@ -164,6 +162,25 @@ func (d *Driver) checkpoints(ctx context.Context, dom golibvirt.Domain, active b
 		out = append(out, cp)
 	}
 	return out, nil
+}
+
+// validateCheckpoint asks libvirt whether a running guest's checkpoint can be used, as
+// virtnbdbackup does: redefining the checkpoint with its own definition and
+// REDEFINE_VALIDATE makes libvirt check, for every disk, that the bitmap is in the top
+// image, that the images below carrying it form no gap, and that it is recording,
+// persistent and not inconsistent. (Asking for the checkpoint's size does not catch an
+// inconsistent bitmap QEMU loaded after an unclean stop.) The metadata is unchanged.
+func (d *Driver) validateCheckpoint(ctx context.Context, dom golibvirt.Domain, h golibvirt.DomainCheckpoint) error {
+	s, err := call(ctx, func() (string, error) {
+		return d.l.DomainCheckpointGetXMLDesc(h, uint32(golibvirt.DomainCheckpointXMLSecure))
+	})
+	if err != nil {
+		return err
+	}
+	_, err = call(ctx, func() (golibvirt.DomainCheckpoint, error) {
+		return d.l.DomainCheckpointCreateXML(dom, s, uint32(golibvirt.DomainCheckpointCreateRedefine|golibvirt.DomainCheckpointCreateRedefineValidate))
+	})
+	return err
 }
 
 // libvirtMessage is the human part of a libvirt error.
@@ -251,6 +268,26 @@ func (d *Driver) deleteCheckpoint(ctx context.Context, g driver.Guest, dom golib
 		return fmt.Errorf("guest %s on %s: looking up checkpoint %s: %w", g.Name, d.node, name, d.notFound(g.Name, err))
 	}
 	x, xerr := d.checkpointDef(ctx, h, 0)
+	st, err := d.domState(ctx, dom)
+	if err != nil {
+		return err
+	}
+	if !st.Active() {
+		// The images are free: remove the bitmaps from every image of each disk's chain
+		// (a snapshot taken while shut off may have left copies below), then the
+		// metadata. A crash in between leaves metadata whose bitmaps are gone, which is
+		// listed as unusable and removed by the next call.
+		if xerr != nil {
+			return fmt.Errorf("guest %s: %w", g.Name, xerr)
+		}
+		if err := d.removeLeftoverBitmaps(ctx, dom, x); err != nil {
+			return fmt.Errorf("guest %s: removing the bitmaps of checkpoint %s: %w", g.Name, name, err)
+		}
+		if err := call0(ctx, func() error { return d.l.DomainCheckpointDelete(h, golibvirt.DomainCheckpointDeleteMetadataOnly) }); err != nil {
+			return fmt.Errorf("guest %s on %s: removing checkpoint %s: %w", g.Name, d.node, name, err)
+		}
+		return nil
+	}
 	// A backup job left by a killed run may still hold this checkpoint's bitmaps.
 	if err := d.abortStaleBackup(ctx, dom); err != nil {
 		return fmt.Errorf("guest %s: %w", g.Name, err)
@@ -307,19 +344,11 @@ func (d *Driver) removeLeftoverBitmaps(ctx context.Context, dom golibvirt.Domain
 	return nil
 }
 
-// Bitmap is one of autosnap's dirty bitmaps on one image of a guest's disk.
-type Bitmap struct {
-	Disk  string   `json:"disk"`
-	Image string   `json:"image"`
-	Name  string   `json:"name"`
-	Flags []string `json:"flags,omitempty"`
-	// Checkpoint is false for a bitmap no libvirt checkpoint accounts for.
-	Checkpoint bool `json:"checkpoint"`
-}
+var _ driver.BitmapInspector = (*Driver)(nil)
 
-// Bitmaps lists autosnap's bitmaps in the images of every disk of a guest, read with
+// Bitmaps implements driver.BitmapInspector: autosnap's bitmaps in the images of every disk of a guest, read with
 // qemu-img -U (a running guest's bitmaps show the in-use flag while QEMU holds them).
-func (d *Driver) Bitmaps(ctx context.Context, g driver.Guest) ([]Bitmap, error) {
+func (d *Driver) Bitmaps(ctx context.Context, g driver.Guest) ([]driver.Bitmap, error) {
 	dom, err := d.lookup(ctx, g)
 	if err != nil {
 		return nil, err
@@ -342,7 +371,7 @@ func (d *Driver) Bitmaps(ctx context.Context, g driver.Guest) ([]Bitmap, error) 
 			known[disk+"\x00"+c.x.bitmap(disk)] = true
 		}
 	}
-	var out []Bitmap
+	var out []driver.Bitmap
 	disks := make([]string, 0, len(chains))
 	for k := range chains {
 		disks = append(disks, k)
@@ -358,26 +387,16 @@ func (d *Driver) Bitmaps(ctx context.Context, g driver.Guest) ([]Bitmap, error) 
 				if !IsOwnCheckpoint(b.Name) {
 					continue
 				}
-				out = append(out, Bitmap{Disk: disk, Image: img, Name: b.Name, Flags: b.Flags, Checkpoint: known[disk+"\x00"+b.Name]})
+				out = append(out, driver.Bitmap{Disk: disk, Image: img, Name: b.Name, Flags: b.Flags, Checkpoint: known[disk+"\x00"+b.Name]})
 			}
 		}
 	}
 	return out, nil
 }
 
-// Checkpoints lists autosnap's checkpoints of a guest with their usability (as
-// BackupSource does).
-func (d *Driver) Checkpoints(ctx context.Context, g driver.Guest) ([]driver.Checkpoint, error) {
-	src, err := d.BackupSource(ctx, g)
-	if err != nil {
-		return nil, err
-	}
-	return src.Checkpoints, nil
-}
-
-// RemoveOrphanBitmaps removes autosnap's bitmaps that no checkpoint accounts for from
+// RemoveOrphanBitmaps implements driver.BitmapInspector: it removes autosnap's bitmaps that no checkpoint accounts for from
 // the images of a shut-off guest (a running guest's images are QEMU's: it refuses).
-func (d *Driver) RemoveOrphanBitmaps(ctx context.Context, g driver.Guest, bms []Bitmap) error {
+func (d *Driver) RemoveOrphanBitmaps(ctx context.Context, g driver.Guest, bms []driver.Bitmap) error {
 	dom, err := d.lookup(ctx, g)
 	if err != nil {
 		return err
