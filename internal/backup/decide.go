@@ -53,6 +53,10 @@ type Decision struct {
 	// Reason says why a full is taken (or, for an explicit inc or diff, why it cannot
 	// be); empty when the level is what was asked for without a question.
 	Reason string
+	// DiskFull, for an inc or diff, names the disks copied whole inside it, each with
+	// the reason (added since the parent, resized, not tracked by the checkpoint, a
+	// disk that cannot track changes such as a raw image).
+	DiskFull map[string]string
 }
 
 // ErrLevelImpossible marks an explicit --level inc or diff that the repository and the
@@ -64,10 +68,12 @@ var ErrLevelImpossible = fmt.Errorf("level not possible")
 // (ours only, from BackupSource) and the disks selected for this backup.
 //
 // auto is an inc when the newest chain can be continued and a full otherwise, with the
-// reason: no point yet, the checkpoint the next inc needs is gone or unusable, the set
-// of disks or a disk's size changed, or a disk cannot track changes. An explicit inc or
-// diff fails with that same reason (wrapping ErrLevelImpossible) instead of silently
-// taking a full. A diff stacks on the chain's full and copies changes since the full's
+// reason: no point yet, or the checkpoint the next inc needs is gone or unusable. An
+// explicit inc or diff fails with that same reason (wrapping ErrLevelImpossible)
+// instead of silently taking a full. Within an inc or diff, a disk whose changes cannot
+// be read (added or resized since the parent, not tracked by the checkpoint, a raw
+// image) is copied whole, with its reason in DiskFull; when that is every disk, the
+// point is a full instead (auto) or the level is refused (explicit inc or diff). A diff stacks on the chain's full and copies changes since the full's
 // checkpoint; an inc stacks on the chain's newest point. A copy starts no chain and
 // needs nothing.
 func Decide(want Level, points []PointInfo, checkpoints []driver.Checkpoint, disks []driver.BackupDisk) (Decision, error) {
@@ -85,8 +91,15 @@ func Decide(want Level, points []PointInfo, checkpoints []driver.Checkpoint, dis
 		level = driver.LevelDiff
 	}
 	base, full, why := chainBase(level, points)
+	var diskFull map[string]string
 	if why == "" {
-		why = usable(base, checkpoints, disks)
+		var cp driver.Checkpoint
+		if cp, why = usable(base, checkpoints); why == "" {
+			diskFull = wholeDisks(base, cp, disks)
+			if len(diskFull) == len(disks) {
+				why = allWhole(diskFull, disks)
+			}
+		}
 	}
 	if why != "" {
 		if want != LevelAuto {
@@ -94,7 +107,16 @@ func Decide(want Level, points []PointInfo, checkpoints []driver.Checkpoint, dis
 		}
 		return Decision{Level: driver.LevelFull, Reason: why}, nil
 	}
-	return Decision{Level: level, Parent: base.ID, Chain: full.ID, Since: base.Checkpoint}, nil
+	return Decision{Level: level, Parent: base.ID, Chain: full.ID, Since: base.Checkpoint, DiskFull: diskFull}, nil
+}
+
+// allWhole says that no disk can be copied incrementally, with each disk's reason.
+func allWhole(whole map[string]string, disks []driver.BackupDisk) string {
+	var parts []string
+	for _, d := range disks {
+		parts = append(parts, whole[d.Name])
+	}
+	return "no disk can be copied incrementally: " + strings.Join(parts, "; ")
 }
 
 // chainBase finds the point the next inc or diff stacks on: the newest point of the
@@ -128,67 +150,48 @@ func chainBase(level driver.BackupLevel, points []PointInfo) (base, full PointIn
 	return points[last], full, ""
 }
 
-// usable says why changes since base cannot be read on the guest for these disks, or
-// "" when they can.
-func usable(base PointInfo, checkpoints []driver.Checkpoint, disks []driver.BackupDisk) string {
+// usable says why changes since base's checkpoint cannot be read on the guest at all,
+// or returns the checkpoint.
+func usable(base PointInfo, checkpoints []driver.Checkpoint) (driver.Checkpoint, string) {
 	if base.Checkpoint == "" {
-		return fmt.Sprintf("point %s has no checkpoint to continue from", base.ID)
+		return driver.Checkpoint{}, fmt.Sprintf("point %s has no checkpoint to continue from", base.ID)
 	}
 	ci := slices.IndexFunc(checkpoints, func(c driver.Checkpoint) bool { return c.Name == base.Checkpoint })
 	if ci < 0 {
-		return fmt.Sprintf("checkpoint %s of point %s is gone from the guest (removed, or the guest was redefined or restored)", base.Checkpoint, base.ID)
+		return driver.Checkpoint{}, fmt.Sprintf("checkpoint %s of point %s is gone from the guest (removed, or the guest was redefined or restored)", base.Checkpoint, base.ID)
 	}
 	cp := checkpoints[ci]
 	if cp.Unusable != "" {
-		return fmt.Sprintf("checkpoint %s of point %s cannot be used: %s", cp.Name, base.ID, cp.Unusable)
+		return cp, fmt.Sprintf("checkpoint %s of point %s cannot be used: %s", cp.Name, base.ID, cp.Unusable)
 	}
-	var added, removed, resized []string
+	return cp, ""
+}
+
+// wholeDisks are the disks an inc or diff on base must copy whole, with the reason.
+func wholeDisks(base PointInfo, cp driver.Checkpoint, disks []driver.BackupDisk) map[string]string {
 	had := map[string]uint64{}
 	for _, d := range base.Disks {
 		had[d.Name] = d.VirtualSize
 	}
-	now := map[string]bool{}
+	whole := map[string]string{}
 	for _, d := range disks {
-		now[d.Name] = true
 		size, ok := had[d.Name]
 		switch {
 		case !ok:
-			added = append(added, d.Name)
+			whole[d.Name] = fmt.Sprintf("disk %s was added since point %s", d.Name, base.ID)
 		case size != d.VirtualSize:
-			resized = append(resized, fmt.Sprintf("%s from %d to %d bytes", d.Name, size, d.VirtualSize))
-		}
-	}
-	for _, d := range base.Disks {
-		if !now[d.Name] {
-			removed = append(removed, d.Name)
-		}
-	}
-	var parts []string
-	if len(added) > 0 {
-		parts = append(parts, "added "+strings.Join(added, ", "))
-	}
-	if len(removed) > 0 {
-		parts = append(parts, "removed "+strings.Join(removed, ", "))
-	}
-	if len(resized) > 0 {
-		parts = append(parts, "resized "+strings.Join(resized, ", "))
-	}
-	if len(parts) > 0 {
-		return fmt.Sprintf("the disks changed since point %s: %s", base.ID, strings.Join(parts, "; "))
-	}
-	for _, d := range disks {
-		if !d.Incremental {
+			whole[d.Name] = fmt.Sprintf("disk %s was resized from %d to %d bytes since point %s", d.Name, size, d.VirtualSize, base.ID)
+		case !d.Incremental:
 			why := d.NoIncremental
 			if why == "" {
 				why = "its changes cannot be tracked"
 			}
-			return fmt.Sprintf("disk %s cannot be backed up incrementally: %s", d.Name, why)
-		}
-		if len(cp.Disks) > 0 && !slices.Contains(cp.Disks, d.Name) {
-			return fmt.Sprintf("checkpoint %s does not track disk %s", cp.Name, d.Name)
+			whole[d.Name] = fmt.Sprintf("disk %s cannot be backed up incrementally: %s", d.Name, why)
+		case len(cp.Disks) > 0 && !slices.Contains(cp.Disks, d.Name):
+			whole[d.Name] = fmt.Sprintf("checkpoint %s does not track disk %s", cp.Name, d.Name)
 		}
 	}
-	return ""
+	return whole
 }
 
 // NeededCheckpoints are the checkpoints the repository's chains still need on the

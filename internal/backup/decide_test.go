@@ -25,6 +25,7 @@ func TestDecide(t *testing.T) {
 		parent, since  string
 		chain          string
 		reason, errSub string
+		whole          map[string]string // disk → part of its reason
 	}
 	cases := []struct {
 		name   string
@@ -45,14 +46,18 @@ func TestDecide(t *testing.T) {
 		{"auto unusable", LevelAuto, []PointInfo{full}, []driver.Checkpoint{{Name: "cp1", Unusable: "bitmap inconsistent"}}, disks,
 			want{level: driver.LevelFull, reason: "cannot be used: bitmap inconsistent"}},
 		{"auto disk added", LevelAuto, []PointInfo{full}, cps, append(slices.Clone(disks), driver.BackupDisk{Name: "vdc", VirtualSize: 5, Incremental: true}),
-			want{level: driver.LevelFull, reason: "added vdc"}},
-		{"auto disk removed", LevelAuto, []PointInfo{full}, cps, disks[:1], want{level: driver.LevelFull, reason: "removed vdb"}},
+			want{level: driver.LevelInc, parent: "p1-full", since: "cp1", chain: "p1-full", whole: map[string]string{"vdc": "disk vdc was added since point p1-full"}}},
+		{"auto disk removed", LevelAuto, []PointInfo{full}, cps, disks[:1], want{level: driver.LevelInc, parent: "p1-full", since: "cp1", chain: "p1-full"}},
 		{"auto disk resized", LevelAuto, []PointInfo{full}, cps, []driver.BackupDisk{disks[0], {Name: "vdb", VirtualSize: 300, Incremental: true}},
-			want{level: driver.LevelFull, reason: "resized vdb from 200 to 300 bytes"}},
+			want{level: driver.LevelInc, parent: "p1-full", since: "cp1", chain: "p1-full", whole: map[string]string{"vdb": "resized from 200 to 300 bytes"}}},
 		{"auto raw disk", LevelAuto, []PointInfo{full}, cps, []driver.BackupDisk{disks[0], {Name: "vdb", VirtualSize: 200, NoIncremental: "raw image"}},
-			want{level: driver.LevelFull, reason: "disk vdb cannot be backed up incrementally: raw image"}},
+			want{level: driver.LevelInc, parent: "p1-full", since: "cp1", chain: "p1-full", whole: map[string]string{"vdb": "disk vdb cannot be backed up incrementally: raw image"}}},
 		{"auto checkpoint misses disk", LevelAuto, []PointInfo{full}, []driver.Checkpoint{{Name: "cp1", Disks: []string{"vda"}}}, disks,
-			want{level: driver.LevelFull, reason: "does not track disk vdb"}},
+			want{level: driver.LevelInc, parent: "p1-full", since: "cp1", chain: "p1-full", whole: map[string]string{"vdb": "does not track disk vdb"}}},
+		{"auto every disk raw", LevelAuto, []PointInfo{full}, cps, []driver.BackupDisk{{Name: "vda", VirtualSize: 100, NoIncremental: "raw"}, {Name: "vdb", VirtualSize: 200, NoIncremental: "raw"}},
+			want{level: driver.LevelFull, reason: "no disk can be copied incrementally: disk vda cannot"}},
+		{"inc every disk raw", Level(driver.LevelInc), []PointInfo{full}, cps, []driver.BackupDisk{{Name: "vda", VirtualSize: 100, NoIncremental: "raw"}, {Name: "vdb", VirtualSize: 200, NoIncremental: "raw"}},
+			want{errSub: "no disk can be copied incrementally"}},
 		{"full asked", Level(driver.LevelFull), []PointInfo{full, inc}, cps, disks, want{level: driver.LevelFull, reason: "--level full"}},
 		{"copy", Level(driver.LevelCopy), []PointInfo{full, inc}, cps, disks, want{level: driver.LevelCopy}},
 		{"chain full missing", LevelAuto, []PointInfo{inc}, cps, disks, want{level: driver.LevelFull, reason: "full p1-full that starts the newest chain"}},
@@ -74,6 +79,14 @@ func TestDecide(t *testing.T) {
 			}
 			if c.want.reason == "" && d.Reason != "" || !strings.Contains(d.Reason, c.want.reason) {
 				t.Fatalf("reason %q, want it to contain %q", d.Reason, c.want.reason)
+			}
+			if len(d.DiskFull) != len(c.want.whole) {
+				t.Fatalf("whole disks %v, want %v", d.DiskFull, c.want.whole)
+			}
+			for disk, sub := range c.want.whole {
+				if !strings.Contains(d.DiskFull[disk], sub) {
+					t.Fatalf("disk %s copied whole because %q, want it to contain %q", disk, d.DiskFull[disk], sub)
+				}
 			}
 		})
 	}

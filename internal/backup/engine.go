@@ -264,6 +264,10 @@ func (j *Job) backupGuest(ctx context.Context, r *run) {
 		if dec.Level == driver.LevelFull {
 			md.FullReason = dec.Reason
 		}
+		if why := dec.DiskFull[d.Name]; why != "" {
+			md.FullReason = why
+			r.printf("Copying disk %s whole in this %s: %s", d.Name, dec.Level, why)
+		}
 		meta.Disks = append(meta.Disks, md)
 	}
 	if err := j.take(ctx, r, b, gs, meta, dec, disks, src.Checkpoints, quiesce); err != nil {

@@ -305,10 +305,13 @@ func TestDiskSelection(t *testing.T) {
 	if r := f.d.reqs[0]; len(r.Targets) != 1 || r.Targets[0].Disk != "vda" {
 		t.Fatalf("targets %+v", r.Targets)
 	}
-	// The set of disks changed: auto takes a full and says so.
+	// A disk joined: the inc copies it whole, says why, and the other disk stays
+	// incremental.
 	res := mustRun(t, f, f.job(LevelAuto))
-	if res.Level != driver.LevelFull || !strings.Contains(res.FullReason, "added vdb") {
-		t.Fatalf("%s %q", res.Level, res.FullReason)
+	req := f.d.reqs[1]
+	if res.Level != driver.LevelInc || len(req.Targets) != 2 || req.Targets[0].Backing == "" || req.Targets[1].Backing != "" ||
+		!strings.Contains(f.out.String(), "Copying disk vdb whole in this inc: disk vdb was added since point ") {
+		t.Fatalf("%s %+v\n%s", res.Level, req.Targets, f.out.String())
 	}
 	j = f.job(LevelAuto)
 	j.IncludeDisks = []string{"vdz"}

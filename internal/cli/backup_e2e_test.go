@@ -296,3 +296,35 @@ func TestBackupCrashRepair(t *testing.T) {
 		t.Errorf("guest checkpoints after the repairs: %v, want the full's and the newest point's", cps)
 	}
 }
+
+// TestBackupDiskJoinsChain: a disk left out of the full joins the chain in the next
+// inc, copied whole there with the reason in its manifest, while the other disk stays
+// incremental; both restore to the guest's content.
+func TestBackupDiskJoinsChain(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	dom := bed.NewDomain(t, testbed.DomainSpec{Disks: 2, State: testbed.Paused})
+	dir := filepath.Join(t.TempDir(), "repo")
+	dom.WriteDisk(t, "vda", 1<<20, 0x11, 1<<20)
+	dom.WriteDisk(t, "vdb", 2<<20, 0x22, 1<<20)
+	full := backupRun(t, dom, dir, "--quiesce", "off", "--exclude-disk", "vdb")
+	dom.WriteDisk(t, "vda", 5<<20, 0x33, 1<<20)
+	inc := backupRun(t, dom, dir, "--quiesce", "off")
+	if full.Level != "full" || inc.Level != "inc" {
+		t.Fatalf("levels %s, %s; want full, inc", full.Level, inc.Level)
+	}
+	r, _ := repo.Open(dir)
+	rg, err := backup.FindGuest(r, dom.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := rg.Point(inc.Point)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := p.Disk("vda")
+	b, _ := p.Disk("vdb")
+	if a.Backing == "" || a.FullReason != "" || b.Backing != "" || !strings.Contains(b.FullReason, "was added since point "+full.Point) {
+		t.Fatalf("vda %+v\nvdb %+v", a, b)
+	}
+	checkRestore(t, dom, dir, inc.Point, "raw", capture(t, dom))
+}

@@ -105,10 +105,10 @@ func runRestore(ctx context.Context, g *GlobalOptions, o *RestoreOptions) error 
 		return usage(err)
 	}
 	out := g.stdout
-	if _, err := os.Stat(filepath.Join(o.Target, repo.RepoFile)); err != nil {
-		return usage(fmt.Errorf("--target %s is no autosnap backup repository (no %s)", o.Target, repo.RepoFile))
+	r, err := repo.OpenExisting(o.Target)
+	if errors.Is(err, repo.ErrNotRepo) {
+		return usage(fmt.Errorf("--target: %w", err))
 	}
-	r, err := repo.Open(o.Target)
 	if err != nil {
 		return err
 	}
