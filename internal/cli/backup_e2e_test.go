@@ -328,3 +328,46 @@ func TestBackupDiskJoinsChain(t *testing.T) {
 	}
 	checkRestore(t, dom, dir, inc.Point, "raw", capture(t, dom))
 }
+
+// TestRestoreInPlace: the shut-off guest's images are replaced by a point's disks, its
+// checkpoints go (their bitmaps described the old content), and the next backup is a
+// full that says why. A running guest and a missing --force are refused.
+func TestRestoreInPlace(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	dom := bed.NewDomain(t, testbed.DomainSpec{Disks: 2, State: testbed.Paused})
+	dir := filepath.Join(t.TempDir(), "repo")
+	dom.WriteDisk(t, "vdb", 2<<20, 0x22, 1<<20)
+	first := backupRun(t, dom, dir, "--quiesce", "off")
+	want := capture(t, dom)
+	dom.WriteDisk(t, "vda", 3<<20, 0x44, 1<<20)
+	dom.WriteDisk(t, "vdb", 2<<20, 0x55, 1<<20)
+	backupRun(t, dom, dir, "--quiesce", "off")
+	if r := run(t, "--vmid", dom.Name, "restore", "--target", dir, "--in-place"); r.code != ExitUsage || !strings.Contains(r.stderr, "--force") {
+		t.Fatalf("--in-place without --force: exit %d", r.code)
+	}
+	if r := run(t, "--vmid", dom.Name, "restore", "--target", dir, "--in-place", "--force"); r.code != ExitUsage || !strings.Contains(r.stderr, "shut it down first") {
+		t.Fatalf("--in-place on an active guest: exit %d", r.code)
+	}
+	if err := bed.Conn.DomainDestroy(dom.Dom); err != nil {
+		t.Fatal(err)
+	}
+	before := capture(t, dom)
+	mustRun(t, "--dry-run", "--vmid", dom.Name, "restore", "--target", dir, "--until", first.Point, "--in-place", "--force")
+	if got := capture(t, dom); got["vda"] != before["vda"] || got["vdb"] != before["vdb"] {
+		t.Fatal("the dry run changed the guest's disks")
+	}
+	mustRun(t, "--vmid", dom.Name, "restore", "--target", dir, "--until", first.Point, "--in-place", "--force")
+	got := capture(t, dom)
+	for _, d := range []string{"vda", "vdb"} {
+		if got[d] != want[d] {
+			t.Errorf("disk %s after the in-place restore reads %s, the point's instant read %s", d, got[d], want[d])
+		}
+	}
+	if cps := checkpointNames(t, bed, dom); len(cps) != 0 {
+		t.Errorf("checkpoints left after the in-place restore: %v", cps)
+	}
+	next := backupRun(t, dom, dir, "--quiesce", "off")
+	if next.Level != "full" || !strings.Contains(next.FullReason, "is gone from the guest") {
+		t.Fatalf("the backup after the restore: %+v", next)
+	}
+}
