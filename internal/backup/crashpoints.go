@@ -5,6 +5,8 @@ package backup
 const (
 	// CrashBegun: the pending point exists, the job is not started.
 	CrashBegun = "backup.begun"
+	// CrashCopying: the job runs (its first progress report), the point is pending.
+	CrashCopying = "backup.copying"
 	// CrashCopied: the job finished and its checkpoint exists, the point is not
 	// committed.
 	CrashCopied = "backup.copied"

@@ -226,7 +226,7 @@ func (j *Job) backupGuest(ctx context.Context, r *run) {
 	// checkpoint and committing its point, or between a commit and the cleanup) go
 	// first: removing one merges its changes into the one before, so the chain's
 	// checkpoint still covers them.
-	src.Checkpoints = j.dropCheckpoints(ctx, r, b, src.Checkpoints, NeededCheckpoints(infos), "no complete point needs it")
+	src.Checkpoints = j.dropCheckpoints(ctx, r, b, src.Checkpoints, infos)
 	dec, err := Decide(j.Level, infos, src.Checkpoints, disks)
 	if err != nil {
 		r.fail("level", fmt.Errorf("guest %s: %w", g.Name, err))
@@ -328,7 +328,13 @@ func (j *Job) take(ctx context.Context, r *run, b driver.Backupper, gs GuestStor
 	var bar Bar
 	if j.Progress != nil {
 		bar = j.Progress.Bar(fmt.Sprintf("%s %s", g.Name, dec.Level))
-		req.Progress = bar.Update
+	}
+	var once sync.Once
+	req.Progress = func(done, total uint64) {
+		once.Do(func() { crash.Point(CrashCopying) })
+		if bar != nil {
+			bar.Update(done, total)
+		}
 	}
 	res, err := b.Backup(ctx, g, req)
 	if bar != nil {
@@ -368,19 +374,25 @@ func (j *Job) take(ctx context.Context, r *run, b driver.Backupper, gs GuestStor
 	if meta.Checkpoint != "" {
 		cps = append(slices.Clone(cps), driver.Checkpoint{Name: meta.Checkpoint})
 	}
-	j.dropCheckpoints(ctx, r, b, cps, NeededCheckpoints(pointInfos(points)), "the chain no longer needs it")
+	j.dropCheckpoints(ctx, r, b, cps, pointInfos(points))
 	return nil
 }
 
-// dropCheckpoints removes this repository's checkpoints that are not in keep and
-// returns the ones left. A dry run only says what it would remove.
-func (j *Job) dropCheckpoints(ctx context.Context, r *run, b driver.Backupper, cps []driver.Checkpoint, keep []string, why string) []driver.Checkpoint {
+// dropCheckpoints removes this repository's checkpoints that the points' chains no
+// longer need (NeededCheckpoints) and returns the ones left. A dry run only says what
+// it would remove.
+func (j *Job) dropCheckpoints(ctx context.Context, r *run, b driver.Backupper, cps []driver.Checkpoint, points []PointInfo) []driver.Checkpoint {
 	prefix := j.checkpointPrefix()
+	keep := NeededCheckpoints(points)
 	var left []driver.Checkpoint
 	for _, c := range cps {
 		if !strings.HasPrefix(c.Name, prefix) || slices.Contains(keep, c.Name) {
 			left = append(left, c)
 			continue
+		}
+		why := "no complete point has it: left by an interrupted backup"
+		if slices.ContainsFunc(points, func(p PointInfo) bool { return p.Checkpoint == c.Name }) {
+			why = "the chain no longer needs it"
 		}
 		if j.DryRun {
 			r.printf("Dry run: would remove checkpoint %s (%s)", c.Name, why)

@@ -252,23 +252,30 @@ func formatUUIDBytes(u golibvirt.UUID) string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
 }
 
-// TestBackupCrashRepair kills a backup (SIGKILL) after its job started and before the
-// point is committed, and after the commit before the cleanup; each time the next run
+// TestBackupCrashRepair kills a backup (SIGKILL) before its job starts, while the job
+// copies (QEMU's job outlives the process), after it and before the point is committed,
+// and after the commit before the cleanup; each time the next run
 // repairs the repository and the guest's checkpoints and continues the chain, and every
 // point restores to the guest's (unchanging, paused) disks.
 func TestBackupCrashRepair(t *testing.T) {
 	bin := buildAutosnap(t)
 	bed := testbed.Libvirt(t)
-	dom := bed.NewDomain(t, testbed.DomainSpec{Disks: 2, Guest: true})
+	dom := bed.NewDomain(t, testbed.DomainSpec{Disks: 2, Guest: true, DiskMiB: 512})
 	dir := filepath.Join(t.TempDir(), "repo")
-	dom.WriteDisk(t, "vdb", 4<<20, 0x5a, 1<<20)
+	// Enough data that a backup job is still copying when it first reports progress.
+	dom.WriteDisk(t, "vdb", 4<<20, 0x5a, 400<<20)
 	if err := bed.Conn.DomainSuspend(dom.Dom); err != nil {
 		t.Fatal(err)
 	}
 	want := capture(t, dom)
 	backupRun(t, dom, dir, "--quiesce", "off")
-	for _, at := range []string{backup.CrashBegun, backup.CrashCopied, backup.CrashCommitted} {
-		cmd := exec.Command(bin, "--vmid", dom.Name, "backup", "--target", dir, "--quiesce", "off")
+	for _, at := range []string{backup.CrashBegun, backup.CrashCopying, backup.CrashCopied, backup.CrashCommitted} {
+		args := []string{"--vmid", dom.Name, "backup", "--target", dir, "--quiesce", "off"}
+		if at == backup.CrashCopying {
+			// A full's job copies 400 MiB: it is still running in QEMU when the process dies.
+			args = append(args, "--level", "full")
+		}
+		cmd := exec.Command(bin, args...)
 		cmd.Env = append(os.Environ(), "AUTOSNAP_CRASH_AT="+at)
 		out, err := cmd.CombinedOutput()
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ProcessState.String() != "signal: killed" {
