@@ -377,4 +377,44 @@ func TestRestoreInPlace(t *testing.T) {
 	if next.Level != "full" || !strings.Contains(next.FullReason, "is gone from the guest") {
 		t.Fatalf("the backup after the restore: %+v", next)
 	}
+	// The shut-off guest's chain goes on (persistent bitmaps in its images).
+	if inc := backupRun(t, dom, dir, "--quiesce", "off"); inc.Level != "inc" {
+		t.Fatalf("second backup of the shut-off guest: %+v", inc)
+	} else {
+		checkRestore(t, dom, dir, inc.Point, "qcow2", want)
+	}
+}
+
+// TestBackupWithSnapshots: autosnap's own snapshots (new overlays) and their merges
+// between backups keep the chain going: every backup after the first is an inc, and
+// every point restores to the guest's content at its instant.
+func TestBackupWithSnapshots(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	dom := bed.NewDomain(t, testbed.DomainSpec{Disks: 2, State: testbed.Paused})
+	dir := filepath.Join(t.TempDir(), "repo")
+	bk := func(want string) {
+		t.Helper()
+		row := backupRun(t, dom, dir, "--quiesce", "off")
+		if row.Level != want {
+			t.Fatalf("level %s (%s), want %s", row.Level, row.FullReason, want)
+		}
+		checkRestore(t, dom, dir, row.Point, "raw", capture(t, dom))
+	}
+	snap := func(args ...string) {
+		t.Helper()
+		mustRun(t, append([]string{"--vmid", dom.Name, "--timestamp-format", fmtMS}, args...)...)
+	}
+	dom.WriteDisk(t, "vda", 1<<20, 0x11, 1<<20)
+	bk("full")
+	snap("snap", "--label", "bk", "--keep", "2", "--quiesce", "off")
+	dom.WriteDisk(t, "vdb", 2<<20, 0x22, 1<<20)
+	bk("inc")
+	snap("snap", "--label", "bk", "--keep", "2", "--quiesce", "off")
+	dom.WriteDisk(t, "vda", 3<<20, 0x33, 1<<20)
+	snap("snap", "--label", "bk", "--keep", "2", "--quiesce", "off") // merges the oldest overlay
+	dom.WriteDisk(t, "vdb", 4<<20, 0x44, 1<<20)
+	bk("inc")
+	snap("clean", "--label", "bk", "--keep", "0") // merges everything back into the base
+	dom.WriteDisk(t, "vda", 5<<20, 0x55, 1<<20)
+	bk("inc")
 }
