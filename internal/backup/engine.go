@@ -236,6 +236,15 @@ func (j *Job) backupGuest(ctx context.Context, r *run) {
 	started := j.now().UTC()
 	id := pointID(started, dec.Level)
 	r.res.Point = id
+	for _, d := range disks {
+		if why := dec.DiskFull[d.Name]; why != "" {
+			verb := "Copying"
+			if j.DryRun {
+				verb = "Dry run: would copy"
+			}
+			r.printf("%s disk %s whole in this %s: %s", verb, d.Name, dec.Level, why)
+		}
+	}
 	if j.DryRun {
 		r.printf("Dry run: would take %s backup %s of %s into %s%s", article(dec.Level), id, diskNames(disks), j.Target, describe(dec))
 		r.res.Consistency = driver.ConsistencyUnknown
@@ -266,7 +275,6 @@ func (j *Job) backupGuest(ctx context.Context, r *run) {
 		}
 		if why := dec.DiskFull[d.Name]; why != "" {
 			md.FullReason = why
-			r.printf("Copying disk %s whole in this %s: %s", d.Name, dec.Level, why)
 		}
 		meta.Disks = append(meta.Disks, md)
 	}
