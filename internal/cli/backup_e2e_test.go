@@ -189,6 +189,8 @@ func TestBackupRestoreE2E(t *testing.T) {
 		}
 	})
 
+	t.Run("instant", func(t *testing.T) { checkInstant(t, bed, dom, dir) })
+
 	t.Run("define", func(t *testing.T) {
 		name := dom.Name + "-r"
 		to := filepath.Join(dom.Dir, "restored")
@@ -221,6 +223,49 @@ func TestBackupRestoreE2E(t *testing.T) {
 			time.Sleep(500 * time.Millisecond)
 		}
 	})
+}
+
+// checkInstant restores the newest point with --define --instant: the guest's agent
+// answers, its disks end without backing files, vdb (which the guest does not write)
+// reads as the point's, and the repository still verifies.
+func checkInstant(t *testing.T, bed *testbed.Bed, dom *testbed.Domain, dir string) {
+	name := dom.Name + "-i"
+	to := filepath.Join(dom.Dir, "instant")
+	t.Cleanup(func() {
+		if d, err := bed.Conn.DomainLookupByName(name); err == nil {
+			_ = bed.Conn.DomainDestroy(d)
+			_ = bed.Conn.DomainUndefineFlags(d, golibvirt.DomainUndefineCheckpointsMetadata|golibvirt.DomainUndefineSnapshotsMetadata)
+		}
+	})
+	ref := t.TempDir()
+	mustRun(t, "--vmid", dom.Name, "restore", "--target", dir, "--to", ref, "--disk", "vdb")
+	r := mustRun(t, "--vmid", dom.Name, "restore", "--target", dir, "--define", name, "--to", to, "--instant")
+	if !strings.Contains(r.stdout, "no longer depends on the repository") {
+		t.Fatalf("output:\n%s", r.stdout)
+	}
+	nd, err := bed.Conn.DomainLookupByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(testbed.BootTimeout)
+	for {
+		if _, err := bed.Conn.QEMUDomainAgentCommand(nd, `{"execute":"guest-ping"}`, 2, 0); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the instantly restored guest's agent did not answer: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	for _, d := range []string{"vda", "vdb"} {
+		f := filepath.Join(to, name+"-"+d+".qcow2")
+		if b, err := backingFile(t.Context(), f); err != nil || b != "" {
+			t.Errorf("%s still has backing file %q (%v)", f, b, err)
+		}
+	}
+	if got, want := testbed.ImageSum(t, filepath.Join(to, name+"-vdb.qcow2")), testbed.ImageSum(t, filepath.Join(ref, "vdb.qcow2")); got != want {
+		t.Errorf("vdb of the instantly restored guest reads %s, the point %s", got, want)
+	}
+	mustRun(t, "backup", "verify", "--target", dir)
 }
 
 func checkpointNames(t *testing.T, bed *testbed.Bed, dom *testbed.Domain) []string {

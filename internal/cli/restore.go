@@ -29,6 +29,7 @@ type RestoreOptions struct {
 	Start   bool
 	InPlace bool
 	Force   bool
+	Instant bool
 	Disks   []string
 }
 
@@ -55,6 +56,14 @@ One of:
                                   (each disk written beside its image, then renamed
                                   over it); its checkpoints are removed, so its next
                                   backup is a full
+  --define NEWNAME --to DIR --instant
+                                  start the new guest within seconds on thin
+                                  overlays in DIR backed by the repository's
+                                  images (opened read-only, never written), then
+                                  move the data into the overlays while it runs
+                                  (libvirt block pull), with progress, until the
+                                  guest no longer depends on the repository; the
+                                  repository stays locked against prune meanwhile
 --disk restores only the named disks (repeatable). Nothing is ever overwritten
 except with --in-place --force; --dry-run shows the plan.`,
 		Example: `  autosnap --vmid web1 restore --target /backup/vms --to /srv/restore
@@ -75,6 +84,7 @@ except with --in-place --force; --dry-run shows the plan.`,
 	f.BoolVar(&o.Start, "start", false, "start the guest defined by --define")
 	f.BoolVar(&o.InPlace, "in-place", false, "replace the disks of the shut-off guest itself (needs --force)")
 	f.BoolVar(&o.Force, "force", false, "confirm --in-place")
+	f.BoolVar(&o.Instant, "instant", false, "with --define: start the guest at once on overlays backed by the repository and move the data while it runs")
 	f.StringSliceVar(&o.Disks, "disk", nil, "restore only these disks (repeatable)")
 	_ = cmd.MarkFlagRequired("target")
 	return cmd
@@ -90,6 +100,8 @@ func (o *RestoreOptions) validate(g *GlobalOptions) error {
 		return errors.New("--in-place overwrites the guest's disks: add --force to confirm")
 	case !o.InPlace && o.To == "":
 		return errors.New("say where to restore: --to DIR, --define NAME --to DIR, or --in-place --force")
+	case o.Instant && o.Define == "":
+		return errors.New("--instant starts the guest --define creates: give --define NAME --to DIR")
 	case o.Start && o.Define == "":
 		return errors.New("--start starts the guest --define creates: give --define NAME")
 	case o.Define != "" && o.Format != "qcow2":
@@ -172,6 +184,9 @@ func runRestore(ctx context.Context, g *GlobalOptions, o *RestoreOptions) error 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("creating %s: %w", dir, err)
 	}
+	if o.Instant {
+		return restoreInstant(ctx, g, o, d.(driver.GuestDefiner), p, files, dir)
+	}
 	disks := map[string]string{}
 	for _, f := range files {
 		start := time.Now()
@@ -194,6 +209,49 @@ func runRestore(ctx context.Context, g *GlobalOptions, o *RestoreOptions) error 
 		return fmt.Errorf("restored images are in %s, but: %w", dir, err)
 	}
 	fmt.Fprintf(out, "Defined guest %s (UUID %s, %s)\n", ng.Name, ng.UUID, ng.State)
+	return nil
+}
+
+// restoreInstant defines and starts the new guest on thin overlays backed by the
+// point's files, then pulls the data into the overlays while the guest runs. The
+// repository's images are only read (QEMU opens backing files read-only); the caller's
+// shared lock on the guest directory keeps a prune from removing them meanwhile.
+func restoreInstant(ctx context.Context, g *GlobalOptions, o *RestoreOptions, def driver.GuestDefiner, p repo.Point, files []backup.RestoreFile, dir string) error {
+	out := g.stdout
+	disks := map[string]string{}
+	var names []string
+	for _, f := range files {
+		pd, _ := p.Disk(f.Disk)
+		if b, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", p.Path(pd), "-F", "qcow2", f.Out).CombinedOutput(); err != nil {
+			return fmt.Errorf("creating the overlay %s: %w: %s", f.Out, err, strings.TrimSpace(string(b)))
+		}
+		if err := os.Chmod(f.Out, 0o600); err != nil {
+			return err
+		}
+		disks[f.Disk] = f.Out
+		names = append(names, f.Disk)
+	}
+	start := time.Now()
+	dctx, cancel := context.WithTimeout(ctx, g.timeout())
+	ng, notes, err := def.DefineGuest(dctx, driver.DefineRequest{Config: p.Config, Name: o.Define, Disks: disks, Dir: dir, Start: true})
+	cancel()
+	for _, n := range notes {
+		fmt.Fprintf(out, "Note: %s\n", n)
+	}
+	if err != nil {
+		return fmt.Errorf("the overlays are in %s, but: %w", dir, err)
+	}
+	fmt.Fprintf(out, "Guest %s (UUID %s) started in %s on overlays backed by the repository; moving its data into %s\n",
+		ng.Name, ng.UUID, time.Since(start).Round(time.Millisecond), dir)
+	pr := pickProgress("auto", out)
+	bar := pr.Bar(ng.Name + " pull")
+	err = def.PullDisks(ctx, ng, names, bar.Update)
+	bar.Done(err == nil)
+	pr.Wait()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "Guest %s no longer depends on the repository (%s in all)\n", ng.Name, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
+	"time"
 	"sort"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
@@ -132,4 +134,80 @@ func RewriteForDefine(config []byte, name string, disks map[string]string, dir s
 		return "", nil, fmt.Errorf("writing the new definition: %w", err)
 	}
 	return out, notes, nil
+}
+
+// pullPoll is how often PullDisks polls the block jobs.
+const pullPoll = 200 * time.Millisecond
+
+// PullDisks implements driver.GuestDefiner with libvirt block pull (QEMU block-stream)
+// on every disk at once; a disk whose pull is over must show no backing store any more
+// in the live definition, or the pull failed.
+func (d *Driver) PullDisks(ctx context.Context, g driver.Guest, disks []string, progress func(done, total uint64)) (err error) {
+	dom, err := d.lookup(ctx, g)
+	if err != nil {
+		return err
+	}
+	started := []string{}
+	defer func() {
+		if err == nil {
+			return
+		}
+		// Cancel what still runs: the guest stays on its (intact) chain.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		for _, disk := range started {
+			_ = call0(actx, func() error { return d.l.DomainBlockJobAbort(dom, disk, 0) })
+		}
+	}()
+	for _, disk := range disks {
+		if err := call0(ctx, func() error { return d.l.DomainBlockPull(dom, disk, 0, 0) }); err != nil {
+			return fmt.Errorf("guest %s on %s: starting the block pull of disk %s: %w", g.Name, d.node, disk, err)
+		}
+		started = append(started, disk)
+	}
+	last := map[string]blockJob{}
+	for {
+		running := 0
+		var done, total uint64
+		for _, disk := range disks {
+			j, err := d.jobInfo(ctx, dom, disk)
+			if err != nil {
+				return fmt.Errorf("guest %s on %s: reading the block pull of disk %s: %w", g.Name, d.node, disk, err)
+			}
+			if j.found {
+				running++
+				last[disk] = j
+			} else if l, ok := last[disk]; ok {
+				l.cur = l.end
+				last[disk] = l
+			}
+			done += last[disk].cur
+			total += last[disk].end
+		}
+		if progress != nil {
+			progress(done, total)
+		}
+		if running == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("guest %s on %s: block pull stopped: %w; the guest keeps running on the repository's images", g.Name, d.node, ctx.Err())
+		case <-time.After(pullPoll):
+		}
+	}
+	started = nil
+	x, err := d.domainXML(ctx, dom, false)
+	if err != nil {
+		return err
+	}
+	for _, dk := range x.Devices.Disks {
+		if dk.Target == nil || !slices.Contains(disks, dk.Target.Dev) {
+			continue
+		}
+		if dk.BackingStore != nil && dk.BackingStore.Source != nil {
+			return fmt.Errorf("guest %s on %s: the block pull of disk %s ended but the disk still has a backing chain (see /var/log/libvirt/qemu/%s.log); run virsh blockpull %s %s --wait", g.Name, d.node, dk.Target.Dev, g.Name, g.Name, dk.Target.Dev)
+		}
+	}
+	return nil
 }
