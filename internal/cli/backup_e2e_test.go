@@ -265,6 +265,18 @@ func checkInstant(t *testing.T, bed *testbed.Bed, dom *testbed.Domain, dir strin
 	if got, want := testbed.ImageSum(t, filepath.Join(to, name+"-vdb.qcow2")), testbed.ImageSum(t, filepath.Join(ref, "vdb.qcow2")); got != want {
 		t.Errorf("vdb of the instantly restored guest reads %s, the point %s", got, want)
 	}
+	inactive, err := bed.Conn.DomainGetXMLDesc(nd, golibvirt.DomainXMLInactive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"vda", "vdb"} {
+		if want := filepath.Join(to, name+"-"+d+".qcow2"); !strings.Contains(inactive, "'"+want+"'") && !strings.Contains(inactive, `"`+want+`"`) {
+			t.Errorf("the guest's definition does not name %s:\n%s", want, inactive)
+		}
+	}
+	if left, _ := filepath.Glob(filepath.Join(to, ".*.instant")); len(left) > 0 {
+		t.Errorf("overlays left: %v", left)
+	}
 	mustRun(t, "backup", "verify", "--target", dir)
 }
 

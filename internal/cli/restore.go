@@ -60,10 +60,11 @@ One of:
                                   start the new guest within seconds on thin
                                   overlays in DIR backed by the repository's
                                   images (opened read-only, never written), then
-                                  move the data into the overlays while it runs
-                                  (libvirt block pull), with progress, until the
-                                  guest no longer depends on the repository; the
-                                  repository stays locked against prune meanwhile
+                                  copy its disks to DIR/NEWNAME-<disk>.qcow2 while
+                                  it runs (libvirt block copy, then a switch-over),
+                                  with progress, until the guest no longer depends
+                                  on the repository; the repository stays locked
+                                  against prune meanwhile
 --disk restores only the named disks (repeatable). Nothing is ever overwritten
 except with --in-place --force; --dry-run shows the plan.`,
 		Example: `  autosnap --vmid web1 restore --target /backup/vms --to /srv/restore
@@ -218,22 +219,22 @@ func runRestore(ctx context.Context, g *GlobalOptions, o *RestoreOptions) error 
 // shared lock on the guest directory keeps a prune from removing them meanwhile.
 func restoreInstant(ctx context.Context, g *GlobalOptions, o *RestoreOptions, def driver.GuestDefiner, p repo.Point, files []backup.RestoreFile, dir string) error {
 	out := g.stdout
-	disks := map[string]string{}
-	var names []string
+	overlays, moves := map[string]string{}, map[string]string{}
 	for _, f := range files {
 		pd, _ := p.Disk(f.Disk)
-		if b, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", p.Path(pd), "-F", "qcow2", f.Out).CombinedOutput(); err != nil {
-			return fmt.Errorf("creating the overlay %s: %w: %s", f.Out, err, strings.TrimSpace(string(b)))
+		ov := filepath.Join(dir, "."+filepath.Base(f.Out)+".instant")
+		_ = os.Remove(ov)
+		if b, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", p.Path(pd), "-F", "qcow2", ov).CombinedOutput(); err != nil {
+			return fmt.Errorf("creating the overlay %s: %w: %s", ov, err, strings.TrimSpace(string(b)))
 		}
-		if err := os.Chmod(f.Out, 0o600); err != nil {
+		if err := os.Chmod(ov, 0o600); err != nil {
 			return err
 		}
-		disks[f.Disk] = f.Out
-		names = append(names, f.Disk)
+		overlays[f.Disk], moves[f.Disk] = ov, f.Out
 	}
 	start := time.Now()
 	dctx, cancel := context.WithTimeout(ctx, g.timeout())
-	ng, notes, err := def.DefineGuest(dctx, driver.DefineRequest{Config: p.Config, Name: o.Define, Disks: disks, Dir: dir, Start: true})
+	ng, notes, err := def.DefineGuest(dctx, driver.DefineRequest{Config: p.Config, Name: o.Define, Disks: overlays, Dir: dir, Start: true})
 	cancel()
 	for _, n := range notes {
 		fmt.Fprintf(out, "Note: %s\n", n)
@@ -241,15 +242,18 @@ func restoreInstant(ctx context.Context, g *GlobalOptions, o *RestoreOptions, de
 	if err != nil {
 		return fmt.Errorf("the overlays are in %s, but: %w", dir, err)
 	}
-	fmt.Fprintf(out, "Guest %s (UUID %s) started in %s on overlays backed by the repository; moving its data into %s\n",
+	fmt.Fprintf(out, "Guest %s (UUID %s) started in %s on overlays backed by the repository; moving its disks to %s\n",
 		ng.Name, ng.UUID, time.Since(start).Round(time.Millisecond), dir)
 	pr := pickProgress("auto", out)
-	bar := pr.Bar(ng.Name + " pull")
-	err = def.PullDisks(ctx, ng, names, bar.Update)
+	bar := pr.Bar(ng.Name + " move")
+	err = def.MoveDisks(ctx, ng, moves, bar.Update)
 	bar.Done(err == nil)
 	pr.Wait()
 	if err != nil {
 		return err
+	}
+	for _, ov := range overlays {
+		_ = os.Remove(ov)
 	}
 	fmt.Fprintf(out, "Guest %s no longer depends on the repository (%s in all)\n", ng.Name, time.Since(start).Round(time.Millisecond))
 	return nil

@@ -25,10 +25,11 @@ type GuestDefiner interface {
 	// DefineGuest defines the guest and returns it (started when req.Start). Notes
 	// say what was changed beyond name, identity and disks (devices left out…).
 	DefineGuest(ctx context.Context, req DefineRequest) (g Guest, notes []string, err error)
-	// PullDisks copies into each named disk's top image, while the guest runs, all the
-	// data it still reads from its backing chain, then drops the backing chain, so the
-	// guest no longer depends on it (restore --instant). progress gets the bytes done
-	// and to do over all disks. On error or when ctx ends the pulls are cancelled and
-	// the guest keeps running on its chain.
-	PullDisks(ctx context.Context, g Guest, disks []string, progress func(done, total uint64)) error
+	// MoveDisks copies each disk (the key of moves) of the running guest, read through
+	// its whole backing chain, into a new standalone image (the value), switches the
+	// guest over to it and makes its definition name it, so the guest no longer
+	// depends on the chain (restore --instant). progress gets the bytes done and to do
+	// over all disks. On error or when ctx ends the copies are cancelled and the guest
+	// keeps running on its chain.
+	MoveDisks(ctx context.Context, g Guest, moves map[string]string, progress func(done, total uint64)) error
 }

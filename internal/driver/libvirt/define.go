@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"slices"
 	"time"
 	"sort"
 
@@ -136,23 +135,31 @@ func RewriteForDefine(config []byte, name string, disks map[string]string, dir s
 	return out, notes, nil
 }
 
-// pullPoll is how often PullDisks polls the block jobs.
-const pullPoll = 200 * time.Millisecond
+// movePoll is how often MoveDisks polls the block jobs.
+const movePoll = 200 * time.Millisecond
 
-// PullDisks implements driver.GuestDefiner with libvirt block pull (QEMU block-stream)
-// on every disk at once; a disk whose pull is over must show no backing store any more
-// in the live definition, or the pull failed.
-func (d *Driver) PullDisks(ctx context.Context, g driver.Guest, disks []string, progress func(done, total uint64)) (err error) {
+// MoveDisks implements driver.GuestDefiner with libvirt block copy (QEMU drive-mirror
+// of the whole chain into a new image, a transient job so a persistent domain may run
+// it), all disks at once: once every copy is in sync the guest is pivoted to the new
+// images, and its persistent definition is rewritten to name them. Block pull would
+// do without the pivot, but QEMU 7.2's block-stream crashed (SIGSEGV) under a running
+// guest's I/O here; mirroring did not.
+func (d *Driver) MoveDisks(ctx context.Context, g driver.Guest, moves map[string]string, progress func(done, total uint64)) (err error) {
 	dom, err := d.lookup(ctx, g)
 	if err != nil {
 		return err
 	}
-	started := []string{}
+	var disks []string
+	for disk := range moves {
+		disks = append(disks, disk)
+	}
+	sort.Strings(disks)
+	var started []string
 	defer func() {
 		if err == nil {
 			return
 		}
-		// Cancel what still runs: the guest stays on its (intact) chain.
+		// Cancel the copies still running: the guest stays on its (intact) chain.
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		for _, disk := range started {
@@ -160,54 +167,69 @@ func (d *Driver) PullDisks(ctx context.Context, g driver.Guest, disks []string, 
 		}
 	}()
 	for _, disk := range disks {
-		if err := call0(ctx, func() error { return d.l.DomainBlockPull(dom, disk, 0, 0) }); err != nil {
-			return fmt.Errorf("guest %s on %s: starting the block pull of disk %s: %w", g.Name, d.node, disk, err)
+		dest := fmt.Sprintf(`<disk type="file"><source file=%q/><driver type="qcow2"/></disk>`, moves[disk])
+		if err := call0(ctx, func() error {
+			return d.l.DomainBlockCopy(dom, disk, dest, nil, golibvirt.DomainBlockCopyTransientJob)
+		}); err != nil {
+			return fmt.Errorf("guest %s on %s: starting the copy of disk %s to %s: %w", g.Name, d.node, disk, moves[disk], err)
 		}
 		started = append(started, disk)
 	}
-	last := map[string]blockJob{}
 	for {
-		running := 0
+		ready := 0
 		var done, total uint64
 		for _, disk := range disks {
 			j, err := d.jobInfo(ctx, dom, disk)
 			if err != nil {
-				return fmt.Errorf("guest %s on %s: reading the block pull of disk %s: %w", g.Name, d.node, disk, err)
+				return fmt.Errorf("guest %s on %s: reading the copy of disk %s: %w", g.Name, d.node, disk, err)
 			}
-			if j.found {
-				running++
-				last[disk] = j
-			} else if l, ok := last[disk]; ok {
-				l.cur = l.end
-				last[disk] = l
+			if !j.found {
+				return fmt.Errorf("guest %s on %s: the copy of disk %s stopped (see /var/log/libvirt/qemu/%s.log); the guest keeps running on the repository's images", g.Name, d.node, disk, g.Name)
 			}
-			done += last[disk].cur
-			total += last[disk].end
+			done, total = done+j.cur, total+j.end
+			if j.end > 0 && j.cur == j.end && d.mirrorReady(ctx, dom, disk) {
+				ready++
+			}
 		}
 		if progress != nil {
 			progress(done, total)
 		}
-		if running == 0 {
+		if ready == len(disks) {
 			break
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("guest %s on %s: block pull stopped: %w; the guest keeps running on the repository's images", g.Name, d.node, ctx.Err())
-		case <-time.After(pullPoll):
+			return fmt.Errorf("guest %s on %s: copy stopped: %w; the guest keeps running on the repository's images", g.Name, d.node, ctx.Err())
+		case <-time.After(movePoll):
 		}
 	}
-	started = nil
-	x, err := d.domainXML(ctx, dom, false)
+	for len(started) > 0 {
+		disk := started[0]
+		if err := call0(ctx, func() error { return d.l.DomainBlockJobAbort(dom, disk, golibvirt.DomainBlockJobAbortPivot) }); err != nil {
+			return fmt.Errorf("guest %s on %s: switching disk %s to %s: %w", g.Name, d.node, disk, moves[disk], err)
+		}
+		started = started[1:]
+	}
+	// The pivot changed the running guest only; its definition must name the new
+	// images too, or its next start would use the overlays.
+	x, err := d.domainXML(ctx, dom, true)
 	if err != nil {
 		return err
 	}
-	for _, dk := range x.Devices.Disks {
-		if dk.Target == nil || !slices.Contains(disks, dk.Target.Dev) {
+	for i := range x.Devices.Disks {
+		dk := &x.Devices.Disks[i]
+		if dk.Target == nil || moves[dk.Target.Dev] == "" {
 			continue
 		}
-		if dk.BackingStore != nil && dk.BackingStore.Source != nil {
-			return fmt.Errorf("guest %s on %s: the block pull of disk %s ended but the disk still has a backing chain (see /var/log/libvirt/qemu/%s.log); run virsh blockpull %s %s --wait", g.Name, d.node, dk.Target.Dev, g.Name, g.Name, dk.Target.Dev)
-		}
+		dk.Source = &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: moves[dk.Target.Dev]}}
+		dk.BackingStore = nil
+	}
+	xml, err := x.Marshal()
+	if err != nil {
+		return err
+	}
+	if _, err := call(ctx, func() (golibvirt.Domain, error) { return d.l.DomainDefineXML(xml) }); err != nil {
+		return fmt.Errorf("guest %s on %s: the disks were moved, but updating its definition failed: %w; set the disks' sources to %v by hand (virsh edit)", g.Name, d.node, err, moves)
 	}
 	return nil
 }
