@@ -113,7 +113,7 @@ size, virtual_size (bytes), consistency, disks, dir.`,
 			return runBackupList(cmd.Context(), g, o)
 		},
 	}
-	cmd.Flags().StringVar(&o.Target, "target", "", "the backup repository directory")
+	cmd.Flags().StringVar(&o.Target, "target", "", "the backup repository `DIR`")
 	return cmd
 }
 
@@ -190,7 +190,7 @@ JSON keys (with -o json, one row per fault): guest, point, disk, file, problem.`
 			return runBackupVerify(cmd.Context(), g, o)
 		},
 	}
-	cmd.Flags().StringVar(&o.Target, "target", "", "the backup repository directory")
+	cmd.Flags().StringVar(&o.Target, "target", "", "the backup repository `DIR`")
 	cmd.Flags().BoolVar(&o.ReadData, "read-data", false, "read every block of every point through its chain")
 	return cmd
 }
@@ -341,7 +341,7 @@ nothing.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.Target, "target", "", "the backup repository directory")
+	f.StringVar(&o.Target, "target", "", "the backup repository `DIR`")
 	f.Var(keepCount{&o.Policy.Last}, "keep-last", "keep the newest N points")
 	f.Var(keepCount{&o.Policy.Hourly}, "keep-hourly", "keep the newest point of each of N hours")
 	f.Var(keepCount{&o.Policy.Daily}, "keep-daily", "keep the newest point of each of N days")

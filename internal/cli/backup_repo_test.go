@@ -211,12 +211,12 @@ func TestBackupPruneCommand(t *testing.T) {
 		t.Errorf("prune --keep-daily -3: exit %d", r.code)
 	}
 	snapshot := func() string {
-		out, _ := exec.Command("sh", "-c", "cd "+f.dir+" && find . -type f | sort | xargs md5sum").Output()
+		out, _ := exec.Command("sh", "-c", "cd "+f.dir+" && find . -type f ! -name '.lock*' | sort | xargs md5sum").Output()
 		return string(out)
 	}
 	pre := snapshot()
 	r := mustRun(t, "--dry-run", "--vmid", "web", "backup", "prune", "--target", f.dir, "--keep-last", "2")
-	if snapshot() != pre {
+	if snapshot() != pre { // lock files aside
 		t.Error("--dry-run changed the repository")
 	}
 	ps := f.points["web"]
@@ -272,5 +272,31 @@ func TestBackupPruneCommand(t *testing.T) {
 	}
 	if dbs, _ := f.db.Points(); len(dbs) != 1 || dbs[0].Level != "copy" {
 		t.Errorf("keep-within 1h left %v\n%s", dbs, out.String())
+	}
+}
+
+// TestBackupListVerifyReadOnly: a repository mounted read-only (a replica, a
+// snapshot of the backup volume) can be listed and verified; the readers' lock is
+// then not needed, nobody can prune it.
+func TestBackupListVerifyReadOnly(t *testing.T) {
+	f := newRepoFixture(t)
+	// A fresh guest directory without lock files, as after an rsync that skips them.
+	if err := os.Remove(filepath.Join(f.web.Dir, repo.ReadersLockFile)); err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	ro := filepath.Join(t.TempDir(), "ro")
+	if err := os.Mkdir(ro, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	qemu(t, "mount", "--bind", f.dir, ro)
+	defer exec.Command("umount", ro).Run()
+	qemu(t, "mount", "-o", "remount,ro,bind", ro)
+	r := mustRun(t, "-o", "json", "backup", "list", "--target", ro)
+	if strings.Count(r.stdout, `"id"`) != 6 {
+		t.Errorf("read-only list: %s", r.stdout)
+	}
+	mustRun(t, "backup", "verify", "--target", ro, "--read-data")
+	if r := run(t, "backup", "prune", "--target", ro, "--keep-last", "1"); r.code == ExitOK {
+		t.Error("prune of a read-only repository succeeded")
 	}
 }

@@ -166,6 +166,14 @@ func TestPruneKilledAnywhereIsRepaired(t *testing.T) {
 					s.checkRestore(g, p)
 				}
 			}
+			// Verify reports the unfinished prune, and nothing else.
+			faults, err := g.Verify(context.Background(), VerifyOptions{ReadData: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(faults) != 1 || faults[0].File != g.journal().Path(pruneKey) || !strings.Contains(faults[0].Problem, "interrupted prune") {
+				t.Errorf("verify of an interrupted prune: %v", faults)
+			}
 			// A new prune refuses to start over an interrupted one.
 			unlock, err := g.Lock(context.Background())
 			if err != nil {
@@ -253,9 +261,12 @@ func TestLockExcludesOtherProcesses(t *testing.T) {
 	if _, err := g.Lock(ctx); err == nil {
 		t.Fatal("locked a guest another process holds")
 	}
-	if _, err := g.RLock(ctx); err == nil {
-		t.Fatal("shared-locked a guest another process holds exclusively")
+	// A backup in progress elsewhere does not block readers.
+	ur, err := g.RLock(ctx)
+	if err != nil {
+		t.Fatalf("readers blocked by another process's writer lock: %v", err)
 	}
+	ur()
 	cmd.Process.Kill()
 	cmd.Wait()
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
@@ -265,7 +276,7 @@ func TestLockExcludesOtherProcesses(t *testing.T) {
 		t.Fatalf("lock after the holder died: %v", err)
 	}
 	unlock()
-	// Within one process: exclusive excludes shared, shared holders coexist.
+	// Within one process: shared readers coexist and exclude a prune.
 	u1, err := g.RLock(ctx2)
 	if err != nil {
 		t.Fatal(err)
@@ -276,14 +287,52 @@ func TestLockExcludesOtherProcesses(t *testing.T) {
 	}
 	short, cancel3 := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel3()
-	if _, err := g.Lock(short); err == nil {
-		t.Fatal("exclusive lock while shared holders exist")
+	if _, err := g.lockReaders(short); err == nil {
+		t.Fatal("readers' lock taken exclusively while shared holders exist")
 	}
 	u1()
 	u2()
-	u3, err := g.Lock(ctx2)
+	u3, err := g.lockReaders(ctx2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	u3()
+}
+
+// TestPruneWaitsForReaders: a prune does not change points while a reader (verify,
+// restore) holds the readers' lock, and proceeds once it is released.
+func TestPruneWaitsForReaders(t *testing.T) {
+	s := newSim(t, "vda")
+	g := openGuest(t, t.TempDir(), s.id)
+	s.write("vda", 1, 0, 65536)
+	f := s.backup(g, LevelFull, "", t0)
+	s.write("vda", 2, 65536, 65536)
+	inc := s.backup(g, LevelInc, f.ID, t0.Add(time.Hour))
+	ctx := context.Background()
+	unlock, err := g.Lock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	plan, err := g.PlanPrune(retention.GFS{Last: 1}, t0.Add(2*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader, err := g.RLock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if err := g.Prune(short, plan); err == nil || !strings.Contains(err.Error(), "readers") {
+		t.Fatalf("prune under a reader: %v", err)
+	}
+	if ps, _ := g.Points(); len(ps) != 2 {
+		t.Fatalf("prune changed points under a reader: %v", ids(ps))
+	}
+	reader()
+	if err := g.Prune(ctx, plan); err != nil {
+		t.Fatal(err)
+	}
+	checkPruned(t, s, g, []string{inc.ID})
 }

@@ -62,6 +62,14 @@ func tryLock(path string, exclusive bool) (bool, error) {
 		return true, nil
 	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil && !exclusive && (errors.Is(err, syscall.EROFS) || errors.Is(err, os.ErrPermission)) {
+		// A reader of a repository mounted read-only: nobody can prune it either.
+		f, err = os.Open(path)
+		if errors.Is(err, os.ErrNotExist) {
+			locks[path] = &lockState{readers: 1}
+			return true, nil
+		}
+	}
 	if err != nil {
 		return false, fmt.Errorf("opening the lock file: %w", err)
 	}
@@ -102,8 +110,10 @@ func unlockPath(path string, exclusive bool) {
 		return
 	}
 	delete(locks, path)
-	_ = syscall.Flock(int(st.f.Fd()), syscall.LOCK_UN)
-	st.f.Close()
+	if st.f != nil {
+		_ = syscall.Flock(int(st.f.Fd()), syscall.LOCK_UN)
+		st.f.Close()
+	}
 }
 
 // heldExclusive reports whether this process holds path's exclusive lock.

@@ -29,7 +29,11 @@ type Manifest struct {
 	ID    string `json:"id"`
 	Level string `json:"level"`
 	// Chain is the ID of the full that started the point's chain ("" for a copy). It
-	// stays the chain's name when a prune removes that full.
+	// stays the chain's name when a prune removes that full: the chain's root (see
+	// Guest.ChainRoot) is then its oldest remaining point, a standalone inc or diff
+	// into which the full's data was merged. An inc still stacks on the chain's
+	// newest point; a diff stacks on the root and copies the changes since the
+	// root's checkpoint.
 	Chain string `json:"chain,omitempty"`
 	// Parent is the point this one's disks are backed by ("" for a full, a copy, or a
 	// point whose ancestors were all pruned: its files then stand alone).
@@ -245,4 +249,16 @@ func (g *Guest) Newest() (p Point, ok bool, err error) {
 		}
 	}
 	return Point{}, false, nil
+}
+
+// ChainRoot returns the first point of chain still in the repository, the one
+// whose images stand alone: the full, or after a prune removed the full, the
+// oldest remaining point (Parent ""), which then holds the full's data. ok is
+// false when the chain has no point left.
+func (g *Guest) ChainRoot(chain string) (p Point, ok bool, err error) {
+	ps, err := g.Chain(chain)
+	if err != nil || len(ps) == 0 {
+		return Point{}, false, err
+	}
+	return ps[0], true, nil
 }

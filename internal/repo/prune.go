@@ -176,6 +176,11 @@ func (g *Guest) Prune(ctx context.Context, plan PrunePlan) error {
 	if len(plan.Remove) == 0 {
 		return nil
 	}
+	unlockReaders, err := g.lockReaders(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlockReaders()
 	if err := g.journal().Put(pruneKey, pruneRecord{Plan: plan}); err != nil {
 		return fmt.Errorf("guest %s: journalling the prune: %w", g.ID.Name, err)
 	}
@@ -315,7 +320,11 @@ func (g *Guest) Repair(ctx context.Context) ([]string, error) {
 			}
 			did = append(did, fmt.Sprintf("finished removing the pruned point %s", strings.TrimPrefix(n, RemovingPfx)))
 		case strings.HasPrefix(n, ".tmp-"):
-			_ = os.Remove(path)
+			// guest.json is rewritten without the guest's lock (Repo.Guest): only a
+			// temporary file old enough to be abandoned is removed.
+			if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > 10*time.Minute {
+				_ = os.Remove(path)
+			}
 		case e.IsDir() && ValidID(n):
 			tmps, _ := filepath.Glob(filepath.Join(path, ".tmp-*"))
 			for _, t := range tmps {
@@ -329,7 +338,13 @@ func (g *Guest) Repair(ctx context.Context) ([]string, error) {
 		return did, fmt.Errorf("guest %s: %w", g.ID.Name, err)
 	}
 	if ok {
-		if err := g.runPrune(ctx, rec.Plan); err != nil {
+		unlockReaders, err := g.lockReaders(ctx)
+		if err != nil {
+			return did, err
+		}
+		err = g.runPrune(ctx, rec.Plan)
+		unlockReaders()
+		if err != nil {
 			return did, fmt.Errorf("guest %s: finishing the interrupted prune: %w", g.ID.Name, err)
 		}
 		did = append(did, fmt.Sprintf("finished the interrupted prune (%s): removed %s", rec.Plan.Policy, strings.Join(rec.Plan.Remove, ", ")))

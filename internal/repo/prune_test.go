@@ -109,7 +109,7 @@ func checkPruned(t *testing.T, s *sim, g *Guest, kept []string) {
 	}
 	ents, _ := os.ReadDir(g.Dir)
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".") && e.Name() != LockFile && e.Name() != JournalDir {
+		if strings.HasPrefix(e.Name(), ".") && e.Name() != LockFile && e.Name() != ReadersLockFile && e.Name() != JournalDir {
 			t.Errorf("left over in the guest directory: %s", e.Name())
 		}
 	}
@@ -205,6 +205,12 @@ func TestPruneRebasesDependants(t *testing.T) {
 	p, _ := g.Point("20261130T051000Z-inc")
 	if p.Parent != "20261130T043000Z-diff" {
 		t.Errorf("kept inc's parent changed to %q", p.Parent)
+	}
+	// The chain of the removed full keeps its name; its root is now the oldest
+	// remaining point, standalone.
+	root, ok, err := g.ChainRoot("20261123T100000Z-full")
+	if err != nil || !ok || root.ID != "20261130T030000Z-inc" || root.Parent != "" || root.Disks[0].Backing != "" {
+		t.Errorf("chain root after the prune: %+v %v %v", root.Manifest, ok, err)
 	}
 }
 

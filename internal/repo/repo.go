@@ -7,7 +7,8 @@
 //	DIR/autosnap-repo.json                  {"format":1,"id":...}
 //	DIR/.lock                               repository lock (creating guest dirs)
 //	DIR/<name>-<uuid8>/guest.json           the guest's identity
-//	DIR/<name>-<uuid8>/.lock                the guest's lock (backup, prune, repair)
+//	DIR/<name>-<uuid8>/.lock                the guest's writer lock (backup, prune, repair)
+//	DIR/<name>-<uuid8>/.lock-readers        readers (shared) against prunes (exclusive)
 //	DIR/<name>-<uuid8>/.journal/            records of prunes in progress
 //	DIR/<name>-<uuid8>/<pointID>/           one complete point: manifest.json,
 //	                                        config.xml, <disk>.qcow2
@@ -38,14 +39,16 @@ const Format = 1
 
 // File and directory names inside a repository.
 const (
-	RepoFile     = "autosnap-repo.json"
-	LockFile     = ".lock"
-	GuestFile    = "guest.json"
-	ManifestFile = "manifest.json"
-	ConfigFile   = "config.xml"
-	JournalDir   = ".journal"
-	PartialPfx   = ".partial-"
-	RemovingPfx  = ".removing-"
+	RepoFile = "autosnap-repo.json"
+	LockFile = ".lock"
+	// ReadersLockFile is shared by readers and taken exclusively by prunes.
+	ReadersLockFile = ".lock-readers"
+	GuestFile       = "guest.json"
+	ManifestFile    = "manifest.json"
+	ConfigFile      = "config.xml"
+	JournalDir      = ".journal"
+	PartialPfx      = ".partial-"
+	RemovingPfx     = ".removing-"
 )
 
 // ErrNotRepo is wrapped when a directory holds files but is no autosnap repository.
@@ -309,9 +312,11 @@ type Guest struct {
 // Repo is the repository the guest belongs to.
 func (g *Guest) Repo() *Repo { return g.repo }
 
-// Lock takes the guest's exclusive lock, waiting until ctx ends. Hold it around
-// Begin…Commit, Repair and Prune. It excludes other processes and hosts sharing the
-// repository, and other Lock calls of this process.
+// Lock takes the guest's writer lock, waiting until ctx ends. Hold it around
+// Begin…Commit, Repair and Prune: it excludes other writers (backups, prunes,
+// repairs) in other processes, on other hosts sharing the repository, and in this
+// process. Readers (RLock) are not blocked by a backup in progress; Prune and Repair
+// also take the readers' lock exclusively while they change existing points.
 func (g *Guest) Lock(ctx context.Context) (unlock func(), err error) {
 	unlock, err = lockPath(ctx, filepath.Join(g.Dir, LockFile), true)
 	if err != nil {
@@ -320,12 +325,23 @@ func (g *Guest) Lock(ctx context.Context) (unlock func(), err error) {
 	return unlock, nil
 }
 
-// RLock takes the guest's shared lock, for readers (list, verify, restore) that must
-// not see a prune remove files under them.
+// RLock takes the guest's readers' lock shared, for readers (list, verify, restore)
+// that must not see a prune change or remove files under them. A backup in progress
+// does not block it: a point appears complete or not at all.
 func (g *Guest) RLock(ctx context.Context) (unlock func(), err error) {
-	unlock, err = lockPath(ctx, filepath.Join(g.Dir, LockFile), false)
+	unlock, err = lockPath(ctx, filepath.Join(g.Dir, ReadersLockFile), false)
 	if err != nil {
-		return nil, fmt.Errorf("guest %s: locking %s: %w", g.ID.Name, g.Dir, err)
+		return nil, fmt.Errorf("guest %s: readers' lock of %s (a prune holds it while it runs): %w", g.ID.Name, g.Dir, err)
+	}
+	return unlock, nil
+}
+
+// lockReaders takes the readers' lock exclusively, for the steps of Prune and Repair
+// that change or remove complete points.
+func (g *Guest) lockReaders(ctx context.Context) (unlock func(), err error) {
+	unlock, err = lockPath(ctx, filepath.Join(g.Dir, ReadersLockFile), true)
+	if err != nil {
+		return nil, fmt.Errorf("guest %s: waiting for readers (verify, restore) to finish: %w", g.ID.Name, err)
 	}
 	return unlock, nil
 }

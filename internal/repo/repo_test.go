@@ -1,9 +1,11 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -197,4 +199,40 @@ func TestGuestDirectoryByUUID(t *testing.T) {
 		t.Errorf("Open of a non-empty non-repository directory succeeded")
 	}
 	checkModes(t, dir)
+}
+
+// TestRestoreIntoBlockDevice: restoring into an existing block device writes the
+// data into it (every block, zeroes included) instead of replacing the device node.
+func TestRestoreIntoBlockDevice(t *testing.T) {
+	s := newSim(t, "vda")
+	g := openGuest(t, t.TempDir(), s.id)
+	s.write("vda", 0x71, 1<<20, 2<<20)
+	full := s.backup(g, LevelFull, "", t0)
+	s.zero("vda", 1<<20, 65536)
+	inc := s.backup(g, LevelInc, full.ID, t0.Add(time.Hour))
+	backing := filepath.Join(t.TempDir(), "dev.img")
+	// The device starts full of 0xff so that blocks left unwritten would show.
+	if err := os.WriteFile(backing, bytes.Repeat([]byte{0xff}, simSize), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dev := strings.TrimSpace(run(t, "losetup", "-f", "--show", backing))
+	defer exec.Command("losetup", "-d", dev).Run()
+	if err := g.RestoreDisk(context.Background(), inc, "vda", dev, "qcow2"); err == nil {
+		t.Error("qcow2 into a block device accepted")
+	}
+	if err := g.RestoreDisk(context.Background(), inc, "vda", dev, "raw"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(dev)
+	if err != nil || st.Mode()&os.ModeDevice == 0 {
+		t.Fatalf("%s is no longer a device: %v %v", dev, st.Mode(), err)
+	}
+	got, err := os.ReadFile(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile(s.expect[inc.ID]["vda"])
+	if !bytes.Equal(got, want) {
+		t.Errorf("device content differs from the guest's disk at %s (first difference at %d)", inc.ID, firstDiff(got, want))
+	}
 }

@@ -3,6 +3,7 @@ package repo
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 )
@@ -12,7 +13,9 @@ import (
 // reads as zero is left unallocated, or a hole in a raw file), and bit-identical to
 // the guest's disk at the point's instant. It writes out's content to a temporary
 // file beside out, fsyncs it and renames it over out, so out is either untouched or
-// complete. out is created 0600. The caller holds the guest's lock or shared lock.
+// complete. out is created 0600. When out is an existing block device (an LVM volume,
+// a raw disk), the data is written into it in place (raw only) and flushed. The
+// caller holds the guest's shared lock (RLock) or its lock.
 func (g *Guest) RestoreDisk(ctx context.Context, point Point, disk, out, format string) error {
 	if format == "" {
 		format = "qcow2"
@@ -25,6 +28,9 @@ func (g *Guest) RestoreDisk(ctx context.Context, point Point, disk, out, format 
 		return fmt.Errorf("guest %s: point %s has no disk %s (it has %s)", g.ID.Name, point.ID, disk, diskNames(point))
 	}
 	src := point.Path(d)
+	if st, err := os.Stat(out); err == nil && st.Mode()&os.ModeDevice != 0 {
+		return g.restoreToDevice(ctx, point, disk, src, out, format, d.VirtualSize)
+	}
 	tmp := filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+".restoring")
 	_ = os.Remove(tmp)
 	args := []string{"convert", "-f", "qcow2", "-O", format}
@@ -63,4 +69,29 @@ func diskNames(p Point) string {
 		return "none"
 	}
 	return s
+}
+
+// restoreToDevice writes the disk into the block device dev, which must be at least
+// the disk's virtual size: `qemu-img convert -n` writes every block, zeroes included,
+// since a device has no holes to leave.
+func (g *Guest) restoreToDevice(ctx context.Context, point Point, disk, src, dev, format string, size uint64) error {
+	if format != "raw" {
+		return fmt.Errorf("guest %s: %s is a block device: restore into it with format raw", g.ID.Name, dev)
+	}
+	f, err := os.Open(dev)
+	if err != nil {
+		return fmt.Errorf("guest %s: restoring disk %s: %w", g.ID.Name, disk, err)
+	}
+	devSize, err := f.Seek(0, io.SeekEnd)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("guest %s: restoring disk %s: sizing %s: %w", g.ID.Name, disk, dev, err)
+	}
+	if uint64(devSize) < size {
+		return fmt.Errorf("guest %s: disk %s of point %s is %d bytes, the device %s only %d: use a larger one", g.ID.Name, disk, point.ID, size, dev, devSize)
+	}
+	if _, err := qemuImg(ctx, "convert", "-n", "-f", "qcow2", "-O", "raw", "-t", "none", src, dev); err != nil {
+		return fmt.Errorf("guest %s: restoring disk %s of point %s into %s: %w", g.ID.Name, disk, point.ID, dev, err)
+	}
+	return syncFile(dev)
 }

@@ -69,10 +69,8 @@ func (d *Driver) BackupSource(ctx context.Context, g driver.Guest) (driver.Backu
 		return driver.BackupSource{}, fmt.Errorf("guest %s on %s: reading its definition: %w", g.Name, d.node, d.notFound(g.Name, err))
 	}
 	src := driver.BackupSource{Config: []byte(cfg)}
-	top := map[string]string{}
 	for _, dk := range backupDisks(x) {
 		bd := driver.BackupDisk{Name: dk.Target.Dev, File: sourcePath(dk.Source), Format: diskFormat(dk), Incremental: true}
-		top[bd.Name] = bd.File
 		type cap struct{ c uint64 }
 		c, err := call(ctx, func() (cap, error) {
 			_, c, _, err := d.l.DomainGetBlockInfo(dom, bd.Name, 0)
@@ -95,7 +93,13 @@ func (d *Driver) BackupSource(ctx context.Context, g driver.Guest) (driver.Backu
 	if len(src.Disks) == 0 {
 		return driver.BackupSource{}, fmt.Errorf("guest %s on %s has no disk a backup can cover (only cdroms, read-only, shared or transient disks)", g.Name, d.node)
 	}
-	src.Checkpoints, err = d.checkpoints(ctx, dom, active, top)
+	var chains map[string][]string
+	if !active {
+		if chains, err = d.chainsOf(ctx, x, false); err != nil {
+			return driver.BackupSource{}, fmt.Errorf("guest %s: %w", g.Name, err)
+		}
+	}
+	src.Checkpoints, err = d.checkpoints(ctx, dom, active, chains)
 	if err != nil {
 		return driver.BackupSource{}, fmt.Errorf("guest %s: %w", g.Name, err)
 	}
@@ -137,11 +141,14 @@ func (d *Driver) Backup(ctx context.Context, g driver.Guest, req driver.BackupRe
 	if err := checkRequest(g, req); err != nil {
 		return driver.BackupResult{}, err
 	}
+	if !d.local {
+		return driver.BackupResult{}, fmt.Errorf("guest %s: backups are written by autosnap on the guest's host: run it there (qemu:///system), with the target directory on that host or a share it mounts", g.Name)
+	}
 	dom, err := d.lookup(ctx, g)
 	if err != nil {
 		return driver.BackupResult{}, err
 	}
-	unlock := d.domLock(g.UUID + g.Name)
+	unlock := d.domLock(g.Key())
 	defer unlock()
 	x, active, err := d.currentXML(ctx, dom)
 	if err != nil {
@@ -157,6 +164,9 @@ func (d *Driver) Backup(ctx context.Context, g driver.Guest, req driver.BackupRe
 		}
 	}
 	if !active {
+		if err := d.resumeCheckpoints(ctx, dom); err != nil {
+			return driver.BackupResult{}, fmt.Errorf("guest %s: restoring checkpoints set aside for a snapshot: %w", g.Name, err)
+		}
 		return d.backupOffline(ctx, g, dom, x, disks, req)
 	}
 	return d.backupLive(ctx, g, dom, x, disks, req)
@@ -222,6 +232,13 @@ func createTarget(ctx context.Context, t driver.BackupTarget, size uint64, withB
 func (d *Driver) backupLive(ctx context.Context, g driver.Guest, dom golibvirt.Domain, x *libvirtxml.Domain, disks map[string]*libvirtxml.DomainDisk, req driver.BackupRequest) (driver.BackupResult, error) {
 	if err := d.abortStaleBackup(ctx, dom); err != nil {
 		return driver.BackupResult{}, fmt.Errorf("guest %s: %w", g.Name, err)
+	}
+	if req.Checkpoint != "" {
+		if _, err := call(ctx, func() (golibvirt.DomainCheckpoint, error) {
+			return d.l.DomainCheckpointLookupByName(dom, req.Checkpoint, 0)
+		}); err == nil {
+			return driver.BackupResult{}, fmt.Errorf("guest %s already has a checkpoint %s: a backup creates a new one", g.Name, req.Checkpoint)
+		}
 	}
 	bx := backupXML{Mode: "push"}
 	inc := req.Level == driver.LevelInc || req.Level == driver.LevelDiff
@@ -302,8 +319,12 @@ func (d *Driver) backupLive(ctx context.Context, g driver.Guest, dom golibvirt.D
 		if errCode(err) == golibvirt.ErrCheckpointInconsistent {
 			return driver.BackupResult{}, fmt.Errorf("guest %s on %s: checkpoint %s cannot be used (%s): take a full backup: %w", g.Name, d.node, req.Since, libvirtMessage(err), err)
 		}
-		// A call abandoned on ctx may still have started the job.
-		d.undoBackup(g, dom, req.Checkpoint)
+		// An error libvirt reports means nothing started (the call is atomic); a call
+		// abandoned on ctx or a lost connection may still have started the job.
+		var lerr golibvirt.Error
+		if !errors.As(err, &lerr) {
+			d.undoBackup(g, dom, req.Checkpoint)
+		}
 		return driver.BackupResult{}, fmt.Errorf("guest %s on %s: starting the backup job: %w", g.Name, d.node, err)
 	}
 	if err := d.waitBackup(ctx, g, dom, req.Progress); err != nil {
@@ -391,6 +412,8 @@ func (d *Driver) waitBackup(ctx context.Context, g driver.Guest, dom golibvirt.D
 		})
 	}
 	var last uint64
+	// Short jobs end within a few polls: start fast, settle at backupPoll.
+	wait := 10 * time.Millisecond
 	for {
 		s, err := get(0)
 		if err != nil {
@@ -410,8 +433,9 @@ func (d *Driver) waitBackup(ctx context.Context, g driver.Guest, dom golibvirt.D
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("guest %s on %s: backup stopped: %w", g.Name, d.node, ctx.Err())
-		case <-time.After(backupPoll):
+		case <-time.After(wait):
 		}
+		wait = min(2*wait, backupPoll)
 	}
 	s, err := get(golibvirt.DomainJobStatsCompleted)
 	if err != nil {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"encoding/xml"
 	"fmt"
+	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -31,8 +33,13 @@ func (d *Driver) backupOffline(ctx context.Context, g driver.Guest, dom golibvir
 		format string
 		inc    bool
 		bitmap bool // a bitmap for req.Checkpoint is added to this disk
+		// chain and formats are the disk's images, active first; the top run of them
+		// carries req.Since's bitmap.
+		chain, formats []string
+		run            int
 	}
 	var jobs []job
+	cache := bitmapCache{}
 	for _, t := range req.Targets {
 		dk := disks[t.Disk]
 		j := job{t: t, file: sourcePath(dk.Source), format: diskFormat(dk), inc: incremental(req, t)}
@@ -40,19 +47,49 @@ func (d *Driver) backupOffline(ctx context.Context, g driver.Guest, dom golibvir
 			return driver.BackupResult{}, fmt.Errorf("guest %s is shut off and disk %s is not a local file or block device: start the guest to back it up through libvirt", g.Name, t.Disk)
 		}
 		j.bitmap = req.Checkpoint != "" && j.format == "qcow2"
+		infos, err := qemuImgInfo(ctx, j.file)
+		if err != nil {
+			return driver.BackupResult{}, fmt.Errorf("guest %s disk %s: %w", g.Name, t.Disk, err)
+		}
+		for _, in := range infos {
+			j.chain = append(j.chain, in.Filename)
+			j.formats = append(j.formats, in.Format)
+		}
 		if j.inc {
 			if j.format != "qcow2" {
 				return driver.BackupResult{}, fmt.Errorf("guest %s disk %s is %s: it has no dirty bitmaps, so it can only be backed up in full", g.Name, t.Disk, j.format)
 			}
-			bms, err := imageBitmaps(ctx, j.file)
+			n, why, err := cache.bitmapRun(ctx, j.chain, req.Since)
 			if err != nil {
 				return driver.BackupResult{}, fmt.Errorf("guest %s disk %s: %w", g.Name, t.Disk, err)
 			}
-			if why := bitmapUsable(bms, req.Since); why != "" {
+			if why != "" {
 				return driver.BackupResult{}, fmt.Errorf("guest %s disk %s: changes since checkpoint %s cannot be read (%s): take a full backup", g.Name, t.Disk, req.Since, why)
 			}
+			j.run = n
 		}
 		jobs = append(jobs, j)
+	}
+	// The new checkpoint's name must be free, in libvirt and in the images: the
+	// clean-up of a failed backup removes bitmaps of that name.
+	if req.Checkpoint != "" {
+		if _, err := call(ctx, func() (golibvirt.DomainCheckpoint, error) {
+			return d.l.DomainCheckpointLookupByName(dom, req.Checkpoint, 0)
+		}); err == nil {
+			return driver.BackupResult{}, fmt.Errorf("guest %s already has a checkpoint %s: a backup creates a new one", g.Name, req.Checkpoint)
+		}
+		for _, j := range jobs {
+			if !j.bitmap {
+				continue
+			}
+			bms, err := cache.get(ctx, j.file)
+			if err != nil {
+				return driver.BackupResult{}, fmt.Errorf("guest %s disk %s: %w", g.Name, j.t.Disk, err)
+			}
+			if slices.ContainsFunc(bms, func(b qemuBitmap) bool { return b.Name == req.Checkpoint }) {
+				return driver.BackupResult{}, fmt.Errorf("guest %s disk %s: %s already holds a bitmap %s that no checkpoint accounts for; remove it with autosnap bitmaps cleanup %s", g.Name, j.t.Disk, j.file, req.Checkpoint, g.Name)
+			}
+		}
 	}
 	if req.Since != "" {
 		if _, err := call(ctx, func() (golibvirt.DomainCheckpoint, error) { return d.l.DomainCheckpointLookupByName(dom, req.Since, 0) }); err != nil {
@@ -78,8 +115,14 @@ func (d *Driver) backupOffline(ctx context.Context, g driver.Guest, dom golibvir
 		return driver.BackupResult{}, fmt.Errorf("guest %s (shut off): %w", g.Name, err)
 	}
 	fail := func(err error) (driver.BackupResult, error) {
-		q.kill()
-		// A bitmap the killed daemon added is left in-use; remove it so no orphan stays.
+		// A clean exit stores the images' bitmaps; a killed daemon would leave every
+		// bitmap of a writable image marked inconsistent, breaking all checkpoints.
+		qctx, cancel := context.WithTimeout(context.Background(), d.timeout)
+		defer cancel()
+		if qerr := q.quit(qctx); qerr != nil {
+			q.kill()
+		}
+		// The bitmap of the checkpoint that was not made is removed, so no orphan stays.
 		for _, j := range jobs {
 			if j.bitmap {
 				if bms, berr := imageBitmaps(context.Background(), j.file); berr == nil {
@@ -95,28 +138,61 @@ func (d *Driver) backupOffline(ctx context.Context, g driver.Guest, dom golibvir
 	}
 	var actions []map[string]any
 	for i, j := range jobs {
-		drv := j.format
-		file := map[string]any{"driver": "file", "filename": j.file}
-		if disks[j.t.Disk].Source.Block != nil {
-			file["driver"] = "host_device"
-		}
-		src := map[string]any{"driver": drv, "node-name": fmt.Sprintf("src%d", i), "file": file, "read-only": !j.bitmap}
-		if _, err := q.run(ctx, "blockdev-add", src); err != nil {
-			return fail(fmt.Errorf("opening disk %s (%s): %w", j.t.Disk, j.file, err))
+		top := fmt.Sprintf("src%d", i)
+		// The chain is opened bottom up with names, so bitmaps below the active image
+		// can be merged; only the active image is writable, and only to add a bitmap.
+		lower := ""
+		for k := len(j.chain) - 1; k >= 0; k-- {
+			node := fmt.Sprintf("src%dl%d", i, k)
+			if k == 0 {
+				node = top
+			}
+			file := map[string]any{"driver": "file", "filename": j.chain[k]}
+			if fi, err := os.Stat(j.chain[k]); err == nil && fi.Mode()&os.ModeDevice != 0 {
+				file["driver"] = "host_device"
+			}
+			img := map[string]any{"driver": j.formats[k], "node-name": node, "file": file, "read-only": k > 0 || !j.bitmap}
+			if j.formats[k] != "raw" {
+				img["backing"] = nil
+				if lower != "" {
+					img["backing"] = lower
+				}
+			}
+			if _, err := q.run(ctx, "blockdev-add", img); err != nil {
+				return fail(fmt.Errorf("opening disk %s (%s): %w", j.t.Disk, j.chain[k], err))
+			}
+			lower = node
 		}
 		tgt := map[string]any{"driver": "qcow2", "node-name": fmt.Sprintf("tgt%d", i),
 			"file": map[string]any{"driver": "file", "filename": j.t.File}, "backing": nil}
 		if _, err := q.run(ctx, "blockdev-add", tgt); err != nil {
 			return fail(fmt.Errorf("opening the target of disk %s: %w", j.t.Disk, err))
 		}
-		if j.bitmap {
-			actions = append(actions, map[string]any{"type": "block-dirty-bitmap-add",
-				"data": map[string]any{"node": fmt.Sprintf("src%d", i), "name": req.Checkpoint, "persistent": true}})
-		}
-		bk := map[string]any{"job-id": fmt.Sprintf("job%d", i), "device": fmt.Sprintf("src%d", i),
+		bk := map[string]any{"job-id": fmt.Sprintf("job%d", i), "device": top,
 			"target": fmt.Sprintf("tgt%d", i), "sync": "full", "auto-dismiss": false}
 		if j.inc {
-			bk["sync"], bk["bitmap"], bk["bitmap-mode"] = "bitmap", req.Since, "never"
+			// The changes since the checkpoint are the union of its bitmaps along the run
+			// (as libvirt merges them for a running guest), in a temporary bitmap.
+			var srcs []map[string]any
+			for k := 0; k < j.run; k++ {
+				node := fmt.Sprintf("src%dl%d", i, k)
+				if k == 0 {
+					node = top
+				}
+				srcs = append(srcs, map[string]any{"node": node, "name": req.Since})
+			}
+			tmp := "autosnap-tmp-merge"
+			if _, err := q.run(ctx, "block-dirty-bitmap-add", map[string]any{"node": top, "name": tmp, "persistent": false, "disabled": true}); err != nil {
+				return fail(fmt.Errorf("disk %s: %w", j.t.Disk, err))
+			}
+			if _, err := q.run(ctx, "block-dirty-bitmap-merge", map[string]any{"node": top, "target": tmp, "bitmaps": srcs}); err != nil {
+				return fail(fmt.Errorf("disk %s: merging the bitmaps of checkpoint %s: %w", j.t.Disk, req.Since, err))
+			}
+			bk["sync"], bk["bitmap"], bk["bitmap-mode"] = "bitmap", tmp, "never"
+		}
+		if j.bitmap {
+			actions = append(actions, map[string]any{"type": "block-dirty-bitmap-add",
+				"data": map[string]any{"node": top, "name": req.Checkpoint, "persistent": true}})
 		}
 		actions = append(actions, map[string]any{"type": "blockdev-backup", "data": bk})
 	}

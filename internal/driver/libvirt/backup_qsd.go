@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -19,21 +20,16 @@ import (
 // shut-off guest's images the way QEMU would, so the same block jobs (blockdev-backup
 // with sync=full or sync=bitmap) and persistent bitmaps serve a guest that is off.
 type qsd struct {
-	cmd  *exec.Cmd
-	dir  string
-	conn net.Conn
-	rd   *bufio.Reader
-	mu   sync.Mutex
-	id   int
-	// events are the asynchronous events received while waiting for replies.
-	events []qmpEvent
+	cmd    *exec.Cmd
+	dir    string
+	conn   net.Conn
+	rd     *bufio.Reader
+	mu     sync.Mutex
+	id     int
 	stderr strings.Builder
-	done   chan error
-}
-
-type qmpEvent struct {
-	Event string          `json:"event"`
-	Data  json.RawMessage `json:"data"`
+	// exited is closed once the daemon has exited, with exitErr its status.
+	exited  chan struct{}
+	exitErr error
 }
 
 type qmpReply struct {
@@ -55,11 +51,14 @@ func startQSD(ctx context.Context) (*qsd, error) {
 		return nil, err
 	}
 	sock := filepath.Join(dir, "qmp.sock")
-	q := &qsd{dir: dir, done: make(chan error, 1)}
+	q := &qsd{dir: dir, exited: make(chan struct{})}
 	q.cmd = exec.Command("qemu-storage-daemon",
 		"--chardev", "socket,id=m,path="+sock+",server=on,wait=off",
 		"--monitor", "chardev=m")
 	q.cmd.Stderr = &q.stderr
+	// If autosnap dies, the daemon exits cleanly (storing the bitmaps) instead of
+	// holding the guest's images.
+	q.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := q.cmd.Start(); err != nil {
 		os.RemoveAll(dir)
 		if errors.Is(err, exec.ErrNotFound) {
@@ -67,7 +66,10 @@ func startQSD(ctx context.Context) (*qsd, error) {
 		}
 		return nil, err
 	}
-	go func() { q.done <- q.cmd.Wait() }()
+	go func() {
+		q.exitErr = q.cmd.Wait()
+		close(q.exited)
+	}()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		q.conn, err = net.Dial("unix", sock)
@@ -75,9 +77,9 @@ func startQSD(ctx context.Context) (*qsd, error) {
 			break
 		}
 		select {
-		case werr := <-q.done:
+		case <-q.exited:
 			os.RemoveAll(dir)
-			return nil, fmt.Errorf("qemu-storage-daemon exited at start: %v: %s", werr, strings.TrimSpace(q.stderr.String()))
+			return nil, fmt.Errorf("qemu-storage-daemon exited at start: %v: %s", q.exitErr, strings.TrimSpace(q.stderr.String()))
 		case <-ctx.Done():
 			q.kill()
 			return nil, ctx.Err()
@@ -131,8 +133,7 @@ func (q *qsd) run(ctx context.Context, cmd string, args any) (json.RawMessage, e
 			return nil, fmt.Errorf("qemu-storage-daemon %s: unreadable reply: %w", cmd, err)
 		}
 		if r.Event != "" {
-			q.events = append(q.events, qmpEvent{r.Event, r.Data})
-			continue
+			continue // jobs are polled with query-jobs
 		}
 		if r.Error != nil {
 			return nil, fmt.Errorf("qemu-storage-daemon %s: %s", cmd, r.Error.Desc)
@@ -141,24 +142,15 @@ func (q *qsd) run(ctx context.Context, cmd string, args any) (json.RawMessage, e
 	}
 }
 
-// takeEvents returns and forgets the events received so far.
-func (q *qsd) takeEvents() []qmpEvent {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	ev := q.events
-	q.events = nil
-	return ev
-}
-
 // quit asks the daemon to close its images cleanly (storing persistent bitmaps) and
 // exit, and waits for it.
 func (q *qsd) quit(ctx context.Context) error {
 	defer os.RemoveAll(q.dir)
 	_, qerr := q.run(ctx, "quit", nil)
 	select {
-	case err := <-q.done:
-		if err != nil {
-			return fmt.Errorf("qemu-storage-daemon exit: %v: %s", err, strings.TrimSpace(q.stderr.String()))
+	case <-q.exited:
+		if q.exitErr != nil {
+			return fmt.Errorf("qemu-storage-daemon exit: %v: %s", q.exitErr, strings.TrimSpace(q.stderr.String()))
 		}
 		return nil
 	case <-time.After(2 * time.Minute):
@@ -174,6 +166,6 @@ func (q *qsd) kill() {
 		q.conn.Close()
 	}
 	_ = q.cmd.Process.Kill()
-	<-q.done
+	<-q.exited
 	os.RemoveAll(q.dir)
 }

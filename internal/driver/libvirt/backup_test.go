@@ -777,3 +777,223 @@ func TestBackupRawDisk(t *testing.T) {
 	qemuIO(t, e.dom.Chain(t, "vda")[0], fmt.Sprintf("write -P 0xb5 %d %d", 8*mib, 1*mib))
 	inc("p3", "autosnap-p2", "p2", e.offSums(t, disks...))
 }
+
+// TestBackupShutoffSnapshots: autosnap's snapshots and merges of a shut-off guest
+// between backups. A snapshot taken while the guest is off gets a new overlay without
+// bitmaps; the next backup still continues the chain. Merging the overlay back
+// (qemu-img commit) keeps the changes made in it tracked by the base's bitmaps.
+func TestBackupShutoffSnapshots(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 2, State: testbed.Running})
+	disks := []string{"vda", "vdb"}
+	e.dom.WriteDisk(t, "vda", 0, 0xc1, 2*mib)
+	e.dom.WriteDisk(t, "vdb", 0, 0xc2, 2*mib)
+	e.backup(t, "p1", driver.LevelFull, "", "autosnap-p1", "", disks...)
+	e.stop(t)
+	prev := "p1"
+	steps := []struct {
+		name string
+		do   func()
+	}{
+		{"snapshot s1", func() { e.snap(t, "s1", false, false) }},
+		{"snapshot s2", func() { e.snap(t, "s2", false, false) }},
+		{"merge of s1", func() {
+			if err := e.d.DeleteSnapshot(rctx(t), e.guest(t), "s1"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"merge of s2", func() {
+			if err := e.d.DeleteSnapshot(rctx(t), e.guest(t), "s2"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for i, s := range steps {
+		for j, d := range disks {
+			qemuIO(t, e.dom.Chain(t, d)[0], fmt.Sprintf("write -P 0x%x %d %d", 0x50+0x10*i+j, (4+4*i)*mib, mib))
+		}
+		s.do()
+		for j, d := range disks {
+			qemuIO(t, e.dom.Chain(t, d)[0], fmt.Sprintf("write -P 0x%x %d %d", 0x58+0x10*i+j, (6+4*i)*mib, mib))
+		}
+		for _, c := range checkpointNames(t, e) {
+			t.Logf("after %s: %s unusable=%q", s.name, c.Name, c.Unusable)
+		}
+		want := e.offSums(t, disks...)
+		point := fmt.Sprintf("p%d", i+2)
+		res := e.backup(t, point, driver.LevelInc, "autosnap-"+prev, "autosnap-"+point, prev, disks...)
+		e.checkPoint(t, point, want)
+		for _, d := range disks {
+			// qemu-img commit's writes into the base are recorded by the base's bitmaps,
+			// so after a merge of the active overlay more than the changes is copied
+			// (what the overlay held): never less.
+			if res.Bytes[d] != 2*mib && (!strings.HasPrefix(s.name, "merge") || res.Bytes[d] < 2*mib) {
+				t.Errorf("inc after %s copied %d bytes of %s, want the 2 MiB written", s.name, res.Bytes[d], d)
+			}
+		}
+		t.Logf("after %s: vda chain %v", s.name, e.dom.Chain(t, "vda"))
+		prev = point
+	}
+	e.start(t)
+	e.dom.WriteDisk(t, "vdb", 30*mib, 0xc9, mib)
+	want := e.capture(t, disks...)
+	e.backup(t, "p6", driver.LevelInc, "autosnap-"+prev, "autosnap-p6", prev, disks...)
+	e.checkPoint(t, "p6", want)
+	// The full's checkpoint saw every snapshot and merge: a diff from it is whole.
+	e.backup(t, "p7", driver.LevelDiff, "autosnap-p1", "autosnap-p7", "p1", disks...)
+	e.checkPoint(t, "p7", want)
+}
+
+// TestBackupShutoffCancelled: an offline backup stopped mid-copy leaves the guest's
+// existing checkpoints usable (qemu-storage-daemon closed the images cleanly), no
+// bitmap or checkpoint of the backup that was not made, and no daemon holding the
+// images: the guest starts.
+func TestBackupShutoffCancelled(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 1, DiskMiB: 512, State: testbed.Running})
+	e.dom.WriteDisk(t, "vda", 0, 0xe1, 300*mib)
+	e.backup(t, "p1", driver.LevelFull, "", "autosnap-p1", "", "vda")
+	e.stop(t)
+	_ = os.MkdirAll(filepath.Join(e.dir, "p2"), 0o700)
+	ctx, cancel := context.WithCancel(rctx(t))
+	var running bool
+	req := driver.BackupRequest{Level: driver.LevelFull, Checkpoint: "autosnap-p2",
+		Targets: []driver.BackupTarget{{Disk: "vda", File: e.file("p2", "vda")}},
+		Progress: func(done, total uint64) {
+			if total == 0 || done < total {
+				running = true
+				cancel()
+			}
+		}}
+	_, err := e.d.Backup(ctx, e.guest(t), req)
+	if !running {
+		t.Fatal("the copy finished before its first progress report; make the disk bigger")
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled offline backup: %v, want context.Canceled", err)
+	}
+	cps := checkpointNames(t, e)
+	if len(cps) != 1 || cps[0].Name != "autosnap-p1" || cps[0].Unusable != "" {
+		t.Fatalf("after the cancelled offline backup: %+v, want autosnap-p1 alone and usable", cps)
+	}
+	bms, err := e.d.Bitmaps(rctx(t), e.guest(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range bms {
+		if b.Name != "autosnap-p1" {
+			t.Errorf("leftover bitmap %s on %s", b.Name, b.Image)
+		}
+	}
+	e.start(t)
+	e.dom.WriteDisk(t, "vda", 400*mib, 0xe2, mib)
+	want := e.capture(t, "vda")
+	e.backup(t, "p3", driver.LevelInc, "autosnap-p1", "autosnap-p3", "p1", "vda")
+	e.checkPoint(t, "p3", want)
+}
+
+// TestBackupCheckpointNameTaken: a backup asked to create a checkpoint that already
+// exists fails, running and shut off, and the existing checkpoint (and its bitmaps)
+// stay intact: the clean-up of the failed backup must not remove them.
+func TestBackupCheckpointNameTaken(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 1, State: testbed.Running})
+	e.dom.WriteDisk(t, "vda", 0, 0xf1, mib)
+	e.backup(t, "p1", driver.LevelFull, "", "autosnap-p1", "", "vda")
+	for _, state := range []string{"running", "shut off"} {
+		if state == "shut off" {
+			e.stop(t)
+		}
+		dir := filepath.Join(e.dir, "again-"+strings.ReplaceAll(state, " ", ""))
+		_ = os.MkdirAll(dir, 0o700)
+		_, err := e.d.Backup(rctx(t), e.guest(t), driver.BackupRequest{Level: driver.LevelFull, Checkpoint: "autosnap-p1",
+			Targets: []driver.BackupTarget{{Disk: "vda", File: filepath.Join(dir, "vda.qcow2")}}})
+		t.Logf("%s: %v", state, err)
+		if err == nil || !strings.Contains(err.Error(), "already") {
+			t.Fatalf("%s: a backup creating the existing checkpoint autosnap-p1: %v, want a refusal", state, err)
+		}
+		cps := checkpointNames(t, e)
+		if len(cps) != 1 || cps[0].Unusable != "" {
+			t.Fatalf("%s: after the refused backup: %+v, want autosnap-p1 intact", state, cps)
+		}
+	}
+	e.start(t)
+	e.dom.WriteDisk(t, "vda", 8*mib, 0xf2, mib)
+	want := e.capture(t, "vda")
+	e.backup(t, "p2", driver.LevelInc, "autosnap-p1", "autosnap-p2", "p1", "vda")
+	e.checkPoint(t, "p2", want)
+}
+
+// TestBackupAcrossInternalSnapshots: internal snapshots of a shut-off guest (autosnap
+// takes them only while it is off) between backups: libvirt 9.0 refuses them while
+// checkpoints exist unless those are set aside; they create no overlay, so the
+// checkpoints stay usable and the incs whole, and the guest's next live inc too.
+func TestBackupAcrossInternalSnapshots(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 1, State: testbed.Running})
+	e.dom.WriteDisk(t, "vda", 0, 0x21, mib)
+	e.backup(t, "p1", driver.LevelFull, "", "autosnap-p1", "", "vda")
+	e.stop(t)
+	internal := driver.CreateOptions{Name: "i1", Disks: []driver.DiskSpec{{Name: "vda", Snapshot: "internal"}}}
+	if _, err := e.d.CreateSnapshot(rctx(t), e.guest(t), internal); err != nil {
+		t.Fatalf("internal snapshot of a shut-off guest with a checkpoint: %v", err)
+	}
+	qemuIO(t, e.dom.Chain(t, "vda")[0], fmt.Sprintf("write -P 0x23 %d %d", 8*mib, mib))
+	e.backup(t, "p2", driver.LevelInc, "autosnap-p1", "autosnap-p2", "p1", "vda")
+	e.checkPoint(t, "p2", e.offSums(t, "vda"))
+	for _, c := range checkpointNames(t, e) {
+		if c.Unusable != "" {
+			t.Errorf("checkpoint %s unusable after an internal snapshot: %s", c.Name, c.Unusable)
+		}
+	}
+	e.start(t)
+	e.dom.WriteDisk(t, "vda", 4*mib, 0x22, mib)
+	want := e.capture(t, "vda")
+	e.backup(t, "p3", driver.LevelInc, "autosnap-p2", "autosnap-p3", "p2", "vda")
+	e.checkPoint(t, "p3", want)
+}
+
+// TestBackupAfterRevert: reverting a shut-off guest to a snapshot changes its disk
+// behind the bitmaps' back. To an internal snapshot, QEMU refuses while bitmaps exist:
+// autosnap's checkpoints are removed (the next backup is a full) and the revert done.
+// To an external snapshot, the guest's new overlay starts on the snapshot's image: a
+// checkpoint older than the snapshot continues exactly (an inc from it reads the
+// reverted disk), one made after it is reported unusable.
+func TestBackupAfterRevert(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 1, State: testbed.Running})
+	e.dom.WriteDisk(t, "vda", 0, 0x31, mib)
+	e.backup(t, "p1", driver.LevelFull, "", "autosnap-p1", "", "vda")
+	e.stop(t)
+	if _, err := e.d.CreateSnapshot(rctx(t), e.guest(t), driver.CreateOptions{Name: "i1", Disks: []driver.DiskSpec{{Name: "vda", Snapshot: "internal"}}}); err != nil {
+		t.Fatal(err)
+	}
+	qemuIO(t, e.dom.Chain(t, "vda")[0], fmt.Sprintf("write -P 0x32 %d %d", 8*mib, mib))
+	e.backup(t, "p2", driver.LevelInc, "autosnap-p1", "autosnap-p2", "p1", "vda")
+	if err := e.d.RevertSnapshot(rctx(t), e.guest(t), "i1", driver.RevertOptions{}); err != nil {
+		t.Fatalf("revert to an internal snapshot with checkpoints: %v", err)
+	}
+	if got := testbed.ReadImage(t, e.dom.Chain(t, "vda")[0], 8*mib, mib); got[0] != 0 {
+		t.Fatal("the revert did not undo the write made after the snapshot")
+	}
+	if cps := checkpointNames(t, e); len(cps) != 0 {
+		t.Fatalf("after an internal revert: checkpoints %+v, want none (their bitmaps cannot be trusted)", cps)
+	}
+	if err := e.d.DeleteSnapshot(rctx(t), e.guest(t), "i1"); err != nil {
+		t.Fatal(err)
+	}
+
+	e.backup(t, "q1", driver.LevelFull, "", "autosnap-q1", "", "vda")
+	e.snap(t, "s1", false, false)
+	qemuIO(t, e.dom.Chain(t, "vda")[0], fmt.Sprintf("write -P 0x33 %d %d", 12*mib, mib))
+	e.backup(t, "q2", driver.LevelInc, "autosnap-q1", "autosnap-q2", "q1", "vda")
+	if err := e.d.RevertSnapshot(rctx(t), e.guest(t), "s1", driver.RevertOptions{}); err != nil {
+		t.Fatalf("revert to an external snapshot with checkpoints: %v", err)
+	}
+	want := e.offSums(t, "vda")
+	for _, c := range checkpointNames(t, e) {
+		t.Logf("after the external revert: %s unusable=%q", c.Name, c.Unusable)
+		if c.Name == "autosnap-q2" && c.Unusable == "" {
+			t.Error("checkpoint q2, made after the snapshot the guest reverted to, is reported usable")
+		}
+	}
+	qemuIO(t, e.dom.Chain(t, "vda")[0], fmt.Sprintf("write -P 0x34 %d %d", 16*mib, mib))
+	want = e.offSums(t, "vda")
+	e.backup(t, "q3", driver.LevelInc, "autosnap-q1", "autosnap-q3", "q1", "vda")
+	e.checkPoint(t, "q3", want)
+}

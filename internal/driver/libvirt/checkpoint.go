@@ -123,13 +123,14 @@ func (d *Driver) checkpointDef(ctx context.Context, h golibvirt.DomainCheckpoint
 
 // checkpoints lists autosnap's checkpoints of a guest with their usability. For an
 // active guest libvirt itself judges them (validateCheckpoint). For a shut-off guest
-// the images are read directly (imageBitmaps). top maps a disk to its active image.
-func (d *Driver) checkpoints(ctx context.Context, dom golibvirt.Domain, active bool, top map[string]string) ([]driver.Checkpoint, error) {
+// the images of each disk's chain (chains, active image first) are read directly
+// (bitmapRun).
+func (d *Driver) checkpoints(ctx context.Context, dom golibvirt.Domain, active bool, chains map[string][]string) ([]driver.Checkpoint, error) {
 	own, err := d.ownCheckpoints(ctx, dom)
 	if err != nil {
 		return nil, err
 	}
-	bitmaps := map[string][]qemuBitmap{}
+	cache := bitmapCache{}
 	out := make([]driver.Checkpoint, 0, len(own))
 	for _, c := range own {
 		cp := driver.Checkpoint{Name: c.x.Name, Created: time.Unix(c.x.CreationTime, 0).UTC(), Disks: c.x.tracked()}
@@ -140,20 +141,16 @@ func (d *Driver) checkpoints(ctx context.Context, dom golibvirt.Domain, active b
 		} else {
 			var why []string
 			for _, disk := range cp.Disks {
-				file, ok := top[disk]
+				chain, ok := chains[disk]
 				if !ok {
 					why = append(why, "disk "+disk+" is no longer attached")
 					continue
 				}
-				bms, ok := bitmaps[file]
-				if !ok {
-					bms, err = imageBitmaps(ctx, file)
-					if err != nil {
-						return nil, err
-					}
-					bitmaps[file] = bms
+				_, w, err := cache.bitmapRun(ctx, chain, c.x.bitmap(disk))
+				if err != nil {
+					return nil, err
 				}
-				if w := bitmapUsable(bms, c.x.bitmap(disk)); w != "" {
+				if w != "" {
 					why = append(why, "disk "+disk+": "+w)
 				}
 			}
@@ -162,6 +159,49 @@ func (d *Driver) checkpoints(ctx context.Context, dom golibvirt.Domain, active b
 		out = append(out, cp)
 	}
 	return out, nil
+}
+
+// bitmapCache holds the bitmaps of images already read.
+type bitmapCache map[string][]qemuBitmap
+
+func (c bitmapCache) get(ctx context.Context, img string) ([]qemuBitmap, error) {
+	if b, ok := c[img]; ok {
+		return b, nil
+	}
+	b, err := imageBitmaps(ctx, img)
+	if err != nil {
+		return nil, err
+	}
+	c[img] = b
+	return b, nil
+}
+
+// bitmapRun finds the images of a shut-off guest's disk chain (active image first)
+// whose bitmaps together hold the changes since checkpoint bitmap name: the active
+// image and the unbroken run below it carrying the bitmap (an overlay made after the
+// checkpoint holds the changes since the overlay, the image below those before). It
+// returns the run's length, or why the changes cannot be read: the active image lacks
+// the bitmap, or a bitmap of the run is inconsistent or not recording.
+func (c bitmapCache) bitmapRun(ctx context.Context, chain []string, name string) (int, string, error) {
+	n := 0
+	for i, img := range chain {
+		bms, err := c.get(ctx, img)
+		if err != nil {
+			return 0, "", err
+		}
+		w := bitmapUsable(bms, name)
+		if strings.Contains(w, "missing") {
+			break
+		}
+		if w != "" && (i == 0 || strings.Contains(w, "inconsistent")) {
+			return 0, w, nil
+		}
+		n++
+	}
+	if n == 0 {
+		return 0, "bitmap " + name + " is missing from the disk's active image", nil
+	}
+	return n, "", nil
 }
 
 // validateCheckpoint asks libvirt whether a running guest's checkpoint can be used, as
@@ -254,7 +294,7 @@ func (d *Driver) DeleteCheckpoint(ctx context.Context, g driver.Guest, name stri
 	if err != nil {
 		return err
 	}
-	unlock := d.domLock(g.UUID + g.Name)
+	unlock := d.domLock(g.Key())
 	defer unlock()
 	return d.deleteCheckpoint(ctx, g, dom, name)
 }
@@ -273,6 +313,9 @@ func (d *Driver) deleteCheckpoint(ctx context.Context, g driver.Guest, dom golib
 		return err
 	}
 	if !st.Active() {
+		if err := d.resumeCheckpoints(ctx, dom); err != nil {
+			return fmt.Errorf("guest %s: restoring checkpoints set aside for a snapshot: %w", g.Name, err)
+		}
 		// The images are free: remove the bitmaps from every image of each disk's chain
 		// (a snapshot taken while shut off may have left copies below), then the
 		// metadata. A crash in between leaves metadata whose bitmaps are gone, which is

@@ -550,6 +550,9 @@ func (d *Driver) commitOffline(ctx context.Context, dom golibvirt.Domain, s *mer
 	if !d.local {
 		return fmt.Errorf("merging images the guest does not have open needs autosnap on the guest's host (qemu:///system there), or start the guest first")
 	}
+	if err := carryBitmaps(ctx, s.Top, s.Base); err != nil {
+		return err
+	}
 	// -b names where the data goes (and implies -d: top is deleted after, so emptying
 	// it would be wasted writes); qemu-img refuses if base is not below top.
 	err := runProgress(ctx, s.Disk, progress, d.timeout, func() { mark(crash.MergeOfflineCommit) },

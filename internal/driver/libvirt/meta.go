@@ -61,7 +61,7 @@ func (d *Driver) RedefineSnapshot(ctx context.Context, g driver.Guest, xml strin
 	if current {
 		flags |= uint32(golibvirt.DomainSnapshotCreateCurrent)
 	}
-	_, err = call(ctx, func() (golibvirt.DomainSnapshot, error) { return d.l.DomainSnapshotCreateXML(dom, xml, flags) })
+	_, err = call(ctx, func() (golibvirt.DomainSnapshot, error) { return d.snapshotCreateXML(dom, xml, flags) })
 	if err != nil {
 		return fmt.Errorf("guest %s: redefining snapshot %s failed: %w", g.Name, x.Name, d.notFound(g.Name, err))
 	}

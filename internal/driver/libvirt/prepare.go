@@ -331,7 +331,7 @@ func (p *preparedSnapshot) send(ctx context.Context) error {
 	}
 	res := make(chan error, 1)
 	go func() {
-		_, err := d.l.DomainSnapshotCreateXML(p.dom, p.raw, p.flags)
+		_, err := d.snapshotCreateXML(p.dom, p.raw, p.flags)
 		res <- err
 	}()
 	select {

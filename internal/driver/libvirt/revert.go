@@ -158,7 +158,7 @@ func (d *Driver) revertInternal(ctx context.Context, g driver.Guest, snap golibv
 	if opts.Force {
 		flags |= uint32(golibvirt.DomainSnapshotRevertForce)
 	}
-	err := call0(ctx, func() error { return d.l.DomainRevertToSnapshot(snap, flags) })
+	err := d.revertToSnapshot(ctx, snap, flags)
 	if err != nil {
 		hint := ""
 		if errCode(err) == golibvirt.ErrSnapshotRevertRisky {
@@ -749,7 +749,7 @@ func (d *Driver) redefineCurrent(ctx context.Context, dom golibvirt.Domain, sx *
 		return err
 	}
 	flags := uint32(golibvirt.DomainSnapshotCreateRedefine | golibvirt.DomainSnapshotCreateCurrent)
-	_, err = call(ctx, func() (golibvirt.DomainSnapshot, error) { return d.l.DomainSnapshotCreateXML(dom, out, flags) })
+	_, err = call(ctx, func() (golibvirt.DomainSnapshot, error) { return d.snapshotCreateXML(dom, out, flags) })
 	return err
 }
 

@@ -337,7 +337,7 @@ func (d *Driver) redefine(ctx context.Context, dom golibvirt.Domain, x *libvirtx
 	if current {
 		flags |= uint32(golibvirt.DomainSnapshotCreateCurrent)
 	}
-	_, err = rpc(d, ctx, func() (golibvirt.DomainSnapshot, error) { return d.l.DomainSnapshotCreateXML(dom, out, flags) })
+	_, err = rpc(d, ctx, func() (golibvirt.DomainSnapshot, error) { return d.snapshotCreateXML(dom, out, flags) })
 	return err
 }
 
