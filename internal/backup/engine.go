@@ -390,6 +390,9 @@ func (j *Job) take(ctx context.Context, r *run, b driver.Backupper, gs GuestStor
 // longer need (NeededCheckpoints) and returns the ones left. A dry run only says what
 // it would remove.
 func (j *Job) dropCheckpoints(ctx context.Context, r *run, b driver.Backupper, cps []driver.Checkpoint, points []PointInfo) []driver.Checkpoint {
+	if j.Store.Tag() == "" {
+		return cps // a dry run without a repository: no checkpoint is this one's
+	}
 	prefix := j.checkpointPrefix()
 	keep := NeededCheckpoints(points)
 	var left []driver.Checkpoint

@@ -2,6 +2,8 @@ package backup
 
 import (
 	"context"
+	"errors"
+	"strings"
 
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/repo"
@@ -102,4 +104,53 @@ func (r repoPending) Commit(ctx context.Context, m Meta) (Point, error) {
 		return Point{}, err
 	}
 	return FromRepoPoint(p), nil
+}
+
+// DryRunStore is the Store of a dry run: it reads the repository in dir when there is
+// one and never creates it or a guest directory in it. A guest the repository does not
+// hold (or a missing repository) has no points.
+func DryRunStore(dir string) (Store, error) {
+	r, err := repo.OpenExisting(dir)
+	if errors.Is(err, repo.ErrNotRepo) {
+		return dryStore{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return dryStore{RepoStore{r}}, nil
+}
+
+type dryStore struct{ rs RepoStore }
+
+func (s dryStore) Tag() string {
+	if s.rs.R == nil {
+		return ""
+	}
+	return s.rs.Tag()
+}
+
+func (s dryStore) Guest(g driver.Guest, driverName string) (GuestStore, error) {
+	if s.rs.R == nil {
+		return emptyGuest{}, nil
+	}
+	gs, err := s.rs.R.Guests()
+	if err != nil {
+		return nil, err
+	}
+	for _, rg := range gs {
+		if g.UUID != "" && strings.EqualFold(rg.ID.UUID, g.UUID) || g.UUID == "" && rg.ID.UUID == g.Key() {
+			return repoGuest{rg}, nil
+		}
+	}
+	return emptyGuest{}, nil
+}
+
+// emptyGuest is a guest without a directory yet (dry runs only).
+type emptyGuest struct{}
+
+func (emptyGuest) Lock(context.Context) (func(), error)     { return func() {}, nil }
+func (emptyGuest) Repair(context.Context) ([]string, error) { return nil, nil }
+func (emptyGuest) Points() ([]Point, error)                 { return nil, nil }
+func (emptyGuest) Begin(Meta) (Pending, error) {
+	return nil, errors.New("a dry run writes no point")
 }

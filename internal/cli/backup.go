@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -114,12 +115,25 @@ func newBackupJob(g *GlobalOptions, o *BackupOptions) (*backup.Job, error) {
 		}
 		hooks = &hook.Runner{Path: o.Script, Timeout: o.HookTimeout}
 	}
-	r, err := repo.Open(o.Target)
+	var store backup.Store
+	target, err := filepath.Abs(o.Target)
+	if err != nil {
+		return nil, usage(err)
+	}
+	if g.DryRun {
+		// A dry run creates neither the repository nor a guest directory.
+		store, err = backup.DryRunStore(target)
+	} else {
+		var r *repo.Repo
+		if r, err = repo.Open(target); err == nil {
+			store = backup.RepoStore{R: r}
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("--target: %w", err)
 	}
 	return &backup.Job{
-		Store: backup.RepoStore{R: r}, Target: r.Dir, Level: level, Quiesce: q,
+		Store: store, Target: target, Level: level, Quiesce: q,
 		IncludeDisks: o.IncludeDisks, ExcludeDisks: o.ExcludeDisks, Compress: o.Compress,
 		MaxParallel: g.MaxParallel, DryRun: g.DryRun, Debug: g.Debug, Hooks: hooks, StrictHooks: o.StrictHooks,
 		Timeout: g.timeout(), Version: Version,

@@ -475,3 +475,25 @@ func TestBackupWithSnapshots(t *testing.T) {
 	dom.WriteDisk(t, "vda", 5<<20, 0x55, 1<<20)
 	bk("inc")
 }
+
+// TestBackupDryRunWritesNothing: a dry run creates neither the repository nor the
+// guest's directory, and says which level each guest would get and why.
+func TestBackupDryRunWritesNothing(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	dom := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Shutoff})
+	dir := filepath.Join(t.TempDir(), "repo")
+	r := mustRun(t, "--dry-run", "--vmid", dom.Name, "backup", "--target", dir)
+	if !strings.Contains(r.stdout, "Dry run: would take a full backup") || !strings.Contains(r.stdout, "full because no backup of this guest in the repository yet") {
+		t.Fatalf("output:\n%s", r.stdout)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the dry run created %s (%v)", dir, err)
+	}
+	backupRun(t, dom, dir, "--quiesce", "off")
+	ents, _ := os.ReadDir(dir)
+	other := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Shutoff})
+	mustRun(t, "--dry-run", "--vmid", dom.Name+","+other.Name, "backup", "--target", dir)
+	if after, _ := os.ReadDir(dir); len(after) != len(ents) {
+		t.Fatalf("the dry run created a guest directory: %d entries, were %d", len(after), len(ents))
+	}
+}
