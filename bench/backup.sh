@@ -12,6 +12,7 @@
 #   then 64 MiB of scattered writes (256 x 256 KiB at random offsets, through QEMU), and
 #   autosnap inc:   `autosnap backup` (auto → inc)
 #   virtnbdbackup:  `virtnbdbackup -l inc`
+#   inc floor:      a bare push of the same changes (since the full's checkpoint), waited for
 #   restore:        `autosnap restore --to` (newest point, qcow2) vs `virtnbdrestore`
 # Every time is a whole process run, timed from outside. Prints the medians and the
 # ratios against the goals: full <= 1.2x floor, virtnbdbackup >= 2.5x autosnap full,
@@ -64,12 +65,12 @@ done
 now() { date +%s%N; }
 secs() { echo "$1 $2" | awk '{ printf "%.3f\n", ($2 - $1) / 1e9 }'; }
 
-floor() { # → seconds of one bare push full backup
-  local out=$dir/floor.qcow2 t0 t1
+floor() { # [DOMAIN CHECKPOINT] → seconds of one bare push backup: full, or incremental since CHECKPOINT
+  local dom=${1:-$name} inc=${2:+<incremental>$2</incremental>} out=$dir/floor.qcow2 t0 t1
   rm -f "$out"
   qemu-img create -q -f qcow2 "$out" 2G
   cat > "$dir/backup.xml" <<XML
-<domainbackup mode='push'><disks><disk name='vda' backup='yes' type='file'><driver type='qcow2'/><target file='$out'/></disk></disks></domainbackup>
+<domainbackup mode='push'>$inc<disks><disk name='vda' backup='yes' type='file'><driver type='qcow2'/><target file='$out'/></disk></disks></domainbackup>
 XML
   sync
   t0=$(now)
@@ -108,7 +109,7 @@ scatter() { # 256 writes of 256 KiB at random 256 KiB-aligned offsets (64 MiB), 
   done
 }
 
-: > "$dir/r.floor"; : > "$dir/r.full"; : > "$dir/r.vfull"; : > "$dir/r.inc"; : > "$dir/r.vinc"; : > "$dir/r.rest"; : > "$dir/r.vrest"
+: > "$dir/r.floor"; : > "$dir/r.ifloor"; : > "$dir/r.full"; : > "$dir/r.vfull"; : > "$dir/r.inc"; : > "$dir/r.vinc"; : > "$dir/r.rest"; : > "$dir/r.vrest"
 for i in $(seq 1 "$R"); do
   rm -rf "$dir/repo" "$dir/vnb" "$dir/rest" "$dir/vrest"
   floor >> "$dir/r.floor"
@@ -118,6 +119,8 @@ for i in $(seq 1 "$R"); do
   timed "$bin" --vmid "$name" backup --target "$dir/repo" --quiesce off --progress none >> "$dir/r.inc"
   out=$(cat "$dir/cmd.out")
   [[ $out == *"(inc) of"* ]] || { echo "autosnap did not take an inc: $out" >&2; exit 1; }
+  # The inc floor: a bare push of the same 64 MiB (changes since the full's checkpoint).
+  floor "$name" "$(virsh checkpoint-list "$name" --name --topological | head -1)" >> "$dir/r.ifloor"
   timed virtnbdbackup -d "$twin" -l inc -o "$dir/vnb" -n >> "$dir/r.vinc"
   timed "$bin" --vmid "$name" restore --target "$dir/repo" --to "$dir/rest" >> "$dir/r.rest"
   timed virtnbdrestore -i "$dir/vnb" -o "$dir/vrest" -n >> "$dir/r.vrest"
@@ -133,12 +136,13 @@ done
 
 med() { sort -n "$1" | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 f=$(med "$dir/r.floor"); a=$(med "$dir/r.full"); v=$(med "$dir/r.vfull")
-ai=$(med "$dir/r.inc"); vi=$(med "$dir/r.vinc"); ar=$(med "$dir/r.rest"); vr=$(med "$dir/r.vrest")
-printf '2 GiB disk, 1 GiB random data; medians of %d rounds (seconds, whole process runs)\n' "$R"
+ai=$(med "$dir/r.inc"); flo=$(med "$dir/r.ifloor"); vi=$(med "$dir/r.vinc"); ar=$(med "$dir/r.rest"); vr=$(med "$dir/r.vrest")
+printf '2 GiB disk, 1 GiB random data; medians of %d rounds (seconds, whole process runs); load average at the end: %s\n' "$R" "$(cut -d' ' -f1-3 /proc/loadavg)"
 printf 'floor (virsh backup-begin push, waited)  %7.2f\n' "$f"
 printf 'autosnap full                            %7.2f   %.2fx floor      (goal <= 1.2)\n' "$a" "$(echo "$a / $f" | bc -l)"
 printf 'virtnbdbackup -l full                    %7.2f   %.2fx autosnap   (goal >= 2.5)\n' "$v" "$(echo "$v / $a" | bc -l)"
 printf 'autosnap inc (64 MiB scattered)          %7.2f   %.1f%% of full    (goal <= 10%%)\n' "$ai" "$(echo "100 * $ai / $a" | bc -l)"
+printf 'inc floor (bare push of the same 64 MiB)  %7.2f   autosnap inc %.2fx it\n' "$flo" "$(echo "$ai / $flo" | bc -l)"
 printf 'virtnbdbackup -l inc                     %7.2f   %.2fx autosnap inc\n' "$vi" "$(echo "$vi / $ai" | bc -l)"
 printf 'autosnap restore (newest, qcow2)         %7.2f\n' "$ar"
 printf 'virtnbdrestore                           %7.2f   %.2fx autosnap   (goal >= 2)\n' "$vr" "$(echo "$vr / $ar" | bc -l)"
