@@ -28,12 +28,11 @@ type Manifest struct {
 	// ID is the point's directory name, sortable by time: 20261130T061500Z-inc.
 	ID    string `json:"id"`
 	Level string `json:"level"`
-	// Chain is the ID of the full that started the point's chain ("" for a copy). It
-	// stays the chain's name when a prune removes that full: the chain's root (see
-	// Guest.ChainRoot) is then its oldest remaining point, a standalone inc or diff
-	// into which the full's data was merged. An inc still stacks on the chain's
-	// newest point; a diff stacks on the root and copies the changes since the
-	// root's checkpoint.
+	// Chain is the ID of the chain's full ("" for a copy). When a prune removes the
+	// full, the chain's oldest remaining point, whose images the prune made
+	// standalone, becomes its full: its Level is set to full (Merged says what it
+	// was) and every remaining point of the chain takes its ID as Chain. An inc
+	// stacks on the chain's newest point, a diff on its full.
 	Chain string `json:"chain,omitempty"`
 	// Parent is the point this one's disks are backed by ("" for a full, a copy, or a
 	// point whose ancestors were all pruned: its files then stand alone).
@@ -46,7 +45,10 @@ type Manifest struct {
 	Finished time.Time `json:"finished"`
 	// Consistency says how the data was captured: "application" (quiesced through the
 	// guest agent), "crash" (not quiesced), "offline" (guest shut off).
-	Consistency     string         `json:"consistency"`
+	Consistency string `json:"consistency"`
+	// Merged, set by a prune on the point that became its chain's full, says what
+	// the point was taken as and why it is a full now.
+	Merged          string         `json:"merged,omitempty"`
 	Config          []byte         `json:"-"`
 	AutosnapVersion string         `json:"autosnap_version,omitempty"`
 	Disks           []DiskManifest `json:"disks"`
@@ -251,10 +253,8 @@ func (g *Guest) Newest() (p Point, ok bool, err error) {
 	return Point{}, false, nil
 }
 
-// ChainRoot returns the first point of chain still in the repository, the one
-// whose images stand alone: the full, or after a prune removed the full, the
-// oldest remaining point (Parent ""), which then holds the full's data. ok is
-// false when the chain has no point left.
+// ChainRoot returns the first point of chain still in the repository: its full.
+// ok is false when the chain has no point left.
 func (g *Guest) ChainRoot(chain string) (p Point, ok bool, err error) {
 	ps, err := g.Chain(chain)
 	if err != nil || len(ps) == 0 {

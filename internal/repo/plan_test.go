@@ -60,7 +60,14 @@ func TestPlanRemovalProperty(t *testing.T) {
 			case LevelDiff:
 				parent = chainFull
 			}
-			p := Point{Manifest: Manifest{ID: id, Level: level, Parent: parent}}
+			chain := ""
+			switch level {
+			case LevelFull:
+				chain = id
+			case LevelInc, LevelDiff:
+				chain = chainFull
+			}
+			p := Point{Manifest: Manifest{ID: id, Level: level, Parent: parent, Chain: chain}}
 			imgs[id] = map[string]*modelImage{}
 			for _, disk := range []string{"a", "b"} {
 				if rng.Intn(6) == 0 {
@@ -143,9 +150,29 @@ func TestPlanRemovalProperty(t *testing.T) {
 		for _, id := range pl.Remove {
 			removed[id] = true
 		}
+		chainOf := map[string]string{}
+		for _, p := range ps {
+			chainOf[p.ID] = p.Chain
+		}
 		for _, p := range ps {
 			if removed[p.ID] {
 				continue
+			}
+			// Every kept point of a chain is in a chain whose full is kept, or whose
+			// new full (Rechain) is kept and standalone.
+			if c := p.Chain; c != "" && removed[c] {
+				root, ok := pl.Rechain[c]
+				if !ok || removed[root] || chainOf[root] != c {
+					t.Fatalf("iter %d: kept %s of chain %s has no new full (rechain %v)", iter, p.ID, c, pl.Rechain)
+				}
+				if np := pl.Reparent[root]; np != "" {
+					t.Fatalf("iter %d: new full %s keeps parent %s", iter, root, np)
+				}
+				for _, img := range imgs[root] {
+					if img.backing != "" {
+						t.Fatalf("iter %d: new full %s is still backed by %s", iter, root, img.backing)
+					}
+				}
 			}
 			if np, ok := pl.Reparent[p.ID]; ok {
 				p.Parent = np

@@ -29,6 +29,12 @@ type PrunePlan struct {
 	Rebase []RebaseStep `json:"rebase,omitempty"`
 	// Reparent gives the new Parent of each kept point whose parent is removed.
 	Reparent map[string]string `json:"reparent,omitempty"`
+	// Rechain maps a chain whose full is removed to its oldest kept point, which the
+	// rebases make standalone: that point becomes the chain's full (level full, its
+	// former level in Merged) and every kept point of the chain takes its ID as chain
+	// name, so the chain goes on (an inc stacks on its newest point, a diff on the
+	// new full) instead of needing a new full.
+	Rechain map[string]string `json:"rechain,omitempty"`
 }
 
 // RebaseStep moves one kept image from a backing file that is removed to another.
@@ -75,27 +81,44 @@ func (g *Guest) PlanPrune(policy retention.GFS, now time.Time) (PrunePlan, error
 // planRemoval plans removing the points ds does not keep: for every kept point whose
 // parent or whose disk's backing file belongs to a removed point, the nearest kept
 // ancestor (per disk, following the backing files) becomes its new parent or backing.
+// A chain whose full is removed gets its oldest kept point as new full (Rechain); a
+// kept point of that chain left without any kept ancestor (a diff on the removed
+// full) is rebased onto the new full rather than made standalone: it holds every
+// change since the old full, so the rebase writes next to nothing into it.
 func planRemoval(ps []Point, ds []retention.GFSDecision) PrunePlan {
 	byID := map[string]Point{}
 	for _, p := range ps {
 		byID[p.ID] = p
 	}
 	removed := map[string]bool{}
-	pl := PrunePlan{Decisions: ds, Reparent: map[string]string{}}
+	pl := PrunePlan{Decisions: ds, Reparent: map[string]string{}, Rechain: map[string]string{}}
 	for _, d := range ds {
 		if !d.Keep {
 			removed[d.ID] = true
 			pl.Remove = append(pl.Remove, d.ID)
 		}
 	}
+	for _, p := range ps { // oldest first: the first kept point of a chain is its new full
+		if removed[p.ID] || p.Chain == "" || !removed[p.Chain] {
+			continue
+		}
+		if _, done := pl.Rechain[p.Chain]; !done {
+			pl.Rechain[p.Chain] = p.ID
+		}
+	}
 	for _, p := range ps {
 		if removed[p.ID] {
 			continue
 		}
+		newFull, rechained := pl.Rechain[p.Chain]
+		rechained = rechained && newFull != p.ID
 		if removed[p.Parent] {
 			np := p.Parent
 			for np != "" && removed[np] {
 				np = byID[np].Parent
+			}
+			if np == "" && rechained {
+				np = newFull
 			}
 			pl.Reparent[p.ID] = np
 		}
@@ -117,11 +140,19 @@ func planRemoval(ps []Point, ds []retention.GFSDecision) PrunePlan {
 				}
 				to = bd.Backing
 			}
+			if to == "" && rechained {
+				if fd, ok := byID[newFull].Disk(d.Name); ok && fd.VirtualSize == d.VirtualSize {
+					to = backingName(newFull, fd.File)
+				}
+			}
 			pl.Rebase = append(pl.Rebase, RebaseStep{Point: p.ID, Disk: d.Name, From: d.Backing, To: to})
 		}
 	}
 	if len(pl.Reparent) == 0 {
 		pl.Reparent = nil
+	}
+	if len(pl.Rechain) == 0 {
+		pl.Rechain = nil
 	}
 	return pl
 }
@@ -222,6 +253,17 @@ func (g *Guest) runPrune(ctx context.Context, plan PrunePlan) error {
 			changed[id] = map[string]bool{}
 		}
 	}
+	if len(plan.Rechain) > 0 {
+		ps, err := g.Points()
+		if err != nil {
+			return err
+		}
+		for _, p := range ps {
+			if _, ok := plan.Rechain[p.Chain]; ok && changed[p.ID] == nil {
+				changed[p.ID] = map[string]bool{}
+			}
+		}
+	}
 	ids := make([]string, 0, len(changed))
 	for id := range changed {
 		ids = append(ids, id)
@@ -263,6 +305,13 @@ func (g *Guest) rewriteManifest(ctx context.Context, id string, plan PrunePlan, 
 	m := p.Manifest
 	if np, ok := plan.Reparent[id]; ok {
 		m.Parent = np
+	}
+	if root, ok := plan.Rechain[m.Chain]; ok {
+		if root == m.ID && m.Level != LevelFull {
+			m.Merged = fmt.Sprintf("taken as %s; the prune removing the full %s merged the data of the points it stood on into it", m.Level, m.Chain)
+			m.Level = LevelFull
+		}
+		m.Chain = root
 	}
 	var redo []DiskManifest
 	for i, d := range m.Disks {

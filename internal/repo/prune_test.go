@@ -96,6 +96,11 @@ func checkPruned(t *testing.T, s *sim, g *Guest, kept []string) {
 		if p.Parent != "" && !slices.Contains(kept, p.Parent) {
 			t.Errorf("point %s has removed parent %s", p.ID, p.Parent)
 		}
+		if p.Chain != "" {
+			if root, ok, _ := g.ChainRoot(p.Chain); !ok || root.ID != p.Chain || root.Level != LevelFull || root.Parent != "" {
+				t.Errorf("point %s is in chain %s whose full is not there (root %+v)", p.ID, p.Chain, root.Manifest)
+			}
+		}
 		for _, d := range p.Disks {
 			if b, ok := backingPoint(d.Backing); ok && !slices.Contains(kept, b) {
 				t.Errorf("point %s disk %s backed by removed point %s", p.ID, d.Name, b)
@@ -172,7 +177,9 @@ func TestPruneEveryKeepOption(t *testing.T) {
 }
 
 // TestPruneRebasesDependants: removing a full with incs and diffs on it merges its
-// data into them; a point left without any kept ancestor becomes standalone.
+// data into them. The oldest kept point of the full's chain, left without any kept
+// ancestor, becomes standalone and the chain's new full; the kept diff that stood on
+// the removed full is rebased onto that new full, which costs it next to no space.
 func TestPruneRebasesDependants(t *testing.T) {
 	s, tmpl := history(t)
 	g := openGuest(t, copyRepo(t, tmpl), s.id)
@@ -180,19 +187,23 @@ func TestPruneRebasesDependants(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 20261130T043000Z-diff stood on the full 20261123T100000Z-full, which goes.
-	var standalone bool
+	const oldFull, newFull, diff = "20261123T100000Z-full", "20261130T030000Z-inc", "20261130T043000Z-diff"
+	var rootAlone, diffOnNew int
 	for _, st := range plan.Rebase {
-		if st.Point == "20261130T043000Z-diff" && st.To == "" && st.From == "../20261123T100000Z-full/"+st.Disk+".qcow2" {
-			standalone = true
+		if st.Point == newFull && st.To == "" {
+			rootAlone++
+		}
+		if st.Point == diff && st.From == "../"+oldFull+"/"+st.Disk+".qcow2" && st.To == "../"+newFull+"/"+st.Disk+".qcow2" {
+			diffOnNew++
 		}
 	}
-	if !standalone {
-		t.Fatalf("plan does not make the diff standalone: %+v", plan.Rebase)
+	if rootAlone != 2 || diffOnNew != 2 {
+		t.Fatalf("rebase steps: %+v", plan.Rebase)
 	}
-	if plan.Reparent["20261130T043000Z-diff"] != "" || plan.Reparent["20261130T030000Z-inc"] != "" {
-		t.Errorf("reparent %v", plan.Reparent)
+	if plan.Reparent[diff] != newFull || plan.Reparent[newFull] != "" || plan.Rechain[oldFull] != newFull {
+		t.Errorf("reparent %v rechain %v", plan.Reparent, plan.Rechain)
 	}
+	diffBefore, _ := g.Point(diff)
 	unlock, err := g.Lock(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -202,15 +213,31 @@ func TestPruneRebasesDependants(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkPruned(t, s, g, plan.Kept())
+	diffAfter, _ := g.Point(diff)
+	if grew := int64(diffAfter.Size()) - int64(diffBefore.Size()); grew > 512<<10 {
+		t.Errorf("rebasing the diff onto the new full grew it by %d bytes", grew)
+	}
+	if diffAfter.Parent != newFull {
+		t.Errorf("diff's parent %q, want the new full %s", diffAfter.Parent, newFull)
+	}
 	p, _ := g.Point("20261130T051000Z-inc")
 	if p.Parent != "20261130T043000Z-diff" {
 		t.Errorf("kept inc's parent changed to %q", p.Parent)
 	}
-	// The chain of the removed full keeps its name; its root is now the oldest
-	// remaining point, standalone.
-	root, ok, err := g.ChainRoot("20261123T100000Z-full")
-	if err != nil || !ok || root.ID != "20261130T030000Z-inc" || root.Parent != "" || root.Disks[0].Backing != "" {
+	// The chain of the removed full goes on: its oldest remaining point, now
+	// standalone, is its full and names it.
+	if _, ok, _ := g.ChainRoot("20261123T100000Z-full"); ok {
+		t.Error("the removed full still names a chain")
+	}
+	root, ok, err := g.ChainRoot("20261130T030000Z-inc")
+	if err != nil || !ok || root.ID != "20261130T030000Z-inc" || root.Level != LevelFull || root.Parent != "" ||
+		root.Disks[0].Backing != "" || !strings.Contains(root.Merged, "taken as inc") {
 		t.Errorf("chain root after the prune: %+v %v %v", root.Manifest, ok, err)
+	}
+	for _, id := range []string{"20261130T043000Z-diff", "20261130T051000Z-inc"} {
+		if p, _ := g.Point(id); p.Chain != root.ID {
+			t.Errorf("%s is in chain %q after the prune, want %s", id, p.Chain, root.ID)
+		}
 	}
 }
 

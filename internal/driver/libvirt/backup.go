@@ -164,7 +164,7 @@ func (d *Driver) Backup(ctx context.Context, g driver.Guest, req driver.BackupRe
 		}
 	}
 	if !active {
-		if err := d.resumeCheckpoints(ctx, dom); err != nil {
+		if err := d.resumeCheckpoints(ctx, dom, false); err != nil {
 			return driver.BackupResult{}, fmt.Errorf("guest %s: restoring checkpoints set aside for a snapshot: %w", g.Name, err)
 		}
 		return d.backupOffline(ctx, g, dom, x, disks, req)

@@ -997,3 +997,65 @@ func TestBackupAfterRevert(t *testing.T) {
 	e.backup(t, "q3", driver.LevelInc, "autosnap-q1", "autosnap-q3", "q1", "vda")
 	e.checkPoint(t, "q3", want)
 }
+
+// TestBackupSuspendedCheckpointsRepaired: a run killed while a shut-off guest's
+// checkpoints were set aside for a snapshot leaves their definitions in the journal.
+// The next backup defines them again and continues the chain. If the guest ran and got
+// a new overlay meanwhile (its writes tracked by no checkpoint bitmap), the checkpoint
+// comes back unusable rather than trusted, and an inc from it is refused.
+func TestBackupSuspendedCheckpointsRepaired(t *testing.T) {
+	e := newBkEnv(t, testbed.DomainSpec{Disks: 1, State: testbed.Running})
+	e.dom.WriteDisk(t, "vda", 0, 0x41, mib)
+	e.backup(t, "p1", driver.LevelFull, "", "autosnap-p1", "", "vda")
+	e.stop(t)
+	if err := libvirt.SuspendCheckpoints(rctx(t), e.d, e.guest(t)); err != nil {
+		t.Fatal(err)
+	}
+	if cps := checkpointNames(t, e); len(cps) != 0 {
+		t.Fatalf("suspended checkpoints still listed: %+v", cps)
+	}
+	qemuIO(t, e.dom.Chain(t, "vda")[0], fmt.Sprintf("write -P 0x42 %d %d", 4*mib, mib))
+	e.backup(t, "p2", driver.LevelInc, "autosnap-p1", "autosnap-p2", "p1", "vda")
+	e.checkPoint(t, "p2", e.offSums(t, "vda"))
+
+	if err := libvirt.SuspendCheckpoints(rctx(t), e.d, e.guest(t)); err != nil {
+		t.Fatal(err)
+	}
+	e.start(t)
+	e.snap(t, "s1", false, false) // libvirt knows no checkpoint: the overlay gets no bitmap
+	e.dom.WriteDisk(t, "vda", 8*mib, 0x43, mib)
+	e.stop(t)
+	want := e.offSums(t, "vda")
+	t.Logf("overlay s1's bitmaps: %s", qemuImgBitmaps(t, e.dom.Chain(t, "vda")[0]))
+	_ = os.MkdirAll(filepath.Join(e.dir, "p3"), 0o700)
+	_, err := e.d.Backup(rctx(t), e.guest(t), driver.BackupRequest{Level: driver.LevelInc, Since: "autosnap-p2", Checkpoint: "autosnap-p3",
+		Targets: []driver.BackupTarget{{Disk: "vda", File: e.file("p3", "vda"), Backing: "../p2/vda.qcow2"}}})
+	cps := checkpointNames(t, e)
+	if len(cps) < 2 || cps[0].Name != "autosnap-p1" || cps[1].Name != "autosnap-p2" {
+		t.Fatalf("after the repair: %+v, want both checkpoints back", cps)
+	}
+	if err != nil {
+		if !strings.Contains(err.Error(), "full") || cps[1].Unusable == "" {
+			t.Fatalf("inc after the repair: %v, checkpoints %+v: a refusal must ask for a full and the checkpoint be unusable", err, cps)
+		}
+		return
+	}
+	// libvirt propagated the image's bitmaps into the overlay although it knew no
+	// checkpoint: the inc must then be whole.
+	e.checkPoint(t, "p3", want)
+}
+
+func qemuImgBitmaps(t *testing.T, file string) string {
+	t.Helper()
+	out, err := exec.Command("qemu-img", "info", "-U", file).CombinedOutput()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, "name:") {
+			names = append(names, strings.TrimSpace(l))
+		}
+	}
+	return strings.Join(names, " ")
+}

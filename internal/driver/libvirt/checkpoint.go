@@ -313,7 +313,7 @@ func (d *Driver) deleteCheckpoint(ctx context.Context, g driver.Guest, dom golib
 		return err
 	}
 	if !st.Active() {
-		if err := d.resumeCheckpoints(ctx, dom); err != nil {
+		if err := d.resumeCheckpoints(ctx, dom, false); err != nil {
 			return fmt.Errorf("guest %s: restoring checkpoints set aside for a snapshot: %w", g.Name, err)
 		}
 		// The images are free: remove the bitmaps from every image of each disk's chain

@@ -60,7 +60,7 @@ func (d *Driver) withCheckpointsSuspended(dom golibvirt.Domain, active bool, fn 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), d.timeout)
 	defer cancel()
-	if err := d.resumeCheckpoints(ctx, dom); err != nil {
+	if err := d.resumeCheckpoints(ctx, dom, false); err != nil {
 		return err
 	}
 	type res struct{ n int32 }
@@ -78,6 +78,19 @@ func (d *Driver) withCheckpointsSuspended(dom golibvirt.Domain, active bool, fn 
 	if len(own) == 0 || int(all.n) != len(own) {
 		return fn()
 	}
+	if err := d.suspendCheckpoints(ctx, dom, own); err != nil {
+		return err
+	}
+	ferr := fn()
+	// The snapshot's outcome is fn's; a failure to restore the checkpoints now is
+	// finished from the journal record by the next backup or snapshot.
+	_ = d.resumeCheckpoints(ctx, dom, true)
+	return ferr
+}
+
+// suspendCheckpoints journals the definitions of checkpoints own, then removes their
+// libvirt metadata (their bitmaps stay in the images).
+func (d *Driver) suspendCheckpoints(ctx context.Context, dom golibvirt.Domain, own []ownCheckpoint) error {
 	var rec checkpointSuspendRecord
 	for _, c := range own {
 		s, err := call(ctx, func() (string, error) {
@@ -94,25 +107,25 @@ func (d *Driver) withCheckpointsSuspended(dom golibvirt.Domain, active bool, fn 
 	for i := len(own) - 1; i >= 0; i-- {
 		h := own[i].h
 		if err := call0(ctx, func() error { return d.l.DomainCheckpointDelete(h, golibvirt.DomainCheckpointDeleteMetadataOnly) }); err != nil {
-			if rerr := d.resumeCheckpoints(ctx, dom); rerr != nil {
+			if rerr := d.resumeCheckpoints(ctx, dom, true); rerr != nil {
 				return fmt.Errorf("guest %s: setting its checkpoints aside for the snapshot failed (%v), and restoring them failed: %w (the next backup retries)", dom.Name, err, rerr)
 			}
 			return fmt.Errorf("guest %s: setting its checkpoints aside for the snapshot: %w", dom.Name, err)
 		}
 	}
-	ferr := fn()
-	// The snapshot's outcome is fn's; a failure to restore the checkpoints now is
-	// finished from the journal record by the next backup or snapshot.
-	_ = d.resumeCheckpoints(ctx, dom)
-	return ferr
+	return nil
 }
 
 // resumeCheckpoints finishes a suspension withCheckpointsSuspended recorded, if any:
-// each disk image above the one holding a checkpoint's bitmap (new overlays) gets an
-// empty recording bitmap of the same name and granularity, then every checkpoint
-// libvirt no longer knows is defined again, oldest first, and the record is removed.
-// The guest must be shut off.
-func (d *Driver) resumeCheckpoints(ctx context.Context, dom golibvirt.Domain) error {
+// with fill, each disk image above the one holding a checkpoint's bitmap (the
+// overlays the snapshot just made) gets an empty recording bitmap of the same name and
+// granularity; then every checkpoint libvirt no longer knows is defined again, oldest
+// first, and the record is removed. fill is only right straight after the snapshot:
+// a record found later (a run cut off inside the window) may predate overlays the
+// guest has since written to, so then the checkpoints come back without filling, and
+// one whose bitmap the active image lacks is reported unusable (a full, with the
+// reason) rather than trusted. The guest must be shut off.
+func (d *Driver) resumeCheckpoints(ctx context.Context, dom golibvirt.Domain, fill bool) error {
 	var rec checkpointSuspendRecord
 	key := suspendKey(d.node, dom)
 	ok, err := d.store().Get(key, &rec)
@@ -135,9 +148,11 @@ func (d *Driver) resumeCheckpoints(ctx context.Context, dom golibvirt.Domain) er
 		if err := xml.Unmarshal([]byte(s), &x); err != nil {
 			return fmt.Errorf("guest %s: journalled checkpoint unreadable: %w", dom.Name, err)
 		}
-		for _, disk := range x.tracked() {
-			if err := fillBitmapRun(ctx, chains[disk], x.bitmap(disk)); err != nil {
-				return fmt.Errorf("guest %s disk %s: %w", dom.Name, disk, err)
+		if fill {
+			for _, disk := range x.tracked() {
+				if err := fillBitmapRun(ctx, chains[disk], x.bitmap(disk)); err != nil {
+					return fmt.Errorf("guest %s disk %s: %w", dom.Name, disk, err)
+				}
 			}
 		}
 		if _, err := call(ctx, func() (golibvirt.DomainCheckpoint, error) { return d.l.DomainCheckpointLookupByName(dom, x.Name, 0) }); err == nil {
