@@ -139,7 +139,9 @@ func chainBase(level driver.BackupLevel, points []PointInfo) (base, full PointIn
 	if points[last].Level == driver.LevelFull && chain == "" {
 		chain = points[last].ID
 	}
-	fi := slices.IndexFunc(points, func(p PointInfo) bool { return p.ID == chain && p.Level == driver.LevelFull })
+	// A chain's full is the full it is named after, or (once a prune removed that
+	// full) the full the repository made of its oldest remaining point.
+	fi := slices.IndexFunc(points, func(p PointInfo) bool { return p.Level == driver.LevelFull && (p.ID == chain || p.Chain == chain) })
 	if fi < 0 {
 		return base, full, fmt.Sprintf("the full %s that starts the newest chain (of point %s) is not in the repository", chain, points[last].ID)
 	}

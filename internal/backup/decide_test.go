@@ -60,6 +60,9 @@ func TestDecide(t *testing.T) {
 			want{errSub: "no disk can be copied incrementally"}},
 		{"full asked", Level(driver.LevelFull), []PointInfo{full, inc}, cps, disks, want{level: driver.LevelFull, reason: "--level full"}},
 		{"copy", Level(driver.LevelCopy), []PointInfo{full, inc}, cps, disks, want{level: driver.LevelCopy}},
+		{"full made by a prune", Level(driver.LevelDiff), []PointInfo{{ID: "p2-inc", Level: driver.LevelFull, Chain: "p2-inc", Checkpoint: "cp2", Disks: pd},
+			{ID: "p3-inc", Level: driver.LevelInc, Chain: "p2-inc", Checkpoint: "cp3", Disks: pd}}, []driver.Checkpoint{{Name: "cp2"}, {Name: "cp3"}}, disks,
+			want{level: driver.LevelDiff, parent: "p2-inc", since: "cp2", chain: "p2-inc"}},
 		{"chain full missing", LevelAuto, []PointInfo{inc}, cps, disks, want{level: driver.LevelFull, reason: "full p1-full that starts the newest chain"}},
 	}
 	for _, c := range cases {

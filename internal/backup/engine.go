@@ -401,7 +401,7 @@ func (j *Job) dropCheckpoints(ctx context.Context, r *run, b driver.Backupper, c
 			left = append(left, c)
 			continue
 		}
-		why := "no complete point has it: left by an interrupted backup"
+		why := "no complete point has it: an interrupted backup left it, or its point was pruned"
 		if slices.ContainsFunc(points, func(p PointInfo) bool { return p.Checkpoint == c.Name }) {
 			why = "the chain no longer needs it"
 		}
