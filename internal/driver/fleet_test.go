@@ -47,6 +47,7 @@ var capabilities = []reflect.Type{
 var notCapabilities = map[string]string{
 	"Driver":           "the core interface",
 	"PreparedSnapshot": "returned by SnapshotPreparer, not a driver capability",
+	"GuestDefiner":     "defines a new guest on the one host restore --define is given; a Fleet does not forward it",
 }
 
 // neutral names the capability methods whose absence has a defined meaning, so a Fleet

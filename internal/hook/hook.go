@@ -92,6 +92,9 @@ type Env struct {
 	State    bool
 	Debug    bool
 	DryRun   bool
+	// Extra are further "KEY=value" entries appended as they are (backup phases pass
+	// AUTOSNAP_BACKUP_*).
+	Extra []string
 }
 
 // Vars returns the environment entries ("KEY=value") for the script: the
@@ -123,7 +126,7 @@ func (e Env) Vars() []string {
 	for _, p := range kv {
 		vars = append(vars, "AUTOSNAP_"+p[0]+"="+p[1])
 	}
-	return append(vars, "AUTOSNAP_NODE="+e.Node)
+	return append(append(vars, "AUTOSNAP_NODE="+e.Node), e.Extra...)
 }
 
 func flag(b bool) string {

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Backup benchmark (issue 10). One guest (paused, no OS: nothing but the benchmark
+# touches its disk) with a 2 GiB qcow2 disk holding 1 GiB of random data. virtnbdbackup
+# refuses to run beside checkpoints it did not create ("Foreign checkpoint found"), so
+# it backs up a twin domain on a byte-identical copy of that disk, which gets the same
+# writes; both are defined, paused and benchmarked on this host in the same run. In one run,
+# R rounds, each alternating the tools so that load from other processes hits them alike:
+#   floor:          `virsh backup-begin` push mode, full, into a qcow2 target, waited for
+#                   (no checkpoint: the bare copy libvirt+QEMU can do)
+#   autosnap full:  `autosnap backup --level full` (checkpoint, manifest, checksums)
+#   virtnbdbackup:  `virtnbdbackup -l full` (pull mode over NBD, its stream format)
+#   then 64 MiB of scattered writes (256 x 256 KiB at random offsets, through QEMU), and
+#   autosnap inc:   `autosnap backup` (auto → inc)
+#   virtnbdbackup:  `virtnbdbackup -l inc`
+#   inc floor:      a bare push of the same changes (since the full's checkpoint), waited for
+#   restore:        `autosnap restore --to` (newest point, qcow2) vs `virtnbdrestore`
+# Every time is a whole process run, timed from outside. Prints the medians and the
+# ratios against the goals: full <= 1.2x floor, virtnbdbackup >= 2.5x autosnap full,
+# inc <= 10% of full, virtnbdrestore >= 2x autosnap restore.
+# Usage: bench/backup.sh [path/to/autosnap]   env: R=3 DIR=/var/tmp/astbench-bk
+set -euo pipefail
+bin=$(readlink -f "${1:-bin/autosnap}")
+R=${R:-3}
+name=astbench-bk
+dir=${DIR:-/var/tmp/astbench-bk}
+export LIBVIRT_DEFAULT_URI=qemu:///system
+
+[ -x "$bin" ] || { echo "no autosnap binary at $bin (make build)" >&2; exit 2; }
+command -v virtnbdbackup >/dev/null || { echo "virtnbdbackup missing: apt-get install virtnbdbackup" >&2; exit 2; }
+twin=astbench-bkv
+cleanup() {
+  for d in "$name" "$twin"; do
+    virsh destroy "$d" >/dev/null 2>&1 || true
+    virsh undefine "$d" --checkpoints-metadata --snapshots-metadata >/dev/null 2>&1 || true
+  done
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+cleanup
+install -d -m 0700 "$dir"
+
+# 1 GiB of random data in the first half of a 2 GiB disk.
+head -c 1G /dev/urandom > "$dir/data.raw"
+truncate -s 2G "$dir/data.raw"
+qemu-img convert -q -f raw -O qcow2 "$dir/data.raw" "$dir/disk.qcow2"
+rm -f "$dir/data.raw"
+cp --sparse=always "$dir/disk.qcow2" "$dir/twin.qcow2"
+for d in "$name:disk" "$twin:twin"; do
+  cat > "$dir/dom.xml" <<XML
+<domain type='qemu'>
+  <name>${d%%:*}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='$dir/${d#*:}.qcow2'/><target dev='vda' bus='virtio'/></disk>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+XML
+  virsh define "$dir/dom.xml" >/dev/null
+  virsh start "${d%%:*}" --paused >/dev/null
+done
+
+now() { date +%s%N; }
+secs() { echo "$1 $2" | awk '{ printf "%.3f\n", ($2 - $1) / 1e9 }'; }
+
+floor() { # [DOMAIN CHECKPOINT] → seconds of one bare push backup: full, or incremental since CHECKPOINT
+  local dom=${1:-$name} inc=${2:+<incremental>$2</incremental>} out=$dir/floor.qcow2 t0 t1
+  rm -f "$out"
+  qemu-img create -q -f qcow2 "$out" 2G
+  cat > "$dir/backup.xml" <<XML
+<domainbackup mode='push'>$inc<disks><disk name='vda' backup='yes' type='file'><driver type='qcow2'/><target file='$out'/></disk></disks></domainbackup>
+XML
+  sync
+  t0=$(now)
+  virsh backup-begin "$name" "$dir/backup.xml" --reuse-external >/dev/null
+  # (Output captured first: grep -q closing the pipe early would fail it under pipefail.)
+  local s
+  while s=$(virsh domjobinfo "$name") && [[ $s == *Unbounded* ]]; do sleep 0.02; done
+  t1=$(now)
+  s=$(virsh domjobinfo "$name" --completed)
+  [[ $s == *Completed* ]] || { echo "floor backup failed: $s" >&2; exit 1; }
+  rm -f "$out"
+  secs "$t0" "$t1"
+}
+
+timed() { # CMD… → seconds; fails the bench when CMD fails
+  local t0 t1
+  sync # no step pays for the previous one's write-back
+  t0=$(now)
+  "$@" > "$dir/cmd.out" 2>&1 || { echo "failed: $*" >&2; cat "$dir/cmd.out" >&2; exit 1; }
+  t1=$(now)
+  secs "$t0" "$t1"
+}
+
+scatter() { # 256 writes of 256 KiB at random 256 KiB-aligned offsets (64 MiB), the same on both domains
+  local i off pat d
+  for i in $(seq 1 256); do
+    off=$(( (RANDOM * 32768 + RANDOM) % 8192 * 262144 ))
+    pat=$(( RANDOM % 255 + 1 ))
+    for d in "$name" "$twin"; do
+      virsh qemu-monitor-command "$d" --hmp \
+        "qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend \"write -P $pat $off 256k\"" >/dev/null
+    done
+  done
+  for d in "$name" "$twin"; do
+    virsh qemu-monitor-command "$d" --hmp "qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend flush" >/dev/null
+  done
+}
+
+: > "$dir/r.floor"; : > "$dir/r.ifloor"; : > "$dir/r.full"; : > "$dir/r.vfull"; : > "$dir/r.inc"; : > "$dir/r.vinc"; : > "$dir/r.rest"; : > "$dir/r.vrest"
+for i in $(seq 1 "$R"); do
+  rm -rf "$dir/repo" "$dir/vnb" "$dir/rest" "$dir/vrest"
+  floor >> "$dir/r.floor"
+  timed "$bin" --vmid "$name" backup --target "$dir/repo" --level full --quiesce off --progress none >> "$dir/r.full"
+  timed virtnbdbackup -d "$twin" -l full -o "$dir/vnb" -n >> "$dir/r.vfull"
+  scatter
+  timed "$bin" --vmid "$name" backup --target "$dir/repo" --quiesce off --progress none >> "$dir/r.inc"
+  out=$(cat "$dir/cmd.out")
+  [[ $out == *"(inc) of"* ]] || { echo "autosnap did not take an inc: $out" >&2; exit 1; }
+  # The inc floor: a bare push of the same 64 MiB (changes since the full's checkpoint).
+  floor "$name" "$(virsh checkpoint-list "$name" --name --topological | head -1)" >> "$dir/r.ifloor"
+  timed virtnbdbackup -d "$twin" -l inc -o "$dir/vnb" -n >> "$dir/r.vinc"
+  timed "$bin" --vmid "$name" restore --target "$dir/repo" --to "$dir/rest" >> "$dir/r.rest"
+  timed virtnbdrestore -i "$dir/vnb" -o "$dir/vrest" -n >> "$dir/r.vrest"
+  # Both restores must hold the guest's disk as it is now.
+  a=$(qemu-img compare -q "$dir/rest/vda.qcow2" "$dir/disk.qcow2" -U && echo same || echo differ)
+  vf=$(find "$dir/vrest" -type f ! -name '*.xml' ! -name '*.log' | head -1)
+  v=$(qemu-img compare -q "$vf" "$dir/twin.qcow2" -U 2>/dev/null && echo same || echo "differ ($vf)")
+  echo "round $i: autosnap restore $a, virtnbdrestore $v" >&2
+  for d in "$name" "$twin"; do
+    for c in $(virsh checkpoint-list "$d" --name --topological); do virsh checkpoint-delete "$d" "$c" --children >/dev/null 2>&1 || true; done
+  done
+done
+
+med() { sort -n "$1" | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+f=$(med "$dir/r.floor"); a=$(med "$dir/r.full"); v=$(med "$dir/r.vfull")
+ai=$(med "$dir/r.inc"); flo=$(med "$dir/r.ifloor"); vi=$(med "$dir/r.vinc"); ar=$(med "$dir/r.rest"); vr=$(med "$dir/r.vrest")
+printf '2 GiB disk, 1 GiB random data; medians of %d rounds (seconds, whole process runs); load average at the end: %s\n' "$R" "$(cut -d' ' -f1-3 /proc/loadavg)"
+printf 'floor (virsh backup-begin push, waited)  %7.2f\n' "$f"
+printf 'autosnap full                            %7.2f   %.2fx floor      (goal <= 1.2)\n' "$a" "$(echo "$a / $f" | bc -l)"
+printf 'virtnbdbackup -l full                    %7.2f   %.2fx autosnap   (goal >= 2.5)\n' "$v" "$(echo "$v / $a" | bc -l)"
+printf 'autosnap inc (64 MiB scattered)          %7.2f   %.1f%% of full    (goal <= 10%%)\n' "$ai" "$(echo "100 * $ai / $a" | bc -l)"
+printf 'inc floor (bare push of the same 64 MiB)  %7.2f   autosnap inc %.2fx it\n' "$flo" "$(echo "$ai / $flo" | bc -l)"
+printf 'virtnbdbackup -l inc                     %7.2f   %.2fx autosnap inc\n' "$vi" "$(echo "$vi / $ai" | bc -l)"
+printf 'autosnap restore (newest, qcow2)         %7.2f\n' "$ar"
+printf 'virtnbdrestore                           %7.2f   %.2fx autosnap   (goal >= 2)\n' "$vr" "$(echo "$vr / $ar" | bc -l)"
