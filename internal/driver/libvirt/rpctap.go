@@ -26,8 +26,11 @@ const (
 	rpcTypeReply   = 1
 	rpcStatusOK    = 0
 	rpcStatusError = 1
-	// rpcSnapshotGetXMLDesc is REMOTE_PROC_DOMAIN_SNAPSHOT_GET_XML_DESC.
+	// Procedures: REMOTE_PROC_DOMAIN_SNAPSHOT_GET_XML_DESC, …_SNAPSHOT_CURRENT,
+	// …_LIST_ALL_SNAPSHOTS.
 	rpcSnapshotGetXMLDesc = 186
+	rpcSnapshotCurrent    = 191
+	rpcListAllSnapshots   = 274
 	// rpcSerialBase starts the serials of the tap's own calls, far above go-libvirt's,
 	// which count up from 1 per connection.
 	rpcSerialBase = 1 << 30
@@ -244,27 +247,39 @@ func rpcError(payload []byte) error {
 	return golibvirt.Error{Code: code, Message: msg}
 }
 
-// snapshotXMLs reads the XML of each of snaps with calls written together, and gives
-// each answer to decode in the tap's read buffer (valid only during the call: decode
-// copies what it keeps), or err for a call libvirt failed. It returns when every
-// answer has been handled, or with ctx's error (answers then arriving are dropped).
-func (t *rpcTap) snapshotXMLs(ctx context.Context, snaps []golibvirt.DomainSnapshot, decode func(i int, xml []byte, err error)) error {
-	if len(snaps) == 0 {
+// tapCall is one call of a batch: its procedure, its XDR arguments, and what to do
+// with the answer's payload (in the tap's read buffer: valid only during handle) or
+// the error libvirt (or the lost connection) gave instead.
+type tapCall struct {
+	proc   uint32
+	args   []byte
+	handle func(payload []byte, err error)
+}
+
+// batch writes calls at once and returns when every answer has been handled, or
+// with ctx's error (answers arriving later are dropped). Handlers run on go-libvirt's
+// reader goroutine, one at a time.
+func (t *rpcTap) batch(ctx context.Context, calls []tapCall) error {
+	if len(calls) == 0 {
 		return nil
 	}
 	var left atomic.Int32
-	left.Store(int32(len(snaps)))
+	left.Store(int32(len(calls)))
 	done := make(chan struct{})
 	var abandoned atomic.Bool
-	req := make([]byte, 0, len(snaps)*(rpcLenSize+rpcHeaderSize+96))
-	serials := make([]int32, len(snaps))
+	size := 0
+	for _, c := range calls {
+		size += rpcLenSize + rpcHeaderSize + len(c.args)
+	}
+	req := make([]byte, 0, size)
+	serials := make([]int32, len(calls))
 	t.mu.Lock()
 	if t.closeErr != nil {
 		err := t.closeErr
 		t.mu.Unlock()
 		return err
 	}
-	for i, s := range snaps {
+	for i, c := range calls {
 		serial := t.serial.Add(1)
 		if serial < rpcSerialBase {
 			t.serial.Store(rpcSerialBase)
@@ -275,29 +290,22 @@ func (t *rpcTap) snapshotXMLs(ctx context.Context, snaps []golibvirt.DomainSnaps
 			if !abandoned.Load() {
 				switch {
 				case payload == nil:
-					decode(i, nil, t.lostErr())
+					c.handle(nil, t.lostErr())
 				case status != rpcStatusOK:
-					decode(i, nil, rpcError(payload))
+					c.handle(nil, rpcError(payload))
 				default:
-					x, _, err := xdrReadString(payload)
-					decode(i, x, err)
+					c.handle(payload, nil)
 				}
 			}
 			if left.Add(-1) == 0 {
 				close(done)
 			}
 		}
-		start := len(req)
-		req = binary.BigEndian.AppendUint32(req, 0) // length, below
-		for _, v := range []uint32{rpcRemoteProg, rpcVersion, rpcSnapshotGetXMLDesc, rpcTypeCall, uint32(serial), rpcStatusOK} {
+		req = binary.BigEndian.AppendUint32(req, uint32(rpcLenSize+rpcHeaderSize+len(c.args)))
+		for _, v := range []uint32{rpcRemoteProg, rpcVersion, c.proc, rpcTypeCall, uint32(serial), rpcStatusOK} {
 			req = binary.BigEndian.AppendUint32(req, v)
 		}
-		req = xdrString(req, s.Name)
-		req = xdrString(req, s.Dom.Name)
-		req = append(req, s.Dom.UUID[:]...)
-		req = binary.BigEndian.AppendUint32(req, uint32(s.Dom.ID))
-		req = binary.BigEndian.AppendUint32(req, 0) // flags
-		binary.BigEndian.PutUint32(req[start:], uint32(len(req)-start))
+		req = append(req, c.args...)
 	}
 	t.mu.Unlock()
 	t.wmu.Lock()
@@ -319,6 +327,106 @@ func (t *rpcTap) snapshotXMLs(ctx context.Context, snaps []golibvirt.DomainSnaps
 		abandoned.Store(true)
 		return fmt.Errorf("libvirt did not answer in time: %w", ctx.Err())
 	}
+}
+
+// xdrDomain appends a remote_nonnull_domain.
+func xdrDomain(b []byte, d golibvirt.Domain) []byte {
+	b = xdrString(b, d.Name)
+	b = append(b, d.UUID[:]...)
+	return binary.BigEndian.AppendUint32(b, uint32(d.ID))
+}
+
+// xdrReadSnapshot reads a remote_nonnull_domain_snapshot, copying what it keeps.
+func xdrReadSnapshot(b []byte) (golibvirt.DomainSnapshot, []byte, error) {
+	var s golibvirt.DomainSnapshot
+	name, b, err := xdrReadString(b)
+	if err != nil {
+		return s, nil, err
+	}
+	dname, b, err := xdrReadString(b)
+	if err != nil || len(b) < 20 {
+		return s, nil, errors.New("short XDR snapshot")
+	}
+	s.Name, s.Dom.Name = string(name), string(dname)
+	copy(s.Dom.UUID[:], b)
+	s.Dom.ID = int32(binary.BigEndian.Uint32(b[16:]))
+	return s, b[20:], nil
+}
+
+// listSnapshots lists dom's snapshots and its current one (ok false: none) with
+// both calls written together.
+func (t *rpcTap) listSnapshots(ctx context.Context, dom golibvirt.Domain) (snaps []golibvirt.DomainSnapshot, cur string, hasCur bool, err error) {
+	var lerr, cerr error
+	list := xdrDomain(nil, dom)
+	list = binary.BigEndian.AppendUint32(list, 1) // need_results
+	list = binary.BigEndian.AppendUint32(list, 0) // flags
+	current := binary.BigEndian.AppendUint32(xdrDomain(nil, dom), 0)
+	err = t.batch(ctx, []tapCall{
+		{proc: rpcListAllSnapshots, args: list, handle: func(p []byte, err error) {
+			if err != nil {
+				lerr = err
+				return
+			}
+			if len(p) < 4 {
+				lerr = errors.New("short snapshot list")
+				return
+			}
+			n := int(binary.BigEndian.Uint32(p))
+			p = p[4:]
+			if n < 0 || n > len(p)/24 {
+				lerr = errors.New("bad snapshot count")
+				return
+			}
+			snaps = make([]golibvirt.DomainSnapshot, n)
+			for i := range snaps {
+				if snaps[i], p, lerr = xdrReadSnapshot(p); lerr != nil {
+					return
+				}
+			}
+		}},
+		{proc: rpcSnapshotCurrent, args: current, handle: func(p []byte, err error) {
+			if err != nil {
+				cerr = err
+				return
+			}
+			var s golibvirt.DomainSnapshot
+			if s, _, cerr = xdrReadSnapshot(p); cerr == nil {
+				cur, hasCur = s.Name, true
+			}
+		}},
+	})
+	switch {
+	case err != nil:
+		return nil, "", false, err
+	case lerr != nil:
+		return nil, "", false, lerr
+	case cerr != nil && errCode(cerr) != golibvirt.ErrNoDomainSnapshot:
+		return nil, "", false, fmt.Errorf("reading current snapshot: %w", cerr)
+	}
+	return snaps, cur, hasCur, nil
+}
+
+// snapshotXMLs reads the XML of each of snaps with calls written together, and gives
+// each answer to decode in the tap's read buffer (valid only during the call: decode
+// copies what it keeps), or err for a call libvirt failed.
+func (t *rpcTap) snapshotXMLs(ctx context.Context, snaps []golibvirt.DomainSnapshot, decode func(i int, xml []byte, err error)) error {
+	calls := make([]tapCall, len(snaps))
+	args := make([]byte, 0, len(snaps)*96)
+	for i, s := range snaps {
+		start := len(args)
+		args = xdrString(args, s.Name)
+		args = xdrDomain(args, s.Dom)
+		args = binary.BigEndian.AppendUint32(args, 0) // flags
+		calls[i] = tapCall{proc: rpcSnapshotGetXMLDesc, args: args[start:len(args):len(args)], handle: func(p []byte, err error) {
+			if err != nil {
+				decode(i, nil, err)
+				return
+			}
+			x, _, err := xdrReadString(p)
+			decode(i, x, err)
+		}}
+	}
+	return t.batch(ctx, calls)
 }
 
 func (t *rpcTap) lostErr() error {
