@@ -51,6 +51,8 @@ type Driver struct {
 	graph graphState
 	// tap issues the listing's snapshot reads itself (rpctap.go); nil: through go-libvirt.
 	tap *rpcTap
+	// jobEv wakes block-job watchers on libvirt's events (jobevents.go).
+	jobEv jobEvents
 }
 
 // Open connects to the libvirt daemon named by cfg.Host (a libvirt URI). It gives up
