@@ -326,8 +326,9 @@ type xmlTag struct {
 }
 
 func localName(n string) string {
-	if i := strings.LastIndexByte(n, ':'); i >= 0 {
-		return n[i+1:]
+	// As encoding/xml splits a name: an empty prefix or local part keeps it whole.
+	if space, local, ok := strings.Cut(n, ":"); ok && space != "" && local != "" {
+		return local
 	}
 	return n
 }
