@@ -534,11 +534,11 @@ func (x *xmlScan) text(t xmlTag) (string, error) {
 	return unescape(raw)
 }
 
-// attrs returns the values of the named attributes ("" for absent ones), matching
-// local names as libvirtxml does.
-func (t xmlTag) attrs(names ...string) ([]string, error) {
-	out := make([]string, len(names))
-	found := make([]bool, len(names))
+// attrs returns the values of the named attributes (at most 3; "" for absent ones),
+// matching local names as libvirtxml does.
+func (t xmlTag) attrs(names ...string) ([3]string, error) {
+	var out [3]string
+	var found [3]bool
 	a := t.attr
 	for {
 		a = strings.TrimLeft(a, " \t\r\n")
@@ -547,24 +547,24 @@ func (t xmlTag) attrs(names ...string) ([]string, error) {
 		}
 		eq := strings.IndexByte(a, '=')
 		if eq <= 0 {
-			return nil, errNotLean
+			return out, errNotLean
 		}
 		name := strings.TrimRight(a[:eq], " \t\r\n")
 		if strings.ContainsAny(name, " \t\r\n\"'") {
-			return nil, errNotLean
+			return out, errNotLean
 		}
 		a = strings.TrimLeft(a[eq+1:], " \t\r\n")
 		if a == "" || (a[0] != '"' && a[0] != '\'') {
-			return nil, errNotLean
+			return out, errNotLean
 		}
 		end := strings.IndexByte(a[1:], a[0])
 		if end < 0 {
-			return nil, errNotLean
+			return out, errNotLean
 		}
 		val := a[1 : 1+end]
 		a = a[end+2:]
 		if a != "" && !isSpace(a[0]) {
-			return nil, errNotLean
+			return out, errNotLean
 		}
 		ln := localName(name)
 		for k, n := range names {
@@ -572,12 +572,12 @@ func (t xmlTag) attrs(names ...string) ([]string, error) {
 				continue
 			}
 			if found[k] {
-				return nil, errNotLean
+				return out, errNotLean
 			}
 			found[k] = true
 			v, err := unescape(val)
 			if err != nil {
-				return nil, err
+				return out, err
 			}
 			out[k] = v
 		}
