@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
 	"time"
@@ -18,6 +20,17 @@ import (
 	"github.com/autosnap/autosnap/internal/cli"
 	_ "github.com/autosnap/autosnap/internal/driver/libvirt"
 )
+
+// init applies cmd/autosnap's runtime settings (runtime.go there), so the profile is
+// of the process bench/status.sh measures; GOMAXPROCS and GOGC still decide when set.
+func init() {
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
+	}
+}
 
 func main() {
 	out := flag.String("o", "cpu.out", "profile file")

@@ -220,6 +220,9 @@ func (j *Job) snapGuest(ctx context.Context, gr *guestRun, name string, at time.
 		return
 	}
 	gr.res.Created = name
+	if !j.DryRun && removes(plan) {
+		j.prefetchMerges(ctx)
+	}
 	// The quiesce decision belongs to creating: a guest that cannot be quiesced with
 	// --quiesce on has failed creation, and its hook sees snap-create-abort.
 	if err := gr.hook(ctx, hook.Env{Phase: hook.SnapCreatePre, SnapName: name, VMState: j.Memory, State: true}); err != nil {
@@ -287,4 +290,27 @@ func (j *Job) Clean(ctx context.Context, guests []driver.Guest) (*Report, error)
 		return rep, fmt.Errorf("%d of %d guests failed: %w", n, len(results), ErrGuestsFailed)
 	}
 	return rep, nil
+}
+
+// mergePrefetcher is a driver that can prepare ahead what its merges need (the
+// libvirt driver's host-wide scan of image users), so that it overlaps the creates.
+type mergePrefetcher interface {
+	PrefetchMergeScan(ctx context.Context)
+}
+
+func removes(plan []retention.Decision) bool {
+	for _, d := range plan {
+		if !d.Keep {
+			return true
+		}
+	}
+	return false
+}
+
+// prefetchMerges lets the driver prepare its merges in the background once a guest's
+// plan removes snapshots.
+func (j *Job) prefetchMerges(ctx context.Context) {
+	if p, ok := j.Driver.(mergePrefetcher); ok {
+		p.PrefetchMergeScan(ctx)
+	}
 }

@@ -125,9 +125,25 @@ type prepared struct {
 	release func()
 }
 
+// frozenPreparer is a driver that can prepare a snapshot further when the caller will
+// take it inside a freeze (the libvirt driver creates the overlays beforehand).
+type frozenPreparer interface {
+	PrepareFrozenSnapshot(ctx context.Context, g driver.Guest, opts driver.CreateOptions) (driver.PreparedSnapshot, error)
+}
+
 // prepare does the driver's lookups and checks before any freeze when the driver can
-// (driver.SnapshotPreparer), so that only the snapshot call itself runs while frozen.
-func (j *Job) prepare(ctx context.Context, g driver.Guest, opts driver.CreateOptions) (prepared, error) {
+// (driver.SnapshotPreparer), so that only the snapshot call itself runs while frozen;
+// frozen says the snapshot will be taken inside a freeze.
+func (j *Job) prepare(ctx context.Context, g driver.Guest, opts driver.CreateOptions, frozen bool) (prepared, error) {
+	if fp, ok := j.Driver.(frozenPreparer); ok && frozen {
+		pctx, cancel := j.opCtx(ctx)
+		ps, err := fp.PrepareFrozenSnapshot(pctx, g, opts)
+		cancel()
+		if err != nil {
+			return prepared{}, err
+		}
+		return prepared{take: ps.Create, release: sync.OnceFunc(ps.Close)}, nil
+	}
 	p, ok := j.Driver.(driver.SnapshotPreparer)
 	if !ok {
 		return prepared{
@@ -149,7 +165,7 @@ func (j *Job) createOnce(ctx context.Context, gr *guestRun, name string, quiesce
 	opts := j.createOptions(g, name, quiesce)
 	q, canFreeze := j.Driver.(driver.Quiescer)
 	if !quiesce || !canFreeze || j.Watchdog == nil {
-		p, err := j.prepare(ctx, g, opts)
+		p, err := j.prepare(ctx, g, opts, false)
 		if err != nil {
 			return driver.Snapshot{}, err
 		}
@@ -173,7 +189,7 @@ func (j *Job) frozenCreate(ctx context.Context, gr *guestRun, q driver.Quiescer,
 	g := gr.res.Guest
 	o := opts
 	o.Quiesce = false // frozen by us
-	p, err := j.prepare(ctx, g, o)
+	p, err := j.prepare(ctx, g, o, true)
 	if err != nil {
 		return driver.Snapshot{}, err
 	}

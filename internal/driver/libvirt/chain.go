@@ -163,6 +163,8 @@ func runCmd(ctx context.Context, name string, args ...string) ([]byte, error) {
 // not the error, tells.
 func (d *Driver) commitLive(ctx context.Context, dom golibvirt.Domain, disk, top, base string, activeTop, deleteFiles, adopt bool, progress driver.ProgressFunc, mark func(string)) error {
 	abort := func(cause error) error { return d.abortCommit(ctx, dom, disk, top, cause) }
+	wake, stop := d.watchJobs(dom)
+	defer stop()
 	if !adopt {
 		var flags golibvirt.DomainBlockCommitFlags
 		if deleteFiles {
@@ -218,7 +220,7 @@ func (d *Driver) commitLive(ctx context.Context, dom golibvirt.Domain, disk, top
 			polls = 0
 			continue
 		}
-		if retry.Sleep(ctx, retry.Poll.Delay(polls)) != nil {
+		if jobPause(ctx, wake, polls) != nil {
 			return abort(fmt.Errorf("block commit of %s interrupted: %w", top, ctx.Err()))
 		}
 		polls++

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
@@ -28,6 +29,8 @@ type graphState struct {
 	mu     sync.Mutex
 	scan   *hostUsers
 	scanAt time.Time
+
+	prefetched atomic.Bool // PrefetchMergeScan ran
 }
 
 // imageUser is something that uses an image: a guest's disk whose chain contains it,
@@ -55,6 +58,36 @@ type hostUsers struct {
 
 // hostUsers returns the host-wide scan, reusing one younger than the TTL.
 func (d *Driver) hostUsers(ctx context.Context) (*hostUsers, error) {
+	h, err := d.cachedScan(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// The scan keeps paths; identities are taken now. A file deleted since the scan
+	// may have passed its inode number on to a new file (merges delete overlays and
+	// creates make new ones all the time), so a cached identity could name an
+	// unrelated image as used.
+	return h.identified(d.imageFS()), nil
+}
+
+// PrefetchMergeScan starts the host-wide scan of image users in the background, once
+// per driver, so that the first merge of a run finds it done instead of waiting for
+// it (one call to libvirt plus reading image headers, tens of milliseconds on a
+// busy host). The engine calls it when a run is going to remove snapshots. A scan
+// that fails is dropped: the merge that needs it scans again and reports the error.
+func (d *Driver) PrefetchMergeScan(ctx context.Context) {
+	if !d.graph.prefetched.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.timeout)
+		defer cancel()
+		_, _ = d.cachedScan(ctx)
+	}()
+}
+
+// cachedScan returns the host-wide scan (paths only), reusing one younger than the
+// TTL; concurrent callers wait for one scan.
+func (d *Driver) cachedScan(ctx context.Context) (*hostUsers, error) {
 	s := &d.graph
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -73,11 +106,7 @@ func (d *Driver) hostUsers(ctx context.Context) (*hostUsers, error) {
 		}
 		s.scan, s.scanAt = h, now()
 	}
-	// The scan keeps paths; identities are taken now. A file deleted since the scan
-	// may have passed its inode number on to a new file (merges delete overlays and
-	// creates make new ones all the time), so a cached identity could name an
-	// unrelated image as used.
-	return s.scan.identified(d.imageFS()), nil
+	return s.scan, nil
 }
 
 // scanHost reads who uses which image on the libvirt host.

@@ -11,7 +11,6 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/autosnap/autosnap/internal/driver"
-	"github.com/autosnap/autosnap/internal/naming"
 )
 
 // snapFields are the parts of a libvirt snapshot document a driver.Snapshot is made of.
@@ -47,11 +46,26 @@ func (f *snapFields) snapshot() driver.Snapshot {
 	default:
 		s.Location = driver.LocationInternal
 	}
-	switch c := naming.DescriptionFields(f.description)["consistency"]; driver.Consistency(c) {
+	switch c := consistencyField(f.description); driver.Consistency(c) {
 	case driver.ConsistencyQuiesced, driver.ConsistencyCrash, driver.ConsistencyOffline, driver.ConsistencyMemory:
 		s.Consistency = driver.Consistency(c)
 	}
 	return s
+}
+
+// consistencyField is naming.DescriptionFields(desc)["consistency"] without building
+// the map: a listing reads it for every snapshot.
+func consistencyField(desc string) string {
+	_, rest, _ := strings.Cut(desc, "\n")
+	v := ""
+	for rest != "" {
+		var line string
+		line, rest, _ = strings.Cut(rest, "\n")
+		if k, val, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "consistency" {
+			v = strings.TrimSpace(val)
+		}
+	}
+	return v
 }
 
 func fieldsOf(x *libvirtxml.DomainSnapshot) snapFields {
@@ -83,30 +97,43 @@ func fieldsOf(x *libvirtxml.DomainSnapshot) snapFields {
 // parts are only checked for balance: a document libvirtxml would reject for a bad
 // value inside <domain> is accepted.
 func decodeSnapshot(raw string) (driver.Snapshot, error) {
-	f, err := leanSnapshot(raw)
-	if err == nil {
-		f.detach()
-	} else {
-		// Outside the subset, or malformed: libvirtxml decides, and words the error.
-		var x libvirtxml.DomainSnapshot
-		if err := x.Unmarshal(raw); err != nil {
-			return driver.Snapshot{}, err
-		}
-		f = fieldsOf(&x)
+	if f, err := leanSnapshot(raw); err == nil {
+		s := f.snapshot()
+		detach(&s)
+		return s, nil
 	}
+	// Outside the subset, or malformed: libvirtxml decides, and words the error.
+	var x libvirtxml.DomainSnapshot
+	if err := x.Unmarshal(raw); err != nil {
+		return driver.Snapshot{}, err
+	}
+	f := fieldsOf(&x)
 	return f.snapshot(), nil
 }
 
 // detach copies the strings the lean decoder cut out of the document, so a listing
-// does not keep every document (mostly the skipped domain) alive.
-func (f *snapFields) detach() {
-	for _, p := range []*string{&f.name, &f.description, &f.state, &f.creationTime, &f.parent, &f.memory} {
-		*p = strings.Clone(*p)
+// does not keep every document (mostly the skipped domain) alive, and so the
+// document's buffer can be reused (the tap's). The few values libvirt writes for a
+// state or a disk's snapshot mode are shared constants.
+func detach(s *driver.Snapshot) {
+	s.Name, s.Description, s.Parent = strings.Clone(s.Name), strings.Clone(s.Description), strings.Clone(s.Parent)
+	s.GuestState = intern(s.GuestState)
+	s.Consistency = driver.Consistency(intern(string(s.Consistency)))
+	for i := range s.Disks {
+		dk := &s.Disks[i]
+		dk.Name, dk.Snapshot, dk.File = strings.Clone(dk.Name), intern(dk.Snapshot), strings.Clone(dk.File)
 	}
-	for i := range f.disks {
-		dk := &f.disks[i]
-		dk.Name, dk.Snapshot, dk.File = strings.Clone(dk.Name), strings.Clone(dk.Snapshot), strings.Clone(dk.File)
+}
+
+// intern returns a constant equal to v when libvirt writes v often, else a copy.
+func intern(v string) string {
+	for _, c := range [...]string{"", "shutoff", "running", "paused", "disk-snapshot", "external", "internal", "no", "manual",
+		"quiesced", "crash", "offline", "memory"} {
+		if v == c {
+			return c
+		}
 	}
+	return strings.Clone(v)
 }
 
 // errNotLean marks a document the lean decoder leaves to libvirtxml.
@@ -300,8 +327,9 @@ type xmlTag struct {
 }
 
 func localName(n string) string {
-	if i := strings.LastIndexByte(n, ':'); i >= 0 {
-		return n[i+1:]
+	// As encoding/xml splits a name: an empty prefix or local part keeps it whole.
+	if space, local, ok := strings.Cut(n, ":"); ok && space != "" && local != "" {
+		return local
 	}
 	return n
 }
@@ -507,11 +535,11 @@ func (x *xmlScan) text(t xmlTag) (string, error) {
 	return unescape(raw)
 }
 
-// attrs returns the values of the named attributes ("" for absent ones), matching
-// local names as libvirtxml does.
-func (t xmlTag) attrs(names ...string) ([]string, error) {
-	out := make([]string, len(names))
-	found := make([]bool, len(names))
+// attrs returns the values of the named attributes (at most 3; "" for absent ones),
+// matching local names as libvirtxml does.
+func (t xmlTag) attrs(names ...string) ([3]string, error) {
+	var out [3]string
+	var found [3]bool
 	a := t.attr
 	for {
 		a = strings.TrimLeft(a, " \t\r\n")
@@ -520,24 +548,24 @@ func (t xmlTag) attrs(names ...string) ([]string, error) {
 		}
 		eq := strings.IndexByte(a, '=')
 		if eq <= 0 {
-			return nil, errNotLean
+			return out, errNotLean
 		}
 		name := strings.TrimRight(a[:eq], " \t\r\n")
 		if strings.ContainsAny(name, " \t\r\n\"'") {
-			return nil, errNotLean
+			return out, errNotLean
 		}
 		a = strings.TrimLeft(a[eq+1:], " \t\r\n")
 		if a == "" || (a[0] != '"' && a[0] != '\'') {
-			return nil, errNotLean
+			return out, errNotLean
 		}
 		end := strings.IndexByte(a[1:], a[0])
 		if end < 0 {
-			return nil, errNotLean
+			return out, errNotLean
 		}
 		val := a[1 : 1+end]
 		a = a[end+2:]
 		if a != "" && !isSpace(a[0]) {
-			return nil, errNotLean
+			return out, errNotLean
 		}
 		ln := localName(name)
 		for k, n := range names {
@@ -545,12 +573,12 @@ func (t xmlTag) attrs(names ...string) ([]string, error) {
 				continue
 			}
 			if found[k] {
-				return nil, errNotLean
+				return out, errNotLean
 			}
 			found[k] = true
 			v, err := unescape(val)
 			if err != nil {
-				return nil, err
+				return out, err
 			}
 			out[k] = v
 		}

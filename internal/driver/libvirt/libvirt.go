@@ -49,6 +49,10 @@ type Driver struct {
 	domMus map[string]*sync.Mutex
 	// graph holds the image file system and the cached host-wide scan (hostscan.go).
 	graph graphState
+	// tap issues the listing's snapshot reads itself (rpctap.go); nil: through go-libvirt.
+	tap *rpcTap
+	// jobEv wakes block-job watchers on libvirt's events (jobevents.go).
+	jobEv jobEvents
 }
 
 // Open connects to the libvirt daemon named by cfg.Host (a libvirt URI). It gives up
@@ -67,20 +71,25 @@ func Open(ctx context.Context, cfg driver.Config) (*Driver, error) {
 
 	type res struct {
 		l   *golibvirt.Libvirt
+		tap *rpcTap
 		err error
 	}
 	ch := make(chan res, 1)
 	go func() {
-		l, err := golibvirt.ConnectToURI(u)
-		ch <- res{l, err}
+		l, tap, err := connectTapped(u)
+		if l == nil && err == nil {
+			l, err = golibvirt.ConnectToURI(u)
+		}
+		ch <- res{l, tap, err}
 	}()
 	var l *golibvirt.Libvirt
+	var tap *rpcTap
 	select {
 	case r := <-ch:
 		if r.err != nil {
 			return nil, fmt.Errorf("cannot connect to libvirt at %s: %v (is libvirtd running and reachable? check the URI and credentials): %w", redactURI(u), r.err, driver.ErrConnect)
 		}
-		l = r.l
+		l, tap = r.l, r.tap
 	case <-cctx.Done():
 		go func() {
 			if r := <-ch; r.l != nil {
@@ -90,7 +99,7 @@ func Open(ctx context.Context, cfg driver.Config) (*Driver, error) {
 		return nil, fmt.Errorf("cannot connect to libvirt at %s: no answer within %s: %w", redactURI(u), cfg.Timeout, driver.ErrConnect)
 	}
 
-	d := &Driver{l: l, uri: u, timeout: cfg.Timeout, domMus: map[string]*sync.Mutex{}}
+	d := &Driver{l: l, tap: tap, uri: u, timeout: cfg.Timeout, domMus: map[string]*sync.Mutex{}}
 	d.journal = journalStore(cfg.StateDir)
 	d.local = isLocal(u)
 	d.node = u.Hostname()

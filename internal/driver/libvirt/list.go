@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
+	"unsafe"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
@@ -27,14 +29,48 @@ const listInFlight = 4
 // snapshots lists dom's snapshots: one call for the list, one for the current
 // snapshot and one per snapshot for its XML (libvirt has no bulk read).
 func (d *Driver) snapshots(ctx context.Context, g driver.Guest, dom golibvirt.Domain) ([]driver.Snapshot, error) {
-	// The calls run inside one bounded call rather than one each: a goroutine
-	// hand-off per call would cost autosnap more CPU than decoding the answer.
-	type listing struct {
-		snaps  []driver.Snapshot
-		cur    string
-		hasCur bool
+	var l listing
+	var err error
+	if d.tap != nil {
+		l, err = d.tapListing(ctx, g, dom)
+	} else {
+		l, err = d.listing(ctx, g, dom)
 	}
-	l, err := call(ctx, func() (listing, error) {
+	if err != nil {
+		return nil, err
+	}
+	out := l.snaps
+	if out == nil {
+		return []driver.Snapshot{}, nil
+	}
+	incomplete, ierr := d.incompleteReasons(ctx, g, dom)
+	if ierr != nil {
+		return nil, fmt.Errorf("guest %s: %w", g.Name, ierr)
+	}
+	for i := range out {
+		s := &out[i]
+		s.Current = l.hasCur && l.cur == s.Name
+		s.Incomplete = incomplete[s.Name]
+	}
+	// libvirt records whole seconds: within one, a parent still comes before its children.
+	depth := depths(out)
+	sort.SliceStable(out, func(i, j int) bool {
+		if !out[i].Created.Equal(out[j].Created) {
+			return out[i].Created.Before(out[j].Created)
+		}
+		if di, dj := depth[out[i].Name], depth[out[j].Name]; di != dj {
+			return di < dj
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out, nil
+}
+
+// listing reads dom's snapshots through go-libvirt. The calls run inside one bounded
+// call rather than one each: a goroutine hand-off per call would cost autosnap more
+// CPU than decoding the answer.
+func (d *Driver) listing(ctx context.Context, g driver.Guest, dom golibvirt.Domain) (listing, error) {
+	return call(ctx, func() (listing, error) {
 		var l listing
 		snaps, _, err := d.l.DomainListAllSnapshots(dom, 1, 0)
 		if err != nil {
@@ -88,47 +124,73 @@ func (d *Driver) snapshots(ctx context.Context, g driver.Guest, dom golibvirt.Do
 		if ctx.Err() != nil {
 			return l, ctx.Err()
 		}
-		for _, err := range errs {
-			if err != nil {
-				return l, err
-			}
-		}
-		l.snaps = make([]driver.Snapshot, 0, len(snaps))
-		for i := range got {
-			if ok[i] {
-				l.snaps = append(l.snaps, got[i])
-			}
-		}
+		return l.collect(got, ok, errs)
+	})
+}
+
+// tapListing reads dom's snapshots through the tap: the list and the current
+// snapshot in one write, then every snapshot's XML in another, each answer decoded
+// where it was read.
+func (d *Driver) tapListing(ctx context.Context, g driver.Guest, dom golibvirt.Domain) (listing, error) {
+	var l listing
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 5*time.Minute)
+		defer cancel()
+	}
+	snaps, cur, hasCur, err := d.tap.listSnapshots(ctx, dom)
+	if err != nil {
+		return l, fmt.Errorf("guest %s: listing snapshots: %w", g.Name, d.notFound(g.Name, err))
+	}
+	if len(snaps) == 0 {
 		return l, nil
+	}
+	l.cur, l.hasCur = cur, hasCur
+	got := make([]driver.Snapshot, len(snaps))
+	ok := make([]bool, len(snaps))
+	errs := make([]error, len(snaps))
+	err = d.tap.snapshotXMLs(ctx, snaps, func(i int, raw []byte, err error) {
+		sn := snaps[i]
+		if err != nil {
+			if errCode(err) != golibvirt.ErrNoDomainSnapshot { // else deleted meanwhile
+				errs[i] = fmt.Errorf("guest %s: reading snapshot %s: %w", g.Name, sn.Name, err)
+			}
+			return
+		}
+		// decodeSnapshot keeps no part of raw, which the tap reuses.
+		if got[i], err = decodeSnapshot(unsafe.String(unsafe.SliceData(raw), len(raw))); err != nil {
+			errs[i] = fmt.Errorf("guest %s: snapshot %s: unreadable XML: %w", g.Name, sn.Name, err)
+			return
+		}
+		ok[i] = true
 	})
 	if err != nil {
-		return nil, err
+		return l, fmt.Errorf("guest %s: reading snapshots: %w", g.Name, err)
 	}
-	out := l.snaps
-	if out == nil {
-		return []driver.Snapshot{}, nil
-	}
-	incomplete, ierr := d.incompleteReasons(ctx, g, dom)
-	if ierr != nil {
-		return nil, fmt.Errorf("guest %s: %w", g.Name, ierr)
-	}
-	for i := range out {
-		s := &out[i]
-		s.Current = l.hasCur && l.cur == s.Name
-		s.Incomplete = incomplete[s.Name]
-	}
-	// libvirt records whole seconds: within one, a parent still comes before its children.
-	depth := depths(out)
-	sort.SliceStable(out, func(i, j int) bool {
-		if !out[i].Created.Equal(out[j].Created) {
-			return out[i].Created.Before(out[j].Created)
+	return l.collect(got, ok, errs)
+}
+
+// listing is what one guest's listing read.
+type listing struct {
+	snaps  []driver.Snapshot
+	cur    string
+	hasCur bool
+}
+
+// collect keeps the snapshots read (ok), or returns the first error.
+func (l listing) collect(got []driver.Snapshot, ok []bool, errs []error) (listing, error) {
+	for _, err := range errs {
+		if err != nil {
+			return l, err
 		}
-		if di, dj := depth[out[i].Name], depth[out[j].Name]; di != dj {
-			return di < dj
+	}
+	l.snaps = make([]driver.Snapshot, 0, len(got))
+	for i := range got {
+		if ok[i] {
+			l.snaps = append(l.snaps, got[i])
 		}
-		return out[i].Name < out[j].Name
-	})
-	return out, nil
+	}
+	return l, nil
 }
 
 // depths returns each snapshot's number of ancestors.

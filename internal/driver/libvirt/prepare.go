@@ -65,6 +65,10 @@ type preparedSnapshot struct {
 	dryRun   bool   // prepared for a dry run: Create refuses
 	key      string // journal key of the create record; "" when none was written
 	unlock   func()
+	// precreated are the overlays made before the create (frozen.go); made is set
+	// once libvirt has taken the snapshot.
+	precreated []string
+	made       bool
 
 	mu    sync.Mutex
 	state prepState
@@ -289,6 +293,7 @@ func (p *preparedSnapshot) Create(ctx context.Context) (driver.Snapshot, error) 
 	if err := p.send(ctx); err != nil {
 		return driver.Snapshot{}, err
 	}
+	p.made = true
 	crash.Point(crash.CreateDone)
 	// What follows the create must run even when ctx ended during it.
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.d.timeout)
@@ -507,6 +512,9 @@ func (p *preparedSnapshot) Close() {
 func (p *preparedSnapshot) release() {
 	if p.state == prepClosed {
 		return
+	}
+	if len(p.precreated) > 0 && !p.made && p.state != prepUnknown {
+		p.removePrecreated()
 	}
 	if p.key != "" && p.state != prepUnknown {
 		// A record left behind by a failed removal is reconciled by the next run.
