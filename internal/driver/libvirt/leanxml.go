@@ -11,6 +11,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/naming"
 )
 
 // snapFields are the parts of a libvirt snapshot document a driver.Snapshot is made of.
