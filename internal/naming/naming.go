@@ -233,6 +233,10 @@ func validField(k, v string) bool {
 // retention never removes such a snapshot. A description that is not ours is never
 // protected (retention does not touch it anyway).
 func IsProtected(description string) bool {
+	// Listings ask this of every snapshot; most carry no flag at all.
+	if !strings.Contains(description, FieldProtected) {
+		return false
+	}
 	o, ok := parseOurs(description)
 	return ok && o.fields[FieldProtected] == ProtectedValue
 }
