@@ -85,8 +85,21 @@ type lineProgress struct {
 	interval time.Duration
 }
 
-func (l *lineProgress) Writer(out io.Writer) io.Writer { return out }
+// Writer serialises the guests' output with the progress lines, which go to the
+// same writer.
+func (l *lineProgress) Writer(out io.Writer) io.Writer { return &lockedWriter{mu: &l.mu, w: out} }
 func (l *lineProgress) Wait()                          {}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (lw *lockedWriter) Write(p []byte) (int, error) {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	return lw.w.Write(p)
+}
 
 func (l *lineProgress) Bar(name string) Bar {
 	return &lineBar{p: l, name: name, start: time.Now(), lastTenth: -1}
