@@ -25,6 +25,9 @@ func (d *Driver) DefineGuest(ctx context.Context, req driver.DefineRequest) (dri
 		}
 	}
 	xml, notes, err := RewriteForDefine(req.Config, req.Name, req.Disks, dir)
+	if err == nil && req.NoNetwork {
+		xml, err = withoutInterfaces(xml)
+	}
 	if err != nil {
 		return driver.Guest{}, nil, err
 	}
