@@ -1,12 +1,15 @@
 package cli
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/autosnap/autosnap/internal/backup"
 	"github.com/autosnap/autosnap/internal/repo"
@@ -76,6 +79,34 @@ func TestBackupVerifyBoot(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(bootDir); len(ents) > 0 {
 		t.Errorf("files left in %s: %v", bootDir, ents)
+	}
+
+	// Ctrl-C while the throwaway guest boots: it and its files are removed all the same.
+	ctx, cancel := context.WithCancel(t.Context())
+	var out, errb bytes.Buffer
+	code := make(chan int, 1)
+	go func() {
+		code <- Main(ctx, []string{"--vmid", dom.Name, "backup", "verify", "--target", dir, "--boot", "--boot-dir", bootDir}, &out, &errb)
+	}()
+	for len(throwaways(t, bed)) == 0 {
+		select {
+		case c := <-code:
+			t.Fatalf("verify ended (%d) before its throwaway guest appeared:\n%s%s", c, out.String(), errb.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	cancel()
+	c := <-code
+	t.Logf("exit %d", c)
+	if c == ExitOK {
+		t.Errorf("an interrupted verify --boot exited 0:\n%s%s", out.String(), errb.String())
+	}
+	t.Logf("interrupted verify:\n%s%s", out.String(), errb.String())
+	if left := throwaways(t, bed); len(left) > 0 {
+		t.Errorf("throwaway guests left after Ctrl-C: %v", left)
+	}
+	if ents, _ := os.ReadDir(bootDir); len(ents) > 0 {
+		t.Errorf("files left in %s after Ctrl-C: %v", bootDir, ents)
 	}
 
 	// Damage the point's image header: it can no longer be opened, so it cannot boot.
