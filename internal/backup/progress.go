@@ -85,8 +85,22 @@ type lineProgress struct {
 	interval time.Duration
 }
 
-func (l *lineProgress) Writer(out io.Writer) io.Writer { return out }
-func (l *lineProgress) Wait()                          {}
+// Writer serialises the job's other output with the progress lines, which go to the
+// same stream from the copy goroutines.
+func (l *lineProgress) Writer(out io.Writer) io.Writer { return &lockedWriter{mu: &l.mu, w: out} }
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w.Write(p)
+}
+
+func (l *lineProgress) Wait() {}
 
 func (l *lineProgress) Bar(name string) Bar {
 	return &lineBar{p: l, name: name, start: time.Now(), lastTenth: -1}

@@ -147,3 +147,8 @@ func mustOpenRepo(t *testing.T, dir string) *repo.Repo {
 	}
 	return r
 }
+
+func openGuestForTest(t *testing.T, dom *testbed.Domain, dir string) (*repo.Guest, error) {
+	t.Helper()
+	return backup.FindGuest(mustOpenRepo(t, dir), dom.Name)
+}
