@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/autosnap/autosnap/internal/backup"
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/repo"
 	"github.com/autosnap/autosnap/internal/report"
@@ -166,8 +167,11 @@ func readPoints(ctx context.Context, g *GlobalOptions, rg *repo.Guest) ([]repo.P
 
 // BackupVerifyOptions are the flags of `backup verify`.
 type BackupVerifyOptions struct {
-	Target   string
-	ReadData bool
+	Target      string
+	ReadData    bool
+	Boot        bool
+	BootTimeout time.Duration
+	BootDir     string
 }
 
 func newBackupVerifyCommand(g *GlobalOptions) *cobra.Command {
@@ -181,6 +185,15 @@ the manifest records, every image's checksum (XXH3-128 of the whole file)
 matching, and qemu-img check clean. --read-data also reads every block of every
 point through its backing chain.
 
+--boot also proves that the newest point of each selected guest boots: it is
+restored into a temporary directory (--boot-dir) and defined as a throwaway
+guest autosnap-verify-<pid>-<guest> (new UUID and MACs, no network interfaces,
+so it cannot clash with the original) on the hypervisor of --host, started,
+and waited for until its guest agent answers (at most --boot-timeout). The
+throwaway guest and its files are always removed, also on Ctrl-C; ones left by
+a verify that was killed are removed by the next verify --boot. A point that
+does not boot (or whose guest has no agent) is reported as BOOT FAILED.
+
 Each fault is printed with the damaged file; the exit status is then 1.
 JSON keys (with -o json, one row per fault): guest, point, disk, file, problem.`,
 		Example: `  autosnap backup verify --target /backup
@@ -192,6 +205,9 @@ JSON keys (with -o json, one row per fault): guest, point, disk, file, problem.`
 	}
 	cmd.Flags().StringVar(&o.Target, "target", "", "the backup repository `DIR`")
 	cmd.Flags().BoolVar(&o.ReadData, "read-data", false, "read every block of every point through its chain")
+	cmd.Flags().BoolVar(&o.Boot, "boot", false, "boot the newest point of each guest as a throwaway guest and wait for its agent")
+	cmd.Flags().DurationVar(&o.BootTimeout, "boot-timeout", 300*time.Second, "how long --boot waits for the throwaway guest's agent")
+	cmd.Flags().StringVar(&o.BootDir, "boot-dir", "", "directory for --boot's restored disks (default: the system temp dir)")
 	return cmd
 }
 
@@ -247,9 +263,18 @@ func runBackupVerify(ctx context.Context, g *GlobalOptions, o *BackupVerifyOptio
 				files = append(files, f.File)
 			}
 		}
-		return fmt.Errorf("%w: %d faults in %s; restore those points from another copy, or prune them (a point whose files are damaged cannot be repaired)", errVerifyFaults, len(faults), strings.Join(files, ", "))
+		err := fmt.Errorf("%w: %d faults in %s; restore those points from another copy, or prune them (a point whose files are damaged cannot be repaired)", errVerifyFaults, len(faults), strings.Join(files, ", "))
+		if o.Boot {
+			err = errors.Join(err, verifyBoot(ctx, g, o, gs))
+		}
+		return err
 	}
 	fmt.Fprintf(msg, "%d points of %d guests verified, no fault\n", points, len(gs))
+	if o.Boot {
+		if err := verifyBoot(ctx, g, o, gs); err != nil {
+			return err
+		}
+	}
 	return g.missing()
 }
 
@@ -459,4 +484,59 @@ func pruneGuest(ctx context.Context, g *GlobalOptions, rg *repo.Guest, policy re
 		return rows, err
 	}
 	return rows, nil
+}
+
+// errBootFailed is wrapped by backup verify --boot's error when a point did not boot.
+var errBootFailed = errors.New("a backup point did not boot")
+
+// verifyBoot is backup verify --boot: the newest point of each guest booted as a
+// throwaway guest (backup.BootCheck), one line per guest.
+func verifyBoot(ctx context.Context, g *GlobalOptions, o *BackupVerifyOptions, gs []*repo.Guest) error {
+	d, err := g.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	host, ok := d.(backup.BootHost)
+	if !ok {
+		return usage(fmt.Errorf("--boot: the %s connection cannot define, start and remove guests (give a single libvirt --host)", d.Name()))
+	}
+	msg := g.messages()
+	bc := backup.BootCheck{Host: host, Dir: o.BootDir, Timeout: o.BootTimeout, LockTimeout: g.timeout(),
+		Log: func(s string) { fmt.Fprintln(msg, s) }}
+	notes, err := bc.Sweep(ctx)
+	for _, n := range notes {
+		fmt.Fprintln(msg, n)
+	}
+	if err != nil {
+		return err
+	}
+	out := g.stdout
+	if g.machine() {
+		out = msg
+	}
+	var failed []string
+	for _, rg := range gs {
+		ps, err := readPoints(ctx, g, rg)
+		if err != nil {
+			return err
+		}
+		if len(ps) == 0 {
+			continue
+		}
+		res := bc.Boot(ctx, rg, ps[len(ps)-1])
+		if res.Err != nil {
+			failed = append(failed, rg.ID.Name)
+			fmt.Fprintf(out, "BOOT FAILED %s point %s: %v\n", res.Guest, res.Point, res.Err)
+		} else {
+			fmt.Fprintf(out, "BOOT OK %s point %s: agent answered %s after the start\n", res.Guest, res.Point, res.Took.Round(100*time.Millisecond))
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%w: %s; see the lines above, and restore an older point with restore --define to look into it", errBootFailed, strings.Join(failed, ", "))
+	}
+	return nil
 }

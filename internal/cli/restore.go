@@ -64,7 +64,11 @@ One of:
                                   it runs (libvirt block copy, then a switch-over),
                                   with progress, until the guest no longer depends
                                   on the repository; the repository stays locked
-                                  against prune meanwhile
+                                  against prune meanwhile. When an instant
+                                  restore is interrupted (killed, Ctrl-C), the guest
+                                  keeps running on its overlays: run the same command
+                                  again to finish the move (copies still running are
+                                  taken over); until then, do not prune the point
 --disk restores only the named disks (repeatable). Nothing is ever overwritten
 except with --in-place --force; --dry-run shows the plan.`,
 		Example: `  autosnap --vmid web1 restore --target /backup/vms --to /srv/restore
@@ -155,10 +159,6 @@ func runRestore(ctx context.Context, g *GlobalOptions, o *RestoreOptions) error 
 	if err != nil {
 		return usage(err)
 	}
-	files, err := backup.PlanRestore(p, o.Disks, dir, prefix, format)
-	if err != nil {
-		return usage(err)
-	}
 	var d driver.Driver
 	if o.Define != "" {
 		// Connect first: a --define that cannot define should fail before copying.
@@ -173,6 +173,29 @@ func runRestore(ctx context.Context, g *GlobalOptions, o *RestoreOptions) error 
 			return fmt.Errorf("point %s holds no guest definition: restore with --to and define the guest by hand", p.ID)
 		}
 	}
+	var resume *driver.Guest
+	if o.Instant {
+		ng, ok, err := interruptedInstant(ctx, d.(driver.GuestDefiner), o.Define)
+		if err != nil {
+			return err
+		}
+		if ok {
+			resume = &ng
+		}
+	}
+	var files []backup.RestoreFile
+	if resume != nil {
+		files, err = backup.PlanInstantResume(p, o.Disks, dir, prefix)
+	} else {
+		files, err = backup.PlanRestore(p, o.Disks, dir, prefix, format)
+	}
+	if err != nil {
+		return usage(err)
+	}
+	if g.DryRun && resume != nil {
+		fmt.Fprintf(out, "Dry run: would finish the interrupted instant restore of guest %s\n", o.Define)
+		return nil
+	}
 	if g.DryRun {
 		for _, f := range files {
 			fmt.Fprintf(out, "Dry run: would write disk %s to %s (%s)\n", f.Disk, f.Out, f.Format)
@@ -184,6 +207,9 @@ func runRestore(ctx context.Context, g *GlobalOptions, o *RestoreOptions) error 
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("creating %s: %w", dir, err)
+	}
+	if resume != nil {
+		return resumeInstant(ctx, g, d.(driver.GuestDefiner), *resume, files)
 	}
 	if o.Instant {
 		return restoreInstant(ctx, g, o, d.(driver.GuestDefiner), p, files, dir)
@@ -222,7 +248,7 @@ func restoreInstant(ctx context.Context, g *GlobalOptions, o *RestoreOptions, de
 	overlays, moves := map[string]string{}, map[string]string{}
 	for _, f := range files {
 		pd, _ := p.Disk(f.Disk)
-		ov := filepath.Join(dir, "."+filepath.Base(f.Out)+".instant")
+		ov := instantOverlay(f)
 		_ = os.Remove(ov)
 		if b, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", p.Path(pd), "-F", "qcow2", ov).CombinedOutput(); err != nil {
 			return fmt.Errorf("creating the overlay %s: %w: %s", ov, err, strings.TrimSpace(string(b)))
@@ -244,16 +270,8 @@ func restoreInstant(ctx context.Context, g *GlobalOptions, o *RestoreOptions, de
 	}
 	fmt.Fprintf(out, "Guest %s (UUID %s) started in %s on overlays backed by the repository; moving its disks to %s\n",
 		ng.Name, ng.UUID, time.Since(start).Round(time.Millisecond), dir)
-	pr := pickProgress("auto", out)
-	bar := pr.Bar(ng.Name + " move")
-	err = def.MoveDisks(ctx, ng, moves, bar.Update)
-	bar.Done(err == nil)
-	pr.Wait()
-	if err != nil {
+	if err := moveInstant(ctx, g, def, ng, moves); err != nil {
 		return err
-	}
-	for _, ov := range overlays {
-		_ = os.Remove(ov)
 	}
 	fmt.Fprintf(out, "Guest %s no longer depends on the repository (%s in all)\n", ng.Name, time.Since(start).Round(time.Millisecond))
 	return nil

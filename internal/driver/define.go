@@ -17,6 +17,9 @@ type DefineRequest struct {
 	Dir string
 	// Start starts the new guest once defined.
 	Start bool
+	// NoNetwork leaves every network interface out of the new guest, so a throwaway
+	// clone cannot clash with the original on the network (backup verify --boot).
+	NoNetwork bool
 }
 
 // GuestDefiner defines new guests from saved definitions (restore --define). The new

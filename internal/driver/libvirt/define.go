@@ -25,6 +25,9 @@ func (d *Driver) DefineGuest(ctx context.Context, req driver.DefineRequest) (dri
 		}
 	}
 	xml, notes, err := RewriteForDefine(req.Config, req.Name, req.Disks, dir)
+	if err == nil && req.NoNetwork {
+		xml, err = withoutInterfaces(xml)
+	}
 	if err != nil {
 		return driver.Guest{}, nil, err
 	}
@@ -143,7 +146,8 @@ const movePoll = 200 * time.Millisecond
 // it), all disks at once: once every copy is in sync the guest is pivoted to the new
 // images, and its persistent definition is rewritten to name them. Block pull would
 // do without the pivot, but QEMU 7.2's block-stream crashed (SIGSEGV) under a running
-// guest's I/O here; mirroring did not.
+// guest's I/O here; mirroring did not. A rerun after an interrupted MoveDisks adopts
+// the copies still running and skips disks already switched over.
 func (d *Driver) MoveDisks(ctx context.Context, g driver.Guest, moves map[string]string, progress func(done, total uint64)) (err error) {
 	dom, err := d.lookup(ctx, g)
 	if err != nil {
@@ -167,6 +171,15 @@ func (d *Driver) MoveDisks(ctx context.Context, g driver.Guest, moves map[string
 		}
 	}()
 	for _, disk := range disks {
+		switch st, err := d.existingCopy(ctx, dom, g, disk, moves[disk]); {
+		case err != nil:
+			return err
+		case st == copyDone:
+			continue
+		case st == copyRunning:
+			started = append(started, disk)
+			continue
+		}
 		dest := fmt.Sprintf(`<disk type="file"><source file=%q/><driver type="qcow2"/></disk>`, moves[disk])
 		if err := call0(ctx, func() error {
 			return d.l.DomainBlockCopy(dom, disk, dest, nil, golibvirt.DomainBlockCopyTransientJob)
@@ -178,7 +191,7 @@ func (d *Driver) MoveDisks(ctx context.Context, g driver.Guest, moves map[string
 	for {
 		ready := 0
 		var done, total uint64
-		for _, disk := range disks {
+		for _, disk := range started {
 			j, err := d.jobInfo(ctx, dom, disk)
 			if err != nil {
 				return fmt.Errorf("guest %s on %s: reading the copy of disk %s: %w", g.Name, d.node, disk, err)
@@ -194,7 +207,7 @@ func (d *Driver) MoveDisks(ctx context.Context, g driver.Guest, moves map[string
 		if progress != nil {
 			progress(done, total)
 		}
-		if ready == len(disks) {
+		if ready == len(started) {
 			break
 		}
 		select {
