@@ -19,7 +19,7 @@ import (
 // BootGuestPrefix starts the name of every throwaway guest and temporary directory of
 // `backup verify --boot`: autosnap-verify-<pid>-<guest>. A verify that died leaves them
 // under that name; the next verify removes those whose process is gone (BootCheck.Sweep).
-const BootGuestPrefix = "autosnap-verify-"
+const BootGuestPrefix = driver.ThrowawayPrefix
 
 // BootHost is what a boot check needs from a hypervisor connection.
 type BootHost interface {

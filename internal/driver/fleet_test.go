@@ -48,6 +48,8 @@ var notCapabilities = map[string]string{
 	"Driver":           "the core interface",
 	"PreparedSnapshot": "returned by SnapshotPreparer, not a driver capability",
 	"GuestDefiner":     "defines a new guest on the one host restore --define is given; a Fleet does not forward it",
+	"GuestRemover":     "removes the throwaway guests verify --boot defines through GuestDefiner, on that one host",
+	"DiskStater":       "used by restore --instant with GuestDefiner, on that one host",
 }
 
 // neutral names the capability methods whose absence has a defined meaning, so a Fleet

@@ -42,6 +42,11 @@ var capabilityTests = []capTest{
 	{reflect.TypeFor[driver.StallBounded](), true, testStallBounded},
 	{reflect.TypeFor[driver.SnapshotPreparer](), false, testSnapshotPreparer},
 	{reflect.TypeFor[driver.RevertNoter](), true, testRevertNoter},
+	{reflect.TypeFor[driver.Backupper](), false, testBackupper},
+	{reflect.TypeFor[driver.BitmapInspector](), false, testBitmapInspector},
+	{reflect.TypeFor[driver.GuestDefiner](), false, testGuestDefiner},
+	{reflect.TypeFor[driver.GuestRemover](), false, testGuestRemover},
+	{reflect.TypeFor[driver.DiskStater](), false, testDiskStater},
 }
 
 func implements(d driver.Driver, iface reflect.Type) bool {

@@ -415,6 +415,7 @@ func (d *Driver) Bitmaps(ctx context.Context, g driver.Guest) ([]driver.Bitmap, 
 		}
 	}
 	var out []driver.Bitmap
+	seen := map[string]bool{}
 	disks := make([]string, 0, len(chains))
 	for k := range chains {
 		disks = append(disks, k)
@@ -431,6 +432,17 @@ func (d *Driver) Bitmaps(ctx context.Context, g driver.Guest) ([]driver.Bitmap, 
 					continue
 				}
 				out = append(out, driver.Bitmap{Disk: disk, Image: img, Name: b.Name, Flags: b.Flags, Checkpoint: known[disk+"\x00"+b.Name]})
+				seen[disk+"\x00"+b.Name] = true
+			}
+		}
+		// A running QEMU writes the bitmaps it created into the image only when it
+		// closes it: until then the checkpoint's bitmap lives in QEMU alone.
+		if active && len(chains[disk]) > 0 {
+			for _, c := range own {
+				if !slices.Contains(c.x.tracked(), disk) || seen[disk+"\x00"+c.x.bitmap(disk)] {
+					continue
+				}
+				out = append(out, driver.Bitmap{Disk: disk, Image: chains[disk][0], Name: c.x.bitmap(disk), Flags: []string{"in-memory"}, Checkpoint: true})
 			}
 		}
 	}

@@ -3,6 +3,7 @@ package libvirt
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
@@ -26,6 +27,9 @@ func withoutInterfaces(xml string) (string, error) {
 // its managed save, snapshot and checkpoint metadata and NVRAM. A guest that is already
 // gone is not an error.
 func (d *Driver) RemoveGuest(ctx context.Context, g driver.Guest) error {
+	if !strings.HasPrefix(g.Name, driver.ThrowawayPrefix) {
+		return fmt.Errorf("refusing to remove guest %s on %s: autosnap only removes the throwaway guests it defined itself (named %s…)", g.Name, d.node, driver.ThrowawayPrefix)
+	}
 	dom, err := call(ctx, func() (golibvirt.Domain, error) { return d.l.DomainLookupByName(g.Name) })
 	if golibvirt.IsNotFound(err) {
 		return nil
