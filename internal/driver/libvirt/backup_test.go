@@ -643,6 +643,26 @@ func TestBackupLeftoverJob(t *testing.T) {
 		if err := e.bed.Conn.DomainBackupBegin(e.dom.Dom, x, golibvirt.OptString{}, 0); err != nil {
 			t.Fatal(err)
 		}
+		// Throttle the job so it is certainly still running when Backup looks, however
+		// fast or loaded the machine is.
+		out, err := e.bed.Conn.QEMUDomainMonitorCommand(e.dom.Dom, `{"execute":"query-block-jobs"}`, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var jobs struct {
+			Return []struct {
+				Device string `json:"device"`
+			} `json:"return"`
+		}
+		if err := json.Unmarshal([]byte(out), &jobs); err != nil || len(jobs.Return) == 0 {
+			t.Fatalf("query-block-jobs: %v %v", out, err)
+		}
+		for _, j := range jobs.Return {
+			cmd := fmt.Sprintf(`{"execute":"block-job-set-speed","arguments":{"device":%q,"speed":1048576}}`, j.Device)
+			if _, err := e.bed.Conn.QEMUDomainMonitorCommand(e.dom.Dom, cmd, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	begin()
 	_ = os.MkdirAll(filepath.Join(e.dir, "p1"), 0o700)
