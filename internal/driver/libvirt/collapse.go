@@ -108,19 +108,11 @@ func qemuImgSizes(ctx context.Context, path string) ([]sizedInfo, error) {
 //
 // Files are compared by identity (device and inode) on the local host.
 func (d *Driver) CollapseChain(ctx context.Context, g driver.Guest, opts driver.CollapseOptions) error {
-	dom, err := d.lookup(ctx, g)
+	dom, t, unlock, err := d.settledTree(ctx, g)
 	if err != nil {
 		return err
 	}
-	unlock := d.domLock(g.Key())
 	defer unlock()
-	if err := d.settle(ctx, g, dom); err != nil {
-		return err
-	}
-	t, err := d.loadTree(ctx, g, dom)
-	if err != nil {
-		return err
-	}
 	chains, active, err := d.chains(ctx, dom)
 	if err != nil {
 		return fmt.Errorf("guest %s: %w", g.Name, err)

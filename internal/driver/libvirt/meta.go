@@ -83,19 +83,11 @@ func (d *Driver) SetCurrent(ctx context.Context, g driver.Guest, name string) er
 // children to it and then forgets the old name; files keep their names (the metadata
 // records them). If a step fails, both names may exist; the error says which.
 func (d *Driver) EditSnapshot(ctx context.Context, g driver.Guest, name string, opts driver.EditOptions) error {
-	dom, err := d.lookup(ctx, g)
+	dom, t, unlock, err := d.settledTree(ctx, g)
 	if err != nil {
 		return err
 	}
-	unlock := d.domLock(g.Key())
 	defer unlock()
-	if err := d.settle(ctx, g, dom); err != nil {
-		return err
-	}
-	t, err := d.loadTree(ctx, g, dom)
-	if err != nil {
-		return err
-	}
 	m, ok := t.byName[name]
 	if !ok {
 		return fmt.Errorf("guest %s has no snapshot %q: %w", g.Name, name, driver.ErrNotFound)

@@ -13,19 +13,11 @@ import (
 // metadata as EditSnapshot does, so libvirt keeps it across restarts and no file
 // changes. A snapshot whose description is not autosnap's is refused.
 func (d *Driver) SetProtected(ctx context.Context, g driver.Guest, name string, protected bool) error {
-	dom, err := d.lookup(ctx, g)
+	dom, t, unlock, err := d.settledTree(ctx, g)
 	if err != nil {
 		return err
 	}
-	unlock := d.domLock(g.Key())
 	defer unlock()
-	if err := d.settle(ctx, g, dom); err != nil {
-		return err
-	}
-	t, err := d.loadTree(ctx, g, dom)
-	if err != nil {
-		return err
-	}
 	m, ok := t.byName[name]
 	if !ok {
 		return fmt.Errorf("guest %s has no snapshot %q: %w", g.Name, name, driver.ErrNotFound)

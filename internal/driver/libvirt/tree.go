@@ -59,6 +59,25 @@ func (t *snapTree) depth(name string) int {
 	return d
 }
 
+// settledTree looks g up, takes its lock, finishes what an interrupted run left half
+// done (settle) and loads its snapshot tree: the start of every change to a guest's
+// snapshot metadata. When err is nil the caller must call unlock.
+func (d *Driver) settledTree(ctx context.Context, g driver.Guest) (dom golibvirt.Domain, t *snapTree, unlock func(), err error) {
+	dom, err = d.lookup(ctx, g)
+	if err != nil {
+		return dom, nil, nil, err
+	}
+	unlock = d.domLock(g.Key())
+	if err = d.settle(ctx, g, dom); err == nil {
+		t, err = d.loadTree(ctx, g, dom)
+	}
+	if err != nil {
+		unlock()
+		return dom, nil, nil, err
+	}
+	return dom, t, unlock, nil
+}
+
 // loadTree reads every snapshot's metadata (secure XML) and the current snapshot.
 //
 // Each call to libvirt is bounded by the connection timeout.
