@@ -71,18 +71,10 @@ func (r repoGuest) Begin(m Meta) (Pending, error) {
 	return repoPending{p}, nil
 }
 
-// consistencyName is the repository's word for a consistency (docs/backup-format.md).
-func consistencyName(c driver.Consistency) string {
-	if c == driver.ConsistencyQuiesced {
-		return "application"
-	}
-	return string(c)
-}
-
 func toManifest(m Meta) repo.Manifest {
 	rm := repo.Manifest{
 		ID: m.ID, Level: string(m.Level), Chain: m.Chain, Parent: m.Parent, Checkpoint: m.Checkpoint,
-		Started: m.Started, Finished: m.Finished, Consistency: consistencyName(m.Consistency), Config: m.Config,
+		Started: m.Started, Finished: m.Finished, Consistency: string(m.Consistency), Config: m.Config,
 		AutosnapVersion: m.AutosnapVersion,
 	}
 	for _, d := range m.Disks {

@@ -99,7 +99,7 @@ func newBackupListCommand(g *GlobalOptions) *cobra.Command {
 		Long: `List every backup point in the repository DIR: guest, point id, time (the
 instant the data was captured), level (full, inc, diff, copy), chain (the id of
 the full the point stacks on; empty for a copy), parent, size on disk, virtual
-size (the guest's disk sizes added up), consistency (application: quiesced
+size (the guest's disk sizes added up), consistency (quiesced: filesystems frozen
 through the guest agent; crash; offline: the guest was shut off) and disks.
 
 --vmid selects guests of the repository by name, UUID, id or node (the same

@@ -49,7 +49,7 @@ func addPoint(t *testing.T, g *repo.Guest, level, parent string, at time.Time, p
 	}
 	qemu(t, "qemu-img", append(args, p.File("vda"), "8M")...)
 	qemu(t, "qemu-io", "-c", fmt.Sprintf("write -P 0x%02x %d 65536", pat, int(pat)*65536), p.File("vda"))
-	pt, err := p.Commit(ctx, repo.Manifest{Consistency: "application", Config: []byte("<domain/>")})
+	pt, err := p.Commit(ctx, repo.Manifest{Consistency: "quiesced", Config: []byte("<domain/>")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestBackupListCommand(t *testing.T) {
 	for i, p := range want {
 		got := rows[i]
 		if got.ID != p.ID || got.Level != p.Level || got.Chain != p.Chain || got.Parent != p.Parent || !got.Time.Equal(p.Started) ||
-			got.VirtualSize != 8<<20 || got.Consistency != "application" || len(got.Disks) != 1 || got.Dir != p.Dir {
+			got.VirtualSize != 8<<20 || got.Consistency != "quiesced" || len(got.Disks) != 1 || got.Dir != p.Dir {
 			t.Errorf("row %d: %+v, want point %+v", i, got, p.Manifest)
 		}
 	}

@@ -43,8 +43,10 @@ type Manifest struct {
 	// Started is the instant the data was captured; Finished when the copy ended.
 	Started  time.Time `json:"started"`
 	Finished time.Time `json:"finished"`
-	// Consistency says how the data was captured: "application" (quiesced through the
-	// guest agent), "crash" (not quiesced), "offline" (guest shut off).
+	// Consistency says how the data was captured, in driver.Consistency's words:
+	// "quiesced" (filesystems frozen through the guest agent), "crash" (not frozen),
+	// "offline" (guest shut off). Manifests of earlier versions saying "application"
+	// read as "quiesced".
 	Consistency string `json:"consistency"`
 	// Merged, set by a prune on the point that became its chain's full, says what
 	// the point was taken as and why it is a full now.
@@ -141,6 +143,10 @@ func backingPoint(backing string) (string, bool) {
 
 func backingName(pointID, file string) string { return "../" + pointID + "/" + file }
 
+// legacyQuiesced is what manifests written before the vocabulary was unified call a
+// quiesced point.
+const legacyQuiesced = "application"
+
 // readPoint reads the point in dir.
 func readPoint(dir string) (Point, error) {
 	data, err := os.ReadFile(filepath.Join(dir, ManifestFile))
@@ -162,6 +168,9 @@ func readPoint(dir string) (Point, error) {
 		return Point{}, fmt.Errorf("backup point %s: %w", dir, err)
 	}
 	m.Config = cfg
+	if m.Consistency == legacyQuiesced {
+		m.Consistency = "quiesced"
+	}
 	return Point{Manifest: m, Dir: dir}, nil
 }
 

@@ -194,7 +194,7 @@ func (p *Pending) Commit(ctx context.Context, m Manifest) (Point, error) {
 			return Point{}, fmt.Errorf("guest %s: point %s: disk %s was not announced to Begin", g.ID.Name, final.ID, d.Name)
 		}
 		file := p.File(d.Name)
-		info, err := imageInfo(ctx, file)
+		info, err := headerInfo(ctx, file)
 		if err != nil {
 			return Point{}, fmt.Errorf("guest %s: point %s, disk %s: %w", g.ID.Name, final.ID, d.Name, err)
 		}

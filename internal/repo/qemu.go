@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/autosnap/autosnap/internal/crash"
+	"github.com/autosnap/autosnap/internal/qcow2"
 )
 
 // Crash points of this package (see internal/crash): each names the moment just
@@ -77,4 +78,16 @@ func chainInfo(ctx context.Context, file string) ([]imgInfo, error) {
 		return nil, fmt.Errorf("qemu-img info --backing-chain %s: %w", file, err)
 	}
 	return is, nil
+}
+
+// headerInfo reads format, virtual size and backing file of one image from its
+// qcow2 header in-process (internal/qcow2), and through qemu-img info for anything
+// else (another format, a header it does not interpret), whose answer then names
+// the format.
+func headerInfo(ctx context.Context, file string) (imgInfo, error) {
+	h, err := qcow2.ReadHeader(file)
+	if err != nil {
+		return imageInfo(ctx, file)
+	}
+	return imgInfo{Filename: file, Format: "qcow2", VirtualSize: h.Size, BackingFilename: h.Backing, BackingFormat: h.BackingFormat}, nil
 }

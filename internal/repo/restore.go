@@ -33,12 +33,7 @@ func (g *Guest) RestoreDisk(ctx context.Context, point Point, disk, out, format 
 	}
 	tmp := filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+".restoring")
 	_ = os.Remove(tmp)
-	args := []string{"convert", "-f", "qcow2", "-O", format}
-	if format == "qcow2" {
-		args = append(args, "-o", "compat=1.1")
-	}
-	args = append(args, src, tmp)
-	if _, err := qemuImg(ctx, args...); err != nil {
+	if err := convertOut(ctx, src, tmp, format); err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("guest %s: restoring disk %s of point %s to %s: %w", g.ID.Name, disk, point.ID, out, err)
 	}
@@ -90,8 +85,33 @@ func (g *Guest) restoreToDevice(ctx context.Context, point Point, disk, src, dev
 	if uint64(devSize) < size {
 		return fmt.Errorf("guest %s: disk %s of point %s is %d bytes, the device %s only %d: use a larger one", g.ID.Name, disk, point.ID, size, dev, devSize)
 	}
-	if _, err := qemuImg(ctx, "convert", "-n", "-f", "qcow2", "-O", "raw", "-t", "none", src, dev); err != nil {
+	if _, err := qemuImg(ctx, "convert", "-n", "-W", "-f", "qcow2", "-O", "raw", "-t", "none", src, dev); err != nil {
 		return fmt.Errorf("guest %s: restoring disk %s of point %s into %s: %w", g.ID.Name, disk, point.ID, dev, err)
 	}
 	return syncFile(dev)
+}
+
+// convertOut writes the chain ending in src to the new image file tmp in format, thin.
+// The target is written with O_DIRECT (-t none: no second copy through the page
+// cache, no write-back storm for the final flush to wait on) and out of order (-W:
+// the coroutines do not wait for each other; the result is the same image). Where the
+// target's file system refuses O_DIRECT (tmpfs), it falls back to the page cache.
+// Either way qemu-img flushes the target when it closes it.
+func convertOut(ctx context.Context, src, tmp, format string) error {
+	args := func(cache string) []string {
+		a := []string{"convert", "-W", "-t", cache, "-f", "qcow2", "-O", format}
+		if format == "qcow2" {
+			a = append(a, "-o", "compat=1.1")
+		}
+		return append(a, src, tmp)
+	}
+	_, err := qemuImg(ctx, args("none")...)
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	_ = os.Remove(tmp)
+	if _, err2 := qemuImg(ctx, args("writeback")...); err2 != nil {
+		return fmt.Errorf("%w (with O_DIRECT: %v)", err2, err)
+	}
+	return nil
 }

@@ -16,12 +16,26 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/qcow2"
 )
 
 var _ driver.Backupper = (*Driver)(nil)
 
-// backupPoll is how often a running backup job is polled for progress and its end.
-const backupPoll = 100 * time.Millisecond
+// backupPoll is how often a running backup job is polled for progress and its end,
+// after its first backupFastFor, during which it is polled every backupPollFast.
+const (
+	backupPoll     = 100 * time.Millisecond
+	backupPollFast = 10 * time.Millisecond
+	backupFastFor  = 2 * time.Second
+)
+
+// pollInterval is the wait before the next poll of a job running for elapsed.
+func pollInterval(elapsed time.Duration) time.Duration {
+	if elapsed < backupFastFor {
+		return backupPollFast
+	}
+	return backupPoll
+}
 
 // backupDisks lists the disks of a definition a backup can cover: real disks (not
 // cdrom, floppy or lun), writable and not shared (a read-only or shared disk is not the
@@ -213,10 +227,19 @@ func incremental(req driver.BackupRequest, t driver.BackupTarget) bool {
 }
 
 // createTarget creates one target file, mode 0600: qcow2 of the disk's size, with its
-// backing file when the disk is copied incrementally.
+// backing file when the disk is copied incrementally. It is written in-process
+// (internal/qcow2, what qemu-img create writes, without a process start); a size
+// that is no multiple of 512 goes to qemu-img.
 func createTarget(ctx context.Context, t driver.BackupTarget, size uint64, withBacking bool) error {
 	if _, err := os.Lstat(t.File); err == nil {
 		return fmt.Errorf("target %s already exists", t.File)
+	}
+	if size%512 == 0 {
+		backing, bfmt := "", ""
+		if withBacking {
+			backing, bfmt = t.Backing, "qcow2"
+		}
+		return qcow2.Create(t.File, size, backing, bfmt)
 	}
 	args := []string{"create", "-q", "-f", "qcow2"}
 	if withBacking {
@@ -412,8 +435,10 @@ func (d *Driver) waitBackup(ctx context.Context, g driver.Guest, dom golibvirt.D
 		})
 	}
 	var last uint64
-	// Short jobs end within a few polls: start fast, settle at backupPoll.
-	wait := 10 * time.Millisecond
+	// An incremental job often ends within a few hundred milliseconds, where a
+	// backupPoll interval would add up to a tenth of a second to it: poll every
+	// backupPollFast (one cheap RPC) for the first backupFastFor, then settle.
+	start := time.Now()
 	for {
 		s, err := get(0)
 		if err != nil {
@@ -433,9 +458,8 @@ func (d *Driver) waitBackup(ctx context.Context, g driver.Guest, dom golibvirt.D
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("guest %s on %s: backup stopped: %w", g.Name, d.node, ctx.Err())
-		case <-time.After(wait):
+		case <-time.After(pollInterval(time.Since(start))):
 		}
-		wait = min(2*wait, backupPoll)
 	}
 	s, err := get(golibvirt.DomainJobStatsCompleted)
 	if err != nil {
@@ -496,8 +520,12 @@ func (d *Driver) abortStaleBackup(ctx context.Context, dom golibvirt.Domain) err
 }
 
 // allocatedBytes is how much data the top layer of a qcow2 file holds (its own data
-// clusters, not its backing file's, not zero clusters).
+// clusters, not its backing file's, not zero clusters): read from its tables
+// in-process, through qemu-img map for images internal/qcow2 does not interpret.
 func allocatedBytes(ctx context.Context, file string) (uint64, error) {
+	if n, err := qcow2.Allocated(file); !errors.Is(err, qcow2.ErrUnsupported) {
+		return n, err
+	}
 	out, err := runCmd(ctx, "qemu-img", "map", "-U", "-f", "qcow2", "--output=json", file)
 	if err != nil {
 		return 0, err

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
@@ -132,10 +133,24 @@ func (d *Driver) checkpoints(ctx context.Context, dom golibvirt.Domain, active b
 	}
 	cache := bitmapCache{}
 	out := make([]driver.Checkpoint, 0, len(own))
-	for _, c := range own {
+	// A running guest's checkpoints are validated concurrently: each validation is a
+	// libvirt job (a QEMU query and a metadata write) whose round trips overlap.
+	invalid := make([]error, len(own))
+	if active {
+		var wg sync.WaitGroup
+		for i, c := range own {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				invalid[i] = d.validateCheckpoint(ctx, dom, c.h)
+			}()
+		}
+		wg.Wait()
+	}
+	for i, c := range own {
 		cp := driver.Checkpoint{Name: c.x.Name, Created: time.Unix(c.x.CreationTime, 0).UTC(), Disks: c.x.tracked()}
 		if active {
-			if err := d.validateCheckpoint(ctx, dom, c.h); err != nil {
+			if err := invalid[i]; err != nil {
 				cp.Unusable = "libvirt cannot read its changes: " + libvirtMessage(err)
 			}
 		} else {
