@@ -12,7 +12,7 @@
 // the image files on disk, chain depth, no block job and no journal record left over.
 // The test log ends with the matrix: one row per scenario, repaired or failed and why.
 //
-// The scenarios that restart libvirtd always run, unless AUTOSNAP_CRASHTEST_RESTART=0
-// turns them off for a developer sharing the machine (a restart disconnects every
-// libvirt client on it). docs/crashtest.md lists the scenarios and how each is forced.
+// Nothing in it skips: the scenarios that restart libvirtd always run (a restart
+// disconnects every libvirt client on the machine; a developer sharing it selects the
+// kill rows alone with -run TestCrashMatrix/kill). docs/crashtest.md lists the scenarios and how each is forced.
 package crashtest
