@@ -316,23 +316,7 @@ func TestBackupAcrossSnapshots(t *testing.T) {
 	e.backup(t, "p1", driver.LevelFull, "", "autosnap-p1", "", disks...)
 	e.checkPoint(t, "p1", e.capture(t, disks...))
 	prev := "p1"
-	steps := []struct {
-		name string
-		do   func()
-	}{
-		{"snapshot s1", func() { e.snap(t, "s1", false, false) }},
-		{"snapshot s2", func() { e.snap(t, "s2", false, false) }},
-		{"merge of s1 (intermediate)", func() {
-			if err := e.d.DeleteSnapshot(rctx(t), e.guest(t), "s1"); err != nil {
-				t.Fatal(err)
-			}
-		}},
-		{"merge of s2 (active)", func() {
-			if err := e.d.DeleteSnapshot(rctx(t), e.guest(t), "s2"); err != nil {
-				t.Fatal(err)
-			}
-		}},
-	}
+	steps := e.snapshotSteps(t)
 	for i, s := range steps {
 		write(int64(4+4*i)*mib, byte(0x20+0x10*i))
 		s.do()
@@ -810,23 +794,7 @@ func TestBackupShutoffSnapshots(t *testing.T) {
 	e.backup(t, "p1", driver.LevelFull, "", "autosnap-p1", "", disks...)
 	e.stop(t)
 	prev := "p1"
-	steps := []struct {
-		name string
-		do   func()
-	}{
-		{"snapshot s1", func() { e.snap(t, "s1", false, false) }},
-		{"snapshot s2", func() { e.snap(t, "s2", false, false) }},
-		{"merge of s1", func() {
-			if err := e.d.DeleteSnapshot(rctx(t), e.guest(t), "s1"); err != nil {
-				t.Fatal(err)
-			}
-		}},
-		{"merge of s2", func() {
-			if err := e.d.DeleteSnapshot(rctx(t), e.guest(t), "s2"); err != nil {
-				t.Fatal(err)
-			}
-		}},
-	}
+	steps := e.snapshotSteps(t)
 	for i, s := range steps {
 		for j, d := range disks {
 			qemuIO(t, e.dom.Chain(t, d)[0], fmt.Sprintf("write -P 0x%x %d %d", 0x50+0x10*i+j, (4+4*i)*mib, mib))
@@ -1078,4 +1046,28 @@ func qemuImgBitmaps(t *testing.T, file string) string {
 		}
 	}
 	return strings.Join(names, " ")
+}
+
+// bkStep is one change to a guest's snapshots between two backups.
+type bkStep struct {
+	name string
+	do   func()
+}
+
+// snapshotSteps takes snapshots s1 and s2, then merges s1 (an intermediate merge) and
+// s2 (the active layer): the changes backups must keep working across.
+func (e *bkEnv) snapshotSteps(t *testing.T) []bkStep {
+	del := func(name string) func() {
+		return func() {
+			if err := e.d.DeleteSnapshot(rctx(t), e.guest(t), name); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return []bkStep{
+		{"snapshot s1", func() { e.snap(t, "s1", false, false) }},
+		{"snapshot s2", func() { e.snap(t, "s2", false, false) }},
+		{"merge of s1 (intermediate)", del("s1")},
+		{"merge of s2 (active)", del("s2")},
+	}
 }
