@@ -146,7 +146,8 @@ set the flags of the same name. --password file:PATH reads the password from a f
 	addCompatFlags(f, g)
 
 	root.AddCommand(newVersionCommand(g), newVMCommand(g), newSnapCommand(g), newCleanCommand(g), newStatusCommand(g), newSnapshotCommand(g), newWatchdogCommand(g),
-		newBackupCommand(g), newRestoreCommand(g), newBitmapsCommand(g))
+		newBackupCommand(g), newRestoreCommand(g), newBitmapsCommand(g),
+		newPolicyCommand(g), newDaemonCommand(g), newHistoryCommand(g), newMonitorCommand(g))
 	markRun(root, &g.ran)
 	return root, g
 }

@@ -48,8 +48,11 @@ type Job struct {
 	// Hooks runs --script; nil runs none.
 	Hooks *hook.Runner
 
-	Label  string
-	Keep   int
+	Label string
+	Keep  int
+	// Retain, when set, replaces Keep with calendar (GFS) rules over the label's
+	// snapshots, by the time in their names (snap/clean --keep-daily …, policies).
+	Retain *retention.GFS
 	Format naming.Format
 	// Location is the time zone of the timestamps in names (cv4pve uses local time).
 	Location *time.Location
