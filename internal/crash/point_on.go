@@ -65,3 +65,12 @@ func Point(name string) {
 	_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 	select {} // never continue past the point
 }
+
+// CommitBandwidth is the bandwidth in MiB/s live block commits start with:
+// AUTOSNAP_CRASH_COMMIT_MIBPS when set, else 0 (no limit). The crash matrix starts the
+// commits it interrupts slowly so that they are still in flight when it looks, however
+// fast the machine copies; the shipped binary always passes 0.
+func CommitBandwidth() uint64 {
+	n, _ := strconv.ParseUint(os.Getenv("AUTOSNAP_CRASH_COMMIT_MIBPS"), 10, 64)
+	return n
+}

@@ -57,7 +57,11 @@ func TestMain(m *testing.M) {
 				return 1
 			}
 		}
-		return m.Run()
+		code := m.Run()
+		if lastMatrix != nil {
+			fmt.Printf("\n%s%s", matrixTable(lastMatrix), matrixFailures(lastMatrix))
+		}
+		return code
 	}())
 }
 
@@ -221,6 +225,8 @@ type crashRun struct {
 	// atPoint runs while autosnap waits at the point (pauseThenKill, restartAtPoint);
 	// an error fails the scenario.
 	atPoint func(p *paused) error
+	// env is added to the interrupted run's environment.
+	env []string
 }
 
 // paused is an autosnap process waiting at its crash point.
@@ -250,6 +256,7 @@ func runCrash(t testing.TB, stateDir, scratch string, c crashRun, restart func()
 	}
 	cmd := exec.Command(crashBin, args...)
 	cmd.Env = append(baseEnv(stateDir), "AUTOSNAP_CRASH_AT="+c.point, "AUTOSNAP_CRASH_FILE="+flag, "AUTOSNAP_CRASH_MODE="+mode)
+	cmd.Env = append(cmd.Env, c.env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

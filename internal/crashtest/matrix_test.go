@@ -29,6 +29,10 @@ type scenario struct {
 	killGroup bool
 	// atPoint runs while autosnap waits at the point (pauseThenKill, restartAtPoint).
 	atPoint func(e *env, p *paused) error
+	// slowCommit starts the interrupted run's live block commits at 1 MiB/s, so that
+	// the job is still in flight when the test looks at it, however fast this machine
+	// copies (a fast copy once finished 256 MiB before the harness could throttle it).
+	slowCommit bool
 
 	spec   testbed.DomainSpec
 	disks  []string // patterned disks; all when empty
@@ -113,11 +117,11 @@ func scenarios() []scenario {
 			cmd: snapKeep(1), cmdLabel: "snap --keep 1", crashNew: 1,
 			writeAfterCrash: true, expect: keepNewest(1)},
 		{name: "merge.commit-started (job left running)", point: crash.MergeCommitStarted, how: pauseThenKill, killGroup: true,
-			atPoint: throttleJob, spec: bigPausedSpec, bigMiB: bigLiveMiB, prior: 1,
+			atPoint: throttleJob, slowCommit: true, spec: bigPausedSpec, bigMiB: bigLiveMiB, prior: 1,
 			cmd: snapKeep(1), cmdLabel: "snap --keep 1", crashNew: 1,
 			afterCrash: jobKeepsRunning, writeAfterCrash: true, expect: keepNewest(1)},
 		{name: "merge.commit-started (libvirt finishes it)", point: crash.MergeCommitStarted, how: pauseThenKill, killGroup: true,
-			atPoint: throttleJob, spec: bigPausedSpec, bigMiB: bigLiveMiB, prior: 1,
+			atPoint: throttleJob, slowCommit: true, spec: bigPausedSpec, bigMiB: bigLiveMiB, prior: 1,
 			cmd: snapKeep(1), cmdLabel: "snap --keep 1", crashNew: 1,
 			afterCrash: jobFinishes, writeAfterCrash: true, expect: keepNewest(1)},
 		{name: "merge.commit-ready", point: crash.MergeCommitReady, how: killAtPoint,
@@ -161,7 +165,7 @@ func scenarios() []scenario {
 			cmd: revertTo(0), cmdLabel: "snapshot revert (oldest, with RAM)", crashNew: 0,
 			expect: revertedTo(0, libvirt.DomainRunning)},
 		{name: "collapse.started", point: crash.CollapseStarted, how: pauseThenKill, killGroup: true,
-			atPoint: throttleJob, spec: bigPausedSpec, bigMiB: bigLiveMiB, prior: 2,
+			atPoint: throttleJob, slowCommit: true, spec: bigPausedSpec, bigMiB: bigLiveMiB, prior: 2,
 			cmd: collapse, cmdLabel: "snapshot chain collapse --forget-snapshots", crashNew: 0,
 			afterCrash: jobKeepsRunning, writeAfterCrash: true, expect: collapsed},
 	}
@@ -174,7 +178,7 @@ func scenarios() []scenario {
 			spec: pausedSpec, bigMiB: smallMiB, prior: 2,
 			cmd: snapKeep(2), cmdLabel: "snap --keep 2", crashNew: 1,
 			writeAfterCrash: true, expect: keepNewest(2)},
-		{name: "merge.commit-started", point: crash.MergeCommitStarted, atPoint: throttleJob,
+		{name: "merge.commit-started", point: crash.MergeCommitStarted, atPoint: throttleJob, slowCommit: true,
 			spec: bigPausedSpec, bigMiB: bigLiveMiB, prior: 1,
 			cmd: snapKeep(1), cmdLabel: "snap --keep 1", crashNew: 1,
 			afterCrash: speedUpJob, writeAfterCrash: true, expect: keepNewest(1)},
@@ -190,7 +194,7 @@ func scenarios() []scenario {
 			spec: pausedSpec, bigMiB: smallMiB, prior: 2,
 			cmd: revertTo(0, "--force"), cmdLabel: "snapshot revert --force (oldest)", crashNew: 0,
 			expect: revertedTo(0, libvirt.DomainShutoff)},
-		{name: "collapse.started", point: crash.CollapseStarted, atPoint: throttleJob,
+		{name: "collapse.started", point: crash.CollapseStarted, atPoint: throttleJob, slowCommit: true,
 			spec: bigPausedSpec, bigMiB: bigLiveMiB, prior: 2,
 			cmd: collapse, cmdLabel: "snapshot chain collapse --forget-snapshots", crashNew: 0,
 			afterCrash: speedUpJob, writeAfterCrash: true, expect: collapsed},
@@ -247,8 +251,9 @@ func collapsed(e *env) expectation {
 
 // Actions at the point and after the interruption.
 
-// throttleJob slows the block job autosnap just started to 1 MiB/s, so that it is
-// still running when autosnap is interrupted, and checks that it has not finished.
+// throttleJob holds the block job autosnap just started (at 1 MiB/s: slowCommit) at
+// 1 MiB/s, so that it is still running when autosnap is interrupted, and checks that
+// it has not finished.
 func throttleJob(e *env, p *paused) error {
 	disk, cur, end, err := e.blockJob()
 	if err != nil {
@@ -458,6 +463,9 @@ func runScenario(t *testing.T, sc scenario) []string {
 	args := sc.cmd(e)
 
 	c := crashRun{point: sc.point, how: sc.how, killGroup: sc.killGroup}
+	if sc.slowCommit {
+		c.env = append(c.env, "AUTOSNAP_CRASH_COMMIT_MIBPS=1")
+	}
 	if sc.atPoint != nil {
 		c.atPoint = func(p *paused) error { return sc.atPoint(e, p) }
 	}
@@ -578,6 +586,27 @@ func TestCrashMatrix(t *testing.T) {
 		}
 	})
 	t.Logf("\n%s", matrixTable(rows))
+	lastMatrix = rows
+}
+
+// lastMatrix is the matrix of the last TestCrashMatrix run; TestMain prints it, with
+// every reason of every failed row, after all tests, so that it ends the log that CI
+// shows (parallel harness tests otherwise print after it).
+var lastMatrix []*row
+
+// matrixFailures lists every failed row with all its reasons.
+func matrixFailures(rows []*row) string {
+	var b strings.Builder
+	for i, r := range rows {
+		if r.outcome != "FAILED" {
+			continue
+		}
+		fmt.Fprintf(&b, "FAILED #%d %s (%s, %s):\n", i+1, r.sc.name, r.sc.how, r.sc.cmdLabel)
+		for _, reason := range r.reasons {
+			fmt.Fprintf(&b, "    %s\n", reason)
+		}
+	}
+	return b.String()
 }
 
 // matrixTable renders the rows as a plain-text table, one line per scenario, with the

@@ -175,7 +175,7 @@ func (d *Driver) commitLive(ctx context.Context, dom golibvirt.Domain, disk, top
 		}
 		rctx, cancel := d.rpcCtx(ctx)
 		err := call0(rctx, func() error {
-			return d.l.DomainBlockCommit(dom, disk, golibvirt.OptString{base}, golibvirt.OptString{top}, 0, flags)
+			return d.l.DomainBlockCommit(dom, disk, golibvirt.OptString{base}, golibvirt.OptString{top}, crash.CommitBandwidth(), flags)
 		})
 		cancel()
 		if err != nil {
