@@ -106,7 +106,13 @@ through the guest agent; crash; offline: the guest was shut off) and disks.
 grammar as everywhere; no hypervisor is contacted).
 
 JSON keys: guest, uuid, id (point id), time, level, chain, parent, checkpoint,
-size, virtual_size (bytes), consistency, disks, dir.`,
+size, virtual_size (bytes), consistency, disks, dir.
+
+DIR may also be a qmpbackup target (its uuid file, FULL-*/INC-*/COPY-* files per
+disk, YYYY-MM chains of --monthly) or a directory of such targets, one per VM:
+each target lists as a guest named after its directory, with three more columns:
+state (complete; incomplete: a .partial file, qmpbackup did not finish it;
+broken: it depends on an incomplete point), reason and format (qmpbackup).`,
 		Example: `  autosnap backup list --target /backup
   autosnap --vmid web1 -o json backup list --target /backup`,
 		Args: cobra.NoArgs,
@@ -127,6 +133,12 @@ var backupListColumns = []report.Column{
 }
 
 func runBackupList(ctx context.Context, g *GlobalOptions, o *BackupListOptions) error {
+	if qb, err := qmpbackupLayout(o.Target); err != nil || qb {
+		if err != nil {
+			return err
+		}
+		return listQmpbackup(ctx, g, o.Target)
+	}
 	_, gs, err := g.repoGuests(o.Target)
 	if err != nil {
 		return err
