@@ -587,11 +587,17 @@ func (g *QmpbackupGuest) RestoreDisk(ctx context.Context, p QmpbackupPoint, disk
 		return fmt.Errorf("qmpbackup target %s: point %s has no disk %s (it has %s)", g.Dir, p.ID, disk, diskNames(p.Point))
 	}
 	chain := p.chain[disk]
-	src, err := chainSpec(ctx, chain)
+	src, srcFmt, err := chainSpec(ctx, chain)
 	if err != nil {
 		return fmt.Errorf("qmpbackup target %s: disk %s of point %s: %w", g.Dir, disk, p.ID, err)
 	}
 	if st, err := os.Stat(out); err == nil && st.Mode()&os.ModeDevice != 0 {
+		if srcFmt == "raw" && format == "raw" {
+			if _, err := qemuImg(ctx, "convert", "-n", "-W", "-f", "raw", "-O", "raw", "-t", "none", src, out); err != nil {
+				return fmt.Errorf("qmpbackup target %s: restoring disk %s of point %s into %s: %w", g.Dir, disk, p.ID, out, err)
+			}
+			return syncFile(out)
+		}
 		rg := &Guest{ID: g.ID, Dir: g.Dir}
 		return rg.restoreToDevice(ctx, p.Point, disk, src, out, format, d.VirtualSize)
 	}
@@ -601,7 +607,12 @@ func (g *QmpbackupGuest) RestoreDisk(ctx context.Context, p QmpbackupPoint, disk
 		_ = os.Remove(tmp)
 		return fmt.Errorf("qmpbackup target %s: restoring disk %s of point %s to %s: %w", g.Dir, disk, p.ID, out, err)
 	}
-	if err := convertOut(ctx, src, tmp, format); err != nil {
+	if srcFmt == "raw" {
+		err = qbConvertRaw(ctx, src, tmp, format)
+	} else {
+		err = convertOut(ctx, src, tmp, format)
+	}
+	if err != nil {
 		return fail(err)
 	}
 	if err := os.Chmod(tmp, 0o600); err != nil {
@@ -616,28 +627,54 @@ func (g *QmpbackupGuest) RestoreDisk(ctx context.Context, p QmpbackupPoint, disk
 	return syncDir(filepath.Dir(out))
 }
 
-// chainSpec is a json: image name that opens chain (oldest first) as one qcow2
-// backing chain: each image's backing is the one before it, the oldest has none,
-// whatever their headers say. Every image must be qcow2: an INC is a qcow2 image of
-// changed clusters, and qmpbackup's raw incs (--include-raw) are not layered images.
-func chainSpec(ctx context.Context, chain []string) (string, error) {
+// chainSpec is the image a restore reads and its format. For a qcow2 chain (oldest
+// first) it is a json: name that opens the chain as one backing chain: each image's
+// backing is the one before it, the oldest has none, whatever their headers say. A
+// raw FULL or COPY (qmpbackup --include-raw) is read as it is. qmpbackup's raw INCs
+// are refused: they mark unchanged blocks only by holes, and a block the guest zeroed
+// may be stored as a hole too, so no reader can tell the two apart.
+func chainSpec(ctx context.Context, chain []string) (string, string, error) {
 	if len(chain) == 0 {
-		return "", errors.New("no images")
+		return "", "", errors.New("no images")
 	}
 	var spec any // nil marshals as null: no backing
 	for _, f := range chain {
 		info, err := headerInfo(ctx, f)
 		if err != nil {
-			return "", err
+			return "", "", err
+		}
+		if info.Format == "raw" && len(chain) == 1 {
+			return f, "raw", nil
 		}
 		if info.Format != "qcow2" {
-			return "", fmt.Errorf("%s is a %s image: only qcow2 qmpbackup chains can be restored here (restore a raw one as qmpbackup's README says: cp the FULL, then cp --sparse=always each INC over it)", f, info.Format)
+			return "", "", fmt.Errorf("%s is a %s image in a chain of %d: only qcow2 incs can be restored (qmpbackup's raw incs mark unchanged blocks by holes, which a zeroed block may also be); restore the raw FULL, or convert the chain by hand", f, info.Format, len(chain))
 		}
 		spec = map[string]any{"driver": "qcow2", "file": map[string]any{"driver": "file", "filename": f}, "backing": spec}
 	}
 	b, err := json.Marshal(spec)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
-	return "json:" + string(b), nil
+	return "json:" + string(b), "qcow2", nil
+}
+
+// qbConvertRaw writes the raw image src to the new image file tmp in format, thin,
+// like convertOut does for qcow2 sources.
+func qbConvertRaw(ctx context.Context, src, tmp, format string) error {
+	args := func(cache string) []string {
+		a := []string{"convert", "-W", "-t", cache, "-f", "raw", "-O", format}
+		if format == "qcow2" {
+			a = append(a, "-o", "compat=1.1")
+		}
+		return append(a, src, tmp)
+	}
+	_, err := qemuImg(ctx, args("none")...)
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	_ = os.Remove(tmp)
+	if _, err2 := qemuImg(ctx, args("writeback")...); err2 != nil {
+		return fmt.Errorf("%w (with O_DIRECT: %v)", err2, err)
+	}
+	return nil
 }

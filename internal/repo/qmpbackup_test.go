@@ -294,3 +294,45 @@ func TestDetectLayout(t *testing.T) {
 		t.Errorf("NeitherError: %v", err)
 	}
 }
+
+// TestQmpbackupRaw: a raw FULL (qmpbackup --include-raw) restores as it is, to qcow2
+// and raw; a chain with a raw INC is refused with the reason.
+func TestQmpbackupRaw(t *testing.T) {
+	ctx := context.Background()
+	target := filepath.Join(t.TempDir(), "vm")
+	q := filepath.Join(t.TempDir(), "src.qcow2")
+	qbImage(t, q, "3@1", "4@2")
+	os.MkdirAll(filepath.Join(target, "disk3.raw"), 0o700)
+	os.WriteFile(filepath.Join(target, "uuid"), []byte("u1"), 0o600)
+	full := filepath.Join(target, "disk3.raw/FULL-1764460800-disk3.raw")
+	if out, err := exec.Command("qemu-img", "convert", "-O", "raw", q, full).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	inc := filepath.Join(target, "disk3.raw/INC-1764464400-disk3.raw")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "raw", inc, "4M").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	qt, err := OpenQmpbackup(ctx, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := qt.Guests[0]
+	ps := g.Points()
+	if len(ps) != 2 || ps[0].Disks[0].Name != "disk3" || ps[0].Disks[0].Format != "raw" {
+		t.Fatalf("points %+v", ps)
+	}
+	want := rawSum(t, q)
+	for _, f := range []string{"qcow2", "raw"} {
+		out := filepath.Join(t.TempDir(), "out."+f)
+		if err := g.RestoreDisk(ctx, ps[0], "disk3", out, f); err != nil {
+			t.Fatal(err)
+		}
+		if rawSum(t, out) != want {
+			t.Errorf("raw FULL restored as %s differs", f)
+		}
+	}
+	err = g.RestoreDisk(ctx, ps[1], "disk3", filepath.Join(t.TempDir(), "x.qcow2"), "qcow2")
+	if err == nil || !strings.Contains(err.Error(), "raw incs mark unchanged blocks by holes") {
+		t.Errorf("restore of a raw inc chain: %v", err)
+	}
+}
