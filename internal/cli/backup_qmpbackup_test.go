@@ -144,3 +144,43 @@ func TestQmpbackupListGolden(t *testing.T) {
 		t.Errorf("restore from a mixed directory: exit %d %s", r.code, r.stderr)
 	}
 }
+
+// TestQmpbackupRestoreOptions: on the synthetic tree, --until takes a time (the newest
+// complete point at or before it), --dry-run writes nothing, --disk restores one
+// disk, a broken point is refused with its reason, and --in-place is refused.
+func TestQmpbackupRestoreOptions(t *testing.T) {
+	local := time.Local
+	time.Local = time.UTC
+	t.Cleanup(func() { time.Local = local })
+	root := qbTree(t)
+	to := filepath.Join(t.TempDir(), "out")
+
+	r := mustRun(t, "--dry-run", "--vmid", "web1", "restore", "--target", root, "--until", "2025-11-30 01:30", "--to", to)
+	if !strings.Contains(r.stdout, "Restoring point 20251130T010000Z-inc") || !strings.Contains(r.stdout, "would write disk vdb to "+filepath.Join(to, "vdb.qcow2")+" (qcow2) from 2 image(s)") {
+		t.Errorf("dry run:\n%s", r.stdout)
+	}
+	if _, err := os.Stat(to); err == nil {
+		t.Errorf("--dry-run created %s", to)
+	}
+	// A date means the end of that day: the newest complete point is the copy (the
+	// 04:00 inc is broken).
+	r = mustRun(t, "--vmid", "web1", "restore", "--target", root, "--until", "2025-11-30", "--to", to, "--disk", "vda", "--format", "raw")
+	if !strings.Contains(r.stdout, "Restoring point 20251130T030000Z-copy") {
+		t.Errorf("--until a date:\n%s", r.stdout)
+	}
+	if ents, _ := os.ReadDir(to); len(ents) != 1 || ents[0].Name() != "vda.raw" {
+		t.Errorf("--disk vda wrote %v", ents)
+	}
+	r = run(t, "--vmid", "web1", "restore", "--target", root, "--until", "20251130T040000Z-inc", "--to", to)
+	if r.code != ExitFailure || !strings.Contains(r.stderr, "broken: it depends on the incomplete point 20251130T020000Z-inc") {
+		t.Errorf("restore of a broken point: exit %d %s", r.code, r.stderr)
+	}
+	r = run(t, "--vmid", "web1", "restore", "--target", root, "--in-place", "--force")
+	if r.code != ExitUsage || !strings.Contains(r.stderr, "records no guest identity") {
+		t.Errorf("--in-place: exit %d %s", r.code, r.stderr)
+	}
+	r = run(t, "--vmid", "nosuch", "restore", "--target", root, "--to", to)
+	if r.code != ExitUsage || !strings.Contains(r.stderr, "db1, flat, web1") {
+		t.Errorf("unknown --vmid: exit %d %s", r.code, r.stderr)
+	}
+}
