@@ -184,3 +184,19 @@ func TestQmpbackupRestoreOptions(t *testing.T) {
 		t.Errorf("unknown --vmid: exit %d %s", r.code, r.stderr)
 	}
 }
+
+// TestQmpbackupVerifyPruneRefused: verify and prune, which read and change only
+// autosnap repositories, refuse a qmpbackup directory and say which commands read it.
+func TestQmpbackupVerifyPruneRefused(t *testing.T) {
+	root := qbTree(t)
+	before := fmt.Sprint(treeSums(t, root))
+	for _, args := range [][]string{{"backup", "verify", "--target", root}, {"backup", "prune", "--target", root, "--keep-last", "1"}} {
+		r := run(t, args...)
+		if r.code == 0 || !strings.Contains(r.stderr, "holds qmpbackup backups: autosnap reads them with backup list and restore only") {
+			t.Errorf("%v: exit %d %s", args, r.code, r.stderr)
+		}
+	}
+	if fmt.Sprint(treeSums(t, root)) != before {
+		t.Errorf("verify or prune changed the qmpbackup files")
+	}
+}

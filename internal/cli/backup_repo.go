@@ -33,6 +33,9 @@ func (g *GlobalOptions) repoGuests(target string) (*repo.Repo, []*repo.Guest, er
 	}
 	r, err := repo.OpenExisting(target)
 	if err != nil {
+		if qb, _ := qmpbackupLayout(target); qb {
+			return nil, nil, fmt.Errorf("%s holds qmpbackup backups: autosnap reads them with backup list and restore only (verify them with qemu-img check, prune them with qmpbackup's own tools): %w", target, err)
+		}
 		return nil, nil, err
 	}
 	gs, err := r.Guests()
