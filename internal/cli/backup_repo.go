@@ -33,6 +33,9 @@ func (g *GlobalOptions) repoGuests(target string) (*repo.Repo, []*repo.Guest, er
 	}
 	r, err := repo.OpenExisting(target)
 	if err != nil {
+		if qb, _ := qmpbackupLayout(target); qb {
+			return nil, nil, fmt.Errorf("%s holds qmpbackup backups: autosnap reads them with backup list and restore only (verify them with qemu-img check, prune them with qmpbackup's own tools): %w", target, err)
+		}
 		return nil, nil, err
 	}
 	gs, err := r.Guests()
@@ -106,7 +109,13 @@ through the guest agent; crash; offline: the guest was shut off) and disks.
 grammar as everywhere; no hypervisor is contacted).
 
 JSON keys: guest, uuid, id (point id), time, level, chain, parent, checkpoint,
-size, virtual_size (bytes), consistency, disks, dir.`,
+size, virtual_size (bytes), consistency, disks, dir.
+
+DIR may also be a qmpbackup target (its uuid file, FULL-*/INC-*/COPY-* files per
+disk, YYYY-MM chains of --monthly) or a directory of such targets, one per VM:
+each target lists as a guest named after its directory, with three more columns:
+state (complete; incomplete: a .partial file, qmpbackup did not finish it;
+broken: it depends on an incomplete point), reason and format (qmpbackup).`,
 		Example: `  autosnap backup list --target /backup
   autosnap --vmid web1 -o json backup list --target /backup`,
 		Args: cobra.NoArgs,
@@ -127,6 +136,12 @@ var backupListColumns = []report.Column{
 }
 
 func runBackupList(ctx context.Context, g *GlobalOptions, o *BackupListOptions) error {
+	if qb, err := qmpbackupLayout(o.Target); err != nil || qb {
+		if err != nil {
+			return err
+		}
+		return listQmpbackup(ctx, g, o.Target)
+	}
 	_, gs, err := g.repoGuests(o.Target)
 	if err != nil {
 		return err

@@ -70,7 +70,14 @@ One of:
                                   again to finish the move (copies still running are
                                   taken over); until then, do not prune the point
 --disk restores only the named disks (repeatable). Nothing is ever overwritten
-except with --in-place --force; --dry-run shows the plan.`,
+except with --in-place --force; --dry-run shows the plan.
+
+--target may also be a qmpbackup target (or a directory of them, --vmid naming
+one by its directory or uuid): --to DIR restores its chain as of the point, read
+through the FULL and each INC without changing qmpbackup's files; --until also
+takes a qmpbackup file name (INC-1764483300-vda.qcow2). qmpbackup keeps no guest
+definition, so --define and --in-place are refused; incomplete (.partial) points
+are never restored.`,
 		Example: `  autosnap --vmid web1 restore --target /backup/vms --to /srv/restore
   autosnap --vmid web1 restore --target /backup/vms --until 2026-11-30T06:00 --to /srv/r --format raw --disk vdb
   autosnap --vmid web1 restore --target /backup/vms --define web1-test --to /var/lib/libvirt/images --start
@@ -120,6 +127,12 @@ func (o *RestoreOptions) validate(g *GlobalOptions) error {
 func runRestore(ctx context.Context, g *GlobalOptions, o *RestoreOptions) error {
 	if err := o.validate(g); err != nil {
 		return usage(err)
+	}
+	if qb, err := qmpbackupLayout(o.Target); err != nil || qb {
+		if err != nil {
+			return usage(fmt.Errorf("--target: %w", err))
+		}
+		return restoreQmpbackup(ctx, g, o)
 	}
 	out := g.stdout
 	r, err := repo.OpenExisting(o.Target)
