@@ -21,7 +21,8 @@ build:
 # Man pages (gzipped) and bash/zsh/fish completions of bin/autosnap's commands, into
 # dist/gen. The environment is emptied: flags take defaults from AUTOSNAP_* variables,
 # which must not end up in the pages. SOURCE_DATE_EPOCH, when set, dates the pages.
-GEN := dist/gen
+DIST ?= dist
+GEN  ?= $(DIST)/gen
 gen: build
 	rm -rf $(GEN)
 	env -i PATH="$$PATH" $${SOURCE_DATE_EPOCH:+SOURCE_DATE_EPOCH=$$SOURCE_DATE_EPOCH} $(BIN) gen man $(GEN)/man
@@ -30,14 +31,15 @@ gen: build
 
 # The Debian package dist/autosnap_VERSION_ARCH.deb (packaging/nfpm.yaml,
 # docs/packaging.md), built with nfpm run as a Go tool (go.mod's tool line).
+# BIN, GEN and DIST may point elsewhere (the packaging test builds in a scratch dir).
 DEB_VERSION    ?= $(shell sh scripts/deb-version.sh)
 DEB_ARCH       ?= $(shell $(GO) env GOARCH)
 DEB_MAINTAINER ?= autosnap maintainers <root@localhost>
-DEB            := dist/autosnap_$(DEB_VERSION)_$(DEB_ARCH).deb
+DEB            := $(DIST)/autosnap_$(DEB_VERSION)_$(DEB_ARCH).deb
 deb: gen
 	@test -f examples/autosnap.yaml || { echo "examples/autosnap.yaml is missing"; exit 1; }
-	rm -f dist/autosnap_*.deb
-	VERSION='$(DEB_VERSION)' ARCH='$(DEB_ARCH)' DEB_MAINTAINER='$(DEB_MAINTAINER)' \
+	mkdir -p $(DIST) && rm -f $(DIST)/autosnap_*.deb
+	BIN='$(BIN)' GEN='$(GEN)' VERSION='$(DEB_VERSION)' ARCH='$(DEB_ARCH)' DEB_MAINTAINER='$(DEB_MAINTAINER)' \
 		$(GO) tool nfpm package --config packaging/nfpm.yaml --packager deb --target $(DEB)
 	@echo "built $(DEB)"
 
