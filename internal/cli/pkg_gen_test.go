@@ -151,6 +151,19 @@ func TestGenManAndCompletion(t *testing.T) {
 		}
 	}
 
+	// Indented text of --help (the host table, command lines) stays as laid out, in a
+	// no-fill example block (.EX), and is not read as markdown (a "[:PORT] (port 8006)" is no link).
+	top, _ := os.ReadFile(filepath.Join(dir, "man", "autosnap.1"))
+	for _, want := range []string{
+		"\n.EX\n  libvirt     qemu:///system (default), qemu:///session, qemu+ssh://user@host/system,\n              qemu+tls://host/system.",
+		"  Proxmox VE  HOST[:PORT][,HOST2…] or pve://HOST[:PORT] (port 8006), with --api-token\n",
+		"\n.EX\n  autosnap --vmid @all snap --label hourly --keep 24\n",
+	} {
+		if !strings.Contains(string(top), want) {
+			t.Errorf("autosnap.1 lacks %q:\n%s", want, top)
+		}
+	}
+
 	mustRun(t, "gen", "completion", filepath.Join(dir, "comp"))
 	for file, want := range map[string]string{"autosnap": "complete -o default -F __start_autosnap autosnap", "_autosnap": "#compdef autosnap", "autosnap.fish": "complete -c autosnap "} {
 		b, err := os.ReadFile(filepath.Join(dir, "comp", file))
