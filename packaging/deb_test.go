@@ -292,3 +292,38 @@ func TestDebInstall(t *testing.T) {
 		}
 	}
 }
+
+// TestMakeInstall: `make install` puts the binary, the cv4pve-autosnap symlink, a man
+// page per command and the completions under PREFIX (bash-completion, zsh
+// site-functions, fish vendor_completions.d).
+func TestMakeInstall(t *testing.T) {
+	dir := t.TempDir()
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dest := filepath.Join(dir, "dest")
+	runCmd(t, "make", "-C", root, "install", "DESTDIR="+dest, "PREFIX=/opt/as",
+		"BIN="+filepath.Join(dir, "bin", "autosnap"), "GEN="+filepath.Join(dir, "gen"))
+	in := func(p string) string { return filepath.Join(dest, "opt", "as", p) }
+	if v := runCmd(t, in("bin/autosnap"), "version"); !strings.HasPrefix(v, "autosnap ") {
+		t.Errorf("installed autosnap version: %q", v)
+	}
+	for link, want := range map[string]string{"bin/cv4pve-autosnap": "autosnap", "share/man/man1/cv4pve-autosnap.1.gz": "autosnap.1.gz"} {
+		if l, err := os.Readlink(in(link)); err != nil || l != want {
+			t.Errorf("%s -> %q, %v; want -> %s", link, l, err, want)
+		}
+	}
+	top, _ := cli.NewRootCommand(io.Discard, io.Discard)
+	top.InitDefaultCompletionCmd()
+	for _, p := range manPages(top) {
+		if page := gunzip(t, in("share/man/man1/"+p)); !strings.HasPrefix(page, ".nh\n.TH ") {
+			t.Errorf("%s is no man page: %.100q", p, page)
+		}
+	}
+	for _, p := range []string{"share/bash-completion/completions/autosnap", "share/zsh/site-functions/_autosnap", "share/fish/vendor_completions.d/autosnap.fish"} {
+		if m := mode(t, in(p)); m != 0o644 {
+			t.Errorf("%s mode %v, want 0644", p, m)
+		}
+	}
+}
