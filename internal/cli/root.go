@@ -148,6 +148,7 @@ set the flags of the same name. --password file:PATH reads the password from a f
 	root.AddCommand(newVersionCommand(g), newVMCommand(g), newSnapCommand(g), newCleanCommand(g), newStatusCommand(g), newSnapshotCommand(g), newWatchdogCommand(g),
 		newBackupCommand(g), newRestoreCommand(g), newBitmapsCommand(g),
 		newPolicyCommand(g), newDaemonCommand(g), newHistoryCommand(g), newMonitorCommand(g))
+	root.AddCommand(newGenCommand(g)) // hidden: man pages and completions for packagers (gen.go)
 	markRun(root, &g.ran)
 	return root, g
 }
