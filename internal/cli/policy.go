@@ -111,7 +111,7 @@ func policyLoadReport(g *GlobalOptions, path string) (*policy.Config, error) {
 		for _, e := range es {
 			fmt.Fprintln(g.stderr, e.Error())
 		}
-		return nil, usage(fmt.Errorf("%s: %d %s: fix them and run autosnap policy check again", path, len(es), policyPlural(len(es), "problem", "problems")))
+		return nil, usage(fmt.Errorf("%s: %d %s: fix and run autosnap policy check again", path, len(es), policyPlural(len(es), "problem", "problems")))
 	}
 	return nil, usage(err)
 }
@@ -147,7 +147,7 @@ func runPolicyCheck(ctx context.Context, g *GlobalOptions, o *policyOptions) err
 		for _, c := range conflicts {
 			fmt.Fprintf(g.stderr, "%s:%d: %s\n", o.Config, c.LineB, c.String())
 		}
-		return usage(fmt.Errorf("%s: %d %s over real guests: fix them and run autosnap policy check --connect again", o.Config, len(conflicts), policyPlural(len(conflicts), "overlap", "overlaps")))
+		return usage(fmt.Errorf("%s: %d %s over real guests: fix and run autosnap policy check --connect again", o.Config, len(conflicts), policyPlural(len(conflicts), "overlap", "overlaps")))
 	}
 	return nil
 }
@@ -304,6 +304,7 @@ func runPolicyPlan(ctx context.Context, g *GlobalOptions, o *policyPlanOptions) 
 	if o.now != nil {
 		at = o.now()
 	}
+	at = at.Truncate(time.Second)
 	if o.At != "" {
 		if at, err = policyParseAt(o.At, cfg.Location); err != nil {
 			return usage(err)
