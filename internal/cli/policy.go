@@ -26,6 +26,14 @@ EXIT STATUS:
   3  --connect could not connect or authenticate to a policy's host
 `
 
+const policyPlanExitHelp = `
+EXIT STATUS:
+  0  the plan was printed
+  2  the policy file cannot be read or is invalid (every problem is printed with
+     its line), or a flag is wrong
+  3  --connect could not connect or authenticate to a policy's host
+`
+
 // policyOptions are the flags of `policy check` and `policy plan`.
 type policyOptions struct {
 	Config  string
@@ -93,7 +101,7 @@ each policy selects now. -o json prints the plan as JSON.`,
 	plan.Flags().IntVar(&po.Days, "days", 7, "days to simulate")
 	plan.Flags().StringVar(&po.Policy, "policy", "", "plan only this policy")
 	plan.Flags().IntVar(&po.MaxRuns, "max-runs", policy.DefaultPlanRuns, "runs listed per policy and job (the rest are counted); -1 lists all")
-	plan.SetHelpTemplate(plan.HelpTemplate() + policyExitHelp)
+	plan.SetHelpTemplate(plan.HelpTemplate() + policyPlanExitHelp)
 
 	cmd.AddCommand(check, plan)
 	return cmd
