@@ -327,7 +327,7 @@ func runPolicyPlan(ctx context.Context, g *GlobalOptions, o *policyPlanOptions) 
 	}
 	plan, err := cfg.Simulate(policy.PlanOptions{At: at, Days: o.Days, Policy: o.Policy, MaxRuns: runs, Format: g.tsFormat()})
 	if err != nil {
-		return err
+		return usage(err)
 	}
 	if o.MaxRuns == 0 {
 		for _, pp := range plan.Policies {
@@ -382,7 +382,10 @@ func policyWritePlan(w io.Writer, p *policy.Plan, connected bool) {
 			if more := s.TotalRuns - len(s.Runs); more > 0 {
 				fmt.Fprintf(w, "    … %d more %s\n", more, policyPlural(more, "run", "runs"))
 			}
-			policyWriteKept(w, s.Keep, s.Kept, s.Removed, s.TotalRuns, "snapshot", "snapshots")
+			if s.Failed > 0 {
+				fmt.Fprintf(w, "  %d %s would fail: the snapshot name was taken by an earlier run\n", s.Failed, policyPlural(s.Failed, "run", "runs"))
+			}
+			policyWriteKept(w, s.Keep, s.Kept, s.Removed, s.TotalRuns-s.Failed, "snapshot", "snapshots")
 		}
 		if b := pp.Backup; b != nil {
 			var lv []string
