@@ -95,3 +95,11 @@ policies:
 		t.Errorf("no rules: %s", got)
 	}
 }
+
+func TestScheduleParsedInCode(t *testing.T) {
+	s := Schedule{Spec: "@every 2s"}
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if got := s.Parsed().Next(at); !got.Equal(at.Add(2 * time.Second)) {
+		t.Errorf("Next = %v", got)
+	}
+}
