@@ -364,7 +364,7 @@ func (p *parser) connections(e kv) []Connection {
 	var out []Connection
 	first := map[string]int{}
 	for _, n := range e.v.Content {
-		m := p.fields(n, "a connection", "name", "host", "user", "password", "api_token", "fingerprint", "ca_file", "insecure")
+		m := p.fields(n, "a connection", "name", "host", "user", "password", "secret", "api_token", "fingerprint", "ca_file", "insecure")
 		if m == nil {
 			continue
 		}
@@ -399,6 +399,13 @@ func (p *parser) connections(e kv) []Connection {
 		}
 		if kv, ok := m["password"]; ok {
 			c.Secret, _ = p.secretRef(kv)
+		}
+		if kv, ok := m["secret"]; ok {
+			if _, both := m["password"]; both {
+				p.errorf(kv.k, "connection %q: secret: is another name for password:; give one of them", c.Name)
+			} else {
+				c.Secret, _ = p.secretRef(kv)
+			}
 		}
 		if kv, ok := m["api_token"]; ok {
 			c.APIToken, _ = p.secretRef(kv)
