@@ -260,7 +260,7 @@ func TestParseSecretNeverEchoed(t *testing.T) {
 	if err != nil || cfg.Connections[0].Secret != "file:/etc/autosnap/c.secret" {
 		t.Fatalf("secret: alias: %v %+v", err, cfg)
 	}
-	_, err := Parse([]byte("connections:\n  - name: c\n    host: h\n    password: hunter2\n"+snapLine()), "s.yaml")
+	_, err = Parse([]byte("connections:\n  - name: c\n    host: h\n    password: hunter2\n"+snapLine()), "s.yaml")
 	if err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("error = %v", err)
 	}
