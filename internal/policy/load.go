@@ -248,7 +248,7 @@ func (p *parser) integer(e kv, lo, hi int) (int, bool) {
 		return 0, false
 	}
 	n, err := strconv.Atoi(s)
-	if err != nil || e.v.Tag != "!!int" {
+	if err != nil {
 		p.errorf(e.v, "%s: %q is not a whole number", e.k.Value, s)
 		return 0, false
 	}
