@@ -634,17 +634,21 @@ func (s *Store) LastRun(policy string, kind Kind) (Job, bool) {
 // non-dry-run job of kind (any kind when empty); false when there is none or the
 // database cannot be read (LastGuestRun reports the error).
 func (s *Store) LastGuest(guest string, kind Kind) (GuestRun, bool) {
-	g, _, ok, _ := s.LastGuestRun(context.Background(), guest, kind)
+	g, _, ok, _ := s.LastGuestRun(context.Background(), Query{Guest: guest, Kind: kind})
 	return g, ok
 }
 
-// LastGuestRun is LastGuest with the job the run belongs to (without its guests)
-// and the error.
-func (s *Store) LastGuestRun(ctx context.Context, guest string, kind Kind) (GuestRun, Job, bool, error) {
+// LastGuestRun returns the newest finished (not running) run of guest q.Guest in
+// a non-dry-run job q selects (q.Limit is ignored), the job it belongs to (without
+// its guests), and whether there is one.
+func (s *Store) LastGuestRun(ctx context.Context, q Query) (GuestRun, Job, bool, error) {
+	if q.Guest == "" {
+		return GuestRun{}, Job{}, false, errors.New("history: LastGuestRun needs a guest")
+	}
 	var gr GuestRun
 	var job Job
 	ok := false
-	err := s.scan(ctx, Query{Guest: guest, Kind: kind}, func(j Job) bool {
+	err := s.scan(ctx, q, func(j Job) bool {
 		if j.DryRun {
 			return true
 		}
@@ -664,3 +668,9 @@ var (
 	_ Recorder = (*Store)(nil)
 	_ Reader   = (*Store)(nil)
 )
+
+// FileName is the database's name in the policy file's state_dir.
+const FileName = "history.db"
+
+// PathIn is the history database of state directory dir (policy.Config.StateDir).
+func PathIn(dir string) string { return filepath.Join(dir, FileName) }

@@ -250,7 +250,7 @@ func TestStoreLastRunAndLastGuest(t *testing.T) {
 	if !ok || g.Outcome != Failed {
 		t.Fatalf("LastGuest(web1, snapshot) = %+v %v, want the failed run", g, ok)
 	}
-	_, job, _, err := s.LastGuestRun(ctx, "web1", KindSnapshot)
+	_, job, _, err := s.LastGuestRun(ctx, Query{Guest: "web1", Kind: KindSnapshot})
 	if err != nil || job.ID != fail {
 		t.Fatalf("LastGuestRun job = %d %v, want %d", job.ID, err, fail)
 	}
