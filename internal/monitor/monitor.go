@@ -207,7 +207,7 @@ func Evaluate(in Input) Result {
 			if kind == "" {
 				kind = "last"
 			}
-			e.failed = &finding{Warning, fmt.Sprintf("%s run failed: %s", kind, oneLine(g.Failed))}
+			e.failed = &finding{Warning, fmt.Sprintf("%s run failed: %s", kind, OneLine(g.Failed))}
 		}
 		if th.MaxChainDepth > 0 && g.ChainDepth > th.MaxChainDepth {
 			e.deep = &finding{Warning, fmt.Sprintf("chain depth %d > %d", g.ChainDepth, th.MaxChainDepth)}
@@ -279,7 +279,7 @@ func Evaluate(in Input) Result {
 	}
 	for _, u := range in.Unknown {
 		status = worse(status, Unknown)
-		long = append([]string{"[UNKNOWN] " + oneLine(u)}, long...)
+		long = append([]string{"[UNKNOWN] " + OneLine(u)}, long...)
 	}
 
 	n := len(in.Guests)
@@ -296,7 +296,7 @@ func Evaluate(in Input) Result {
 	if len(in.Unknown) > 0 {
 		us := make([]string, 0, len(in.Unknown))
 		for _, u := range in.Unknown[:min(len(in.Unknown), maxNamed)] {
-			us = append(us, oneLine(u))
+			us = append(us, OneLine(u))
 		}
 		clauses = append(clauses, fmt.Sprintf("%s failed: %s", plural(len(in.Unknown), "check"), named(us, len(in.Unknown))))
 	}
@@ -345,9 +345,9 @@ func plural(n int, word string) string {
 
 func secs(d time.Duration) int64 { return int64(d / time.Second) }
 
-// oneLine keeps a message on one line: the plugin's status line and each long
+// OneLine keeps a message on one line: the plugin's status line and each long
 // output line must not break, and '|' would start perfdata.
-func oneLine(s string) string {
+func OneLine(s string) string {
 	s = strings.Join(strings.Fields(s), " ")
 	return strings.ReplaceAll(s, "|", "/")
 }
