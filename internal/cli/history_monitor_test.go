@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -242,5 +243,48 @@ func TestMonitorRealGuest(t *testing.T) {
 	}
 	if r := run(t, "monitor", "--config", bad, "--policy", "nope"); r.code != ExitMonitorUnknown || !strings.Contains(r.stdout, `--policy "nope": no such policy`) {
 		t.Fatalf("monitor --policy nope: exit %d\n%s", r.code, r.stdout)
+	}
+}
+
+// The newest point in the policy's backup repository is checked against the backup
+// cadence, and backing chains against --max-chain-depth.
+func TestMonitorBackupAndChainDepth(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	d := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Shutoff, DiskMiB: 16})
+	target := filepath.Join(t.TempDir(), "repo")
+	cfg := monitorConfig(t, d.Name, "")
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withBackup := strings.Replace(string(b), "    snapshot:\n", "    backup:\n      schedule: \"@every 1s\"\n      target: "+target+"\n    snapshot:\n", 1)
+	if err := os.WriteFile(cfg, []byte(withBackup), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, "--vmid", d.Name, "snap", "--label", "mon", "--keep", "3")
+
+	r := run(t, "monitor", "--config", cfg)
+	if r.code != ExitMonitorUnknown || !strings.Contains(r.stdout, "policy mon: backup repository "+target+" cannot be read") {
+		t.Fatalf("monitor before the repository exists: exit %d\n%s", r.code, r.stdout)
+	}
+	mustRun(t, "--vmid", d.Name, "backup", "--target", target)
+	r = run(t, "monitor", "--config", cfg)
+	if r.code != ExitMonitorOK || !strings.Contains(r.stdout, "oldest_backup_age=") {
+		t.Fatalf("monitor after a backup: exit %d\n%s", r.code, r.stdout)
+	}
+	time.Sleep(3500 * time.Millisecond) // past 3 × the 1s cadence
+	r = run(t, "monitor", "--config", cfg)
+	if r.code != ExitMonitorCritical || !regexp.MustCompile(regexp.QuoteMeta(d.Name)+` \(backup [3-9]s old, cadence 1s\)`).MatchString(r.stdout) {
+		t.Fatalf("monitor 3.5s after a backup with a 1s cadence: exit %d\n%s", r.code, r.stdout)
+	}
+
+	// A second snapshot: the disk's chain is two overlays deep.
+	mustRun(t, "--vmid", d.Name, "snap", "--label", "mon", "--keep", "3")
+	r = run(t, "monitor", "--config", cfg, "--max-chain-depth", "1")
+	if !strings.Contains(r.stdout, "1 with chains too deep: "+d.Name+" (chain depth 2 > 1)") {
+		t.Fatalf("monitor --max-chain-depth 1 with two overlays: exit %d\n%s", r.code, r.stdout)
+	}
+	if r := run(t, "monitor", "--config", cfg, "--max-chain-depth", "2"); strings.Contains(r.stdout, "chains too deep") {
+		t.Fatalf("monitor --max-chain-depth 2 with two overlays:\n%s", r.stdout)
 	}
 }

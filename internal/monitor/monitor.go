@@ -354,7 +354,7 @@ func OneLine(s string) string {
 
 // Human renders a duration briefly: 45s, 12m, 7h, 7h30m, 3d, 3d4h.
 func Human(d time.Duration) string {
-	d = d.Round(time.Second)
+	d = d.Truncate(time.Second)
 	switch {
 	case d < time.Minute:
 		return fmt.Sprintf("%ds", int(d/time.Second))
