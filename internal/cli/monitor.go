@@ -36,7 +36,8 @@ then one line per guest, problems first.
 
 For each guest a policy selects (listed live from its host):
   - its newest snapshot of the policy's label, by the time in its name, against
-    the policy's snapshot cadence (the interval of its schedule): WARNING when
+    the policy's snapshot cadence (the interval of its schedule; for cron, the
+    longest gap between two runs over the next year): WARNING when
     older than --warning × cadence, CRITICAL when older than --critical ×
     cadence or when there is none;
   - likewise its newest point in the policy's backup target;

@@ -484,3 +484,72 @@ func BenchmarkStoreQuery(b *testing.B) {
 		})
 	}
 }
+
+// Recorder methods are safe for concurrent use: jobs recorded from many goroutines
+// all read back whole.
+func TestStoreConcurrentRecording(t *testing.T) {
+	s := openStore(t, filepath.Join(t.TempDir(), "h.db"), Options{NoSync: true})
+	r := openStore(t, s.Path(), Options{ReadOnly: true})
+	ctx := context.Background()
+	const workers, jobs, guests = 8, 10, 5
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			for i := range jobs {
+				id, err := s.Begin(ctx, Job{Policy: "p" + strconv.Itoa(w), Kind: KindSnapshot, Started: t0.Add(time.Duration(i) * time.Minute)})
+				if err != nil {
+					errs <- err
+					return
+				}
+				for g := range guests {
+					if err := s.Guest(ctx, id, GuestRun{Guest: fmt.Sprintf("g%d-%d", w, g), Outcome: OK}); err != nil {
+						errs <- err
+						return
+					}
+				}
+				if err := s.End(ctx, id, OK, "", t0); err != nil {
+					errs <- err
+					return
+				}
+				if _, err := r.Jobs(ctx, Query{Policy: "p" + strconv.Itoa(w), Limit: 1}); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	js, err := s.Jobs(ctx, Query{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(js) != workers*jobs {
+		t.Fatalf("%d jobs recorded, want %d", len(js), workers*jobs)
+	}
+	for _, j := range js {
+		if len(j.Guests) != guests || j.Outcome != OK {
+			t.Fatalf("job %d: %d guests, outcome %s", j.ID, len(j.Guests), j.Outcome)
+		}
+	}
+}
+
+// BenchmarkStoreRecordGuest is the cost of recording one guest's result, durable
+// (fsync), as the daemon does.
+func BenchmarkStoreRecordGuest(b *testing.B) {
+	s := openStore(b, filepath.Join(b.TempDir(), "h.db"), Options{})
+	ctx := context.Background()
+	id, err := s.Begin(ctx, Job{Policy: "p", Kind: KindSnapshot, Started: t0})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := s.Guest(ctx, id, GuestRun{Guest: "guest1", Outcome: OK, Created: []string{"autoweb261130080000"}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
