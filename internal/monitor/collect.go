@@ -102,7 +102,7 @@ func Collect(ctx context.Context, o Options) (Input, error) {
 		if !ok {
 			c = &conn{}
 			conns[key] = c
-			c.d, c.guests, c.err = connect(ctx, open, host, cn, o.Timeout)
+			c.d, c.guests, c.err = connect(ctx, open, host, cn, cfg.StateDir, o.Timeout)
 		}
 		if c.err != nil {
 			in.Unknown = append(in.Unknown, fmt.Sprintf("policy %s: host %s unreachable: %v", p.Name, host, c.err))
@@ -197,19 +197,29 @@ func Collect(ctx context.Context, o Options) (Input, error) {
 	return in, nil
 }
 
-func connect(ctx context.Context, open func(context.Context, string, driver.Config) (driver.Driver, error), host string, cn *policy.Connection, timeout time.Duration) (driver.Driver, []driver.Guest, error) {
-	dc := driver.Config{Timeout: timeout}
+func connect(ctx context.Context, open func(context.Context, string, driver.Config) (driver.Driver, error), host string, cn *policy.Connection, stateDir string, timeout time.Duration) (driver.Driver, []driver.Guest, error) {
+	// As the daemon connects: a secret of a user that is a Proxmox VE API token id
+	// (USER@REALM!ID) is the token's, any other a password; api_token: wins.
+	dc := driver.Config{Host: host, Timeout: timeout, StateDir: stateDir}
 	if cn != nil {
-		secret, err := policy.ResolveSecret(cn.Secret)
-		if err != nil {
-			return nil, nil, fmt.Errorf("connection %s: %w", cn.Name, err)
+		dc.Fingerprint, dc.CAFile, dc.Insecure, dc.Username = cn.Fingerprint, cn.CAFile, cn.Insecure, cn.User
+		if cn.Secret != "" {
+			secret, err := policy.ResolveSecret(cn.Secret)
+			if err != nil {
+				return nil, nil, fmt.Errorf("connection %s: reading its secret: %w", cn.Name, err)
+			}
+			if strings.Contains(cn.User, "!") {
+				dc.Username, dc.APIToken = "", cn.User+"="+secret
+			} else {
+				dc.Password = secret
+			}
 		}
-		dc.Fingerprint, dc.CAFile, dc.Insecure = cn.Fingerprint, cn.CAFile, cn.Insecure
-		// A Proxmox VE API token id is USER@REALM!TOKENID; its secret completes it.
-		if strings.Contains(cn.User, "!") {
-			dc.APIToken = cn.User + "=" + secret
-		} else {
-			dc.Username, dc.Password = cn.User, secret
+		if cn.APIToken != "" {
+			tok, err := policy.ResolveSecret(cn.APIToken)
+			if err != nil {
+				return nil, nil, fmt.Errorf("connection %s: reading its API token: %w", cn.Name, err)
+			}
+			dc.APIToken = tok
 		}
 	}
 	cctx, cancel := context.WithTimeout(ctx, timeout)
