@@ -234,7 +234,7 @@ func TestMonitorRealGuest(t *testing.T) {
       keep_last: 1
 `)
 	r = run(t, "--timeout", "5", "monitor", "--config", bad)
-	if r.code != ExitMonitorUnknown || !strings.Contains(r.stdout, "policy far: host qemu+tcp://127.0.0.1:1/system unreachable") {
+	if r.code != ExitMonitorUnknown || !strings.Contains(r.stdout, "policy far: host qemu+tcp://127.0.0.1:1/system: cannot connect") {
 		t.Fatalf("monitor with an unreachable host: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	// --policy checks only the reachable one.

@@ -104,8 +104,12 @@ func Collect(ctx context.Context, o Options) (Input, error) {
 			conns[key] = c
 			c.d, c.guests, c.err = connect(ctx, open, host, cn, cfg.StateDir, o.Timeout)
 		}
+		shown := host
+		if cn != nil {
+			shown = cn.Name + " (" + host + ")"
+		}
 		if c.err != nil {
-			in.Unknown = append(in.Unknown, fmt.Sprintf("policy %s: host %s unreachable: %v", p.Name, host, c.err))
+			in.Unknown = append(in.Unknown, fmt.Sprintf("policy %s: host %s: %v", p.Name, shown, c.err))
 			continue
 		}
 		var snapCad, backupCad time.Duration
@@ -150,7 +154,7 @@ func Collect(ctx context.Context, o Options) (Input, error) {
 			if g.Template {
 				continue
 			}
-			mg := Guest{Policy: p.Name, Host: host, Name: g.Name, ChainDepth: -1}
+			mg := Guest{Policy: p.Name, Host: shown, Name: g.Name, ChainDepth: -1}
 			if snapCad > 0 {
 				mg.Snapshot.Cadence = snapCad
 				if err := newestSnapshot(ctx, c.d, g, rec, label, o.Timeout, &mg.Snapshot); err != nil {
