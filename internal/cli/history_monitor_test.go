@@ -199,6 +199,16 @@ func TestMonitorRealGuest(t *testing.T) {
 		t.Fatalf("monitor --warning 3 --critical 4: exit %d\n%s", r.code, r.stdout)
 	}
 
+	// A policy that snapshots only running guests does not check this shut-off one.
+	onlyRunning := monitorConfig(t, d.Name, "")
+	ob, _ := os.ReadFile(onlyRunning)
+	if err := os.WriteFile(onlyRunning, []byte(strings.Replace(string(ob), "      keep_last: 3\n", "      keep_last: 3\n      only_running: true\n", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(t, "monitor", "--config", onlyRunning); r.code != ExitMonitorOK || !strings.Contains(r.stdout, "only_running and the guest is shutoff") {
+		t.Fatalf("monitor of a shut-off guest under only_running: exit %d\n%s", r.code, r.stdout)
+	}
+
 	// A fresh snapshot through the CLI: OK.
 	mustRun(t, "--vmid", d.Name, "snap", "--label", "mon", "--keep", "3")
 	r = run(t, "monitor", "--config", cfg)

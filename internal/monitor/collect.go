@@ -155,7 +155,10 @@ func Collect(ctx context.Context, o Options) (Input, error) {
 				continue
 			}
 			mg := Guest{Policy: p.Name, Host: shown, Name: g.Name, ChainDepth: -1}
-			if snapCad > 0 {
+			if snapCad > 0 && p.Snapshot.OnlyRunning && g.State != driver.StateRunning {
+				// The daemon skips it (only_running), so its snapshots age by design.
+				mg.Notes = append(mg.Notes, fmt.Sprintf("snapshot not checked: only_running and the guest is %s", g.State))
+			} else if snapCad > 0 {
 				mg.Snapshot.Cadence = snapCad
 				if err := newestSnapshot(ctx, c.d, g, rec, label, o.Timeout, &mg.Snapshot); err != nil {
 					in.Unknown = append(in.Unknown, fmt.Sprintf("policy %s: guest %s: listing snapshots failed: %v", p.Name, g.Name, err))

@@ -88,6 +88,8 @@ type Guest struct {
 	// succeeded or there is no history); FailedKind says which kind of run.
 	Failed     string
 	FailedKind string
+	// Notes are shown in its long output line (e.g. why a check was not made).
+	Notes []string
 }
 
 // Input is everything Evaluate looks at.
@@ -272,6 +274,7 @@ func Evaluate(in Input) Result {
 			parts = append(parts, e.deep.text)
 		}
 		parts = append(parts, e.okDetail...)
+		parts = append(parts, e.g.Notes...)
 		if len(parts) == 0 {
 			parts = []string{"nothing scheduled to check"}
 		}
