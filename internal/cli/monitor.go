@@ -46,7 +46,7 @@ For each guest a policy selects (listed live from its host):
     read while the daemon runs);
   - WARNING when a disk's backing chain has more overlays than
     monitor.max_chain_depth (--max-chain-depth).
-Templates are not checked, nor the snapshot age of a guest that is not running
+Guests are checked --max-parallel at a time. Templates are not checked, nor the snapshot age of a guest that is not running
 under a policy with only_running.
 --warning, --critical and --max-chain-depth default to the file's monitor:
 section, else 2, 3 and off.
@@ -141,7 +141,7 @@ func runMonitor(ctx context.Context, g *GlobalOptions, o *MonitorOptions) error 
 		return unknown("critical (%g) is below warning (%g): critical must be the larger multiple of the cadence", c, w)
 	}
 	in, err := monitor.Collect(ctx, monitor.Options{Config: cfg, Policy: o.Policy, History: hist,
-		Open: g.openDriver, Timeout: g.timeout(), Now: now()})
+		Open: g.openDriver, Timeout: g.timeout(), Now: now(), Parallel: g.MaxParallel})
 	if err != nil {
 		return unknown("%s", monitor.OneLine(err.Error()))
 	}
