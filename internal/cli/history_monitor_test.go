@@ -247,6 +247,11 @@ func TestMonitorRealGuest(t *testing.T) {
 	if r.code != ExitMonitorUnknown || !strings.Contains(r.stdout, "policy far: host qemu+tcp://127.0.0.1:1/system: cannot connect") {
 		t.Fatalf("monitor with an unreachable host: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
+	// A selection that matches nothing protects nothing: WARNING.
+	none := monitorConfig(t, "nomatch-"+d.Name+"%", "")
+	if r := run(t, "monitor", "--config", none); r.code != ExitMonitorWarning || !strings.HasPrefix(r.stdout, "AUTOSNAP WARNING - policy mon selects no guest") {
+		t.Fatalf("monitor of a policy selecting nothing: exit %d\n%s", r.code, r.stdout)
+	}
 	// --policy checks only the reachable one.
 	if r := run(t, "monitor", "--config", bad, "--policy", "mon"); r.code != ExitMonitorOK {
 		t.Fatalf("monitor --policy mon: exit %d\n%s", r.code, r.stdout)

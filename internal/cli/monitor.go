@@ -46,7 +46,8 @@ For each guest a policy selects (listed live from its host):
     read while the daemon runs);
   - WARNING when a disk's backing chain has more overlays than
     monitor.max_chain_depth (--max-chain-depth).
-Guests are checked --max-parallel at a time. Templates are not checked, nor the snapshot age of a guest that is not running
+A policy that selects no guest is WARNING. Guests are checked --max-parallel at a
+time. Templates are not checked, nor the snapshot age of a guest that is not running
 under a policy with only_running.
 --warning, --critical and --max-chain-depth default to the file's monitor:
 section, else 2, 3 and off.

@@ -162,6 +162,9 @@ func Collect(ctx context.Context, o Options) (Input, error) {
 				sel = append(sel, g)
 			}
 		}
+		if len(sel) == 0 {
+			in.Empty = append(in.Empty, p.Name)
+		}
 		// Guests are checked in parallel (hypervisor round trips dominate); results
 		// keep the selection's order.
 		gs := make([]Guest, len(sel))
