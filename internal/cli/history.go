@@ -135,7 +135,7 @@ func runHistory(ctx context.Context, g *GlobalOptions, o *HistoryOptions) error 
 		if j.DryRun {
 			trig += " (dry run)"
 		}
-		t.Rows = append(t.Rows, []any{j.ID, j.Policy, string(j.Kind), trig, fmt.Sprintf("%d guests", len(j.Guests)),
+		t.Rows = append(t.Rows, []any{j.ID, j.Policy, string(j.Kind), trig, guestCount(len(j.Guests)),
 			j.Started.Local().Format("2006-01-02 15:04:05"), span(j.Started, j.Ended), string(j.Outcome), "", "", "", j.Error})
 		for _, gr := range j.Guests {
 			var bytes any = ""
@@ -147,6 +147,13 @@ func runHistory(ctx context.Context, g *GlobalOptions, o *HistoryOptions) error 
 		}
 	}
 	return report.Render(g.stdout, g.format(), t)
+}
+
+func guestCount(n int) string {
+	if n == 1 {
+		return "1 guest"
+	}
+	return strconv.Itoa(n) + " guests"
 }
 
 func span(start, end time.Time) string {
