@@ -26,6 +26,14 @@ EXIT STATUS:
   3  --connect could not connect or authenticate to a policy's host
 `
 
+const policyPlanExitHelp = `
+EXIT STATUS:
+  0  the plan was printed
+  2  the policy file cannot be read or is invalid (every problem is printed with
+     its line), or a flag is wrong
+  3  --connect could not connect or authenticate to a policy's host
+`
+
 // policyOptions are the flags of `policy check` and `policy plan`.
 type policyOptions struct {
 	Config  string
@@ -93,7 +101,7 @@ each policy selects now. -o json prints the plan as JSON.`,
 	plan.Flags().IntVar(&po.Days, "days", 7, "days to simulate")
 	plan.Flags().StringVar(&po.Policy, "policy", "", "plan only this policy")
 	plan.Flags().IntVar(&po.MaxRuns, "max-runs", policy.DefaultPlanRuns, "runs listed per policy and job (the rest are counted); -1 lists all")
-	plan.SetHelpTemplate(plan.HelpTemplate() + policyExitHelp)
+	plan.SetHelpTemplate(plan.HelpTemplate() + policyPlanExitHelp)
 
 	cmd.AddCommand(check, plan)
 	return cmd
@@ -319,7 +327,7 @@ func runPolicyPlan(ctx context.Context, g *GlobalOptions, o *policyPlanOptions) 
 	}
 	plan, err := cfg.Simulate(policy.PlanOptions{At: at, Days: o.Days, Policy: o.Policy, MaxRuns: runs, Format: g.tsFormat()})
 	if err != nil {
-		return err
+		return usage(err)
 	}
 	if o.MaxRuns == 0 {
 		for _, pp := range plan.Policies {
@@ -374,7 +382,10 @@ func policyWritePlan(w io.Writer, p *policy.Plan, connected bool) {
 			if more := s.TotalRuns - len(s.Runs); more > 0 {
 				fmt.Fprintf(w, "    … %d more %s\n", more, policyPlural(more, "run", "runs"))
 			}
-			policyWriteKept(w, s.Keep, s.Kept, s.Removed, s.TotalRuns, "snapshot", "snapshots")
+			if s.Failed > 0 {
+				fmt.Fprintf(w, "  %d %s would fail: the snapshot name was taken by an earlier run\n", s.Failed, policyPlural(s.Failed, "run", "runs"))
+			}
+			policyWriteKept(w, s.Keep, s.Kept, s.Removed, s.TotalRuns-s.Failed, "snapshot", "snapshots")
 		}
 		if b := pp.Backup; b != nil {
 			var lv []string

@@ -56,13 +56,16 @@ func TestPolicyPlanGolden(t *testing.T) {
 // TestPolicyPlanSemantics checks the plan's figures against the schedule and keep
 // rules directly, not against a golden file.
 func TestPolicyPlanSemantics(t *testing.T) {
-	r := mustRun(t, "-o", "json", "policy", "plan", "--config", planFixture, "--at", "2026-03-27 11:00", "--days", "9", "--max-runs", "-1")
-	var p policy.Plan
-	if err := json.Unmarshal([]byte(r.stdout), &p); err != nil {
-		t.Fatal(err)
+	plan := func(name, days, maxRuns string) policy.Plan {
+		r := mustRun(t, "-o", "json", "policy", "plan", "--config", planFixture, "--at", "2026-03-27 11:00", "--days", days, "--max-runs", maxRuns, "--policy", name)
+		var p policy.Plan
+		if err := json.Unmarshal([]byte(r.stdout), &p); err != nil || len(p.Policies) != 1 || p.Policies[0].Policy != name {
+			t.Fatalf("plan JSON: %v\n%s", err, r.stdout)
+		}
+		return p
 	}
 	berlin, _ := time.LoadLocation("Europe/Berlin")
-	web := p.Policies[0].Snapshot
+	web := plan("web", "9", "-1").Policies[0].Snapshot
 	// 11:00 first (no history), then every 6 hours of wall time: 12:00, 18:00 …; the
 	// night of the switch to summer time has no 02:00, but 00:00, 06:00 exist.
 	if got := web.Runs[0].At.In(berlin).Format("15:04"); got != "11:00" {
@@ -86,7 +89,7 @@ func TestPolicyPlanSemantics(t *testing.T) {
 	if len(web.Kept) != 4+3+1 || web.Removed != web.TotalRuns-len(web.Kept) {
 		t.Errorf("kept %d removed %d of %d", len(web.Kept), web.Removed, web.TotalRuns)
 	}
-	nightly := p.Policies[1].Backup
+	nightly := plan("nightly", "9", "-1").Policies[0].Backup
 	var fulls []string
 	for _, run := range nightly.Runs {
 		if run.Level == "full" {
@@ -101,9 +104,10 @@ func TestPolicyPlanSemantics(t *testing.T) {
 	if got := strings.Join(fulls, ", "); got != "Fri 03-27 11:00, Sun 03-29 03:00, Sun 04-05 02:30" {
 		t.Errorf("fulls at %s", got)
 	}
-	fast := p.Policies[2].Snapshot
-	// Nine calendar days across the switch to summer time are 9×24−1 hours.
-	if want := int(p.Until.Sub(p.From) / (2 * time.Second)); want != (9*24-1)*1800 || fast.TotalRuns != want || len(fast.Kept) != 3 {
+	p := plan("fast", "3", "0")
+	fast := p.Policies[0].Snapshot
+	// Three calendar days across the switch to summer time are 3×24−1 hours.
+	if want := int(p.Until.Sub(p.From) / (2 * time.Second)); want != (3*24-1)*1800 || fast.TotalRuns != want || len(fast.Kept) != 3 {
 		t.Errorf("fast: %d runs, %d kept", fast.TotalRuns, len(fast.Kept))
 	}
 }

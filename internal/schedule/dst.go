@@ -10,50 +10,46 @@ import (
 const allHours = 1<<24 - 1
 
 // cronNext is the cron expression's first run after t with daylight-saving changes
-// handled as cron daemons (cronie, systemd timers) handle them: a slot in the hour
-// the clock skips runs when the clock jumps (02:30 on the spring night runs at 03:00
-// summer time), and a slot in the hour the clock repeats runs once, at its first
-// occurrence. robfig/cron alone drops the first slot and runs the second twice. An
-// expression that runs every hour is left alone: it has slots on both sides of the
-// change, and its repeated hour is real time passing.
+// handled as cron daemons (cronie, systemd timers) handle them: a slot in the wall
+// time the clock skips runs when the clock jumps (02:30 on the spring night runs at
+// 03:00 summer time), and a slot in the wall time the clock repeats runs once, at its
+// first occurrence, unless the expression runs every hour (then the repeated hour is
+// real time passing and runs again). robfig/cron alone drops the skipped slot, runs
+// the repeated one twice, and in zones that shift by 30 minutes (Lord Howe) skips
+// whole days next to a change; so it is only asked about stretches of one UTC offset.
 func (s Schedule) cronNext(t time.Time) time.Time {
-	t = t.In(s.loc)
-	if spec, ok := s.s.(*cron.SpecSchedule); !ok || spec.Hour&allHours == allHours {
-		return s.s.Next(t)
+	spec, ok := s.s.(*cron.SpecSchedule)
+	if !ok {
+		return s.s.Next(t.In(s.loc))
 	}
-	for range 4 {
-		n := s.s.Next(t)
+	everyHour := spec.Hour&allHours == allHours
+	// cur is where the search resumes; probe is an instant of the stretch of one
+	// offset being searched (cur may lie just before it).
+	cur, probe := t.In(s.loc), t.In(s.loc)
+	for range 64 {
+		_, off := probe.Zone()
+		_, end := probe.ZoneBounds()
+		n := s.s.Next(cur.In(time.FixedZone("", off)))
 		if n.IsZero() {
 			return n
 		}
-		if g, ok := s.gapSlot(t, n); ok {
-			return g
-		}
-		if !repeated(n) {
-			return n
-		}
-		t = n
-	}
-	return s.s.Next(t)
-}
-
-// gapSlot returns the first clock jump after t and before n at which a slot of the
-// expression fell into the skipped wall-clock time.
-func (s Schedule) gapSlot(t, n time.Time) (time.Time, bool) {
-	_, jump := t.ZoneBounds()
-	for i := 0; i < 8 && !jump.IsZero() && jump.Before(n); i++ {
-		_, before := jump.Add(-time.Second).Zone()
-		_, after := jump.Zone()
-		if skipped := time.Duration(after-before) * time.Second; skipped > 0 {
-			// Read the skipped wall times in the offset before the jump, where they exist.
-			old := time.FixedZone("", before)
-			if slot := s.s.Next(jump.Add(-time.Second).In(old)); !slot.IsZero() && slot.Before(jump.Add(skipped)) {
-				return jump.In(s.loc), true
+		if end.IsZero() || n.Before(end) {
+			n = n.In(s.loc)
+			if everyHour || !repeated(n) {
+				return n
 			}
+			cur, probe = n, n
+			continue
 		}
-		_, jump = jump.ZoneBounds()
+		// No slot before the change; n is the first wall time after it, read in the
+		// old offset. Within the skipped span it does not exist: run at the jump.
+		if _, after := end.Zone(); after > off && n.Before(end.Add(time.Duration(after-off)*time.Second)) {
+			return end.In(s.loc)
+		}
+		// robfig works in whole seconds: a slot exactly at end is after end-1s.
+		cur, probe = end.Add(-time.Second), end
 	}
-	return time.Time{}, false
+	return s.s.Next(t.In(s.loc))
 }
 
 // repeated reports whether the wall time of n is the second occurrence of a time the

@@ -68,3 +68,43 @@ func TestCadenceDST(t *testing.T) {
 		t.Errorf("Cadence = %v, want 25h", got)
 	}
 }
+
+// TestNextDSTProperties: over two years in zones with 1-hour and 30-minute changes,
+// runs strictly increase, expressions with fixed hours never repeat a wall time
+// (names stay unique), and every day with a slot gets its run (robfig alone skipped
+// days next to Lord Howe's 30-minute changes).
+func TestNextDSTProperties(t *testing.T) {
+	for _, zone := range []string{"Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Pacific/Chatham", "UTC"} {
+		loc, err := time.LoadLocation(zone)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, spec := range []string{"30 2 * * *", "0 2 * * *", "45 1 * * *", "15 2 * * 0", "0 0 * * *", "0 */6 * * *", "*/20 1-3 * * *"} {
+			s, err := Parse(spec, loc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			from := time.Date(2025, 12, 31, 12, 0, 0, 0, loc)
+			seen := map[string]bool{}
+			days := map[string]bool{}
+			prev := from
+			for x := s.Next(from); x.Before(from.AddDate(2, 0, 0)); x = s.Next(x) {
+				if !x.After(prev) {
+					t.Fatalf("%s %q: %v after %v", zone, spec, x, prev)
+				}
+				wall := x.Format("2006-01-02 15:04")
+				if seen[wall] {
+					t.Errorf("%s %q: wall time %s twice", zone, spec, wall)
+				}
+				seen[wall] = true
+				if x.Year() >= 2026 {
+					days[x.Format("2006-01-02")] = true
+				}
+				prev = x
+			}
+			if strings.HasSuffix(spec, "* * *") && len(days) != 730 {
+				t.Errorf("%s %q: runs on %d days of 730", zone, spec, len(days))
+			}
+		}
+	}
+}
