@@ -622,4 +622,3 @@ func (v *bkView) removeBitmaps(ctx context.Context, name string, disks []string)
 	return nil
 }
 
-var _ driver.Backupper = (*Driver)(nil)

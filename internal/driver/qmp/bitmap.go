@@ -97,4 +97,3 @@ func (d *Driver) removeBitmaps(ctx context.Context, g driver.Guest, bms []driver
 	return nil
 }
 
-var _ driver.BitmapInspector = (*Driver)(nil)
