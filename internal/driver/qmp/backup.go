@@ -621,4 +621,3 @@ func (v *bkView) removeBitmaps(ctx context.Context, name string, disks []string)
 	}
 	return nil
 }
-

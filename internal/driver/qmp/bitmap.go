@@ -96,4 +96,3 @@ func (d *Driver) removeBitmaps(ctx context.Context, g driver.Guest, bms []driver
 	}
 	return nil
 }
-
