@@ -34,12 +34,14 @@ install -d -m 0700 "$dir" "$dir/qmp" "$dir/run" "$dir/img" "$dir/repo"
 
 img=$dir/img/$name.qcow2
 qemu-img create -q -f qcow2 "$img" "${SIZE_MIB}M"
-qemu-io -f qcow2 -c "write -P 0x5a 0 ${SIZE_MIB}M" "$img" >/dev/null
+fill=()
+for off in $(seq 0 64 $((SIZE_MIB - 1))); do fill+=(-c "write -P 0x5a ${off}M 64M"); done
+qemu-io -f qcow2 "${fill[@]}" "$img" >/dev/null
 qemu-system-x86_64 -name "$name" -accel kvm -machine pc -m 32 -nodefaults -no-user-config -display none -S \
   -qmp "unix:$dir/qmp/$name.qmp,server=on,wait=off" \
   -blockdev "driver=file,filename=$img,node-name=file0" \
   -blockdev "driver=qcow2,file=file0,node-name=disk0" -device virtio-blk-pci,drive=disk0,id=vda \
-  -daemonize -pidfile "$dir/run/$name.pid"
+  -daemonize -pidfile "$dir/run/$name.pid" 2>/dev/null
 
 # write_pct PATTERN: PCT % of the disk in 1 MiB pieces at an even stride.
 write_pct() {
