@@ -274,6 +274,33 @@ func TestQMPBackupKilled(t *testing.T) {
 	qmpCheckRestore(t, h, q, dir, row.Point, now)
 	row2 := mustQMPBackup(t, h, q, dir, "inc", "--level", "inc")
 	qmpCheckRestore(t, h, q, dir, row2.Point, now)
+
+	// Killed again, and QEMU quits (cleanly: the unfinished checkpoint's bitmap is
+	// stored in the image) before the next run, which finds it stopped.
+	argv := q.Argv(t)
+	q.WriteDisk(t, 0, 0, 0x43, 32<<20)
+	cmd = exec.Command(bin, "--host", h.URI(), "--vmid", q.Name, "backup", "--target", dir, "--quiesce", "off")
+	cmd.Env = append(os.Environ(), "AUTOSNAP_CRASH_AT=backup.copying", "AUTOSNAP_QMP_BACKUP_SPEED=1048576")
+	if out, err := cmd.CombinedOutput(); err == nil {
+		t.Fatalf("the second killed backup finished:\n%s", out)
+	}
+	q.Stop(t)
+	var bms []struct{ Kind, Name, Orphan string }
+	r := qmpRun(t, h, "-o", "json", "bitmaps", "list", q.Name)
+	if err := json.Unmarshal([]byte(r.stdout), &bms); err != nil {
+		t.Fatalf("bitmaps list: %v\n%s", err, r.stdout)
+	}
+	for _, b := range bms {
+		if b.Kind == "bitmap" && b.Orphan != "no" {
+			t.Errorf("bitmap %s left by the killed backup in the stopped guest's image", b.Name)
+		}
+	}
+	if m, _ := filepath.Glob(filepath.Join(q.Dir, ".*autosnap-fleece*")); len(m) > 0 {
+		t.Errorf("fleecing images left: %v", m)
+	}
+	q.Restart(t, argv)
+	mustQMPBackup(t, h, q, dir, "inc", "--level", "inc")
+	checkNoLeftovers(t, q)
 }
 
 // TestQMPBitmapsCleanupQMPBackup: bitmaps cleanup removes autosnap's checkpoints and

@@ -66,6 +66,12 @@ func (d *Driver) openBk(ctx context.Context, g driver.Guest) (*bkView, error) {
 			v.close()
 			return nil, fmt.Errorf("guest %s: %w", v.e.name, err)
 		}
+		if bv.bk.Pending != nil {
+			if err := bv.repairOffline(ctx); err != nil {
+				v.close()
+				return nil, err
+			}
+		}
 		return bv, nil
 	}
 	if bv.bk.Pending != nil {
@@ -95,6 +101,30 @@ func (v *bkView) repair(ctx context.Context) error {
 	if err := undo(ctx, v.s, p, true); err != nil {
 		return fmt.Errorf("guest %s: removing what an interrupted backup (started %s) left in QEMU: %w; run the command again, or see docs/qmp.md (Backups) to remove it by hand",
 			v.e.name, p.Started.Format(time.RFC3339), err)
+	}
+	v.bk.Pending = nil
+	return writeBk(v.e, v.bk)
+}
+
+// repairOffline finishes an interrupted backup of a guest whose QEMU has stopped since:
+// its nodes and jobs went with QEMU; the fleecing files and the unfinished
+// checkpoint's bitmaps (stored if QEMU quit cleanly) are removed.
+func (v *bkView) repairOffline(ctx context.Context) error {
+	p := v.bk.Pending
+	for _, d := range p.Disks {
+		if d.FleeceFile != "" {
+			if err := os.Remove(d.FleeceFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("guest %s: removing the fleecing image of an interrupted backup: %w", v.e.name, err)
+			}
+		}
+	}
+	if p.Checkpoint != "" {
+		if err := v.removeBitmaps(ctx, p.Checkpoint, nil); err != nil {
+			return fmt.Errorf("guest %s: removing the bitmaps of an interrupted backup's checkpoint %s: %w", v.e.name, p.Checkpoint, err)
+		}
+		for i := range v.disks {
+			v.disks[i].Bitmaps = slices.DeleteFunc(v.disks[i].Bitmaps, func(b qbitmap) bool { return b.Name == p.Checkpoint })
+		}
 	}
 	v.bk.Pending = nil
 	return writeBk(v.e, v.bk)
@@ -157,9 +187,17 @@ func undo(ctx context.Context, s *session, p *bkPending, dropCheckpoint bool) er
 		del(d.CBW)
 		del(d.Target)
 		del(d.Fleece)
-		if dropCheckpoint && p.Checkpoint != "" && nodes[d.Node] {
-			err := m.Execute(ctx, "block-dirty-bitmap-remove", map[string]any{"node": d.Node, "name": p.Checkpoint}, nil)
-			if err != nil && !isNoBitmap(err) {
+		if dropCheckpoint && p.Checkpoint != "" {
+			// The disk's node now: QEMU may have been started again since, and an
+			// automatic node name (#blockNNN) changes then; the device stays.
+			node := d.Node
+			for _, b := range bs {
+				if b.Qdev == d.Qdev && b.Inserted != nil && b.Inserted.NodeName != d.CBW {
+					node = b.Inserted.NodeName
+				}
+			}
+			err := m.Execute(ctx, "block-dirty-bitmap-remove", map[string]any{"node": node, "name": p.Checkpoint}, nil)
+			if err != nil && !isNoBitmap(err) && !isNoNode(err) {
 				errs = append(errs, err)
 			}
 		}
@@ -170,6 +208,12 @@ func undo(ctx context.Context, s *session, p *bkPending, dropCheckpoint bool) er
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// isNoNode reports a QMP error about a node that does not exist.
+func isNoNode(err error) bool {
+	var qe *qc.Error
+	return errors.As(err, &qe) && (strings.Contains(qe.Desc, "Cannot find device") || strings.Contains(qe.Desc, "not found"))
 }
 
 // isNoBitmap reports a QMP error about a bitmap that does not exist.
