@@ -157,6 +157,38 @@ func TestQMPBackupRestore(t *testing.T) {
 	if sums[0]["virtio-disk1"] == sums[2]["virtio-disk1"] || sums[0]["virtio-disk0"] == sums[2]["virtio-disk0"] {
 		t.Fatal("the writes changed nothing: the test cannot tell points apart")
 	}
+	listed := func() []string {
+		var rows []struct{ ID string }
+		r := qmpRun(t, h, "-o", "json", "backup", "list", "--target", dir)
+		if err := json.Unmarshal([]byte(r.stdout), &rows); r.code != 0 || err != nil {
+			t.Fatalf("backup list: exit %d, %v", r.code, err)
+		}
+		var out []string
+		for _, row := range rows {
+			out = append(out, row.ID)
+		}
+		return out
+	}
+	if got := listed(); strings.Join(got, " ") != strings.Join(ids, " ") {
+		t.Errorf("backup list: %v, want %v", got, ids)
+	}
+	if r := qmpRun(t, h, "backup", "verify", "--target", dir, "--read-data"); r.code != 0 {
+		t.Errorf("backup verify --read-data: exit %d", r.code)
+	}
+	if r := qmpRun(t, h, "backup", "prune", "--target", dir, "--keep-last", "2"); r.code != 0 {
+		t.Fatalf("backup prune: exit %d", r.code)
+	}
+	left := listed()
+	if len(left) != 2 {
+		t.Errorf("points after prune --keep-last 2: %v", left)
+	}
+	for i, id := range ids {
+		for _, l := range left {
+			if l == id {
+				qmpCheckRestore(t, h, q, dir, id, sums[i])
+			}
+		}
+	}
 
 	row := mustQMPBackup(t, h, q, dir, "inc", "--quiesce", "on")
 	if row.Consistency != "quiesced" {
