@@ -389,7 +389,16 @@ func (d *Driver) Backup(ctx context.Context, g driver.Guest, req driver.BackupRe
 	}
 	inc := req.Level == driver.LevelInc || req.Level == driver.LevelDiff
 	p := &bkPending{Checkpoint: req.Checkpoint, Started: time.Now().UTC()}
+	var thaw func()
+	thawOnce := func() {
+		if thaw != nil {
+			thaw()
+			thaw = nil
+		}
+	}
+	defer thawOnce()
 	fail := func(err error) (driver.BackupResult, error) {
+		thawOnce()
 		if uerr := undo(ctx, v.s, p, true); uerr != nil {
 			err = fmt.Errorf("%w; cleaning up also failed (the next run retries): %v", err, uerr)
 		} else {
@@ -464,19 +473,11 @@ func (d *Driver) Backup(ctx context.Context, g driver.Guest, req driver.BackupRe
 			return fail(err)
 		}
 	}
-	var thaw func()
 	if req.Freeze != nil {
 		if thaw, err = req.Freeze(ctx); err != nil {
 			return fail(fmt.Errorf("guest %s: freezing before the backup: %w", name, err))
 		}
 	}
-	thawOnce := func() {
-		if thaw != nil {
-			thaw()
-			thaw = nil
-		}
-	}
-	defer thawOnce()
 	for _, dn := range tracked {
 		x := byName[dn]
 		if err := do("block-dirty-bitmap-add", map[string]any{"node": x.Node, "name": req.Checkpoint, "persistent": true}); err != nil {
