@@ -297,6 +297,12 @@ func TestQMPBackupKilled(t *testing.T) {
 	if s := q.QMP(t, `{"execute":"query-named-block-nodes","arguments":{"flat":true}}`); !strings.Contains(s, "autosnap-bk0-c") {
 		t.Fatalf("no fleecing filter left after the kill: the test does not test the repair")
 	}
+	// A snapshot is the next command to open the guest: it finds the disks, not the
+	// fleecing filter.
+	if r := qmpSnap(t, h, q.Name, "afterkill", 1, "--quiesce", "off"); r.code != 0 {
+		t.Fatalf("snap after the killed backup: exit %d\n%s", r.code, r.stderr)
+	}
+	checkNoLeftovers(t, q)
 	start := time.Now()
 	row := mustQMPBackup(t, h, q, dir, "")
 	t.Logf("after the kill: %s (%s) in %s", row.Level, row.FullReason, time.Since(start).Round(time.Millisecond))

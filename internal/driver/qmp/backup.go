@@ -74,17 +74,6 @@ func (d *Driver) openBk(ctx context.Context, g driver.Guest) (*bkView, error) {
 		}
 		return bv, nil
 	}
-	if bv.bk.Pending != nil {
-		if err := bv.repair(ctx); err != nil {
-			v.close()
-			return nil, err
-		}
-		// The sidecar recorded the filter as the drive while it was in place.
-		if v.m, err = d.record(ctx, v.s); err != nil {
-			v.close()
-			return nil, err
-		}
-	}
 	if bv.disks, err = bkDisks(ctx, v.s); err != nil {
 		v.close()
 		return nil, err
@@ -92,18 +81,25 @@ func (d *Driver) openBk(ctx context.Context, g driver.Guest) (*bkView, error) {
 	return bv, nil
 }
 
-// repair removes what the backup journalled in Pending left in QEMU (its process died
-// or the cleanup failed): its jobs are cancelled, the filter is taken out of the
-// drive, its nodes, fleecing files and the unfinished checkpoint's bitmaps are
-// removed, and CPUs it stopped run again.
-func (v *bkView) repair(ctx context.Context) error {
-	p := v.bk.Pending
-	if err := undo(ctx, v.s, p, true); err != nil {
-		return fmt.Errorf("guest %s: removing what an interrupted backup (started %s) left in QEMU: %w; run the command again, or see docs/qmp.md (Backups) to remove it by hand",
-			v.e.name, p.Started.Format(time.RFC3339), err)
+// repairBackup removes what a backup journalled in the guest's backup sidecar left in
+// its running QEMU (the backup's process died, or its cleanup failed): its jobs are
+// cancelled, the filter is taken out of the drive, its nodes, fleecing files and the
+// unfinished checkpoint's bitmaps are removed, and CPUs it stopped run again. Every
+// command that opens a running guest (view.load) calls it first, so none sees the
+// fleecing filter as a disk. A damaged sidecar is left for the backup commands to
+// report.
+func repairBackup(ctx context.Context, s *session) error {
+	f, err := readBk(s.e)
+	if err != nil || f.Pending == nil {
+		return nil
 	}
-	v.bk.Pending = nil
-	return writeBk(v.e, v.bk)
+	p := f.Pending
+	if err := undo(ctx, s, p, true); err != nil {
+		return fmt.Errorf("guest %s: removing what an interrupted backup (started %s) left in QEMU: %w; run the command again, or see docs/qmp.md (Backups) to remove it by hand",
+			s.e.name, p.Started.Format(time.RFC3339), err)
+	}
+	f.Pending = nil
+	return writeBk(s.e, f)
 }
 
 // repairOffline finishes an interrupted backup of a guest whose QEMU has stopped since:
