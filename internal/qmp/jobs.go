@@ -35,8 +35,8 @@ func (m *Monitor) Jobs(ctx context.Context) ([]Job, error) {
 // it changes. The result maps each failed job to its error. Events wake the wait, and
 // query-jobs is asked at least every jobPoll, so a lost event only delays it.
 //
-// When ctx ends first, the jobs are cancelled, waited for (at most 30 s) and
-// dismissed, and ctx's error is returned.
+// When ctx ends first, or query-jobs fails, the jobs still running are cancelled,
+// waited for (at most 30 s) and dismissed, and the error is returned.
 func (m *Monitor) WaitJobs(ctx context.Context, ids []string, progress func(done, total uint64)) (map[string]string, error) {
 	events, unsubscribe := m.Subscribe()
 	defer unsubscribe()
@@ -50,11 +50,10 @@ func (m *Monitor) WaitJobs(ctx context.Context, ids []string, progress func(done
 	for {
 		jobs, err := m.Jobs(ctx)
 		if err != nil {
-			if ctx.Err() != nil {
-				m.CancelJobs(ids)
-				return nil, fmt.Errorf("waiting for jobs %s: %w", strings.Join(ids, ", "), ctx.Err())
-			}
-			return nil, fmt.Errorf("waiting for jobs %s: %w", strings.Join(ids, ", "), err)
+			// The waiter gives up (ctx ended, which a write deadline may report
+			// before ctx.Err does): its jobs must not run on without it.
+			m.CancelJobs(left)
+			return nil, fmt.Errorf("waiting for jobs %s: %w", strings.Join(left, ", "), err)
 		}
 		done, total = 0, 0
 		for _, j := range finished {
