@@ -8,10 +8,12 @@ package cli
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -369,5 +371,80 @@ func TestQMPBitmapsCleanupQMPBackup(t *testing.T) {
 	}
 	if row := mustQMPBackup(t, h, q, dir, "full"); !strings.Contains(row.FullReason, "gone") {
 		t.Errorf("the backup after cleanup: full because %q", row.FullReason)
+	}
+}
+
+// TestQMPBackupLegacyDrive: a guest started with -drive (QEMU names its nodes #blockNNN,
+// and names them anew when it starts again) is backed up full and inc across a QEMU
+// restart, each point restoring to the disk at its instant.
+func TestQMPBackupLegacyDrive(t *testing.T) {
+	h := testbed.NewQMPHost(t)
+	work := t.TempDir()
+	img := filepath.Join(work, "legacy.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", img, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	name := "ast-legacy-" + filepath.Base(work)
+	sock := filepath.Join(work, "qmp.sock")
+	pidfile := filepath.Join(work, "qemu.pid")
+	argv := []string{"qemu-system-x86_64", "-name", name, "-accel", "tcg", "-machine", "pc", "-m", "64",
+		"-nodefaults", "-no-user-config", "-display", "none", "-S",
+		"-qmp", "unix:" + sock + ",server=on,wait=off",
+		"-drive", "file=" + img + ",if=virtio,format=qcow2",
+		"-daemonize", "-pidfile", pidfile}
+	start := func() {
+		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("starting QEMU: %v: %s", err, out)
+		}
+	}
+	pid := func() int {
+		b, _ := os.ReadFile(pidfile)
+		var p int
+		fmt.Sscan(string(b), &p)
+		return p
+	}
+	hmp := func(line string) {
+		q := &testbed.QEMU{Name: name, QMPSocket: sock}
+		b, _ := json.Marshal(map[string]any{"execute": "human-monitor-command", "arguments": map[string]any{"command-line": line}})
+		if r := q.QMP(t, string(b)); !strings.Contains(r, `"return": ""`) {
+			t.Fatalf("%s: %s", line, r)
+		}
+	}
+	t.Cleanup(func() {
+		if p := pid(); p > 0 {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+	})
+	start()
+	if err := os.Symlink(sock, filepath.Join(h.Dir, name+".qmp")); err != nil {
+		t.Fatal(err)
+	}
+	q := &testbed.QEMU{Name: name, QMPSocket: sock}
+	if s := q.QMP(t, `{"execute":"query-block"}`); !strings.Contains(s, `"node-name": "#block`) {
+		t.Fatalf("the -drive guest's node is not auto-named: %s", s)
+	}
+	sum := func() map[string]string { return map[string]string{"virtio0": testbed.ImageSum(t, img)} }
+	dir := filepath.Join(t.TempDir(), "repo")
+	hmp(`qemu-io virtio0 "write -P 0x51 1M 2M"`)
+	full := mustQMPBackup(t, h, q, dir, "full")
+	atFull := sum()
+	hmp(`qemu-io virtio0 "write -P 0x52 5M 1M"`)
+	inc := mustQMPBackup(t, h, q, dir, "inc")
+	atInc := sum()
+
+	p := pid()
+	q.QMP(t, `{"execute":"quit"}`)
+	for end := time.Now().Add(30 * time.Second); syscall.Kill(p, 0) == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("QEMU did not quit")
+		}
+	}
+	start()
+	hmp(`qemu-io virtio0 "write -P 0x53 9M 1M"`)
+	inc2 := mustQMPBackup(t, h, q, dir, "inc")
+	atInc2 := sum()
+	checkNoLeftovers(t, &testbed.QEMU{Name: name, QMPSocket: sock, Dir: work})
+	for id, want := range map[string]map[string]string{full.Point: atFull, inc.Point: atInc, inc2.Point: atInc2} {
+		qmpCheckRestore(t, h, q, dir, id, want)
 	}
 }
