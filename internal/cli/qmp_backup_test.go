@@ -349,6 +349,12 @@ func TestQMPBitmapsCleanupQMPBackup(t *testing.T) {
 	h := testbed.NewQMPHost(t)
 	q := h.Add(t, testbed.QEMUSpec{Disks: 1, DiskMiB: 16})
 	dir := filepath.Join(t.TempDir(), "repo")
+	if r := qmpRun(t, h, "--dry-run", "--vmid", q.Name, "backup", "--target", dir); r.code != 0 || strings.Contains(q.QMP(t, `{"execute":"query-block"}`), `"autosnap-`) {
+		t.Fatalf("backup --dry-run: exit %d, or it added a bitmap", r.code)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "*", "*")); len(m) > 0 {
+		t.Fatalf("backup --dry-run wrote %v", m)
+	}
 	mustQMPBackup(t, h, q, dir, "full")
 	q.QMP(t, `{"execute":"block-dirty-bitmap-add","arguments":{"node":"`+q.Disks[0].Node+`","name":"qmpbackup-2b1f","persistent":true}}`)
 	has := func(name string) bool {
