@@ -112,7 +112,8 @@ func runBitmapsList(ctx context.Context, g *GlobalOptions, vm string) error {
 }
 
 func newBitmapsCleanupCommand(g *GlobalOptions) *cobra.Command {
-	return &cobra.Command{
+	var includeQMPBackup bool
+	cmd := &cobra.Command{
 		Use:   "cleanup VM",
 		Short: "Remove all of autosnap's checkpoints and bitmaps from a guest (the next backup is a full)",
 		Long: `Remove every checkpoint of autosnap's from the guest, with its bitmaps, and the
@@ -122,13 +123,27 @@ Others' checkpoints and bitmaps are never touched. Existing backups stay valid
 and restorable, but no chain can continue: the next backup of the guest is a
 full.
 
+--include-qmpbackup (standalone QEMU guests, --host qmp://) also removes the
+bitmaps qmpbackup left on the disks ("qmpbackup-…"), as its "cleanup
+--remove-bitmap" would: for users who switched to autosnap. qmpbackup's chains
+in its target directory stay restorable, but it can no longer continue them.
+
 With the global --dry-run it only prints what it would remove. Interrupted, it
 is simply run again.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runBitmapsCleanup(cmd.Context(), g, args[0])
+			return runBitmapsCleanup(cmd.Context(), g, args[0], includeQMPBackup)
 		},
 	}
+	cmd.Flags().BoolVar(&includeQMPBackup, "include-qmpbackup", false, "also remove qmpbackup's bitmaps (qmpbackup-…) from the guest's disks")
+	return cmd
+}
+
+// qmpbackupBitmaps is implemented by drivers whose guests may carry qmpbackup's
+// bitmaps (the qmp driver).
+type qmpbackupBitmaps interface {
+	QMPBackupBitmaps(ctx context.Context, g driver.Guest) ([]driver.Bitmap, error)
+	RemoveQMPBackupBitmaps(ctx context.Context, g driver.Guest, bms []driver.Bitmap) error
 }
 
 // bitmapCleanupPlan is what cleanup removes: checkpoints (newest first, so every step
@@ -151,7 +166,7 @@ func planBitmapCleanup(st bitmapState) bitmapCleanupPlan {
 	return p
 }
 
-func runBitmapsCleanup(ctx context.Context, g *GlobalOptions, vm string) error {
+func runBitmapsCleanup(ctx context.Context, g *GlobalOptions, vm string, includeQMPBackup bool) error {
 	s, err := g.changeGuest(ctx, vm)
 	if err != nil {
 		return err
@@ -163,7 +178,21 @@ func runBitmapsCleanup(ctx context.Context, g *GlobalOptions, vm string) error {
 	}
 	p := planBitmapCleanup(st)
 	out := g.messages()
-	if len(p.checkpoints) == 0 && len(p.orphans) == 0 {
+	var qb qmpbackupBitmaps
+	var foreign []driver.Bitmap
+	if includeQMPBackup {
+		var ok bool
+		if qb, ok = s.member.(qmpbackupBitmaps); !ok {
+			return usage(fmt.Errorf("--include-qmpbackup: the %s driver's guests carry no qmpbackup bitmaps (qmpbackup works on standalone QEMU, --host qmp://): %w", s.member.Name(), driver.ErrUnsupported))
+		}
+		cctx, cancel := context.WithTimeout(ctx, g.timeout())
+		foreign, err = qb.QMPBackupBitmaps(cctx, s.guest)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	if len(p.checkpoints) == 0 && len(p.orphans) == 0 && len(foreign) == 0 {
 		fmt.Fprintf(out, "%s: no autosnap checkpoints or bitmaps\n", s.guest.Name)
 		return nil
 	}
@@ -173,6 +202,9 @@ func runBitmapsCleanup(ctx context.Context, g *GlobalOptions, vm string) error {
 		}
 		for _, b := range p.orphans {
 			fmt.Fprintf(out, "Dry run: orphan bitmap %s on %s (disk %s) of %s would be removed\n", b.Name, b.Image, b.Disk, s.guest.Name)
+		}
+		for _, b := range foreign {
+			fmt.Fprintf(out, "Dry run: qmpbackup's bitmap %s on %s (disk %s) of %s would be removed\n", b.Name, b.Image, b.Disk, s.guest.Name)
 		}
 		return nil
 	}
@@ -203,6 +235,14 @@ func runBitmapsCleanup(ctx context.Context, g *GlobalOptions, vm string) error {
 		}
 		for _, b := range left {
 			fmt.Fprintf(out, "%s: orphan bitmap %s removed from %s\n", s.guest.Name, b.Name, b.Image)
+		}
+	}
+	if len(foreign) > 0 {
+		if err := qb.RemoveQMPBackupBitmaps(cctx, s.guest, foreign); err != nil {
+			return fmt.Errorf("%w (run bitmaps cleanup %s --include-qmpbackup again to finish)", err, s.guest.Name)
+		}
+		for _, b := range foreign {
+			fmt.Fprintf(out, "%s: qmpbackup's bitmap %s removed from disk %s\n", s.guest.Name, b.Name, b.Disk)
 		}
 	}
 	fmt.Fprintf(out, "%s: the next backup will be a full (no checkpoint left to continue a chain)\n", s.guest.Name)

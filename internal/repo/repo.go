@@ -24,6 +24,7 @@ package repo
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -255,6 +256,12 @@ func (r *Repo) Guest(id GuestID) (*Guest, error) {
 
 func (r *Repo) createGuest(id GuestID) (*Guest, error) {
 	u := strings.ToLower(strings.ReplaceAll(id.UUID, "-", ""))
+	if strings.Trim(u, "0123456789abcdef") != "" {
+		// A key that is no UUID (node/name of a guest without one) would put slashes
+		// in the name: its hash names the directory instead.
+		sum := sha256.Sum256([]byte(id.UUID))
+		u = hex.EncodeToString(sum[:])
+	}
 	base := safeName(id.Name)
 	for n := 8; ; n++ {
 		suffix := u

@@ -84,5 +84,7 @@ var (
 	_ driver.Tagger          = (*Driver)(nil)
 	_ driver.StorageReporter = (*Driver)(nil)
 	_ driver.CurrentSetter   = (*Driver)(nil)
+	_ driver.Backupper       = (*Driver)(nil)
+	_ driver.BitmapInspector = (*Driver)(nil)
 )
 var _ driver.TreeDeleter = (*Driver)(nil)

@@ -73,6 +73,9 @@ func (v *view) load(ctx context.Context) error {
 	}
 	v.s = s
 	if s != nil {
+		if err := repairBackup(ctx, s); err != nil {
+			return err
+		}
 		if v.m, err = v.d.record(ctx, s); err != nil {
 			return err
 		}
