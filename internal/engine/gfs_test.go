@@ -1,0 +1,173 @@
+package engine
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/naming"
+	"github.com/autosnap/autosnap/internal/retention"
+)
+
+// gfsHarness runs GFS jobs with a clock the test sets.
+type gfsHarness struct {
+	*harness
+	now time.Time
+	loc *time.Location
+}
+
+func newGFSHarness(t *testing.T, loc *time.Location, start time.Time) *gfsHarness {
+	h := &gfsHarness{harness: newHarness(t, running("a")), now: start, loc: loc}
+	h.f.clock = func() time.Time { return h.now }
+	return h
+}
+
+func (h *gfsHarness) job(p retention.GFS) *Job {
+	j := h.harness.job("gfs", 0)
+	j.Retain, j.Location, j.Now = &p, h.loc, func() time.Time { return h.now }
+	return j
+}
+
+// labelled gives the autosnap description recording label and the default format.
+func labelled(t *testing.T, label string) string {
+	return naming.Description(naming.NameFields(label, mustFormat(t, naming.DefaultFormat)))
+}
+
+// TestSnapGFSCalendar runs snap hourly through Berlin's October DST change with
+// calendar rules and checks which snapshots remain, which snap failed (the repeated
+// hour's name is taken), and that nothing not ours, of another label, protected or
+// unreadable is removed.
+func TestSnapGFSCalendar(t *testing.T) {
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newGFSHarness(t, berlin, time.Date(2026, 10, 22, 0, 0, 0, 0, berlin))
+	old := time.Date(2026, 10, 1, 12, 0, 0, 0, berlin)
+	foreign := []string{"before-upgrade", "autodaily261001120000", "autogfs261002120000", "autogfsbroken", "autogfs261003120000"}
+	h.f.addSnap("a", "before-upgrade", "my own", old)
+	h.f.addSnap("a", "autodaily261001120000", "cv4pve-autosnap", old)        // another label
+	h.f.addSnap("a", "autogfs261002120000", "cv4pve-autosnap\nkeep me", old) // edited: not ours
+	h.f.addSnap("a", "autogfsbroken", "cv4pve-autosnap", old)                // ours, unreadable
+	h.f.addSnap("a", "autogfs261003120000", protectedDesc(t), old)           // protected
+	h.f.addSnap("a", "autogfs261001120000", "cv4pve-autosnap", old)          // W40
+	p := retention.GFS{Hourly: 6, Daily: 3, Weekly: 2}
+	var failed []string
+	for end := time.Date(2026, 10, 27, 12, 0, 0, 0, berlin); h.now.Before(end); h.now = h.now.Add(time.Hour) {
+		rep, err := h.snap(h.job(p))
+		if err != nil {
+			if !errors.Is(err, ErrGuestsFailed) {
+				t.Fatal(err)
+			}
+			failed = append(failed, rep.SnapName+": "+rep.Guests[0].Reason)
+			continue
+		}
+		if rep.Guests[0].Outcome != OutcomeOK || rep.Guests[0].Created != rep.SnapName {
+			t.Fatalf("%s: %+v", h.now, rep.Guests[0])
+		}
+		if !strings.Contains(h.out.String(), "Skip snapshot: autogfsbroken (its name does not read") {
+			t.Fatalf("the unreadable snapshot is not reported:\n%s", h.out.String())
+		}
+	}
+	if want := []string{"autogfs261025020000: name exists"}; !slices.Equal(failed, want) {
+		t.Errorf("failed snaps %q, want %q (the repeated 02:00 of 2026-10-25)", failed, want)
+	}
+	want := append(slices.Clone(foreign),
+		"autogfs261001120000",                                               // weekly #1 (2026-W40): W43 and W44 are covered by newer ones
+		"autogfs261024230000", "autogfs261025230000", "autogfs261026230000", // daily #3..#1
+		"autogfs261027060000", "autogfs261027070000", "autogfs261027080000", "autogfs261027090000", "autogfs261027100000", "autogfs261027110000", // hourly
+	)
+	got := h.f.names("a")
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("guest a keeps\n%q\nwant\n%q", got, want)
+	}
+	for _, e := range h.f.Events("delete a") {
+		if n := strings.Fields(e)[2]; slices.Contains(foreign, n) {
+			t.Errorf("removed %s, which is not the label's or not ours or protected", n)
+		}
+	}
+}
+
+// TestGFSDryRunReasons: a dry run lists every snapshot of the label with the reason
+// it is kept, or that it is removed, and changes nothing; the real run then removes
+// exactly what the dry run said.
+func TestGFSDryRunReasons(t *testing.T) {
+	h := newGFSHarness(t, time.UTC, time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC))
+	for _, n := range []string{"autogfs261127230000", "autogfs261128080000", "autogfs261128230000", "autogfs261129080000", "autogfs261129110000"} {
+		h.f.addSnap("a", n, labelled(t, "gfs"), time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)) // created: after the names (restored, copied)
+	}
+	before := h.f.names("a")
+	j := h.job(retention.GFS{Last: 1, Daily: 2, Weekly: 1})
+	j.DryRun = true
+	if _, err := h.snap(j); err != nil {
+		t.Fatal(err)
+	}
+	out := h.out.String()
+	for _, w := range []string{
+		"Keep snapshot: autogfs261129120000 (created now, last #1, covers daily 2026-11-29, covers weekly 2026-W48)",
+		"Keep snapshot: autogfs261128230000 (daily #1 (2026-11-28))",
+		"Keep snapshot: autogfs261127230000 (daily #2 (2026-11-27))",
+		"Remove snapshot: autogfs261128080000 (kept by no rule of --keep-last 1 --keep-daily 2 --keep-weekly 1)",
+		"Remove snapshot: autogfs261129080000 (kept by no rule",
+		"Remove snapshot: autogfs261129110000 (kept by no rule",
+	} {
+		if !strings.Contains(out, w) {
+			t.Errorf("dry run output lacks %q:\n%s", w, out)
+		}
+	}
+	if got := h.f.names("a"); !slices.Equal(got, before) {
+		t.Errorf("dry run changed the snapshots: %v", got)
+	}
+	if _, err := h.snap(h.job(retention.GFS{Last: 1, Daily: 2, Weekly: 1})); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := h.f.names("a"), []string{"autogfs261127230000", "autogfs261128230000", "autogfs261129120000"}; !slices.Equal(got, want) {
+		t.Errorf("after the real run: %v, want %v", got, want)
+	}
+}
+
+// TestCleanGFS: clean applies the rules at the clock's time; rules that keep nothing
+// are refused before any guest is touched, and a policy that would remove every
+// snapshot of a guest fails that guest and removes nothing.
+func TestCleanGFS(t *testing.T) {
+	h := newGFSHarness(t, time.UTC, time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC))
+	names := []string{"autogfs261120000000", "autogfs261125000000", "autogfs261129000000", "autogfs261129060000"}
+	for _, n := range names {
+		h.f.addSnap("a", n, labelled(t, "gfs"), h.now)
+	}
+	if _, err := h.clean(h.job(retention.GFS{})); !errors.Is(err, retention.ErrKeepsNothing) {
+		t.Errorf("empty policy: %v, want ErrKeepsNothing", err)
+	}
+	if _, err := h.clean(h.job(retention.GFS{Daily: -2})); err == nil {
+		t.Errorf("--keep-daily -2 accepted")
+	}
+	if _, err := h.clean(h.job(retention.GFS{Within: retention.Span{Hours: 1}})); !errors.Is(err, ErrGuestsFailed) {
+		t.Errorf("--keep-within 1h over snapshots all older: %v, want the guest failed", err)
+	}
+	if got := h.f.names("a"); !slices.Equal(got, names) {
+		t.Fatalf("a refused policy removed snapshots: %v", got)
+	}
+	if _, err := h.clean(h.job(retention.GFS{Within: retention.Span{Days: 1}, Weekly: 1})); err != nil {
+		t.Fatal(err)
+	}
+	// Within 1d keeps both of 11-29; weekly #1 is W47's newest (11-20), since W48 is
+	// covered.
+	if got, want := []string{"autogfs261120000000", "autogfs261129000000", "autogfs261129060000"}, h.f.names("a"); !slices.Equal(got, want) {
+		t.Errorf("after clean: %v, want %v", got, want)
+	}
+}
+
+func protectedDesc(t *testing.T) string {
+	d, err := naming.WithProtected(naming.Description(nil), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+var _ = driver.StateRunning
