@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -171,3 +172,40 @@ func protectedDesc(t *testing.T) string {
 }
 
 var _ = driver.StateRunning
+
+// TestKeepStatus: per guest and label, what clean would keep now and why; protected
+// rows are kept with their reason, a label the rules would empty is kept entirely
+// with the refusal, and rows of other guests and labels are counted apart.
+func TestKeepStatus(t *testing.T) {
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	row := func(vm, label, name string, day, hour int, protected bool) StatusRow {
+		return StatusRow{Node: "h1", VMID: vm, Label: label, Name: name, Named: time.Date(2026, 11, day, hour, 0, 0, 0, time.UTC), Protected: protected}
+	}
+	rows := []StatusRow{
+		row("a", "gfs", "autogfs261127230000", 27, 23, false),
+		row("a", "gfs", "autogfs261128230000", 28, 23, true),
+		row("a", "gfs", "autogfs261129080000", 29, 8, false),
+		row("a", "gfs", "autogfs261129100000", 29, 10, false),
+		row("b", "gfs", "autogfs261129100000", 29, 10, false),
+		row("a", "old", "autoold261101000000", 1, 0, false),
+	}
+	KeepStatus(rows, retention.GFS{Last: 1, Daily: 1, Within: retention.Span{Hours: 1}, Location: time.UTC}, now)
+	want := []string{
+		"true daily #1 (2026-11-27)",
+		"true " + protectedReason,
+		"false kept by no rule of --keep-within 1h --keep-last 1 --keep-daily 1",
+		"true last #1, covers daily 2026-11-29",
+		"true last #1, covers daily 2026-11-29",
+		"true last #1, covers daily 2026-11-01",
+	}
+	for i, r := range rows {
+		if got := strconv.FormatBool(r.Keep) + " " + strings.Join(r.KeepReasons, ", "); !r.KeepChecked || got != want[i] {
+			t.Errorf("%s/%s: keep %v %q, want %s", r.VMID, r.Name, r.Keep, r.KeepReasons, want[i])
+		}
+	}
+	only := []StatusRow{row("a", "gfs", "autogfs261101000000", 1, 0, false)}
+	KeepStatus(only, retention.GFS{Within: retention.Span{Days: 1}, Location: time.UTC}, now)
+	if !only[0].Keep || !strings.HasPrefix(only[0].KeepReasons[0], "clean would refuse: the retention policy keeps nothing") {
+		t.Errorf("a label the rules would empty: keep %v %q", only[0].Keep, only[0].KeepReasons)
+	}
+}
