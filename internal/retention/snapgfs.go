@@ -43,9 +43,9 @@ func PlanGFS(existing []Item, planned *Item, p GFS, now time.Time) ([]Decision, 
 		loc = time.Local
 		p.Location = loc
 	}
-	byName := map[string]Item{}
-	var ds []Decision
-	var gis []GFSItem
+	byName := make(map[string]Item, len(existing)+1)
+	ds := make([]Decision, 0, len(existing)+1)
+	gis := make([]GFSItem, 0, len(existing)+1)
 	for _, it := range existing {
 		if planned != nil && it.Name == planned.Name {
 			return nil, fmt.Errorf("%w: %s (taken at %s)", ErrExists, it.Name, it.Time.Format(time.RFC3339))
@@ -109,7 +109,7 @@ func coverage(p GFS, ds []GFSDecision, now time.Time) map[string][]string {
 		if r.n == 0 || r.key == nil {
 			continue
 		}
-		seen := map[string]bool{}
+		seen := make(map[string]bool, len(ds))
 		for i := len(ds) - 1; i >= 0; i-- { // newest first
 			d := ds[i]
 			if !d.Keep || d.Time.After(now) {

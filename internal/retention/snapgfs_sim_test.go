@@ -46,6 +46,7 @@ type simState struct {
 	times map[string]time.Time
 	// every is how often (in snaps taken) the idempotence property is checked.
 	every int
+	keys  map[string]func(time.Time) string
 }
 
 func newSim(t *testing.T, loc *time.Location, p GFS) *simState {
@@ -55,7 +56,11 @@ func newSim(t *testing.T, loc *time.Location, p GFS) *simState {
 		t.Fatal(err)
 	}
 	p.Location = loc
-	return &simState{loc: loc, f: f, p: p, reasons: map[string][]string{}, repr: map[string][2]string{}, times: map[string]time.Time{}, every: 1}
+	keys := map[string]func(time.Time) string{}
+	for _, r := range p.rules() {
+		keys[r.name] = r.key
+	}
+	return &simState{keys: keys, loc: loc, f: f, p: p, reasons: map[string][]string{}, repr: map[string][2]string{}, times: map[string]time.Time{}, every: 1}
 }
 
 // read returns the survivors as retention items, dated by their names as the engine
@@ -88,8 +93,8 @@ func primaryRule(reasons []string) string {
 	return ""
 }
 
-func (p GFS) count(rule string) int {
-	for _, r := range p.rules() {
+func (s *simState) count(rule string) int {
+	for _, r := range s.p.rules() {
 		if r.name == rule {
 			return r.n
 		}
@@ -97,11 +102,9 @@ func (p GFS) count(rule string) int {
 	return 0
 }
 
-func (p GFS) key(rule string, tm time.Time) string {
-	for _, r := range p.rules() {
-		if r.name == rule && r.key != nil {
-			return r.key(tm.In(p.Location))
-		}
+func (s *simState) key(rule string, tm time.Time) string {
+	if k := s.keys[rule]; k != nil {
+		return k(tm.In(s.loc))
 	}
 	return ""
 }
@@ -217,19 +220,19 @@ func (s *simState) checkProperties(t *testing.T, at time.Time, existing []Item, 
 			continue
 		}
 		rule, period := r[0], r[1]
-		n := p.count(rule)
+		n := s.count(rule)
 		newer, covered := 0, false
 		for _, o := range ds {
 			if !o.Keep || primaryRule(o.Reasons) == "dated" {
 				continue
 			}
-			if rule != "last" && p.key(rule, o.Time) == period {
+			if rule != "last" && s.key(rule, o.Time) == period {
 				covered = true
 			}
 			if primaryRule(o.Reasons) != rule {
 				continue
 			}
-			if rule == "last" && o.Time.After(it.Time) || rule != "last" && p.key(rule, o.Time) > period {
+			if rule == "last" && o.Time.After(it.Time) || rule != "last" && s.key(rule, o.Time) > period {
 				newer++
 			}
 		}
@@ -244,7 +247,7 @@ func (s *simState) checkProperties(t *testing.T, at time.Time, existing []Item, 
 		}
 		switch rule := primaryRule(d.Reasons); rule {
 		case "last", "hourly", "daily", "weekly", "monthly", "yearly":
-			s.repr[d.Name] = [2]string{rule, p.key(rule, d.Time)}
+			s.repr[d.Name] = [2]string{rule, s.key(rule, d.Time)}
 		default:
 			delete(s.repr, d.Name)
 		}
