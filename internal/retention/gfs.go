@@ -239,13 +239,23 @@ func (p GFS) Apply(items []GFSItem, now time.Time) ([]GFSDecision, error) {
 	for i, it := range items {
 		ds[i] = GFSDecision{GFSItem: it}
 	}
-	// Newest first for the walk.
-	slices.SortStableFunc(ds, func(a, b GFSDecision) int {
-		if c := b.Time.Compare(a.Time); c != 0 {
+	// Newest first for the walk. Callers mostly pass items oldest first, strictly
+	// ordered: reversing them gives what the stable sort would.
+	ascending := func(a, b GFSDecision) int {
+		if c := a.Time.Compare(b.Time); c != 0 {
 			return c
 		}
-		return strings.Compare(b.ID, a.ID)
-	})
+		return strings.Compare(a.ID, b.ID)
+	}
+	strict := true
+	for i := 1; i < len(ds) && strict; i++ {
+		strict = ascending(ds[i-1], ds[i]) < 0
+	}
+	if strict {
+		slices.Reverse(ds)
+	} else {
+		slices.SortStableFunc(ds, func(a, b GFSDecision) int { return ascending(b, a) })
+	}
 	future := func(d GFSDecision) bool { return d.Time.After(now) }
 	for i := range ds {
 		if future(ds[i]) {
@@ -293,16 +303,17 @@ func (p GFS) Apply(items []GFSItem, now time.Time) ([]GFSDecision, error) {
 			}
 			kept++
 			ds[i].Keep = true
-			ds[i].Reasons = []string{fmt.Sprintf("%s #%d%s", r.name, kept, label)}
+			ds[i].Reasons = []string{r.name + " #" + strconv.Itoa(kept) + label}
 		}
 	}
 	keptAny := false
+	none := "kept by no rule of " + p.String()
 	for i := range ds {
 		if ds[i].Keep {
 			keptAny = true
 			continue
 		}
-		ds[i].Reasons = []string{"kept by no rule of " + p.String()}
+		ds[i].Reasons = []string{none}
 	}
 	if !keptAny && len(ds) > 0 {
 		return nil, fmt.Errorf("%w: %s would remove all %d points; refusing", ErrKeepsNothing, p.String(), len(ds))

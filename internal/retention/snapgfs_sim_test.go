@@ -44,7 +44,8 @@ type simState struct {
 	repr map[string][2]string
 	// times caches what naming reads from each name (it is pure).
 	times map[string]time.Time
-	// every is how often (in snaps taken) the idempotence property is checked.
+	// every is how often (in snaps taken) the idempotence property is checked: it
+	// costs a second plan, and three years of snaps are many.
 	every int
 	keys  map[string]func(time.Time) string
 }
@@ -60,7 +61,7 @@ func newSim(t *testing.T, loc *time.Location, p GFS) *simState {
 	for _, r := range p.rules() {
 		keys[r.name] = r.key
 	}
-	return &simState{keys: keys, loc: loc, f: f, p: p, reasons: map[string][]string{}, repr: map[string][2]string{}, times: map[string]time.Time{}, every: 1}
+	return &simState{keys: keys, loc: loc, f: f, p: p, reasons: map[string][]string{}, repr: map[string][2]string{}, times: map[string]time.Time{}, every: 8}
 }
 
 // read returns the survivors as retention items, dated by their names as the engine
@@ -376,6 +377,7 @@ func dstCheckpoints(loc *time.Location, spring, fall time.Time) map[time.Time]st
 // snap fails on the taken name and removes nothing; the missing March hour has no
 // name and no gap in the hourly count.
 func TestGFSSimHourlyBerlin(t *testing.T) {
+	t.Parallel()
 	loc := mustLoad(t, "Europe/Berlin")
 	s := newSim(t, loc, simPolicy)
 	simulate(t, s, regular(simStart, simEnd, time.Hour, 0), dstCheckpoints(loc,
@@ -389,9 +391,10 @@ func TestGFSSimHourlyBerlin(t *testing.T) {
 // TestGFSSimQuarterNewYork: every 15 minutes (with cron jitter) for three years in
 // America/New_York, with --keep-last and --keep-within and an unlimited yearly rule.
 func TestGFSSimQuarterNewYork(t *testing.T) {
+	t.Parallel()
 	loc := mustLoad(t, "America/New_York")
 	s := newSim(t, loc, GFS{Within: Span{Hours: 2}, Last: 4, Hourly: 12, Daily: 10, Weekly: 6, Monthly: 18, Yearly: -1})
-	s.every = 4
+	s.every = 32
 	simulate(t, s, regular(simStart, simEnd, 15*time.Minute, 15), dstCheckpoints(loc,
 		time.Date(2026, 3, 8, 22, 0, 0, 0, loc), time.Date(2026, 11, 1, 22, 0, 0, 0, loc)))
 	s.golden(t, "sim_quarter_newyork.golden")
@@ -400,6 +403,7 @@ func TestGFSSimQuarterNewYork(t *testing.T) {
 // TestGFSSimIrregularBerlin: snapshots at irregular intervals (10 minutes to 30
 // hours) with outages of up to three weeks, for three years in Europe/Berlin.
 func TestGFSSimIrregularBerlin(t *testing.T) {
+	t.Parallel()
 	loc := mustLoad(t, "Europe/Berlin")
 	rng := rand.New(rand.NewSource(12))
 	t0 := simStart
@@ -426,6 +430,7 @@ func TestGFSSimIrregularBerlin(t *testing.T) {
 // again just before the fall DST change. After a backward jump the snapshots named
 // in the 2h now "in the future" are kept, by no rule, until the clock passes them.
 func TestGFSSimClockJumps(t *testing.T) {
+	t.Parallel()
 	loc := mustLoad(t, "America/New_York")
 	back1 := time.Date(2026, 6, 10, 12, 30, 0, 0, loc)
 	fwd := time.Date(2026, 9, 15, 12, 30, 0, 0, loc)
