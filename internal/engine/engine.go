@@ -257,7 +257,8 @@ func (j *Job) snapGuest(ctx context.Context, gr *guestRun, name string, at time.
 	gr.hook(ctx, hook.Env{Phase: hook.SnapCreatePost, SnapName: name, VMState: j.Memory, State: true, Duration: time.Since(gr.start)})
 }
 
-// Clean removes each guest's snapshots of the label beyond --keep (0 removes all).
+// Clean removes each guest's snapshots of the label beyond --keep (0 removes all),
+// or, with Retain, those its calendar rules do not keep at the clock's time.
 func (j *Job) Clean(ctx context.Context, guests []driver.Guest) (*Report, error) {
 	if err := j.checkRetain(); err != nil {
 		return nil, err

@@ -152,8 +152,7 @@ func (j *Job) gfs() retention.GFS {
 // planGFS applies Job.Retain to the label's snapshots dated by their names; the
 // planned one is dated by its name too, and is "now", so that a run plans in the
 // timeline later runs read back (in a repeated DST hour a name reads as its first
-// occurrence). Snapshots whose names no format reads are reported
-// and left alone.
+// occurrence). Snapshots whose names no format reads are reported and left alone.
 func (j *Job) planGFS(gr *guestRun, l listing, planned *retention.Item) ([]retention.Decision, error) {
 	for _, n := range l.unreadable {
 		gr.printf("Skip snapshot: %s (its name does not read as auto%s + a timestamp of --timestamp-format %s; never removed)", n, j.Label, j.Format)
