@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"strconv"
@@ -207,5 +208,54 @@ func TestKeepStatus(t *testing.T) {
 	KeepStatus(only, retention.GFS{Within: retention.Span{Days: 1}, Location: time.UTC}, now)
 	if !only[0].Keep || !strings.HasPrefix(only[0].KeepReasons[0], "clean would refuse: the retention policy keeps nothing") {
 		t.Errorf("a label the rules would empty: keep %v %q", only[0].Keep, only[0].KeepReasons)
+	}
+}
+
+// TestSnapGFSMatchesPlan runs snap hourly (with cron jitter) for 40 days across
+// Berlin's spring DST change through the engine and the fake hypervisor, and after
+// every run compares the label's snapshots with what retention.PlanGFS keeps of the
+// previous ones plus the new name: the engine dates snapshots by their names, plans
+// with the new one as "now", and removes exactly the plan's removals.
+func TestSnapGFSMatchesPlan(t *testing.T) {
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Date(2026, 3, 10, 0, 0, 0, 0, berlin)
+	h := newGFSHarness(t, berlin, start)
+	f := mustFormat(t, naming.DefaultFormat)
+	p := retention.GFS{Last: 2, Hourly: 12, Daily: 5, Weekly: 3, Monthly: 2, Location: berlin}
+	var want []retention.Item
+	for i := 0; i < 40*24; i++ {
+		h.now = start.Add(time.Duration(i)*time.Hour + time.Duration(i*37%60)*time.Second)
+		name := naming.Name("gfs", f, h.now.In(berlin))
+		pt, err := f.Parse(strings.TrimPrefix(name, "autogfs"), berlin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds, err := retention.PlanGFS(want, &retention.Item{Name: name, Time: pt}, p, pt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = want[:0]
+		for _, d := range ds {
+			if d.Keep {
+				want = append(want, d.Item)
+			}
+		}
+		h.out.Reset()
+		if _, err := h.job(p).Snap(context.Background(), h.f.guests); err != nil {
+			t.Fatalf("%s: %v\n%s", h.now, err, h.out.String())
+		}
+		var wantNames []string
+		for _, it := range want {
+			wantNames = append(wantNames, it.Name)
+		}
+		if got := h.f.names("a"); !slices.Equal(got, wantNames) {
+			t.Fatalf("after the snap at %s:\n got %v\nwant %v", h.now, got, wantNames)
+		}
+	}
+	if len(want) < 20 {
+		t.Errorf("only %d snapshots at the end", len(want))
 	}
 }
