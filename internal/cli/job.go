@@ -44,8 +44,12 @@ func (g *GlobalOptions) runJob(ctx context.Context, job *engine.Job, action stri
 	if machine {
 		job.Out = g.stderr // the JSON report alone goes to stdout
 	}
-	fmt.Fprintf(job.Out, "ACTION %s\nHost: %s\nVMs: %s\nLabel: %s\nKeep: %d\nTimeout: %d sec.\nTimestamp format: %s\n",
-		action, g.Host, g.VMID, job.Label, job.Keep, g.Timeout, g.TimestampFormat)
+	keep := fmt.Sprint(job.Keep)
+	if job.Retain != nil {
+		keep = job.Retain.String()
+	}
+	fmt.Fprintf(job.Out, "ACTION %s\nHost: %s\nVMs: %s\nLabel: %s\nKeep: %s\nTimeout: %d sec.\nTimestamp format: %s\n",
+		action, g.Host, g.VMID, job.Label, keep, g.Timeout, g.TimestampFormat)
 	if g.DryRun {
 		fmt.Fprintln(job.Out, "Dry run: nothing will be changed and no hook runs")
 	}

@@ -23,6 +23,9 @@ type SnapOptions struct {
 	HookTimeout    time.Duration
 	MaxChainDepth  int
 	StrictHooks    bool
+	// KeepSet says --keep was given; Retain holds the calendar rules (--keep-daily …).
+	KeepSet bool
+	Retain  gfsFlags
 }
 
 func newSnapCommand(g *GlobalOptions) *cobra.Command {
@@ -32,6 +35,15 @@ func newSnapCommand(g *GlobalOptions) *cobra.Command {
 		Short: "Take one snapshot of every selected guest and remove the oldest beyond --keep",
 		Long: `Take one snapshot named auto{label}{timestamp} of every selected guest, then
 remove that label's oldest snapshots so that --keep remain (the new one counts).
+
+Instead of --keep, calendar rules keep the label's snapshots as restic and Proxmox
+Backup Server do: --keep-last N, --keep-hourly N, --keep-daily N, --keep-weekly N,
+--keep-monthly N, --keep-yearly N (a count or unlimited) and --keep-within DURATION,
+counted additively, by the timestamp in each name, in the zone names are written in
+(docs/retention.md). The new snapshot is always kept; every snapshot kept says why
+("daily #2 (2026-11-28), covers weekly 2026-W48"), with --dry-run for each one. A
+name no format reads is reported and never removed. --keep and the calendar rules
+exclude each other; rules that keep nothing are refused.
 
 On libvirt a running or paused guest gets an external, disk-only, atomic snapshot
 of all its disks, quiesced through the guest agent when it answers (--quiesce
@@ -48,16 +60,18 @@ aborted with the chain intact and the snapshot kept; the next run tries again.
 removals. With --strict-hooks a failing snap-create-pre hook stops that guest's
 snapshot and a failing snap-remove-pre hook that removal (see docs/hooks.md).`,
 		Example: `  autosnap --vmid @all snap --label hourly --keep 24
-  autosnap --vmid 'web%,-web-test' snap --label daily --keep 7 --script /etc/autosnap/hook.sh`,
+  autosnap --vmid 'web%,-web-test' snap --label daily --keep 7 --script /etc/autosnap/hook.sh
+  autosnap --vmid @all snap --label auto --keep-hourly 24 --keep-daily 7 --keep-weekly 4 --keep-monthly 6`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			g.compat.parallelSet = cmd.Flags().Changed("max-parallel")
+			o.KeepSet = cmd.Flags().Changed("keep")
 			return runSnap(cmd.Context(), g, o)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.Label, "label", "", "label in the snapshot name, e.g. hourly, daily (required)")
-	f.IntVar(&o.Keep, "keep", 0, "snapshots of this label to keep per guest, the new one included (required, ≥ 1)")
+	f.IntVar(&o.Keep, "keep", 0, "snapshots of this label to keep per guest, the new one included (≥ 1; or the --keep-… calendar rules)")
 	f.BoolVar(&o.State, "state", false, "include the guest's RAM (running guests)")
 	f.BoolVar(&o.OnlyRunning, "only-running", false, "skip guests that are not running")
 	f.StringVar(&o.Script, "script", "", "hook script run at each phase (see docs/hooks.md)")
@@ -66,13 +80,20 @@ snapshot and a failing snap-remove-pre hook that removal (see docs/hooks.md).`,
 	f.DurationVar(&o.HookTimeout, "script-timeout", hook.DefaultTimeout, "time allowed for one hook run")
 	f.IntVar(&o.MaxChainDepth, "max-chain-depth", 0, "fail a guest whose disks would have more overlays than this after retention (0: no limit)")
 	f.BoolVar(&o.StrictHooks, "strict-hooks", false, "a failing *-pre hook aborts that guest's snapshot or removal (default: warn, as cv4pve-autosnap)")
+	o.Retain.add(f)
 	_ = cmd.MarkFlagRequired("label")
-	_ = cmd.MarkFlagRequired("keep")
 	return cmd
 }
 
 func runSnap(ctx context.Context, g *GlobalOptions, o *SnapOptions) error {
-	if o.Keep < 1 {
+	retain, err := o.Retain.retain(o.KeepSet)
+	if err != nil {
+		return err
+	}
+	if retain != nil && g.cv4pve() {
+		return usage(errors.New("the calendar rules --keep-last … --keep-within are autosnap's own and not in cv4pve mode: run autosnap without --compat cv4pve, or use --keep"))
+	}
+	if retain == nil && o.Keep < 1 {
 		return usage(errors.New("snap --keep must be at least 1 (it counts the new snapshot); to remove all of a label use clean --keep 0"))
 	}
 	q, err := engine.ParseQuiesce(o.Quiesce)
@@ -86,6 +107,7 @@ func runSnap(ctx context.Context, g *GlobalOptions, o *SnapOptions) error {
 	if err != nil {
 		return err
 	}
+	job.Retain = retain
 	if o.MaxChainDepth < 0 {
 		return usage(errors.New("--max-chain-depth must be 0 (no limit) or more"))
 	}

@@ -163,7 +163,10 @@ func (j *Job) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 // before any freeze, see frozenCreate); remove what the plan removes; run
 // snap-create-post. A dry run takes the same path and stops short of every change.
 func (j *Job) Snap(ctx context.Context, guests []driver.Guest) (*Report, error) {
-	if j.Keep < 1 {
+	if err := j.checkRetain(); err != nil {
+		return nil, err
+	}
+	if j.Retain == nil && j.Keep < 1 {
 		return nil, fmt.Errorf("snap needs --keep of at least 1 (it counts the new snapshot); use clean --keep 0 to remove all")
 	}
 	if err := naming.Validate(j.Label, j.Format); err != nil {
@@ -254,9 +257,13 @@ func (j *Job) snapGuest(ctx context.Context, gr *guestRun, name string, at time.
 	gr.hook(ctx, hook.Env{Phase: hook.SnapCreatePost, SnapName: name, VMState: j.Memory, State: true, Duration: time.Since(gr.start)})
 }
 
-// Clean removes each guest's snapshots of the label beyond --keep (0 removes all).
+// Clean removes each guest's snapshots of the label beyond --keep (0 removes all),
+// or, with Retain, those its calendar rules do not keep at the clock's time.
 func (j *Job) Clean(ctx context.Context, guests []driver.Guest) (*Report, error) {
-	if j.Keep < 0 {
+	if err := j.checkRetain(); err != nil {
+		return nil, err
+	}
+	if j.Retain == nil && j.Keep < 0 {
 		return nil, fmt.Errorf("--keep must be 0 or more")
 	}
 	if err := naming.Validate(j.Label, j.Format); err != nil {

@@ -28,6 +28,12 @@ type listing struct {
 	all       []driver.Snapshot
 	ours      []retention.Item
 	protected []retention.Item
+	// named is the time in the name of each snapshot of ours and protected: calendar
+	// retention (Job.Retain) dates snapshots by their names, not by creation times.
+	named map[string]time.Time
+	// unreadable are the snapshots that are ours by their description and start with
+	// auto+label but whose names no format reads: retention never removes them.
+	unreadable []string
 }
 
 // protectedReason is the keep reason of a protected snapshot in a dry run.
@@ -67,13 +73,17 @@ func (j *Job) list(ctx context.Context, gr *guestRun) (listing, bool) {
 		gr.fail("listing snapshots failed", err)
 		return listing{}, false
 	}
-	l := listing{all: snaps}
+	l := listing{all: snaps, named: map[string]time.Time{}}
 	rec := j.recognizer()
 	for _, s := range snaps {
 		r, ok := rec.Recognize(s.Name, s.Description, s.Created, j.Label)
 		if !ok {
+			if unreadable(s, j.Label) {
+				l.unreadable = append(l.unreadable, s.Name)
+			}
 			continue
 		}
+		l.named[s.Name] = r.Time
 		t := r.Time
 		if !s.Created.IsZero() {
 			t = s.Created
@@ -88,17 +98,36 @@ func (j *Job) list(ctx context.Context, gr *guestRun) (listing, bool) {
 	return l, true
 }
 
+// unreadable reports whether s looks like a snapshot of label that naming cannot
+// read: our description (not recording another label) and the name auto+label+….
+func unreadable(s driver.Snapshot, label string) bool {
+	if !naming.IsOurs(s.Description) || !strings.HasPrefix(s.Name, naming.Prefix+label) {
+		return false
+	}
+	rec := naming.DescriptionFields(s.Description)[naming.FieldLabel]
+	return rec == "" || rec == label
+}
+
 // plan applies retention to the listing; planned is the snapshot about to be created
 // (nil for clean). The listing's protected snapshots are added as kept decisions with
 // their reason, in time order, so a dry run lists them. On failure the guest has
 // failed.
 func (j *Job) plan(gr *guestRun, l listing, planned *retention.Item) ([]retention.Decision, bool) {
-	ds, err := retention.Plan(l.ours, planned, j.Keep)
+	var ds []retention.Decision
+	var err error
+	if j.Retain != nil {
+		ds, err = j.planGFS(gr, l, planned)
+	} else {
+		ds, err = retention.Plan(l.ours, planned, j.Keep)
+	}
 	if err != nil {
 		gr.fail("retention", fmt.Errorf("guest %s: %w", gr.res.Guest.Name, err))
 		return nil, false
 	}
 	for _, p := range l.protected {
+		if j.Retain != nil {
+			p.Time = l.named[p.Name]
+		}
 		ds = append(ds, retention.Decision{Item: p, Keep: true, Reason: protectedReason})
 	}
 	slices.SortStableFunc(ds, func(a, b retention.Decision) int {
@@ -108,6 +137,40 @@ func (j *Job) plan(gr *guestRun, l listing, planned *retention.Item) ([]retentio
 		return strings.Compare(a.Name, b.Name)
 	})
 	return ds, true
+}
+
+// gfs returns the job's calendar policy with its periods in the zone of the names
+// when the policy names none.
+func (j *Job) gfs() retention.GFS {
+	p := *j.Retain
+	if p.Location == nil {
+		p.Location = j.loc()
+	}
+	return p
+}
+
+// planGFS applies Job.Retain to the label's snapshots dated by their names; the
+// planned one is dated by its name too, and is "now", so that a run plans in the
+// timeline later runs read back (in a repeated DST hour a name reads as its first
+// occurrence). Snapshots whose names no format reads are reported and left alone.
+func (j *Job) planGFS(gr *guestRun, l listing, planned *retention.Item) ([]retention.Decision, error) {
+	for _, n := range l.unreadable {
+		gr.printf("Skip snapshot: %s (its name does not read as auto%s + a timestamp of --timestamp-format %s; never removed)", n, j.Label, j.Format)
+	}
+	items := make([]retention.Item, len(l.ours))
+	for i, it := range l.ours {
+		it.Time = l.named[it.Name]
+		items[i] = it
+	}
+	now := j.now()
+	if planned != nil {
+		p := *planned
+		if t, err := j.Format.Parse(strings.TrimPrefix(p.Name, naming.Prefix+j.Label), j.loc()); err == nil {
+			p.Time = t
+		}
+		planned, now = &p, p.Time
+	}
+	return retention.PlanGFS(items, planned, j.gfs(), now)
 }
 
 // deleteCtx bounds one removal: by --timeout, or — for drivers whose merges are
@@ -162,4 +225,18 @@ func (j *Job) prune(ctx context.Context, gr *guestRun, ds []retention.Decision) 
 		gr.hook(ctx, hook.Env{Phase: hook.SnapRemovePost, SnapName: d.Name, State: true, Duration: time.Since(rstart)})
 	}
 	return true
+}
+
+// checkRetain refuses a calendar policy that is invalid or keeps nothing.
+func (j *Job) checkRetain() error {
+	if j.Retain == nil {
+		return nil
+	}
+	if err := j.Retain.Validate(); err != nil {
+		return err
+	}
+	if j.Retain.IsEmpty() {
+		return fmt.Errorf("%w: give at least one --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly or --keep-within", retention.ErrKeepsNothing)
+	}
+	return nil
 }

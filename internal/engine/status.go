@@ -9,6 +9,7 @@ import (
 
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/naming"
+	"github.com/autosnap/autosnap/internal/retention"
 )
 
 // StatusRow is one autosnap snapshot of one guest.
@@ -29,6 +30,14 @@ type StatusRow struct {
 	Incomplete string
 	// Protected marks a snapshot retention never removes (autosnap snapshot protect).
 	Protected bool
+	// Named is the timestamp in the name, which calendar retention dates it by.
+	Named time.Time
+	// KeepChecked says KeepStatus decided Keep and KeepReasons.
+	KeepChecked bool
+	// Keep and KeepReasons are what calendar rules decide for the snapshot now (see
+	// KeepStatus): the reasons it is kept, or why it would be removed.
+	Keep        bool
+	KeepReasons []string
 }
 
 // Status lists the autosnap (and cv4pve-autosnap) snapshots of the guests, in guest
@@ -74,7 +83,7 @@ func Status(ctx context.Context, d driver.Driver, guests []driver.Guest, label s
 					Node: g.Node, VMID: GuestID(g), VMName: g.Name, Name: s.Name, Label: r.Label,
 					Time: s.Created, Parent: s.Parent, Description: firstLine(s.Description),
 					VMState: s.Memory, Location: s.Location, Consistency: s.Consistency, Incomplete: s.Incomplete,
-					Protected: isProtected(s),
+					Protected: isProtected(s), Named: r.Time,
 				})
 			}
 		}(i, g)
@@ -92,6 +101,56 @@ func Status(ctx context.Context, d driver.Driver, guests []driver.Guest, label s
 		return rows, fmt.Errorf("listing snapshots failed for %d guests: %s: %w", len(failed), strings.Join(failed, "; "), ErrGuestsFailed)
 	}
 	return rows, nil
+}
+
+// KeepStatus decides, per guest and label, what calendar rules p would keep of the
+// rows now, as clean would: snapshots are dated by their names, in p.Location (the
+// caller sets the zone names are written in); protected ones are kept with their
+// reason and take no rule's place. A guest and label p would empty entirely (clean
+// refuses that) have every row kept, with the refusal as reason.
+func KeepStatus(rows []StatusRow, p retention.GFS, now time.Time) {
+	type group struct{ node, vmid, label string }
+	idx := map[group][]int{}
+	var order []group
+	for i, r := range rows {
+		k := group{r.Node, r.VMID, r.Label}
+		if _, ok := idx[k]; !ok {
+			order = append(order, k)
+		}
+		idx[k] = append(idx[k], i)
+	}
+	for _, k := range order {
+		var items []retention.Item
+		for _, i := range idx[k] {
+			r := &rows[i]
+			r.KeepChecked = true
+			if r.Protected {
+				r.Keep, r.KeepReasons = true, []string{protectedReason}
+				continue
+			}
+			items = append(items, retention.Item{Name: r.Name, Time: r.Named, Incomplete: r.Incomplete})
+		}
+		ds, err := retention.PlanGFS(items, nil, p, now)
+		byName := map[string]retention.Decision{}
+		for _, d := range ds {
+			byName[d.Name] = d
+		}
+		for _, i := range idx[k] {
+			r := &rows[i]
+			if r.Protected {
+				continue
+			}
+			if err != nil {
+				r.Keep, r.KeepReasons = true, []string{"clean would refuse: " + err.Error()}
+				continue
+			}
+			d := byName[r.Name]
+			r.Keep, r.KeepReasons = d.Keep, d.Reasons
+			if len(r.KeepReasons) == 0 {
+				r.KeepReasons = []string{d.Reason}
+			}
+		}
+	}
 }
 
 func firstLine(s string) string {

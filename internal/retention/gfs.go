@@ -160,15 +160,63 @@ type gfsRule struct {
 func (p GFS) rules() []gfsRule {
 	return []gfsRule{
 		{"last", p.Last, nil},
-		{"hourly", p.Hourly, func(t time.Time) string { return t.Format("2006-01-02 15h") }},
-		{"daily", p.Daily, func(t time.Time) string { return t.Format("2006-01-02") }},
-		{"weekly", p.Weekly, func(t time.Time) string {
-			y, w := t.ISOWeek()
-			return fmt.Sprintf("%04d-W%02d", y, w)
-		}},
-		{"monthly", p.Monthly, func(t time.Time) string { return t.Format("2006-01") }},
-		{"yearly", p.Yearly, func(t time.Time) string { return t.Format("2006") }},
+		{"hourly", p.Hourly, hourKey},
+		{"daily", p.Daily, dayKey},
+		{"weekly", p.Weekly, weekKey},
+		{"monthly", p.Monthly, monthKey},
+		{"yearly", p.Yearly, yearKey},
 	}
+}
+
+// The period keys: what time.Format renders with "2006-01-02 15h", "2006-01-02",
+// "2006-01" and "2006", and the ISO week as "2006-W01", built without parsing a
+// layout (they are computed for every point and rule on every run).
+
+func hourKey(t time.Time) string {
+	y, m, d := t.Date()
+	b := make([]byte, 0, 14)
+	b = pad(b, y, 4)
+	b = pad(append(b, '-'), int(m), 2)
+	b = pad(append(b, '-'), d, 2)
+	b = pad(append(b, ' '), t.Hour(), 2)
+	return string(append(b, 'h'))
+}
+
+func dayKey(t time.Time) string {
+	y, m, d := t.Date()
+	b := make([]byte, 0, 10)
+	b = pad(b, y, 4)
+	b = pad(append(b, '-'), int(m), 2)
+	return string(pad(append(b, '-'), d, 2))
+}
+
+func weekKey(t time.Time) string {
+	y, w := t.ISOWeek()
+	b := make([]byte, 0, 8)
+	b = pad(b, y, 4)
+	return string(pad(append(b, "-W"...), w, 2))
+}
+
+func monthKey(t time.Time) string {
+	y, m, _ := t.Date()
+	b := make([]byte, 0, 7)
+	b = pad(b, y, 4)
+	return string(pad(append(b, '-'), int(m), 2))
+}
+
+func yearKey(t time.Time) string { return string(pad(nil, t.Year(), 4)) }
+
+// pad appends v (≥ 0) zero-padded to w digits.
+func pad(b []byte, v, w int) []byte {
+	var d [20]byte
+	i := len(d)
+	for v > 0 || w > 0 || i == len(d) {
+		i--
+		d[i] = byte('0' + v%10)
+		v /= 10
+		w--
+	}
+	return append(b, d[i:]...)
 }
 
 // Apply decides for every item whether the policy keeps it, with the reasons, and
@@ -191,13 +239,23 @@ func (p GFS) Apply(items []GFSItem, now time.Time) ([]GFSDecision, error) {
 	for i, it := range items {
 		ds[i] = GFSDecision{GFSItem: it}
 	}
-	// Newest first for the walk.
-	slices.SortStableFunc(ds, func(a, b GFSDecision) int {
-		if c := b.Time.Compare(a.Time); c != 0 {
+	// Newest first for the walk. Callers mostly pass items oldest first, strictly
+	// ordered: reversing them gives what the stable sort would.
+	ascending := func(a, b GFSDecision) int {
+		if c := a.Time.Compare(b.Time); c != 0 {
 			return c
 		}
-		return strings.Compare(b.ID, a.ID)
-	})
+		return strings.Compare(a.ID, b.ID)
+	}
+	strict := true
+	for i := 1; i < len(ds) && strict; i++ {
+		strict = ascending(ds[i-1], ds[i]) < 0
+	}
+	if strict {
+		slices.Reverse(ds)
+	} else {
+		slices.SortStableFunc(ds, func(a, b GFSDecision) int { return ascending(b, a) })
+	}
 	future := func(d GFSDecision) bool { return d.Time.After(now) }
 	for i := range ds {
 		if future(ds[i]) {
@@ -218,7 +276,7 @@ func (p GFS) Apply(items []GFSItem, now time.Time) ([]GFSDecision, error) {
 		if r.n == 0 {
 			continue
 		}
-		covered := map[string]bool{}
+		covered := make(map[string]bool, len(ds))
 		if r.key != nil {
 			for _, d := range ds {
 				if d.Keep && !future(d) {
@@ -245,16 +303,17 @@ func (p GFS) Apply(items []GFSItem, now time.Time) ([]GFSDecision, error) {
 			}
 			kept++
 			ds[i].Keep = true
-			ds[i].Reasons = []string{fmt.Sprintf("%s #%d%s", r.name, kept, label)}
+			ds[i].Reasons = []string{r.name + " #" + strconv.Itoa(kept) + label}
 		}
 	}
 	keptAny := false
+	none := "kept by no rule of " + p.String()
 	for i := range ds {
 		if ds[i].Keep {
 			keptAny = true
 			continue
 		}
-		ds[i].Reasons = []string{"kept by no rule of " + p.String()}
+		ds[i].Reasons = []string{none}
 	}
 	if !keptAny && len(ds) > 0 {
 		return nil, fmt.Errorf("%w: %s would remove all %d points; refusing", ErrKeepsNothing, p.String(), len(ds))

@@ -33,6 +33,9 @@ type Decision struct {
 	// New marks the planned snapshot, the one not created yet.
 	New    bool   `json:"new,omitempty"`
 	Reason string `json:"reason"`
+	// Reasons are Reason's parts when calendar rules decided (PlanGFS): the rule that
+	// keeps the item, then the periods of coarser rules it covers.
+	Reasons []string `json:"reasons,omitempty"`
 }
 
 // Plan keeps the newest keep items of existing plus planned and removes the rest,
