@@ -76,6 +76,9 @@ func (gr *guestRun) hook(ctx context.Context, env hook.Env) error {
 	g := gr.res.Guest
 	env.VMID, env.VMName, env.VMType, env.Node = GuestID(g), g.Name, string(g.Kind), g.Node
 	env.Label, env.Keep, env.Debug = j.Label, j.Keep, j.Debug
+	if j.Retain != nil {
+		env.Retention = j.Retain.String()
+	}
 	err := j.Hooks.Run(hookCtx(ctx, env.Phase), env, gr.out)
 	if err == nil {
 		return nil
@@ -124,6 +127,9 @@ func (j *Job) jobHook(ctx context.Context, env hook.Env) {
 		return
 	}
 	env.Label, env.Keep, env.Debug = j.Label, j.Keep, j.Debug
+	if j.Retain != nil {
+		env.Retention = j.Retain.String()
+	}
 	if err := j.Hooks.Run(hookCtx(ctx, env.Phase), env, j.Out); err != nil {
 		fmt.Fprintf(j.Out, "WARNING: %v\n", err)
 	}

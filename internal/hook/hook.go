@@ -79,19 +79,23 @@ func Phases() []Phase {
 //   - Debug is --debug; DryRun is --dry-run (scripts are not run in a dry
 //     run, so in practice it is false).
 type Env struct {
-	Phase    Phase
-	VMID     string
-	VMName   string
-	VMType   string
-	Node     string
-	Label    string
-	Keep     int
-	SnapName string
-	VMState  bool
-	Duration time.Duration
-	State    bool
-	Debug    bool
-	DryRun   bool
+	Phase  Phase
+	VMID   string
+	VMName string
+	VMType string
+	Node   string
+	Label  string
+	Keep   int
+	// Retention is the calendar rules in force (e.g. "--keep-daily 7 --keep-weekly 4")
+	// when snap/clean run with them instead of --keep; KEEP is then 0. Passed as
+	// AUTOSNAP_RETENTION only (cv4pve-autosnap has no such variable).
+	Retention string
+	SnapName  string
+	VMState   bool
+	Duration  time.Duration
+	State     bool
+	Debug     bool
+	DryRun    bool
 	// Extra are further "KEY=value" entries appended as they are (backup phases pass
 	// AUTOSNAP_BACKUP_*).
 	Extra []string
@@ -126,7 +130,11 @@ func (e Env) Vars() []string {
 	for _, p := range kv {
 		vars = append(vars, "AUTOSNAP_"+p[0]+"="+p[1])
 	}
-	return append(append(vars, "AUTOSNAP_NODE="+e.Node), e.Extra...)
+	vars = append(vars, "AUTOSNAP_NODE="+e.Node)
+	if e.Retention != "" {
+		vars = append(vars, "AUTOSNAP_RETENTION="+e.Retention)
+	}
+	return append(vars, e.Extra...)
 }
 
 func flag(b bool) string {

@@ -450,3 +450,24 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+func TestRetentionVariable(t *testing.T) {
+	has := func(vars []string, prefix string) string {
+		for _, v := range vars {
+			if s, ok := strings.CutPrefix(v, prefix+"="); ok {
+				return s
+			}
+		}
+		return "<absent>"
+	}
+	if got := has(Env{Keep: 3}.Vars(), "AUTOSNAP_RETENTION"); got != "<absent>" {
+		t.Errorf("with --keep: AUTOSNAP_RETENTION = %q, want absent", got)
+	}
+	vars := Env{Retention: "--keep-daily 7 --keep-weekly 4"}.Vars()
+	if got := has(vars, "AUTOSNAP_RETENTION"); got != "--keep-daily 7 --keep-weekly 4" {
+		t.Errorf("AUTOSNAP_RETENTION = %q", got)
+	}
+	if got := has(vars, "CV4PVE_AUTOSNAP_RETENTION"); got != "<absent>" {
+		t.Errorf("CV4PVE_AUTOSNAP_RETENTION = %q, want absent (cv4pve has no such variable)", got)
+	}
+}
