@@ -81,6 +81,10 @@ type Options struct {
 	HTTPClient *http.Client
 	// Version goes into backup manifests.
 	Version string
+	// HoldFrozen keeps each guest frozen this long before its snapshot (with
+	// Watchdog only). Tests only: it lets a test stop the daemon while a guest is
+	// frozen.
+	HoldFrozen time.Duration
 }
 
 // Daemon runs a policy file. Create it with New; Run or RunOnce drives it.
@@ -414,7 +418,6 @@ func (d *Daemon) RunOnce(ctx context.Context) error {
 	case <-ctx.Done():
 		d.shutdown()
 	}
-	d.notifier.close(30 * time.Second)
 	d.mu.Lock()
 	failed := d.failedJobs - failedBefore
 	d.mu.Unlock()
@@ -423,6 +426,10 @@ func (d *Daemon) RunOnce(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Close sends the webhook notifications still queued (waiting up to 30s) and stops
+// the notifier. Run does it when it returns; call it after RunOnce.
+func (d *Daemon) Close() { d.notifier.close(30 * time.Second) }
 
 // ErrFailed is wrapped by RunOnce's error when a job or one of its guests failed.
 var ErrFailed = errors.New("scheduled work failed")

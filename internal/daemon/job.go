@@ -302,7 +302,7 @@ func (j *jobRun) snapshot(g driver.Guest, gr *history.GuestRun, out *syncBuffer)
 		Driver: j.drv, Hooks: j.hooks(), Label: label, Keep: max(keep.Last, 1), Retain: &keep,
 		Format: d.o.Format, Location: j.location(), Memory: rule.State, OnlyRunning: rule.OnlyRunning,
 		Quiesce: q, MaxPercStorage: 95, MaxParallel: 1, Timeout: j.timeout, LockDir: d.o.LockDir,
-		MaxChainDepth: rule.MaxChainDepth, Now: d.clock.Now, Out: out,
+		MaxChainDepth: rule.MaxChainDepth, Now: d.clock.Now, Out: out, HoldFrozen: d.o.HoldFrozen,
 	}
 	if j.wd != nil {
 		job.Watchdog = j.wd
