@@ -3,6 +3,11 @@ package daemon_test
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -453,3 +458,99 @@ func TestDaemonReloadKeepsOldConfigOnError(t *testing.T) {
 type errString string
 
 func (e errString) Error() string { return string(e) }
+
+// TestDaemonWebhook: a guest's first failure and its recovery are POSTed to the
+// webhook as signed JSON (a failure answered 503 is retried), a second failure in a
+// row is not, and the failures are counted in the metrics.
+func TestDaemonWebhook(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	g := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused}) // no agent: quiesce on fails
+	const secret = "s3cret-for-the-hook"
+	t.Setenv("AST_WEBHOOK_SECRET", secret)
+	var mu sync.Mutex
+	var events []daemon.Event
+	var badSig []string
+	posts := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		defer mu.Unlock()
+		posts++
+		if posts == 1 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		mac := hmac.New(sha256.New, []byte(secret))
+		mac.Write(body)
+		if want := "sha256=" + hex.EncodeToString(mac.Sum(nil)); r.Header.Get(daemon.SignatureHeader) != want {
+			badSig = append(badSig, r.Header.Get(daemon.SignatureHeader))
+		}
+		var e daemon.Event
+		if err := json.Unmarshal(body, &e); err != nil {
+			t.Errorf("webhook body %q: %v", body, err)
+		}
+		events = append(events, e)
+	}))
+	defer srv.Close()
+	waitEvents := func(n int) []daemon.Event {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			mu.Lock()
+			got := slices.Clone(events)
+			mu.Unlock()
+			if len(got) >= n {
+				return got
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatalf("%d webhook events, want %d", len(events), n)
+		return nil
+	}
+
+	cfg := snapshotConfig(t, "hooked", g.Name, "@every 2s", 3)
+	cfg.Policies[0].Snapshot.Quiesce = "on"
+	cfg.Notify = policy.Notify{Webhook: srv.URL, Secret: "env:AST_WEBHOOK_SECRET"}
+	h := &daemon.MemoryHistory{}
+	hs := start(t, cfg, h, newClock(t0), daemon.Options{})
+	metrics := httptest.NewServer(hs.d.Handler())
+	defer metrics.Close()
+
+	jobs := waitJobs(t, h, 1)
+	if jobs[0].Outcome != history.Failed || len(jobs[0].Guests) != 1 || !strings.Contains(jobs[0].Guests[0].Error, "quiesce") {
+		t.Fatalf("job 1: %+v, want the guest failed for quiesce", jobs[0])
+	}
+	ev := waitEvents(1)[0]
+	if ev.Event != "failure" || ev.Policy != "hooked" || ev.Guest != g.Name || ev.Kind != "snapshot" ||
+		ev.Failures != 1 || !strings.Contains(ev.Error, "quiesce") || ev.JobID != jobs[0].ID {
+		t.Fatalf("failure event %+v", ev)
+	}
+	hs.clock.waitSleeping(t, t0.Add(2*time.Second))
+	hs.clock.Advance(2 * time.Second)
+	waitJobs(t, h, 2)
+
+	fixed := snapshotConfig(t, "hooked", g.Name, "@every 2s", 3)
+	fixed.Notify = cfg.Notify
+	if err := hs.d.Reload(fixed); err != nil {
+		t.Fatal(err)
+	}
+	hs.clock.waitSleeping(t, t0.Add(4*time.Second))
+	hs.clock.Advance(2 * time.Second)
+	jobs = waitJobs(t, h, 3)
+	if jobs[2].Outcome != history.OK {
+		t.Fatalf("job 3: %+v, want ok", jobs[2])
+	}
+	got := waitEvents(2)
+	if rec := got[1]; rec.Event != "recovery" || rec.Guest != g.Name || rec.Failures != 2 || rec.Error != "" {
+		t.Fatalf("recovery event %+v, want recovery after 2 failures", rec)
+	}
+	time.Sleep(time.Second) // nothing more may arrive
+	mu.Lock()
+	if len(events) != 2 || posts != 3 || len(badSig) > 0 {
+		t.Errorf("%d events in %d posts (want 2 in 3: one retried), bad signatures %q", len(events), posts, badSig)
+	}
+	mu.Unlock()
+	if v := value(t, scrape(t, metrics.URL), "autosnap_guest_failures_total", map[string]string{"policy": "hooked", "guest": g.Name}); v != 2 {
+		t.Errorf("autosnap_guest_failures_total = %v, want 2", v)
+	}
+}

@@ -51,11 +51,11 @@ func Sign(secret string, body []byte) string {
 // notifier posts events from a queue of its own, so a slow or dead webhook never
 // holds up the scheduler: when the queue is full the event is dropped and logged.
 type notifier struct {
-	client      *http.Client
-	log         *slog.Logger
-	tries       uint
-	maxElapsed  time.Duration
-	initial     time.Duration
+	client     *http.Client
+	log        *slog.Logger
+	tries      uint
+	maxElapsed time.Duration
+	initial    time.Duration
 
 	queue chan queued
 	done  chan struct{}
