@@ -3,12 +3,10 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/policy"
-	"github.com/autosnap/autosnap/internal/secret"
 )
 
 // Connector opens a connection to one hypervisor. cfg.Host is a --host value; the
@@ -21,23 +19,13 @@ func OpenDriver(ctx context.Context, cfg driver.Config) (driver.Driver, error) {
 	return driver.Open(ctx, cfg.Host, cfg)
 }
 
-// ResolveSecret returns the secret a policy file value stands for: `env:NAME` reads
-// the environment variable NAME, `file:PATH` and literal values are read as --password
-// reads them (secret.Resolve). An unset variable is an error naming it.
-func ResolveSecret(v string) (string, error) {
-	if name, ok := strings.CutPrefix(v, "env:"); ok {
-		s, set := os.LookupEnv(name)
-		if !set {
-			return "", fmt.Errorf("environment variable %s is not set", name)
-		}
-		return s, nil
-	}
-	return secret.Resolve(v)
-}
+// ResolveSecret returns what a policy file's secret reference (`file:`, `env:`)
+// stands for (policy.ResolveSecret).
+func ResolveSecret(v string) (string, error) { return policy.ResolveSecret(v) }
 
 // ConnectionConfig resolves a policy's host: the name of a connection in cfg, or any
-// --host value used as it is. A secret that belongs to a Proxmox VE API token id
-// (USER@REALM!ID) becomes the token; any other secret is a password.
+// --host value used as it is. The secret of a user that is a Proxmox VE API token id
+// (USER@REALM!ID) is the token's; any other secret is a password.
 func ConnectionConfig(cfg *policy.Config, host string) (driver.Config, error) {
 	dc := driver.Config{Host: host, StateDir: cfg.StateDir}
 	for _, c := range cfg.Connections {
@@ -57,6 +45,13 @@ func ConnectionConfig(cfg *policy.Config, host string) (driver.Config, error) {
 			}
 		} else {
 			dc.Username = c.User
+		}
+		if c.APIToken != "" {
+			tok, err := ResolveSecret(c.APIToken)
+			if err != nil {
+				return driver.Config{}, fmt.Errorf("connection %s: reading its API token: %w", c.Name, err)
+			}
+			dc.APIToken = tok
 		}
 		break
 	}

@@ -18,7 +18,6 @@ import (
 	"github.com/autosnap/autosnap/internal/naming"
 	"github.com/autosnap/autosnap/internal/policy"
 	"github.com/autosnap/autosnap/internal/repo"
-	"github.com/autosnap/autosnap/internal/schedule"
 	"github.com/autosnap/autosnap/internal/watchdog"
 )
 
@@ -386,20 +385,16 @@ func (j *jobRun) backup(g driver.Guest, gr *history.GuestRun, out *syncBuffer) {
 	gr.Outcome, gr.Error = history.Failed, fmt.Sprintf("guest %s: backup: %v", g.Name, err)
 }
 
-// level is the first level rule with a slot since the job's previous run, else the
-// rule's default (auto).
+// level is the policy's level for this run (policy.BackupRule.LevelAt): a level rule
+// is due when one of its slots passed since the job's previous run.
 func (j *jobRun) level(rule *policy.BackupRule) (backup.Level, error) {
-	now := j.d.clock.Now()
+	last := map[string]time.Time{}
 	for _, lr := range rule.Levels {
-		s, err := schedule.Parse(lr.Schedule.Spec, j.location())
-		if err != nil {
-			return "", fmt.Errorf("level %s: %w", lr.Level, err)
-		}
-		if j.prev.IsZero() || !s.Next(j.prev).After(now) {
-			return backup.ParseLevel(lr.Level)
-		}
+		last[lr.Level] = j.prev
 	}
-	return backup.ParseLevel(orDefault(rule.Default, string(backup.LevelAuto)))
+	level, why := rule.LevelAt(j.d.clock.Now(), last)
+	j.log.Debug("backup level", "level", level, "why", why)
+	return backup.ParseLevel(orDefault(level, string(backup.LevelAuto)))
 }
 
 func outcomeOf(o engine.Outcome) history.Outcome {
