@@ -84,9 +84,15 @@ and cron: exit status 1 when a job or guest failed.`,
 	return cmd
 }
 
+// adjustDaemon, when set, adjusts the options of the next runDaemon (tests only).
+var adjustDaemon func(*DaemonOptions)
+
 // runDaemon loads the policy file, opens the history database and runs the daemon
 // until ctx ends (SIGTERM/SIGINT), or once with --once.
 func runDaemon(ctx context.Context, g *GlobalOptions, o *DaemonOptions) error {
+	if adjustDaemon != nil {
+		adjustDaemon(o)
+	}
 	level := slog.LevelInfo
 	if g.Debug {
 		level = slog.LevelDebug
