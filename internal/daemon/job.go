@@ -323,7 +323,9 @@ func (j *jobRun) snapshot(g driver.Guest, gr *history.GuestRun, out *syncBuffer)
 	}
 	gr.Removed = r.Removed
 	gr.Freeze = r.Freeze
-	j.countSnapshots(g, label)
+	if d.work.Err() == nil {
+		j.countSnapshots(g, label)
+	}
 }
 
 // countSnapshots sets the autosnap_snapshots gauge of the guest's label.
