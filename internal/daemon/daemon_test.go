@@ -554,3 +554,78 @@ func TestDaemonWebhook(t *testing.T) {
 		t.Errorf("autosnap_guest_failures_total = %v, want 2", v)
 	}
 }
+
+// TestDaemonBackupLevelsAndPrune runs a backup policy (read from YAML) over a real
+// guest: the first run is a full (no point yet), the level rule makes the run after
+// its slot a full and the others inc, prune keeps the last 2 points, history has the
+// points and bytes, and autosnap_backup_bytes_total adds them up.
+func TestDaemonBackupLevelsAndPrune(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	g := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused})
+	target := t.TempDir()
+	cfg, err := policy.Parse([]byte(`timezone: UTC
+state_dir: `+t.TempDir()+`
+policies:
+  - name: nightly
+    host: qemu:///system
+    vmid: "`+g.Name+`"
+    backup:
+      schedule: "@every 10s"
+      target: `+target+`
+      quiesce: "off"
+      levels:
+        - level: full
+          schedule: "30 0 10 * * *"
+      level: inc
+      prune:
+        keep_last: 2
+`), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &daemon.MemoryHistory{}
+	g.WriteDisk(t, "vda", 0, 0xEE, 64<<10)
+	hs := start(t, cfg, h, newClock(t0), daemon.Options{})
+	srv := httptest.NewServer(hs.d.Handler())
+	defer srv.Close()
+
+	var total int64
+	var points []string
+	// Runs at 10:00:00 (first: the full rule has never run), :10, :20 (inc), :30 (the
+	// 10:00:30 full slot passed), :40 (inc).
+	wantLevel := []string{"full", "inc", "inc", "full", "inc"}
+	for c := range wantLevel {
+		at := t0.Add(time.Duration(10*c) * time.Second)
+		if c > 0 {
+			g.WriteDisk(t, "vda", int64(c)<<20, byte(c), 64<<10)
+			hs.clock.waitSleeping(t, at)
+			hs.clock.Advance(10 * time.Second)
+		}
+		jobs := waitJobs(t, h, c+1)
+		j := jobs[c]
+		if j.Outcome != history.OK || len(j.Guests) != 1 || len(j.Guests[0].Created) != 1 {
+			t.Fatalf("run %d: %+v", c, j)
+		}
+		gr := j.Guests[0]
+		if gr.Bytes <= 0 {
+			t.Errorf("run %d: %d bytes recorded", c, gr.Bytes)
+		}
+		total += gr.Bytes
+		point := gr.Created[0]
+		if !strings.Contains(point, wantLevel[c]) {
+			t.Errorf("run %d: point %s, want a %s", c, point, wantLevel[c])
+		}
+		points = append(points, point)
+		var wantRemoved []string
+		if len(points) > 2 {
+			wantRemoved = points[:len(points)-2]
+			points = points[len(points)-2:]
+		}
+		if !slices.Equal(gr.Removed, wantRemoved) {
+			t.Errorf("run %d: removed %v, want %v", c, gr.Removed, wantRemoved)
+		}
+	}
+	if v := value(t, scrape(t, srv.URL), "autosnap_backup_bytes_total", map[string]string{"policy": "nightly", "guest": g.Name}); v != float64(total) {
+		t.Errorf("autosnap_backup_bytes_total = %v, want %d", v, total)
+	}
+}

@@ -18,6 +18,8 @@ import (
 	"github.com/autosnap/autosnap/internal/naming"
 	"github.com/autosnap/autosnap/internal/policy"
 	"github.com/autosnap/autosnap/internal/repo"
+	"github.com/autosnap/autosnap/internal/retention"
+	"github.com/autosnap/autosnap/internal/schedule"
 	"github.com/autosnap/autosnap/internal/watchdog"
 )
 
@@ -379,6 +381,15 @@ func (j *jobRun) backup(g driver.Guest, gr *history.GuestRun, out *syncBuffer) {
 						gr.Created = []string{res.Point}
 					}
 					gr.Bytes = int64(res.Bytes)
+					if gr.Outcome == history.OK && hasRules(rule.Prune) {
+						removed, perr := j.prune(g, r, rule.Prune)
+						gr.Removed = removed
+						if perr != nil {
+							gr.Outcome = history.Failed
+							gr.Error = fmt.Sprintf("guest %s: backup %s taken, but pruning %s failed: %v (autosnap backup prune retries it)",
+								g.Name, res.Point, rule.Target, perr)
+						}
+					}
 					return
 				}
 			}
@@ -387,16 +398,69 @@ func (j *jobRun) backup(g driver.Guest, gr *history.GuestRun, out *syncBuffer) {
 	gr.Outcome, gr.Error = history.Failed, fmt.Sprintf("guest %s: backup: %v", g.Name, err)
 }
 
-// level is the policy's level for this run (policy.BackupRule.LevelAt): a level rule
-// is due when one of its slots passed since the job's previous run.
+// level is the policy's level for this run: the first level rule with a slot since
+// the job's previous run (policy.BackupRule.LevelAt), else the default (auto).
 func (j *jobRun) level(rule *policy.BackupRule) (backup.Level, error) {
+	now := j.d.clock.Now()
 	last := map[string]time.Time{}
+	parsed := true
 	for _, lr := range rule.Levels {
 		last[lr.Level] = j.prev
+		parsed = parsed && lr.Schedule.Parsed().String() != ""
 	}
-	level, why := rule.LevelAt(j.d.clock.Now(), last)
-	j.log.Debug("backup level", "level", level, "why", why)
-	return backup.ParseLevel(orDefault(level, string(backup.LevelAuto)))
+	if parsed {
+		level, why := rule.LevelAt(now, last)
+		j.log.Debug("backup level", "level", level, "why", why)
+		return backup.ParseLevel(orDefault(level, string(backup.LevelAuto)))
+	}
+	// A rule built in code rather than read by policy.Load: parse its schedules here.
+	for _, lr := range rule.Levels {
+		s, err := schedule.Parse(lr.Schedule.Spec, j.location())
+		if err != nil {
+			return "", fmt.Errorf("level %s: %w", lr.Level, err)
+		}
+		if due, _ := s.Due(j.prev, now); due {
+			return backup.ParseLevel(lr.Level)
+		}
+	}
+	return backup.ParseLevel(orDefault(rule.Default, string(backup.LevelAuto)))
+}
+
+// prune applies the policy's prune rules to the guest's points after a successful
+// backup, under the guest's repository lock, and returns the removed points.
+func (j *jobRun) prune(g driver.Guest, r *repo.Repo, keep retention.GFS) ([]string, error) {
+	if keep.Location == nil {
+		keep.Location = j.location()
+	}
+	uuid := g.UUID
+	if uuid == "" {
+		uuid = g.Key()
+	}
+	rg, err := r.Guest(repo.GuestID{UUID: uuid, Name: g.Name, Node: g.Node, Driver: j.drv.Name()})
+	if err != nil {
+		return nil, err
+	}
+	lctx, cancel := context.WithTimeout(j.d.work, j.timeout)
+	unlock, err := rg.Lock(lctx)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	plan, err := rg.PlanPrune(keep, j.d.clock.Now())
+	if err != nil || len(plan.Remove) == 0 {
+		return nil, err
+	}
+	if err := rg.Prune(j.d.work, plan); err != nil {
+		return nil, err
+	}
+	return plan.Remove, nil
+}
+
+// hasRules reports whether a retention policy has any keep rule.
+func hasRules(g retention.GFS) bool {
+	return g.Last != 0 || g.Hourly != 0 || g.Daily != 0 || g.Weekly != 0 || g.Monthly != 0 || g.Yearly != 0 ||
+		!g.Within.IsZero()
 }
 
 func outcomeOf(o engine.Outcome) history.Outcome {
