@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -244,5 +245,95 @@ policies:
 	}
 	if got := domainSnapshots(t, bed, test); len(got) != 0 {
 		t.Errorf("the excluded guest has snapshots %v", got)
+	}
+}
+
+// TestDaemonSIGHUP sends the test process a real SIGHUP while `autosnap daemon` runs:
+// a broken policy file is refused (logged with its line) and the old policies keep
+// taking snapshots; a valid file then takes over.
+func TestDaemonSIGHUP(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	dom := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused})
+	stateDir := t.TempDir()
+	file := func(name string) string {
+		return fmt.Sprintf("state_dir: %s\npolicies:\n  - name: %s\n    host: qemu:///system\n    vmid: %q\n    snapshot:\n      schedule: \"@every 2s\"\n      keep_last: 20\n      quiesce: \"off\"\n",
+			stateDir, name, dom.Name)
+	}
+	path := writePolicy(t, file("alpha"))
+	started := make(chan struct{}, 1)
+	adjustDaemon = func(o *DaemonOptions) { o.started = func(*daemon.Daemon, net.Addr) { started <- struct{}{} } }
+	t.Cleanup(func() { adjustDaemon = nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr lockedBuffer
+	code := make(chan int, 1)
+	go func() { code <- execute(ctx, []string{"daemon", "--config", path}, &stdout, &stderr, nil) }()
+	select {
+	case <-started:
+	case c := <-code:
+		t.Fatalf("daemon exited %d:\n%s", c, stderr.String())
+	}
+	// waitJob waits for a job of policy that started at or after since.
+	waitJob := func(policy string, since time.Time) {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for time.Now().Before(deadline) {
+			hs, err := history.Open(history.PathIn(stateDir), history.Options{ReadOnly: true})
+			if err == nil {
+				js, _ := hs.Jobs(context.Background(), history.Query{Policy: policy, Since: since})
+				hs.Close()
+				for _, j := range js {
+					if !j.Started.Before(since) && j.Outcome == history.OK {
+						return
+					}
+				}
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Fatalf("no ok job of %s since %s; log:\n%s", policy, since, stderr.String())
+	}
+	waitJob("alpha", time.Time{})
+
+	if err := os.WriteFile(path, []byte(strings.Replace(file("alpha"), "schedule:", "scedule:", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(stderr.String(), "reload refused") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the broken reload is not logged:\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(stderr.String(), `unknown key \"scedule\"`) || !strings.Contains(stderr.String(), "autosnap.yaml:") {
+		t.Errorf("the refusal does not name the key and line:\n%s", stderr.String())
+	}
+	waitJob("alpha", time.Now().Truncate(time.Second)) // the old policy runs on
+
+	if err := os.WriteFile(path, []byte(file("beta")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hup := time.Now().Truncate(time.Second)
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitJob("beta", hup)
+	cancel()
+	if c := <-code; c != 0 {
+		t.Fatalf("daemon exited %d, want 0:\n%s", c, stderr.String())
+	}
+	var alpha, beta int
+	for _, s := range domainSnapshots(t, bed, dom) {
+		switch {
+		case strings.HasPrefix(s, "autoalpha"):
+			alpha++
+		case strings.HasPrefix(s, "autobeta"):
+			beta++
+		}
+	}
+	if alpha < 2 || beta < 1 {
+		t.Errorf("snapshots: %d of alpha (want ≥2), %d of beta (want ≥1)", alpha, beta)
 	}
 }
