@@ -729,3 +729,36 @@ func TestDaemonBounds(t *testing.T) {
 		}
 	}
 }
+
+// TestDaemonTrigger: a job started by hand (the dashboard's "run now") is recorded
+// with its trigger and counts as the job's last run; unknown jobs are refused.
+func TestDaemonTrigger(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	g := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused})
+	cfg := snapshotConfig(t, "hourly", g.Name, "@every 1h", 5)
+	h := &daemon.MemoryHistory{}
+	hs := start(t, cfg, h, newClock(t0), daemon.Options{})
+	waitJobs(t, h, 1)
+	hs.clock.waitSleeping(t, t0.Add(30*time.Second))
+	hs.clock.Advance(5 * time.Second)
+	if err := hs.d.Trigger("hourly", history.KindBackup, "manual"); err == nil {
+		t.Error("Trigger of a job the policy does not have = nil")
+	}
+	if err := hs.d.Trigger("hourly", history.KindSnapshot, "manual"); err != nil {
+		t.Fatal(err)
+	}
+	jobs := waitJobs(t, h, 2)
+	if j := jobs[1]; j.Trigger != "manual" || j.Outcome != history.OK || !j.Started.Equal(t0.Add(5*time.Second)) {
+		t.Fatalf("triggered job %+v", j)
+	}
+	// The next scheduled run counts from the manual one.
+	hs.clock.Advance(time.Hour - time.Second)
+	time.Sleep(500 * time.Millisecond)
+	if jobs, _ := h.Jobs(context.Background(), history.Query{}); len(jobs) != 2 {
+		t.Fatalf("%d jobs before the hour after the manual run, want 2", len(jobs))
+	}
+	hs.clock.Advance(time.Second)
+	if j := waitJobs(t, h, 3)[2]; j.Trigger != daemon.TriggerSchedule || !j.Started.Equal(t0.Add(time.Hour+5*time.Second)) {
+		t.Fatalf("scheduled job after the manual one: %+v", j)
+	}
+}
