@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -79,11 +81,13 @@ func freezeStatus(t *testing.T, d *testbed.Domain) string {
 	return ""
 }
 
-// TestDaemonStopWhileFrozen stops `autosnap daemon` (SIGTERM cancels the command's
-// context) while it holds a real guest's filesystems frozen through the agent
-// (quiesce on): the daemon exits 0, the guest is thawed, no snapshot or overlay is
-// left half made, the journal holds nothing to repair, the history says the job was
-// aborted, and the next `clean` has nothing to repair. /metrics was served meanwhile.
+// TestDaemonStopWhileFrozen runs `autosnap daemon --once` over a real guest with its
+// agent and quiesce on (the freeze is timed in the history and the metrics), then
+// stops a long-running daemon (SIGTERM cancels the command's context) while it holds
+// the guest's filesystems frozen: the daemon exits 0, the guest is thawed, the
+// snapshot being taken is not left half made, the journal holds nothing to repair,
+// the history says the job was aborted, and the next `clean` has nothing to repair.
+// /metrics was served meanwhile.
 func TestDaemonStopWhileFrozen(t *testing.T) {
 	bed := testbed.Libvirt(t)
 	dom := bed.NewDomain(t, testbed.DomainSpec{Guest: true, Writer: true})
@@ -96,17 +100,49 @@ policies:
     host: qemu:///system
     vmid: %q
     snapshot:
-      schedule: "@every 1h"
+      schedule: "@every 1s"
       keep_last: 2
       quiesce: "on"
 `, stateDir, dom.Name))
+	readJobs := func() []history.Job {
+		t.Helper()
+		hs, err := history.Open(history.PathIn(stateDir), history.Options{ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hs.Close()
+		jobs, err := hs.Jobs(context.Background(), history.Query{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return jobs
+	}
+
+	// A whole run first: frozen for the snapshot alone, and timed.
+	var onceD *daemon.Daemon
+	adjustDaemon = func(o *DaemonOptions) { o.started = func(d *daemon.Daemon, _ net.Addr) { onceD = d } }
+	t.Cleanup(func() { adjustDaemon = nil })
+	mustRun(t, "--timeout", "60", "daemon", "--config", path, "--once")
+	jobs := readJobs()
+	if len(jobs) != 1 || jobs[0].Outcome != history.OK || len(jobs[0].Guests) != 1 || jobs[0].Guests[0].Freeze <= 0 ||
+		len(jobs[0].Guests[0].Created) != 1 {
+		t.Fatalf("history after --once: %+v, want one ok job with a timed freeze", jobs)
+	}
+	first := jobs[0].Guests[0].Created[0]
+	msrv := httptest.NewServer(onceD.Handler())
+	fams := parseMetrics(t, msrv.URL)
+	msrv.Close()
+	if h := fams["autosnap_freeze_seconds"]; h == nil || h.GetMetric()[0].GetHistogram().GetSampleCount() != 1 ||
+		h.GetMetric()[0].GetHistogram().GetSampleSum() != jobs[0].Guests[0].Freeze.Seconds() {
+		t.Errorf("autosnap_freeze_seconds: %v, want one sample of %s", h, jobs[0].Guests[0].Freeze)
+	}
+	time.Sleep(1100 * time.Millisecond) // the next run is due
 
 	started := make(chan net.Addr, 1)
 	adjustDaemon = func(o *DaemonOptions) {
 		o.holdFrozen = 3 * time.Minute
 		o.started = func(_ *daemon.Daemon, a net.Addr) { started <- a }
 	}
-	t.Cleanup(func() { adjustDaemon = nil })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var stdout, stderr lockedBuffer
@@ -131,15 +167,8 @@ policies:
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	resp, err := http.Get("http://" + addr.String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(resp.Body)
-	resp.Body.Close()
-	if err != nil || fams["go_goroutines"] == nil {
-		t.Fatalf("/metrics while running: %v (%d families)", err, len(fams))
+	if fams := parseMetrics(t, "http://"+addr.String()); fams["go_goroutines"] == nil {
+		t.Fatalf("/metrics while running: %d families, no go_goroutines", len(fams))
 	}
 
 	stopAt := time.Now()
@@ -156,24 +185,19 @@ policies:
 	if s := freezeStatus(t, dom); s != "thawed" {
 		t.Fatalf("guest is %s after the daemon stopped", s)
 	}
-	if snaps := domainSnapshots(t, bed, dom); len(snaps) != 0 {
-		t.Errorf("snapshots %v after a stop during the freeze, want none", snaps)
+	if snaps := domainSnapshots(t, bed, dom); !slices.Equal(snaps, []string{first}) {
+		t.Errorf("snapshots %v after a stop during the freeze, want only %s", snaps, first)
 	}
-	if chain := dom.Chain(t, "vda"); len(chain) != 1 {
-		t.Errorf("chain of vda %v, want the base image alone", chain)
+	if chain := dom.Chain(t, "vda"); len(chain) != 2 {
+		t.Errorf("chain of vda %v, want the base and one overlay", chain)
 	}
 	keys, err := journal.Open(filepath.Join(stateDir, "journal")).Keys("")
 	if err != nil || len(keys) > 0 {
 		t.Errorf("journal after the stop: %v %v, want empty", keys, err)
 	}
-	hs, err := history.Open(history.PathIn(stateDir), history.Options{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	jobs, err := hs.Jobs(context.Background(), history.Query{})
-	hs.Close()
-	if err != nil || len(jobs) != 1 {
-		t.Fatalf("history: %v %+v, want one job", err, jobs)
+	jobs = readJobs()
+	if len(jobs) != 2 {
+		t.Fatalf("history: %+v, want two jobs", jobs)
 	}
 	if j := jobs[0]; j.Outcome != history.Aborted || j.Policy != "frz" || len(j.Guests) != 1 || j.Guests[0].Outcome != history.Aborted {
 		t.Errorf("history job %+v, want aborted with the guest aborted", j)
@@ -183,6 +207,22 @@ policies:
 	if r.code != 0 || strings.Contains(strings.ToLower(r.stdout+r.stderr), "repair") {
 		t.Errorf("clean after the stop: exit %d, output mentions a repair or failed:\n%s%s", r.code, r.stdout, r.stderr)
 	}
+}
+
+// parseMetrics scrapes base/metrics with the Prometheus text parser.
+func parseMetrics(t *testing.T, base string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parsing /metrics: %v", err)
+	}
+	return fams
 }
 
 // TestDaemonOnceMinimalFile runs `autosnap daemon --once` on the issue's minimal
