@@ -50,7 +50,7 @@ func TestConnectionConfig(t *testing.T) {
 		{Name: "bad", Host: "pve5", User: "x", Secret: "env:AST_UNSET_VARIABLE"},
 	}}
 	for _, c := range []struct {
-		host                               string
+		host                                string
 		wantHost, user, pass, token, finger string
 	}{
 		{"pve", "pve1,pve2", "autosnap@pve", "pw-secret", "", "AA:BB"},
