@@ -755,6 +755,15 @@ func TestDaemonTrigger(t *testing.T) {
 		t.Fatalf("triggered job %+v", j)
 	}
 	// The next scheduled run counts from the manual one.
+	js := hs.d.Jobs()
+	for i := 0; i < 100 && len(js) == 1 && js[0].Running; i++ { // the job's end is recorded just before
+		time.Sleep(10 * time.Millisecond)
+		js = hs.d.Jobs()
+	}
+	if len(js) != 1 || js[0].Policy != "hourly" || js[0].Running ||
+		!js[0].LastRun.Equal(t0.Add(5*time.Second)) || !js[0].Next.Equal(t0.Add(time.Hour+5*time.Second)) {
+		t.Errorf("Jobs() = %+v", js)
+	}
 	hs.clock.Advance(time.Hour - time.Second)
 	time.Sleep(500 * time.Millisecond)
 	if jobs, _ := h.Jobs(context.Background(), history.Query{}); len(jobs) != 2 {
