@@ -374,7 +374,8 @@ func histCount(t *testing.T, fams map[string]*dto.MetricFamily, fam string, labe
 
 // TestDaemonCatchesUpOnce: a daemon that was down for an hour over an every-minute
 // schedule runs the job once when it starts again (as a catch-up), not once per
-// missed slot, and then keeps to the schedule.
+// missed slot, and then keeps to the schedule; a clock jump of two hours while it
+// runs (a suspend) is caught up once as well.
 func TestDaemonCatchesUpOnce(t *testing.T) {
 	bed := testbed.Libvirt(t)
 	g := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused})
@@ -403,7 +404,21 @@ func TestDaemonCatchesUpOnce(t *testing.T) {
 	if j := jobs[2]; j.Trigger != daemon.TriggerSchedule || !j.Started.Equal(restart.Add(30*time.Second)) {
 		t.Fatalf("the next job: %+v; want a scheduled one at the next minute", j)
 	}
-	want := []string{name("minutely", t0), name("minutely", restart), name("minutely", restart.Add(30*time.Second))}
+	// A suspend or clock jump of two hours while running: one catch-up, then the
+	// schedule again.
+	second.clock.waitSleeping(t, restart.Add(60*time.Second))
+	second.clock.Advance(2 * time.Hour)
+	woke := restart.Add(30*time.Second + 2*time.Hour)
+	jobs = waitJobs(t, h, 4)
+	second.clock.waitSleeping(t, woke.Add(30*time.Second))
+	if jobs, _ := h.Jobs(context.Background(), history.Query{}); len(jobs) != 4 {
+		t.Fatalf("%d jobs after the clock jump, want 4 (one catch-up)", len(jobs))
+	}
+	if j := jobs[3]; j.Trigger != daemon.TriggerCatchUp || !j.Started.Equal(woke) {
+		t.Fatalf("the job after the jump: %+v; want a catch-up at %s", j, woke)
+	}
+	want := []string{name("minutely", t0), name("minutely", restart), name("minutely", restart.Add(30*time.Second)),
+		name("minutely", woke)}
 	if got := snapNames(t, bed, g); !slices.Equal(got, want) {
 		t.Fatalf("snapshots %v, want %v", got, want)
 	}
