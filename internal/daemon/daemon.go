@@ -19,7 +19,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"slices"
 	"sync"
 	"time"
 
@@ -570,20 +569,6 @@ func acquire(ctx context.Context, sem chan struct{}) (func(), error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-}
-
-// Busy reports the guests being worked on now, for tests and the dashboard.
-func (d *Daemon) Busy() []string {
-	d.guests.mu.Lock()
-	defer d.guests.mu.Unlock()
-	var out []string
-	for k, c := range d.guests.m {
-		if len(c) > 0 {
-			out = append(out, k)
-		}
-	}
-	slices.Sort(out)
-	return out
 }
 
 type slogPromLogger struct{ l *slog.Logger }
