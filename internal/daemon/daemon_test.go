@@ -727,6 +727,16 @@ func TestDaemonBounds(t *testing.T) {
 				t.Fatalf("max-jobs %d: job %+v", maxJobs, j)
 			}
 		}
+		// The job phases run once for the policy's run, not once per guest.
+		logged, err := os.ReadFile(logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, phase := range []string{"snap-job-start", "snap-job-end"} {
+			if n := strings.Count(string(logged), " "+phase+" "); n != 1 {
+				t.Errorf("max-jobs %d: %s ran %d times for one job of 3 guests, want once:\n%s", maxJobs, phase, n, logged)
+			}
+		}
 		ivs := hookIntervals(t, logPath)
 		if len(ivs) != 6 {
 			t.Fatalf("max-jobs %d: %d guest intervals in the hook log, want 6: %+v", maxJobs, len(ivs), ivs)

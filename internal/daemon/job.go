@@ -145,6 +145,8 @@ func (j *jobRun) run(stop context.Context) ([]history.GuestRun, error) {
 			defer j.wd.Close()
 		}
 	}
+	start := d.clock.Now()
+	j.jobHook(stop, hook.Env{Phase: hook.SnapJobStart, VMState: j.memory(), State: true})
 	par := max(e.pol.MaxParallel, 1)
 	sem := make(chan struct{}, par)
 	runs := make([]history.GuestRun, len(res.Guests))
@@ -165,7 +167,41 @@ func (j *jobRun) run(stop context.Context) ([]history.GuestRun, error) {
 		}()
 	}
 	wg.Wait()
+	ok := true
+	for _, r := range runs {
+		ok = ok && r.Outcome != history.Failed
+	}
+	j.jobHook(stop, hook.Env{Phase: hook.SnapJobEnd, VMState: j.memory(), State: ok, Duration: d.clock.Now().Sub(start)})
 	return runs, nil
+}
+
+// jobHook runs a snapshot job's job-wide hook phase once for the whole policy run
+// (the engine runs only the per-guest phases: SkipJobHooks), as `snap` runs it once
+// per command. Failures and the script's output are logged.
+func (j *jobRun) jobHook(ctx context.Context, env hook.Env) {
+	rule := j.e.pol.Snapshot
+	h := j.hooks()
+	if h == nil || j.e.key.kind != history.KindSnapshot || rule == nil {
+		return
+	}
+	env.Label = rule.Label
+	if env.Label == "" {
+		env.Label = j.e.pol.Name
+	}
+	env.Keep, env.Retention = max(rule.Keep.Last, 1), rule.Keep.String()
+	var out bytes.Buffer
+	err := h.Run(ctx, env, &out)
+	if out.Len() > 0 {
+		j.log.Info("hook output", "phase", string(env.Phase), "output", out.String())
+	}
+	if err != nil {
+		j.log.Warn("hook failed", "phase", string(env.Phase), "err", err)
+	}
+}
+
+// memory reports whether the policy's snapshots save RAM (VMSTATE of the job hooks).
+func (j *jobRun) memory() bool {
+	return j.e.pol.Snapshot != nil && j.e.pol.Snapshot.State
 }
 
 func (j *jobRun) quiesces() bool {
@@ -300,7 +336,7 @@ func (j *jobRun) snapshot(g driver.Guest, gr *history.GuestRun, out *syncBuffer)
 		keep.Location = j.location()
 	}
 	job := &engine.Job{
-		Driver: j.drv, Hooks: j.hooks(), Label: label, Keep: max(keep.Last, 1), Retain: &keep,
+		Driver: j.drv, Hooks: j.hooks(), SkipJobHooks: true, Label: label, Keep: max(keep.Last, 1), Retain: &keep,
 		Format: d.o.Format, Location: j.location(), Memory: rule.State, OnlyRunning: rule.OnlyRunning,
 		Quiesce: q, MaxPercStorage: 95, MaxParallel: 1, Timeout: j.timeout, LockDir: d.o.LockDir,
 		MaxChainDepth: rule.MaxChainDepth, Now: d.clock.Now, Out: out, HoldFrozen: d.o.HoldFrozen,

@@ -62,6 +62,10 @@ type Job struct {
 	Quiesce        Quiesce // default auto
 	MaxPercStorage float64 // 0 disables the storage guard
 	DryRun         bool
+	// SkipJobHooks leaves the job phases (snap-job-start/end, clean-job-start/end) to
+	// the caller, which runs them once around several Jobs (the daemon runs each of a
+	// policy's guests as its own Job).
+	SkipJobHooks bool
 	// StrictHooks makes a failing snap-create-pre or snap-remove-pre hook abort that
 	// guest's create or removal and fail the guest (--strict-hooks); otherwise a
 	// failing hook is a warning, as in cv4pve-autosnap.

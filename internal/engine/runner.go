@@ -123,7 +123,7 @@ func GuestID(g driver.Guest) string {
 // jobHook runs the --script for a job phase; its output goes straight to the job's
 // output (no guest runs then). Failures are warnings.
 func (j *Job) jobHook(ctx context.Context, env hook.Env) {
-	if j.Hooks == nil || j.DryRun {
+	if j.Hooks == nil || j.DryRun || j.SkipJobHooks {
 		return
 	}
 	env.Label, env.Keep, env.Debug = j.Label, j.Keep, j.Debug
