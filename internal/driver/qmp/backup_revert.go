@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/autosnap/autosnap/internal/crash"
 )
 
 // bkBitmapRef names one dirty bitmap on one disk.
@@ -124,6 +126,7 @@ func (v *view) removeRevertBitmaps(ctx context.Context, bk *bkFile) error {
 		if err != nil {
 			return fmt.Errorf("guest %s: removing dirty bitmap %s from disk %s before the revert (run the revert again to finish): %w", v.e.name, r.Name, r.Disk, err)
 		}
+		crash.Point(crashRevertBitmap)
 	}
 	bk.RevertBitmaps = nil
 	return writeBk(v.e, bk)

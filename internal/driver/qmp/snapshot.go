@@ -640,7 +640,6 @@ func (d *Driver) RevertSnapshotNotes(ctx context.Context, g driver.Guest, name s
 		if err := v.removeRevertBitmaps(ctx, bk); err != nil {
 			return err
 		}
-		crash.Point(crashRevertBitmaps)
 		if err := v.applyRevert(ctx, name, ds); err != nil {
 			return err
 		}
@@ -695,9 +694,9 @@ func isState(err error) bool {
 
 // Crash points of the offline revert (see package crash).
 const (
-	crashRevertStopped = "qmp.revert-stopped"   // revert journaled, QEMU quit, no disk reverted
-	crashRevertDisk    = "qmp.revert-disk-done" // one disk reverted, the next not yet
-	crashRevertBitmaps = "qmp.revert-bitmaps"   // dirty bitmaps removed, no disk reverted
+	crashRevertStopped = "qmp.revert-stopped"        // revert journaled, QEMU quit, no disk reverted
+	crashRevertDisk    = "qmp.revert-disk-done"      // one disk reverted, the next not yet
+	crashRevertBitmap  = "qmp.revert-bitmap-removed" // one dirty bitmap removed before the revert, the next not yet
 )
 
 // applyRevert reverts every disk's image (QEMU not running) and clears the journal.
