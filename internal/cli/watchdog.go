@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/driver/qmp"
 	"github.com/autosnap/autosnap/internal/watchdog"
 )
 
@@ -90,23 +91,30 @@ func runWatchdog(g *GlobalOptions, bound time.Duration) error {
 		fmt.Fprintf(os.Stdout, "error %v\n", err)
 		return err
 	}
-	thaw := func(ctx context.Context, key string) error {
+	lookup := func(ctx context.Context, key string) (driver.Guest, error) {
 		mu.Lock()
 		gu, ok := known[key]
 		mu.Unlock()
 		if !ok {
 			if err := refresh(ctx); err != nil {
-				return err
+				return driver.Guest{}, err
 			}
 			mu.Lock()
 			gu, ok = known[key]
 			mu.Unlock()
 			if !ok {
-				return fmt.Errorf("guest %s not found", key)
+				return driver.Guest{}, fmt.Errorf("guest %s not found", key)
 			}
 		}
+		return gu, nil
+	}
+	thaw := func(ctx context.Context, key string) error {
+		gu, err := lookup(ctx, key)
+		if err != nil {
+			return err
+		}
 		c := current()
-		_, err := c.(driver.Quiescer).Thaw(ctx, gu)
+		_, err = c.(driver.Quiescer).Thaw(ctx, gu)
 		if err != nil {
 			// A dead connection fails every call: probe it, and reconnect if so.
 			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -120,7 +128,44 @@ func runWatchdog(g *GlobalOptions, bound time.Duration) error {
 		}
 		return err
 	}
-	return watchdog.Serve(os.Stdin, os.Stdout, bound, thaw, os.Stderr)
+	// resume runs CPUs a run stopped again (drivers that stop CPUs implement it).
+	resume := func(ctx context.Context, key string) error {
+		gu, err := lookup(ctx, key)
+		if err != nil {
+			return err
+		}
+		var d driver.Driver = current()
+		if f, ok := d.(*driver.Fleet); ok {
+			if d, err = f.Member(gu); err != nil {
+				return err
+			}
+		}
+		r, ok := d.(resumer)
+		if !ok {
+			return fmt.Errorf("the %s driver cannot resume guests", d.Name())
+		}
+		return r.ResumeStopped(ctx, gu)
+	}
+	return watchdog.ServeActions(os.Stdin, os.Stdout, bound,
+		map[string]watchdog.ThawFunc{watchdog.ActionThaw: thaw, watchdog.ActionResume: resume}, os.Stderr)
+}
+
+// resumer is a driver that stops guests' CPUs itself and can resume them for the
+// watchdog when the run that stopped them died (qmp.Driver.ResumeStopped).
+type resumer interface {
+	ResumeStopped(ctx context.Context, g driver.Guest) error
+}
+
+// The QMP driver arms this executable as its watchdog around the CPU stop of a
+// multi-disk backup.
+func init() {
+	qmp.GuardCommand = func(host string) *exec.Cmd {
+		exe, err := os.Executable()
+		if err != nil {
+			exe = os.Args[0]
+		}
+		return exec.Command(exe, "--host", host, watchdogCommandName)
+	}
 }
 
 // newWatchdogClient returns a client that starts this executable as the watchdog with

@@ -8,11 +8,14 @@
 //
 // Protocol (lines on the watchdog's stdin / stdout):
 //
-//	run → watchdog: "arm ID KEY"   watchdog → run: "armed ID"
+//	run → watchdog: "arm ID KEY [ACTION]"   watchdog → run: "armed ID" or "unknown ID"
 //	run → watchdog: "disarm ID"    watchdog → run: "disarmed ID" or "fired ID" (it thawed on its own)
 //
 // The watchdog first writes "ready" once it is connected and able to thaw. KEY identifies
-// the guest for the thaw function (driver.Guest.Key); IDs are unique per run.
+// the guest for the thaw function (driver.Guest.Key); IDs are unique per run. ACTION
+// names what undoes the guard's state (ActionThaw when absent, e.g. ActionResume for
+// CPUs a run stopped); a watchdog that has no such action answers "unknown ID" and
+// guards nothing, so a run never relies on a guard that is not there.
 package watchdog
 
 import (
@@ -38,16 +41,32 @@ const DefaultBound = 10 * time.Second
 // hypervisor may be restarting meanwhile).
 const ThawRetry = 2 * time.Minute
 
-// ThawFunc thaws the guest identified by key.
+// Actions a guard can be armed for.
+const (
+	// ActionThaw thaws the guest's filesystems (the default).
+	ActionThaw = "thaw"
+	// ActionResume resumes the guest's CPUs a run stopped, when they are still stopped
+	// for the run's reason.
+	ActionResume = "resume"
+)
+
+// ThawFunc thaws the guest identified by key (or undoes whatever its action guards).
 type ThawFunc func(ctx context.Context, key string) error
 
-// Serve runs the watchdog side of the protocol until in closes (then it thaws every
-// armed guest) and returns. log receives one line per thaw it performs.
+// Serve runs the watchdog side of the protocol with the thaw action only.
 func Serve(in io.Reader, out io.Writer, bound time.Duration, thaw ThawFunc, log io.Writer) error {
+	return ServeActions(in, out, bound, map[string]ThawFunc{ActionThaw: thaw}, log)
+}
+
+// ServeActions runs the watchdog side of the protocol until in closes (then it undoes
+// every armed guest's state with the action it was armed for) and returns. actions
+// maps action words to their functions; log receives one line per action performed.
+func ServeActions(in io.Reader, out io.Writer, bound time.Duration, actions map[string]ThawFunc, log io.Writer) error {
 	type arm struct {
-		key   string
-		timer *time.Timer
-		fired bool
+		key    string
+		action string
+		timer  *time.Timer
+		fired  bool
 	}
 	var mu sync.Mutex
 	armed := map[string]*arm{}
@@ -57,27 +76,39 @@ func Serve(in io.Reader, out io.Writer, bound time.Duration, thaw ThawFunc, log 
 		defer wmu.Unlock()
 		fmt.Fprintf(out, format+"\n", a...)
 	}
-	doThaw := func(key, why string) {
-		// Retry: the agent may be busy finishing the freeze it was asked for, or the
-		// hypervisor may be restarting (thaw reconnects); a frozen guest is worth
-		// trying for a long while.
+	doThaw := func(a *arm, why string) {
+		// Retry: the agent may be busy finishing the freeze it was asked for, the QMP
+		// socket may still be held, or the hypervisor may be restarting (thaw
+		// reconnects); a frozen or paused guest is worth trying for a long while.
 		ctx, cancel := context.WithTimeout(context.Background(), max(bound, ThawRetry))
 		defer cancel()
-		err := retry.Do(ctx, retry.Default, func() error { return thaw(ctx, key) })
+		f := actions[a.action]
+		err := retry.Do(ctx, retry.Default, func() error { return f(ctx, a.key) })
+		done, hint := "thawed", "thaw it by hand: virsh domfsthaw"
+		if a.action == ActionResume {
+			done, hint = "resumed", "resume it by hand: virsh resume, or QMP cont"
+		}
 		if err == nil {
-			fmt.Fprintf(log, "autosnap watchdog: thawed %s (%s)\n", key, why)
+			fmt.Fprintf(log, "autosnap watchdog: %s %s (%s)\n", done, a.key, why)
 			return
 		}
-		fmt.Fprintf(log, "autosnap watchdog: could not thaw %s (%s): %v — thaw it by hand: virsh domfsthaw\n", key, why, err)
+		fmt.Fprintf(log, "autosnap watchdog: could not %s %s (%s): %v — %s\n", a.action, a.key, why, err, hint)
 	}
 	reply("ready")
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
 		switch {
-		case len(f) == 3 && f[0] == "arm":
-			id, key := f[1], f[2]
-			a := &arm{key: key}
+		case (len(f) == 3 || len(f) == 4) && f[0] == "arm":
+			id, key, action := f[1], f[2], ActionThaw
+			if len(f) == 4 {
+				action = f[3]
+			}
+			if actions[action] == nil {
+				reply("unknown %s", id)
+				continue
+			}
+			a := &arm{key: key, action: action}
 			mu.Lock()
 			armed[id] = a
 			a.timer = time.AfterFunc(bound, func() {
@@ -88,7 +119,7 @@ func Serve(in io.Reader, out io.Writer, bound time.Duration, thaw ThawFunc, log 
 				}
 				a.fired = true
 				mu.Unlock()
-				doThaw(key, fmt.Sprintf("frozen longer than %s", bound))
+				doThaw(a, fmt.Sprintf("armed longer than %s", bound))
 			})
 			mu.Unlock()
 			reply("armed %s", id)
@@ -120,10 +151,10 @@ func Serve(in io.Reader, out io.Writer, bound time.Duration, thaw ThawFunc, log 
 	for _, a := range left {
 		a.timer.Stop()
 		wg.Add(1)
-		go func(key string) {
+		go func(a *arm) {
 			defer wg.Done()
-			doThaw(key, "autosnap exited while the guest was frozen")
-		}(a.key)
+			doThaw(a, "autosnap exited while the guard was armed")
+		}(a)
 	}
 	wg.Wait()
 	return sc.Err()
@@ -219,6 +250,13 @@ func (c *Client) roundTrip(ctx context.Context, req, id string) (string, error) 
 // Arm registers a guest about to be frozen and returns its id. The guest must not be
 // frozen unless Arm succeeded.
 func (c *Client) Arm(ctx context.Context, key string) (string, error) {
+	return c.ArmAction(ctx, key, ActionThaw)
+}
+
+// ArmAction registers a guest whose state the watchdog must undo with action if the
+// run dies (or stays armed past the bound), and returns its id. The state must not be
+// entered unless ArmAction succeeded.
+func (c *Client) ArmAction(ctx context.Context, key, action string) (string, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.start(); err != nil {
@@ -226,9 +264,16 @@ func (c *Client) Arm(ctx context.Context, key string) (string, error) {
 	}
 	c.next++
 	id := fmt.Sprint(c.next)
-	r, err := c.roundTrip(ctx, "arm "+id+" "+key, id)
+	req := "arm " + id + " " + key
+	if action != ActionThaw {
+		req += " " + action
+	}
+	r, err := c.roundTrip(ctx, req, id)
 	if err != nil {
 		return "", err
+	}
+	if r == "unknown" {
+		return "", fmt.Errorf("freeze watchdog: it cannot %s guest %s", action, key)
 	}
 	if r != "armed" {
 		return "", fmt.Errorf("freeze watchdog: %s", r)

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/autosnap/autosnap/internal/crash"
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/qcow2"
 	qc "github.com/autosnap/autosnap/internal/qmp"
@@ -143,12 +144,15 @@ func undo(ctx context.Context, s *session, p *bkPending, dropCheckpoint bool) er
 	}
 	if p.Stopped {
 		var st struct {
-			Status string `json:"status"`
+			Running bool   `json:"running"`
+			Status  string `json:"status"`
 		}
 		if err := m.Execute(ctx, "query-status", nil, &st); err != nil {
 			return err
 		}
-		if st.Status == "paused" {
+		// Paused by a stop command, as autosnap's: not a guest that is still
+		// starting, migrating, suspended or stopped on an I/O error.
+		if !st.Running && st.Status == "paused" {
 			if err := m.Execute(ctx, "cont", nil, nil); err != nil {
 				return fmt.Errorf("resuming the CPUs the backup stopped: %w", err)
 			}
@@ -482,7 +486,22 @@ func (d *Driver) Backup(ctx context.Context, g driver.Guest, req driver.BackupRe
 	}
 	// Several disks switch to their filters one after the other; stopped CPUs make
 	// that one instant for all of them.
+	// The watchdog resumes them if this process dies while they are stopped; the
+	// sidecar says a running guest was stopped by autosnap, so nothing resumes a
+	// guest someone else paused.
+	release := func() {}
+	defer func() { release() }()
 	if v.s.state == driver.StateRunning && len(req.Targets) > 1 {
+		rel, err := d.armResume(ctx, g)
+		if err != nil {
+			return fail(fmt.Errorf("guest %s: %w", name, err))
+		}
+		release = func() {
+			release = func() {}
+			if err := rel(); err != nil {
+				fmt.Fprintf(os.Stderr, "autosnap: guest %s: stopping the watchdog after the CPUs ran again: %v\n", name, err)
+			}
+		}
 		p.Stopped = true
 		if err := writeBk(v.e, v.bk); err != nil {
 			return fail(err)
@@ -490,6 +509,7 @@ func (d *Driver) Backup(ctx context.Context, g driver.Guest, req driver.BackupRe
 		if err := do("stop", nil); err != nil {
 			return fail(err)
 		}
+		crash.Point(crashBackupStopped)
 	}
 	for _, pd := range p.Disks {
 		if err := do("qom-set", map[string]any{"path": pd.Qdev, "property": "drive", "value": pd.CBW}); err != nil {
@@ -505,6 +525,7 @@ func (d *Driver) Backup(ctx context.Context, g driver.Guest, req driver.BackupRe
 		if err := writeBk(v.e, v.bk); err != nil {
 			return fail(err)
 		}
+		release()
 	}
 	var actions []map[string]any
 	act := func(typ string, data map[string]any) {

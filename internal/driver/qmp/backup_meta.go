@@ -36,12 +36,18 @@ type bkFile struct {
 	// before it is added, so a run that finds it (the backup's process died) removes
 	// exactly that.
 	Pending *bkPending `json:"pending,omitempty"`
+	// RevertBitmaps journals the dirty bitmaps a revert removes before it reverts
+	// (QEMU reverts no disk that carries any), listed before the first is removed.
+	RevertBitmaps []bkBitmapRef `json:"revert_bitmaps,omitempty"`
 }
 
 type bkCheckpoint struct {
 	Name    string    `json:"name"`
 	Created time.Time `json:"created"`
 	Disks   []string  `json:"disks"`
+	// Reverted, when set, says why the checkpoint is unusable: the guest was reverted
+	// to a snapshot since, and its bitmaps were removed.
+	Reverted string `json:"reverted,omitempty"`
 }
 
 type bkPending struct {
@@ -295,6 +301,11 @@ func checkpoints(f *bkFile, ds []bkDisk) []driver.Checkpoint {
 	out := make([]driver.Checkpoint, 0, len(f.Checkpoints))
 	for _, c := range f.Checkpoints {
 		cp := driver.Checkpoint{Name: c.Name, Created: c.Created.UTC(), Disks: append([]string(nil), c.Disks...)}
+		if c.Reverted != "" {
+			cp.Unusable = c.Reverted
+			out = append(out, cp)
+			continue
+		}
 		var why []string
 		for _, dn := range c.Disks {
 			d, ok := byName[dn]

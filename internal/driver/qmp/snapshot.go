@@ -603,7 +603,21 @@ func (d *Driver) RevertSnapshotNotes(ctx context.Context, g driver.Guest, name s
 	if (opts.Running || opts.Paused) && len(v.m.Argv) == 0 && !(live && sn.Memory) {
 		return fmt.Errorf("guest %s: autosnap has no record of QEMU's command line, so it could not start the guest after the revert: revert without --running/--paused and start it yourself", v.e.name)
 	}
+	rb, err := v.planRevertBitmaps(ctx, ds, opts.Force)
+	if err != nil {
+		return err
+	}
+	if len(rb.foreign) > 0 {
+		note(fmt.Sprintf("Guest %s: removing dirty bitmaps autosnap did not create (--force): %s", v.e.name, strings.Join(rb.foreign, ", ")))
+	}
+	bk, err := v.journalRevertBitmaps(rb, name, time.Now())
+	if err != nil {
+		return err
+	}
 	if live && sn.Memory {
+		if err := v.removeRevertBitmaps(ctx, bk); err != nil {
+			return err
+		}
 		if err := v.loadJob(ctx, name, ds, opts); err != nil {
 			return err
 		}
@@ -621,6 +635,10 @@ func (d *Driver) RevertSnapshotNotes(ctx context.Context, g driver.Guest, name s
 			}
 			crash.Point(crashRevertStopped)
 			note(fmt.Sprintf("Guest %s: QEMU stopped (quit) to revert its disks offline", v.e.name))
+		}
+		// From the images: QEMU stored its persistent bitmaps in them on quit.
+		if err := v.removeRevertBitmaps(ctx, bk); err != nil {
+			return err
 		}
 		if err := v.applyRevert(ctx, name, ds); err != nil {
 			return err
@@ -676,8 +694,9 @@ func isState(err error) bool {
 
 // Crash points of the offline revert (see package crash).
 const (
-	crashRevertStopped = "qmp.revert-stopped"   // revert journaled, QEMU quit, no disk reverted
-	crashRevertDisk    = "qmp.revert-disk-done" // one disk reverted, the next not yet
+	crashRevertStopped = "qmp.revert-stopped"        // revert journaled, QEMU quit, no disk reverted
+	crashRevertDisk    = "qmp.revert-disk-done"      // one disk reverted, the next not yet
+	crashRevertBitmap  = "qmp.revert-bitmap-removed" // one dirty bitmap removed before the revert, the next not yet
 )
 
 // applyRevert reverts every disk's image (QEMU not running) and clears the journal.
@@ -708,6 +727,9 @@ func (v *view) finishRevert(ctx context.Context) error {
 	}
 	ds, err := v.need()
 	if err != nil {
+		return err
+	}
+	if err := v.finishRevertBitmaps(ctx); err != nil {
 		return err
 	}
 	return v.applyRevert(ctx, name, ds)
