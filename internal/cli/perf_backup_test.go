@@ -62,6 +62,20 @@ func TestPerfIncNoCheckpointValidation(t *testing.T) {
 	if n := p.Calls("DomainBackupBegin"); n != 1 {
 		t.Errorf("the inc made %d DomainBackupBegin calls, want 1", n)
 	}
+	// --vmid NAME looks the guest up by name instead of listing every domain.
+	if n := p.Calls("ConnectGetAllDomainStats"); n != 0 {
+		t.Errorf("--vmid %s listed every domain (%d ConnectGetAllDomainStats calls), want a lookup by name", dom.Name, n)
+	}
+	// A name in another case is no libvirt name: the full list finds it, as before.
+	p.Reset()
+	up := strings.ToUpper(dom.Name)
+	r = mustRun(t, "--host", p.URI(), "--vmid", up, "backup", "--target", dir, "--quiesce", "off", "--dry-run")
+	if !strings.Contains(r.stdout, "would take an inc") {
+		t.Errorf("--vmid %s --dry-run: want an inc of %s\n%s", up, dom.Name, r.stdout)
+	}
+	if n := p.Calls("ConnectGetAllDomainStats"); n != 1 {
+		t.Errorf("--vmid %s: %d ConnectGetAllDomainStats calls, want 1 (the fallback to the full list)", up, n)
+	}
 }
 
 // TestPerfIncUnusableCheckpointFallsBack: the check that moved into backup-begin still
