@@ -149,25 +149,3 @@ func TestPerfIncUnusableCheckpointFallsBack(t *testing.T) {
 		t.Errorf("the unusable checkpoint %s is still there: %s", before, got)
 	}
 }
-
-// TestPerfBackupWaitByEvent: the end of a backup job is learnt from libvirt's
-// job-completed event, and the job is polled only for progress, every 100 ms: each
-// poll of a running backup is a QEMU query competing with the copy. The old code
-// polled every 10 ms for the first two seconds (dozens of polls for a one-second job).
-func TestPerfBackupWaitByEvent(t *testing.T) {
-	bed := testbed.Libvirt(t)
-	dom := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused, DiskMiB: 320})
-	dom.WriteDisk(t, "vda", 0, 0x31, 256<<20)
-	p := proxied(t)
-	r := mustRun(t, "--host", p.URI(), "--vmid", dom.Name, "backup", "--target", t.TempDir(), "--quiesce", "off", "--level", "full")
-	t.Logf("RPCs of the full:\n%s", rpctrace.Format(p.Stats(), 0))
-	if n := p.Calls("ConnectDomainEventCallbackRegisterAny"); n != 1 {
-		t.Errorf("%d event subscriptions, want 1 (job completed)", n)
-	}
-	polls := p.Calls("DomainGetJobStats")
-	// Every 100 ms of the whole run at most, the final read of the completed job, and
-	// one poll woken by the event.
-	if max := int(r.took/(100*time.Millisecond)) + 3; polls > max {
-		t.Errorf("the job was polled %d times in %s, want at most %d", polls, r.took.Round(time.Millisecond), max)
-	}
-}

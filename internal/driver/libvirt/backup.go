@@ -292,22 +292,6 @@ func createTarget(ctx context.Context, t driver.BackupTarget, size uint64, withB
 }
 
 func (d *Driver) backupLive(ctx context.Context, g driver.Guest, dom golibvirt.Domain, x *libvirtxml.Domain, disks map[string]*libvirtxml.DomainDisk, req driver.BackupRequest) (driver.BackupResult, error) {
-	// The event subscription (a round trip) overlaps the checks and target creation.
-	type watch struct {
-		ended <-chan struct{}
-		stop  func()
-	}
-	watched := make(chan watch, 1)
-	go func() {
-		e, stop := d.watchJobEnd(ctx, dom)
-		watched <- watch{e, stop}
-	}()
-	subscribed := false
-	defer func() {
-		if !subscribed {
-			(<-watched).stop()
-		}
-	}()
 	if err := d.abortStaleBackup(ctx, dom); err != nil {
 		return driver.BackupResult{}, fmt.Errorf("guest %s: %w", g.Name, err)
 	}
@@ -386,10 +370,6 @@ func (d *Driver) backupLive(ctx context.Context, g driver.Guest, dom golibvirt.D
 			return driver.BackupResult{}, fmt.Errorf("guest %s: freezing before the backup: %w", g.Name, err)
 		}
 	}
-	// Subscribed before the job starts, so its end is not missed.
-	w := <-watched
-	subscribed = true
-	defer w.stop()
 	err = call0(ctx, func() error {
 		return d.l.DomainBackupBegin(dom, string(bxs), cps, golibvirt.DomainBackupBeginReuseExternal)
 	})
@@ -409,7 +389,7 @@ func (d *Driver) backupLive(ctx context.Context, g driver.Guest, dom golibvirt.D
 		}
 		return driver.BackupResult{}, fmt.Errorf("guest %s on %s: starting the backup job: %w", g.Name, d.node, err)
 	}
-	if err := d.waitBackup(ctx, g, dom, w.ended, req.Progress); err != nil {
+	if err := d.waitBackup(ctx, g, dom, req.Progress); err != nil {
 		d.undoBackup(g, dom, req.Checkpoint)
 		return driver.BackupResult{}, err
 	}
@@ -480,44 +460,9 @@ func jobString(params []golibvirt.TypedParam, name string) string {
 	return ""
 }
 
-// watchJobEnd subscribes to libvirt's job-completed events of dom (one RPC; stop
-// unsubscribes, one more) and returns a channel that receives when one arrives, or nil
-// when events cannot be had. The event only hastens a look at the job: its state is
-// always read back with DomainGetJobStats.
-func (d *Driver) watchJobEnd(ctx context.Context, dom golibvirt.Domain) (<-chan struct{}, func()) {
-	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	evs, err := d.l.SubscribeEvents(sctx, golibvirt.DomainEventIDJobCompleted, golibvirt.OptDomain{dom})
-	if err != nil {
-		cancel()
-		return nil, func() {}
-	}
-	ended := make(chan struct{}, 1)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for ev := range evs {
-			// libvirt sends every domain's events (go-libvirt registers without a domain).
-			if m, ok := ev.(*golibvirt.DomainEventCallbackJobCompletedMsg); ok && m.Dom.UUID == dom.UUID {
-				select {
-				case ended <- struct{}{}:
-				default:
-				}
-			}
-		}
-	}()
-	return ended, func() {
-		cancel()
-		<-done
-	}
-}
-
-// waitBackup watches the domain's job until the backup ends, reporting progress, and
-// reads the completed job's outcome. When ctx ends it aborts the job. With ended (the
-// job-completed events of watchJobEnd) the job is polled only every backupPoll, for
-// progress, and looked at at once when its end is reported: each poll of a running
-// backup is a QEMU query, competing with the copy. Without events it is polled every
-// backupPollFast for its first backupFastFor.
-func (d *Driver) waitBackup(ctx context.Context, g driver.Guest, dom golibvirt.Domain, ended <-chan struct{}, progress func(done, total uint64)) error {
+// waitBackup polls the domain's job until the backup ends, reporting progress, and
+// reads the completed job's outcome. When ctx ends it aborts the job.
+func (d *Driver) waitBackup(ctx context.Context, g driver.Guest, dom golibvirt.Domain, progress func(done, total uint64)) error {
 	type stats struct {
 		typ    int32
 		params []golibvirt.TypedParam
@@ -549,15 +494,10 @@ func (d *Driver) waitBackup(ctx context.Context, g driver.Guest, dom golibvirt.D
 				last = done
 			}
 		}
-		wait := pollInterval(time.Since(start))
-		if ended != nil {
-			wait = backupPoll
-		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("guest %s on %s: backup stopped: %w", g.Name, d.node, ctx.Err())
-		case <-ended:
-		case <-time.After(wait):
+		case <-time.After(pollInterval(time.Since(start))):
 		}
 	}
 	s, err := get(golibvirt.DomainJobStatsCompleted)
