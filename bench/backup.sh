@@ -149,6 +149,17 @@ for i in $(seq 1 "$R"); do
   done
 done
 
+# One more full and inc, untimed: the inc's RPCs by procedure (through bench/rpccount's
+# counting proxy) and its process CPU time (user, system).
+tools=$(mktemp -d)
+(cd "$(dirname "$0")/.." && go build -o "$tools/rpccount" ./bench/rpccount)
+rm -rf "$dir/repo"
+"$bin" --vmid "$name" backup --target "$dir/repo" --level full --quiesce off --progress none >/dev/null
+scatter
+rpcs=$("$tools/rpccount" -- /usr/bin/time -f 'process CPU: user %U s, system %S s' "$bin" --host '{uri}' --vmid "$name" \
+  backup --target "$dir/repo" --quiesce off --progress none 2>&1 >/dev/null)
+rm -rf "$tools"
+
 med() { sort -n "$1" | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 f=$(med "$dir/r.floor"); a=$(med "$dir/r.full"); v=$(med "$dir/r.vfull")
 ai=$(med "$dir/r.inc"); flo=$(med "$dir/r.ifloor"); vi=$(med "$dir/r.vinc"); ar=$(med "$dir/r.rest"); vr=$(med "$dir/r.vrest")
@@ -164,3 +175,4 @@ printf 'inc floor (bare push of the same 64 MiB)  %7.2f   autosnap inc %.2fx it\
 printf 'virtnbdbackup -l inc                     %7.2f   %.2fx autosnap inc\n' "$vi" "$(echo "$vi / $ai" | bc -l)"
 printf 'autosnap restore (newest, qcow2)         %7.2f\n' "$ar"
 printf 'virtnbdrestore                           %7.2f   %.2fx autosnap   (goal >= 2)\n' "$vr" "$(echo "$vr / $ar" | bc -l)"
+printf '\nautosnap inc, one more run through the counting proxy (calls, total wait):\n%s\n' "$rpcs"

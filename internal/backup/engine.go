@@ -205,7 +205,12 @@ func (j *Job) backupGuest(ctx context.Context, r *run) {
 		}
 	}
 	sctx, cancel := j.opCtx(ctx)
-	src, err := b.BackupSource(sctx, g)
+	source := b.BackupSource
+	lazy, deferred := b.(deferredValidator)
+	if deferred && !j.DryRun {
+		source = lazy.BackupSourceUnvalidated
+	}
+	src, err := source(sctx, g)
 	cancel()
 	if err != nil {
 		r.fail("source", fmt.Errorf("guest %s: reading its disks and checkpoints: %w", g.Name, err))
@@ -227,10 +232,23 @@ func (j *Job) backupGuest(ctx context.Context, r *run) {
 	// first: removing one merges its changes into the one before, so the chain's
 	// checkpoint still covers them.
 	src.Checkpoints = j.dropCheckpoints(ctx, r, b, src.Checkpoints, infos)
+	for retried := false; ; retried = true {
+		if !j.attempt(ctx, r, b, gs, src, infos, disks, retried) {
+			return
+		}
+	}
+}
+
+// attempt decides the level and takes the backup; it reports true when the backup did
+// not start because the checkpoint it was to start from proved unusable only then
+// (deferredValidator) and !retried: src then marks the checkpoint unusable, and the
+// caller attempts again (a full, or the refusal of an explicit inc).
+func (j *Job) attempt(ctx context.Context, r *run, b driver.Backupper, gs GuestStore, src driver.BackupSource, infos []PointInfo, disks []driver.BackupDisk, retried bool) bool {
+	g := r.res.Guest
 	dec, err := Decide(j.Level, infos, src.Checkpoints, disks)
 	if err != nil {
 		r.fail("level", fmt.Errorf("guest %s: %w", g.Name, err))
-		return
+		return false
 	}
 	r.res.Level, r.res.FullReason = dec.Level, dec.Reason
 	started := j.now().UTC()
@@ -248,18 +266,18 @@ func (j *Job) backupGuest(ctx context.Context, r *run) {
 	if j.DryRun {
 		r.printf("Dry run: would take %s backup %s of %s into %s%s", article(dec.Level), id, diskNames(disks), j.Target, describe(dec))
 		r.res.Consistency = driver.ConsistencyUnknown
-		return
+		return false
 	}
 	quiesce, ok := j.decideQuiesce(ctx, r)
 	if !ok {
-		return
+		return false
 	}
 	if dec.Reason != "" && dec.Level == driver.LevelFull {
 		r.printf("Taking a full backup: %s", dec.Reason)
 	}
 	if err := j.hook(ctx, r, hook.BackupPre, true, dec); err != nil {
 		r.fail("backup-pre hook failed", fmt.Errorf("guest %s: %w; with --strict-hooks no backup is taken", g.Name, err))
-		return
+		return false
 	}
 	meta := Meta{
 		ID: id, Level: dec.Level, Chain: dec.Chain, Parent: dec.Parent,
@@ -279,11 +297,37 @@ func (j *Job) backupGuest(ctx context.Context, r *run) {
 		meta.Disks = append(meta.Disks, md)
 	}
 	if err := j.take(ctx, r, b, gs, meta, dec, disks, src.Checkpoints, quiesce); err != nil {
+		var uc unusableCheckpoint
+		if !retried && dec.Since != "" && errors.As(err, &uc) {
+			if name, why := uc.UnusableCheckpoint(); name == dec.Since {
+				if i := slices.IndexFunc(src.Checkpoints, func(c driver.Checkpoint) bool { return c.Name == name }); i >= 0 {
+					j.hook(ctx, r, hook.BackupAbort, false, dec)
+					src.Checkpoints[i].Unusable = why
+					r.res.Consistency = ""
+					return true
+				}
+			}
+		}
 		r.fail("backup failed", err)
 		j.hook(ctx, r, hook.BackupAbort, false, dec)
-		return
+		return false
 	}
 	j.hook(ctx, r, hook.BackupPost, true, dec)
+	return false
+}
+
+// deferredValidator is a Backupper that can list a guest's checkpoints without judging
+// their usability up front (a costly hypervisor job per checkpoint) because its Backup
+// checks the checkpoint it starts from atomically before anything starts, and fails
+// with an error that has unusableCheckpoint when it cannot be used.
+type deferredValidator interface {
+	BackupSourceUnvalidated(ctx context.Context, g driver.Guest) (driver.BackupSource, error)
+}
+
+// unusableCheckpoint is an error of a Backup that did not start because the checkpoint
+// it was to start from cannot be used; why is in driver.Checkpoint.Unusable's words.
+type unusableCheckpoint interface {
+	UnusableCheckpoint() (name, why string)
 }
 
 // take writes, compresses and commits the point; on any error it aborts the pending

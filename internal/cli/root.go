@@ -271,7 +271,7 @@ func (g *GlobalOptions) selectGuests(ctx context.Context, d driver.Driver, allow
 	}
 	lctx, cancel := context.WithTimeout(ctx, g.timeout())
 	defer cancel()
-	guests, err := d.Guests(lctx)
+	guests, err := g.listGuests(lctx, d, sel)
 	if err != nil {
 		return nil, err
 	}

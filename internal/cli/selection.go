@@ -26,6 +26,29 @@ func needsTags(sel *selector.Selector) bool {
 	return false
 }
 
+// namedLister is a driver that can look guests up by name (the libvirt driver).
+type namedLister interface {
+	GuestsNamed(ctx context.Context, names []string) ([]driver.Guest, error)
+}
+
+// listGuests lists the guests sel selects from. A selection of plain names (see
+// selector.PlainNames) on a driver that looks guests up by name gets only those
+// guests, so its cost does not grow with the other guests of the host; when a name is
+// not found exactly (NAME tokens compare case-insensitively, libvirt names do not) or
+// the lookup fails otherwise, and for every other selection, it is every guest.
+func (g *GlobalOptions) listGuests(ctx context.Context, d driver.Driver, sel *selector.Selector) ([]driver.Guest, error) {
+	if sel != nil {
+		if names, ok := sel.PlainNames(); ok {
+			if nl, ok := d.(namedLister); ok {
+				if gs, err := nl.GuestsNamed(ctx, names); err == nil {
+					return gs, nil
+				}
+			}
+		}
+	}
+	return d.Guests(ctx)
+}
+
 // pick applies sel, given as what ("--vmid", "GUEST"), to guests, reading their tags
 // first when sel needs them. Tokens that match no guest are warned about on stderr
 // (not in cv4pve mode) and remembered for missing; a selection that selects nothing at all is an error wrapping

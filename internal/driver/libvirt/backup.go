@@ -70,6 +70,45 @@ func diskFormat(dk *libvirtxml.DomainDisk) string {
 // overlays), the persistent definition without secrets as the config to store, and
 // autosnap's checkpoints with their usability.
 func (d *Driver) BackupSource(ctx context.Context, g driver.Guest) (driver.BackupSource, error) {
+	return d.backupSource(ctx, g, true)
+}
+
+// BackupSourceUnvalidated is BackupSource without libvirt's validation of a running
+// guest's checkpoints: their Unusable is left empty, which saves a libvirt job (a QEMU
+// query and a rewrite of the checkpoint's metadata, 0.1-0.3 s on a busy host) per
+// checkpoint. The check is not dropped but moves into Backup: backup-begin from a
+// checkpoint runs libvirt's same validation of its bitmaps (present in the top image,
+// no gap below, recording, persistent, consistent) atomically before anything starts,
+// and a checkpoint that fails it fails the Backup with an *UnusableCheckpointError,
+// after which the caller decides again (the backup engine takes a full, or refuses an
+// explicit inc). A shut-off guest's checkpoints are judged from its images as before.
+func (d *Driver) BackupSourceUnvalidated(ctx context.Context, g driver.Guest) (driver.BackupSource, error) {
+	return d.backupSource(ctx, g, false)
+}
+
+// UnusableCheckpointError is a backup that did not start because libvirt found the
+// bitmaps of the checkpoint it was to start from unusable (missing, broken by a gap,
+// or inconsistent after an unclean QEMU exit). Nothing was created.
+type UnusableCheckpointError struct {
+	Guest, Node, Checkpoint string
+	// Reason is libvirt's message.
+	Reason string
+	Err    error
+}
+
+func (e *UnusableCheckpointError) Error() string {
+	return fmt.Sprintf("guest %s on %s: checkpoint %s cannot be used (%s): take a full backup: %v", e.Guest, e.Node, e.Checkpoint, e.Reason, e.Err)
+}
+
+func (e *UnusableCheckpointError) Unwrap() error { return e.Err }
+
+// UnusableCheckpoint names the checkpoint and says why it cannot be used, in the
+// words BackupSource puts in driver.Checkpoint.Unusable.
+func (e *UnusableCheckpointError) UnusableCheckpoint() (name, why string) {
+	return e.Checkpoint, "libvirt cannot read its changes: " + e.Reason
+}
+
+func (d *Driver) backupSource(ctx context.Context, g driver.Guest, validate bool) (driver.BackupSource, error) {
 	dom, err := d.lookup(ctx, g)
 	if err != nil {
 		return driver.BackupSource{}, err
@@ -113,7 +152,7 @@ func (d *Driver) BackupSource(ctx context.Context, g driver.Guest) (driver.Backu
 			return driver.BackupSource{}, fmt.Errorf("guest %s: %w", g.Name, err)
 		}
 	}
-	src.Checkpoints, err = d.checkpoints(ctx, dom, active, chains)
+	src.Checkpoints, err = d.checkpoints(ctx, dom, active && validate, !active, chains)
 	if err != nil {
 		return driver.BackupSource{}, fmt.Errorf("guest %s: %w", g.Name, err)
 	}
@@ -339,8 +378,8 @@ func (d *Driver) backupLive(ctx context.Context, g driver.Guest, dom golibvirt.D
 		thaw()
 	}
 	if err != nil {
-		if errCode(err) == golibvirt.ErrCheckpointInconsistent {
-			return driver.BackupResult{}, fmt.Errorf("guest %s on %s: checkpoint %s cannot be used (%s): take a full backup: %w", g.Name, d.node, req.Since, libvirtMessage(err), err)
+		if c := errCode(err); inc && (c == golibvirt.ErrCheckpointInconsistent || c == golibvirt.ErrNoDomainCheckpoint) {
+			return driver.BackupResult{}, &UnusableCheckpointError{Guest: g.Name, Node: d.node, Checkpoint: req.Since, Reason: libvirtMessage(err), Err: err}
 		}
 		// An error libvirt reports means nothing started (the call is atomic); a call
 		// abandoned on ctx or a lost connection may still have started the job.

@@ -122,11 +122,12 @@ func (d *Driver) checkpointDef(ctx context.Context, h golibvirt.DomainCheckpoint
 	return x, nil
 }
 
-// checkpoints lists autosnap's checkpoints of a guest with their usability. For an
-// active guest libvirt itself judges them (validateCheckpoint). For a shut-off guest
-// the images of each disk's chain (chains, active image first) are read directly
-// (bitmapRun).
-func (d *Driver) checkpoints(ctx context.Context, dom golibvirt.Domain, active bool, chains map[string][]string) ([]driver.Checkpoint, error) {
+// checkpoints lists autosnap's checkpoints of a guest with their usability. With
+// validate (an active guest) libvirt itself judges them (validateCheckpoint); with
+// offline (a shut-off guest) the images of each disk's chain (chains, active image
+// first) are read directly (bitmapRun); with neither, Unusable stays empty (see
+// BackupSourceUnvalidated).
+func (d *Driver) checkpoints(ctx context.Context, dom golibvirt.Domain, validate, offline bool, chains map[string][]string) ([]driver.Checkpoint, error) {
 	own, err := d.ownCheckpoints(ctx, dom)
 	if err != nil {
 		return nil, err
@@ -136,7 +137,7 @@ func (d *Driver) checkpoints(ctx context.Context, dom golibvirt.Domain, active b
 	// A running guest's checkpoints are validated concurrently: each validation is a
 	// libvirt job (a QEMU query and a metadata write) whose round trips overlap.
 	invalid := make([]error, len(own))
-	if active {
+	if validate {
 		var wg sync.WaitGroup
 		for i, c := range own {
 			wg.Add(1)
@@ -149,11 +150,12 @@ func (d *Driver) checkpoints(ctx context.Context, dom golibvirt.Domain, active b
 	}
 	for i, c := range own {
 		cp := driver.Checkpoint{Name: c.x.Name, Created: time.Unix(c.x.CreationTime, 0).UTC(), Disks: c.x.tracked()}
-		if active {
+		switch {
+		case validate:
 			if err := invalid[i]; err != nil {
 				cp.Unusable = "libvirt cannot read its changes: " + libvirtMessage(err)
 			}
-		} else {
+		case offline:
 			var why []string
 			for _, disk := range cp.Disks {
 				chain, ok := chains[disk]
