@@ -148,7 +148,7 @@ func (s *server) authenticate(w http.ResponseWriter, r *http.Request) (context.C
 	if !s.auth || a.user != "" || openPath(r.URL.Path) {
 		return ctx, true
 	}
-	if strings.HasPrefix(r.URL.Path, "/api/") || r.Method != http.MethodGet {
+	if strings.HasPrefix(r.URL.Path, "/api/") || r.URL.Path == "/events" || r.Method != http.MethodGet {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="autosnap"`)
 		httpError(w, r, http.StatusUnauthorized, "log in or send Authorization: Bearer TOKEN")
 		return nil, false

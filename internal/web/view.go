@@ -63,7 +63,8 @@ type guestView struct {
 	BackupEvery    float64  `json:"backup_cadence_seconds"`
 	SnapshotStatus string   `json:"snapshot_status"`
 	BackupStatus   string   `json:"backup_status"`
-	// Status is the worst of both and "failed" when the last run failed.
+	// Status is the worse of both, "unprotected" when no policy rule covers the
+	// guest, and "failed" when its last run failed.
 	Status string `json:"status"`
 	Failed bool   `json:"failed"`
 }
@@ -88,8 +89,8 @@ func (s *server) view(g Guest) guestView {
 	if severity(v.BackupStatus) > severity(v.Status) {
 		v.Status = v.BackupStatus
 	}
-	if v.Status == FreshNone {
-		v.Status = FreshOK
+	if v.SnapshotStatus == FreshNone && v.BackupStatus == FreshNone {
+		v.Status = "unprotected"
 	}
 	if g.LastRun != nil && g.LastRun.Outcome == history.Failed {
 		v.Failed = true
@@ -99,7 +100,7 @@ func (s *server) view(g Guest) guestView {
 }
 
 // guestFilter is the overview's query: host, policy, tag, state (run state) and
-// status (ok, late, warn, crit, failed). Empty fields do not filter.
+// status (ok, late, warn, crit, failed, unprotected). Empty fields do not filter.
 type guestFilter struct {
 	Host, Policy, Tag, State, Status string
 }
