@@ -162,7 +162,9 @@ func buildCharts(jobs []history.Job, currentSnapshots int, guest string) chartSe
 	count := func(v float64) string { return strconv.Itoa(int(v)) }
 	cs.Snapshots = lineChart("chart-snapshots", "Snapshots over time", "", snaps, count)
 	cs.BackupBytes = lineChart("chart-backup-bytes", "Backup bytes written (cumulative)", "B", bytesPts, func(v float64) string { return humanBytes(uint64(v)) })
-	cs.Durations = barChart("chart-durations", "Job durations", last(durs, 60), func(v float64) string { return (time.Duration(v * float64(time.Second))).Round(time.Second / 10).String() })
+	cs.Durations = barChart("chart-durations", "Job durations", last(durs, 60), func(v float64) string {
+		return (time.Duration(v * float64(time.Second))).Round(time.Second / 10).String()
+	})
 	cs.Freezes = barChart("chart-freezes", "Freeze windows", last(freezes, 60), func(v float64) string { return (time.Duration(v) * time.Millisecond).String() })
 	return cs
 }

@@ -7,6 +7,8 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"fmt"
+	"html/template"
 	"mime"
 	"net/http"
 	"net/url"
@@ -116,7 +118,7 @@ func (s *server) setCookie(w http.ResponseWriter, sess *session) {
 
 // open paths need no login.
 func openPath(p string) bool {
-	return strings.HasPrefix(p, "/static/") || p == "/login"
+	return strings.HasPrefix(p, "/static/") || p == "/login" || p == "/favicon.ico"
 }
 
 // authenticate finds the request's user. It always gives browsers a session (an
@@ -136,7 +138,18 @@ func (s *server) authenticate(w http.ResponseWriter, r *http.Request) (context.C
 	if c, err := r.Cookie(cookieName); err == nil {
 		sess = s.sess.get(c.Value)
 	}
-	if sess == nil && !strings.HasPrefix(r.URL.Path, "/static/") && !strings.HasPrefix(r.URL.Path, "/api/") {
+	page := r.Method == http.MethodGet && !strings.HasPrefix(r.URL.Path, "/static/") && r.URL.Path != "/favicon.ico" &&
+		!strings.HasPrefix(r.URL.Path, "/api/") && r.URL.Path != "/events"
+	if sess == nil && page {
+		if r.Header.Get("Sec-Fetch-Site") == "cross-site" {
+			// A SameSite=Strict cookie is withheld on a navigation from another site;
+			// a new session here would overwrite (log out) the user's. Reload the page
+			// from this origin, which sends the cookie.
+			w.Header().Set("Content-Type", "text/html; charset=utf-8")
+			fmt.Fprintf(w, `<!doctype html><meta http-equiv="refresh" content="0;url=%s"><a href="%s">continue</a>`,
+				template.HTMLEscapeString(r.URL.RequestURI()), template.HTMLEscapeString(r.URL.RequestURI()))
+			return nil, false
+		}
 		sess = s.sess.create("")
 		s.setCookie(w, sess)
 	}
@@ -220,7 +233,7 @@ func (s *server) loginPost(w http.ResponseWriter, r *http.Request) {
 	}
 	if !ok {
 		w.WriteHeader(http.StatusUnauthorized)
-		s.render(w, r, "login", map[string]any{"Next": safeNext(r.PostFormValue("next")), "Failed": true})
+		s.render(w, r, "login", map[string]any{"Next": safeNext(r.PostFormValue("next")), "Failed": true, "User": r.PostFormValue("user")})
 		return
 	}
 	if a := authOf(r.Context()); a.sess != nil {
