@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -102,6 +103,33 @@ func barChart(id, title string, bars []bar, format func(float64) string) templat
 	return template.HTML(b.String())
 }
 
+// Charts stay small whatever the history's size.
+const (
+	maxPoints = 240
+	maxBars   = 60
+)
+
+// downsample keeps at most n points of a series ordered by time: the last point of
+// each of n equal time buckets, so the series still ends at its current value.
+func downsample(pts []point, n int) []point {
+	if len(pts) <= n {
+		return pts
+	}
+	t0, span := pts[0].T, pts[len(pts)-1].T.Sub(pts[0].T)
+	out := make([]point, 0, n)
+	bucket := -1
+	for _, p := range pts {
+		b := int(float64(n-1) * float64(p.T.Sub(t0)) / float64(span))
+		if b == bucket {
+			out[len(out)-1] = p
+			continue
+		}
+		bucket = b
+		out = append(out, p)
+	}
+	return out
+}
+
 // chartSet is the charts page's data.
 type chartSet struct {
 	Snapshots, BackupBytes, Durations, Freezes template.HTML
@@ -130,9 +158,6 @@ func buildCharts(jobs []history.Job, currentSnapshots int, guest string) chartSe
 			if guest != "" && g.Guest != guest {
 				continue
 			}
-			if g.Freeze > 0 {
-				freezes = append(freezes, bar{Label: g.Guest + " " + g.Started.UTC().Format("01-02 15:04"), V: float64(g.Freeze.Milliseconds()), Class: string(g.Outcome)})
-			}
 			n += len(g.Created) - len(g.Removed)
 			by += g.Bytes
 		}
@@ -148,6 +173,18 @@ func buildCharts(jobs []history.Job, currentSnapshots int, guest string) chartSe
 			bytesPts = append(bytesPts, point{T: end, V: cum})
 		}
 	}
+	// Freeze windows of the newest guest runs, newest last.
+	for i := len(jobs) - 1; i >= 0 && len(freezes) < maxBars; i-- {
+		j := jobs[i]
+		for k := len(j.Guests) - 1; k >= 0 && len(freezes) < maxBars; k-- {
+			g := j.Guests[k]
+			if j.DryRun || g.Freeze <= 0 || (guest != "" && g.Guest != guest) {
+				continue
+			}
+			freezes = append(freezes, bar{Label: g.Guest + " " + g.Started.UTC().Format("01-02 15:04"), V: float64(g.Freeze.Milliseconds()), Class: string(g.Outcome)})
+		}
+	}
+	slices.Reverse(freezes)
 	base := float64(currentSnapshots - net)
 	for i := range snaps {
 		base += snaps[i].V
@@ -160,12 +197,12 @@ func buildCharts(jobs []history.Job, currentSnapshots int, guest string) chartSe
 		return b
 	}
 	count := func(v float64) string { return strconv.Itoa(int(v)) }
-	cs.Snapshots = lineChart("chart-snapshots", "Snapshots over time", "", snaps, count)
-	cs.BackupBytes = lineChart("chart-backup-bytes", "Backup bytes written (cumulative)", "B", bytesPts, func(v float64) string { return humanBytes(uint64(v)) })
-	cs.Durations = barChart("chart-durations", "Job durations", last(durs, 60), func(v float64) string {
+	cs.Snapshots = lineChart("chart-snapshots", "Snapshots over time", "", downsample(snaps, maxPoints), count)
+	cs.BackupBytes = lineChart("chart-backup-bytes", "Backup bytes written (cumulative)", "B", downsample(bytesPts, maxPoints), func(v float64) string { return humanBytes(uint64(v)) })
+	cs.Durations = barChart("chart-durations", "Job durations", last(durs, maxBars), func(v float64) string {
 		return (time.Duration(v * float64(time.Second))).Round(time.Second / 10).String()
 	})
-	cs.Freezes = barChart("chart-freezes", "Freeze windows", last(freezes, 60), func(v float64) string { return (time.Duration(v) * time.Millisecond).String() })
+	cs.Freezes = barChart("chart-freezes", "Freeze windows", freezes, func(v float64) string { return (time.Duration(v) * time.Millisecond).String() })
 	return cs
 }
 
