@@ -2,6 +2,7 @@ package cli
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/autosnap/autosnap/internal/driver"
 	"github.com/autosnap/autosnap/internal/engine"
@@ -16,6 +17,14 @@ const (
 	ExitConnect = 3 // could not connect or authenticate to the hypervisor
 )
 
+// Exit codes of `autosnap monitor`: the Nagios/Icinga plugin contract.
+const (
+	ExitMonitorOK       = 0
+	ExitMonitorWarning  = 1
+	ExitMonitorCritical = 2
+	ExitMonitorUnknown  = 3
+)
+
 const exitStatusHelp = `
 EXIT STATUS:
   0  success
@@ -26,6 +35,8 @@ EXIT STATUS:
   2  usage or validation error (bad flag, label, timestamp format, selection);
      nothing was changed
   3  cannot connect or authenticate to the hypervisor
+autosnap monitor is a Nagios/Icinga plugin and exits 0 OK, 1 WARNING,
+2 CRITICAL, 3 UNKNOWN (see autosnap monitor --help).
 In cv4pve mode (--compat cv4pve, or run as cv4pve-autosnap) the status is
 0 or 1 only, as cv4pve-autosnap's: every failure above is 1.
 `
@@ -44,12 +55,27 @@ func usage(err error) error {
 	return usageError{err}
 }
 
+// pluginStatus is returned by `monitor` when the plugin status is not OK: its
+// report is printed already, and the status is the exit status.
+type pluginStatus struct{ code int }
+
+func (e pluginStatus) Error() string { return fmt.Sprintf("monitor: plugin status %d", e.code) }
+
+// reported tells whether err's message is already printed (no "ERROR:" line).
+func reported(err error) bool {
+	var p pluginStatus
+	return errors.As(err, &p)
+}
+
 // ExitCode maps an error returned by a command to the process exit status.
 func ExitCode(err error) int {
 	var u usageError
+	var p pluginStatus
 	switch {
 	case err == nil:
 		return ExitOK
+	case errors.As(err, &p):
+		return p.code
 	case errors.As(err, &u):
 		return ExitUsage
 	case errors.Is(err, driver.ErrConnect):

@@ -313,7 +313,7 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer, setup
 	switch {
 	case g.cv4pve():
 		reportCV4PVE(cmdErr, stdout, stderr)
-	case err != nil:
+	case err != nil && !reported(err):
 		fmt.Fprintf(stderr, "ERROR: %v\n", err)
 	}
 	return g.exitCode(err)

@@ -108,6 +108,9 @@ type GuestResult struct {
 	Removed     []string // removed (or that would be)
 	Err         error
 	Duration    time.Duration
+	// Freeze is how long the guest's filesystems were frozen by the engine (0: not
+	// frozen, or frozen natively by the driver, which does not say).
+	Freeze time.Duration
 }
 
 // Report is the result of a job.

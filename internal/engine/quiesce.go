@@ -226,6 +226,7 @@ func (j *Job) frozenCreate(ctx context.Context, gr *guestRun, q driver.Quiescer,
 	// even when ctx is done: this must not be skipped.
 	terr := j.thaw(g, q)
 	window := time.Since(start)
+	gr.res.Freeze = window
 	if terr != nil {
 		// Leave the watchdog armed: it keeps trying until the bound.
 		gr.printf("ERROR: guest %s may still be frozen: thaw failed: %v; the watchdog retries within %s", g.Name, terr, watchdog.DefaultBound)

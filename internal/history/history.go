@@ -35,34 +35,35 @@ const (
 
 // Job is one run of one policy.
 type Job struct {
-	ID     int64
-	Policy string
-	Kind   Kind
+	ID     int64  `json:"id"`
+	Policy string `json:"policy"`
+	Kind   Kind   `json:"kind"`
 	// Trigger is schedule, catch-up, manual or web.
-	Trigger string
+	Trigger string `json:"trigger"`
 	// DryRun jobs change nothing.
-	DryRun  bool
-	Started time.Time
-	Ended   time.Time // zero while running
-	Outcome Outcome
-	Error   string
-	Guests  []GuestRun
+	DryRun  bool       `json:"dry_run"`
+	Started time.Time  `json:"started"`
+	Ended   time.Time  `json:"ended"` // zero while running
+	Outcome Outcome    `json:"outcome"`
+	Error   string     `json:"error"`
+	Guests  []GuestRun `json:"guests"`
 }
 
 // GuestRun is what one job did to one guest.
 type GuestRun struct {
-	Host, Guest string
-	Started     time.Time
-	Ended       time.Time
-	Outcome     Outcome
-	Error       string
+	Host    string    `json:"host"`
+	Guest   string    `json:"guest"`
+	Started time.Time `json:"started"`
+	Ended   time.Time `json:"ended"`
+	Outcome Outcome   `json:"outcome"`
+	Error   string    `json:"error"`
 	// Created and Removed name the snapshots or backup points made and removed.
-	Created []string
-	Removed []string
+	Created []string `json:"created"`
+	Removed []string `json:"removed"`
 	// Bytes written by a backup.
-	Bytes int64
+	Bytes int64 `json:"bytes"`
 	// Freeze is how long the guest's filesystems were frozen (0: not quiesced).
-	Freeze time.Duration
+	Freeze time.Duration `json:"freeze_ns"`
 }
 
 // Recorder is what a job runner writes to. Implementations must be safe for
@@ -77,11 +78,17 @@ type Recorder interface {
 }
 
 // Query selects jobs, newest first. Zero fields do not filter.
+//
+// When Guest or GuestMatch is set, a job is selected when at least one of its
+// guests matches, and the job's Guests then hold only the matching guests' runs.
 type Query struct {
 	Policy string
 	Guest  string
-	Kind   Kind
-	Since  time.Time
+	// GuestMatch, when not nil, selects guests by host and name (e.g. a --vmid
+	// selection); it is applied after Guest.
+	GuestMatch func(host, guest string) bool `json:"-"`
+	Kind       Kind
+	Since      time.Time
 	// Outcome filters on the job's outcome.
 	Outcome Outcome
 	Limit   int

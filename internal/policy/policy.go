@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/autosnap/autosnap/internal/retention"
+	"github.com/autosnap/autosnap/internal/schedule"
 )
 
 // DefaultPath is where the daemon, `policy`, `history` and `monitor` look for the file.
@@ -39,6 +40,10 @@ type Connection struct {
 	// User, and the secret as written (`file:/path`, `env:NAME`), resolved only when
 	// connecting; never logged.
 	User, Secret string
+	// APIToken is a Proxmox VE API token reference (`api_token:`), `file:` or `env:`.
+	APIToken string
+	// Line is where the connection starts in the file, for messages.
+	Line int
 	// Fingerprint, CAFile and Insecure as the global flags of the same names.
 	Fingerprint, CAFile string
 	Insecure            bool
@@ -69,7 +74,15 @@ type Policy struct {
 type Schedule struct {
 	// Spec is the text as written.
 	Spec string
+	// Line is where the schedule is written (0 when built in code).
+	Line int
+
+	parsed schedule.Schedule
 }
+
+// Parsed returns the schedule parsed in the file's time zone, ready for Next, Due and
+// Cadence. It is the zero schedule.Schedule for a Schedule not made by Parse/Load.
+func (s Schedule) Parsed() schedule.Schedule { return s.parsed }
 
 // SnapshotRule is a policy's `snapshot:` section.
 type SnapshotRule struct {

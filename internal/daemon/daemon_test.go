@@ -1,0 +1,631 @@
+package daemon_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/autosnap/autosnap/internal/daemon"
+	_ "github.com/autosnap/autosnap/internal/driver/libvirt"
+	"github.com/autosnap/autosnap/internal/history"
+	"github.com/autosnap/autosnap/internal/naming"
+	"github.com/autosnap/autosnap/internal/policy"
+	"github.com/autosnap/autosnap/internal/retention"
+	"github.com/autosnap/autosnap/internal/testbed"
+)
+
+// fakeClock is a Clock the test moves by hand.
+type fakeClock struct {
+	mu      sync.Mutex
+	now     time.Time
+	waiters []waiter
+}
+
+type waiter struct {
+	at time.Time
+	c  chan time.Time
+}
+
+func newClock(t time.Time) *fakeClock { return &fakeClock{now: t} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := make(chan time.Time, 1)
+	if d <= 0 {
+		ch <- c.now
+		return ch
+	}
+	c.waiters = append(c.waiters, waiter{c.now.Add(d), ch})
+	return ch
+}
+
+// Advance moves the clock and fires the timers that are due.
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	kept := c.waiters[:0]
+	for _, w := range c.waiters {
+		if w.at.After(c.now) {
+			kept = append(kept, w)
+			continue
+		}
+		w.c <- c.now
+	}
+	c.waiters = kept
+}
+
+// waitSleeping waits until the daemon sleeps until at (a timer for at exists).
+func (c *fakeClock) waitSleeping(t *testing.T, at time.Time) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		c.mu.Lock()
+		found := slices.ContainsFunc(c.waiters, func(w waiter) bool { return w.at.Equal(at) })
+		c.mu.Unlock()
+		if found {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("the daemon never went to sleep until %s", at)
+}
+
+// waitJobs waits until n jobs have ended and returns them, oldest first.
+func waitJobs(t *testing.T, h *daemon.MemoryHistory, n int) []history.Job {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Minute)
+	for time.Now().Before(deadline) {
+		jobs, _ := h.Jobs(context.Background(), history.Query{})
+		ended := 0
+		for _, j := range jobs {
+			if j.Outcome != history.Running {
+				ended++
+			}
+		}
+		if ended >= n {
+			slices.Reverse(jobs)
+			return jobs
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	jobs, _ := h.Jobs(context.Background(), history.Query{})
+	t.Fatalf("%d jobs ended, want %d: %+v", len(jobs), n, jobs)
+	return nil
+}
+
+var t0 = time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
+
+func snapshotConfig(t *testing.T, name, vmid, spec string, keep int) *policy.Config {
+	return &policy.Config{
+		Location: time.UTC, StateDir: t.TempDir(),
+		Policies: []policy.Policy{{
+			Name: name, Line: 2, Host: testbed.URI, VMID: vmid, MaxParallel: 2,
+			Snapshot: &policy.SnapshotRule{Schedule: policy.Schedule{Spec: spec}, Keep: retention.GFS{Last: keep},
+				Quiesce: "off"},
+		}},
+	}
+}
+
+// snapNames lists a domain's snapshot names, sorted.
+func snapNames(t *testing.T, bed *testbed.Bed, d *testbed.Domain) []string {
+	t.Helper()
+	snaps, _, err := bed.Conn.DomainListAllSnapshots(d.Dom, 1, 0)
+	if err != nil {
+		t.Fatalf("listing the snapshots of %s: %v", d.Name, err)
+	}
+	var out []string
+	for _, s := range snaps {
+		out = append(out, s.Name)
+	}
+	slices.Sort(out)
+	return out
+}
+
+type harness struct {
+	d      *daemon.Daemon
+	h      *daemon.MemoryHistory
+	clock  *fakeClock
+	cancel context.CancelFunc
+	done   chan error
+	logs   *syncBuf
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// start runs a daemon for cfg in the background; the test's cleanup stops it.
+func start(t *testing.T, cfg *policy.Config, h *daemon.MemoryHistory, clock *fakeClock, o daemon.Options) *harness {
+	t.Helper()
+	logs := &syncBuf{}
+	log, err := daemon.NewLogger(logs, "text", slog.LevelInfo, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Recorder, o.Reader, o.Clock, o.Log = h, h, clock, log
+	if o.LockDir == "" {
+		o.LockDir = t.TempDir()
+	}
+	d, err := daemon.New(cfg, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	hs := &harness{d: d, h: h, clock: clock, cancel: cancel, done: make(chan error, 1), logs: logs}
+	go func() { hs.done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		hs.stop(t)
+		t.Logf("daemon log:\n%s", logs.String())
+	})
+	return hs
+}
+
+func (hs *harness) stop(t *testing.T) {
+	hs.cancel()
+	select {
+	case err := <-hs.done:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		hs.done <- nil
+	case <-time.After(3 * time.Minute):
+		t.Fatal("the daemon did not stop")
+	}
+}
+
+func name(label string, at time.Time) string {
+	f, _ := naming.ParseFormat(naming.DefaultFormat)
+	return naming.Name(label, f, at)
+}
+
+// TestDaemonKeepsRightSnapshots runs an @every 2s policy with keep_last 3 over two
+// real guests for many cycles: after each cycle each guest has exactly the newest three
+// snapshots by name, its chain is one image deeper than that, the history records
+// the job and both guests with what was created and removed, and data written between
+// the snapshots survives every merge.
+func TestDaemonKeepsRightSnapshots(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	g1 := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused})
+	g2 := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused})
+	cfg := snapshotConfig(t, "web", g1.Name+","+g2.Name, "@every 2s", 3)
+	h := &daemon.MemoryHistory{}
+	clock := newClock(t0)
+	const cycles = 7
+	const chunk = 64 << 10
+	// Data written before snapshot c lands in the image that snapshot c freezes.
+	g1.WriteDisk(t, "vda", 0, 0x41, chunk)
+	hs := start(t, cfg, h, clock, daemon.Options{})
+	srv := httptest.NewServer(hs.d.Handler())
+	defer srv.Close()
+
+	var taken []string
+	for c := 0; c < cycles; c++ {
+		at := t0.Add(time.Duration(2*c) * time.Second)
+		if c > 0 {
+			hs.clock.waitSleeping(t, at)
+			g1.WriteDisk(t, "vda", int64(c)*chunk, byte(0x41+c), chunk)
+			hs.clock.Advance(2 * time.Second)
+		}
+		jobs := waitJobs(t, h, c+1)
+		if len(jobs) != c+1 {
+			t.Fatalf("cycle %d: %d jobs, want %d", c, len(jobs), c+1)
+		}
+		j := jobs[c]
+		taken = append(taken, name("web", at))
+		want := taken[max(0, len(taken)-3):]
+		var wantRemoved []string
+		if len(taken) > 3 {
+			wantRemoved = []string{taken[len(taken)-4]}
+		}
+		if j.Outcome != history.OK || j.Policy != "web" || j.Kind != history.KindSnapshot || !j.Started.Equal(at) {
+			t.Fatalf("cycle %d: job %+v, want ok snapshot job of web started %s", c, j, at)
+		}
+		if len(j.Guests) != 2 {
+			t.Fatalf("cycle %d: %d guests recorded, want 2: %+v", c, len(j.Guests), j.Guests)
+		}
+		for _, gr := range j.Guests {
+			if gr.Outcome != history.OK || !slices.Equal(gr.Created, []string{taken[c]}) || !slices.Equal(gr.Removed, wantRemoved) {
+				t.Errorf("cycle %d: guest %s: outcome %s created %v removed %v, want ok %v %v (%s)", c, gr.Guest, gr.Outcome,
+					gr.Created, gr.Removed, taken[c], wantRemoved, gr.Error)
+			}
+		}
+		for _, g := range []*testbed.Domain{g1, g2} {
+			if got := snapNames(t, bed, g); !slices.Equal(got, want) {
+				t.Fatalf("cycle %d: %s has snapshots %v, want %v", c, g.Name, got, want)
+			}
+			if n := len(g.Chain(t, "vda")); n != len(want)+1 {
+				t.Errorf("cycle %d: %s chain is %d images deep, want %d", c, g.Name, n, len(want)+1)
+			}
+		}
+	}
+	// Every region written before some snapshot reads back through the merged chain.
+	top := g1.Chain(t, "vda")[0]
+	for c := 0; c < cycles; c++ {
+		got := testbed.ReadImage(t, top, int64(c)*chunk, chunk)
+		if !bytes.Equal(got, bytes.Repeat([]byte{byte(0x41 + c)}, chunk)) {
+			t.Errorf("region %d of %s lost after the merges", c, g1.Name)
+		}
+	}
+
+	// The metrics agree.
+	fams := scrape(t, srv.URL)
+	for _, g := range []*testbed.Domain{g1, g2} {
+		if v := value(t, fams, "autosnap_snapshots", map[string]string{"guest": g.Name, "label": "web"}); v != 3 {
+			t.Errorf("autosnap_snapshots{guest=%s} = %v, want 3", g.Name, v)
+		}
+		last := t0.Add(2 * (cycles - 1) * time.Second)
+		if v := value(t, fams, "autosnap_last_success_timestamp_seconds",
+			map[string]string{"policy": "web", "kind": "snapshot", "guest": g.Name}); v != float64(last.Unix()) {
+			t.Errorf("last success of %s = %v, want %d", g.Name, v, last.Unix())
+		}
+	}
+	if n := histCount(t, fams, "autosnap_job_duration_seconds", map[string]string{"policy": "web", "kind": "snapshot"}); n != cycles {
+		t.Errorf("autosnap_job_duration_seconds count %d, want %d", n, cycles)
+	}
+	if _, ok := fams["autosnap_guest_failures_total"]; ok {
+		if v := value(t, fams, "autosnap_guest_failures_total", map[string]string{"policy": "web", "guest": g1.Name}); v != 0 {
+			t.Errorf("failures of %s = %v, want 0", g1.Name, v)
+		}
+	}
+}
+
+// scrape reads /metrics with the Prometheus text parser.
+func scrape(t *testing.T, base string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("/metrics: %s", resp.Status)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parsing /metrics: %v", err)
+	}
+	return fams
+}
+
+func find(t *testing.T, fams map[string]*dto.MetricFamily, fam string, labels map[string]string) *dto.Metric {
+	t.Helper()
+	f, ok := fams[fam]
+	if !ok {
+		t.Fatalf("no metric family %s", fam)
+	}
+next:
+	for _, m := range f.GetMetric() {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		for k, v := range labels {
+			if have[k] != v {
+				continue next
+			}
+		}
+		return m
+	}
+	t.Fatalf("no %s with labels %v", fam, labels)
+	return nil
+}
+
+func value(t *testing.T, fams map[string]*dto.MetricFamily, fam string, labels map[string]string) float64 {
+	t.Helper()
+	m := find(t, fams, fam, labels)
+	switch {
+	case m.Gauge != nil:
+		return m.GetGauge().GetValue()
+	case m.Counter != nil:
+		return m.GetCounter().GetValue()
+	}
+	t.Fatalf("%s is neither gauge nor counter", fam)
+	return 0
+}
+
+func histCount(t *testing.T, fams map[string]*dto.MetricFamily, fam string, labels map[string]string) int {
+	t.Helper()
+	return int(find(t, fams, fam, labels).GetHistogram().GetSampleCount())
+}
+
+// TestDaemonCatchesUpOnce: a daemon that was down for an hour over an every-minute
+// schedule runs the job once when it starts again (as a catch-up), not once per
+// missed slot, and then keeps to the schedule.
+func TestDaemonCatchesUpOnce(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	g := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused})
+	cfg := snapshotConfig(t, "minutely", g.Name, "0 * * * * *", 10)
+	h := &daemon.MemoryHistory{}
+
+	first := start(t, cfg, h, newClock(t0), daemon.Options{})
+	waitJobs(t, h, 1)
+	first.clock.waitSleeping(t, t0.Add(30*time.Second)) // MaxWait: the next slot is a minute away
+	first.stop(t)
+
+	// An hour and a half minute later the daemon starts again.
+	restart := t0.Add(time.Hour + 30*time.Second)
+	second := start(t, cfg, h, newClock(restart), daemon.Options{})
+	jobs := waitJobs(t, h, 2)
+	// It sleeps until the next slot, with nothing more started.
+	second.clock.waitSleeping(t, restart.Add(30*time.Second))
+	if jobs, _ := h.Jobs(context.Background(), history.Query{}); len(jobs) != 2 {
+		t.Fatalf("%d jobs after the restart, want 2 (one catch-up): %+v", len(jobs), jobs)
+	}
+	if j := jobs[1]; j.Trigger != daemon.TriggerCatchUp || !j.Started.Equal(restart) || j.Outcome != history.OK {
+		t.Fatalf("the job after the outage: %+v; want an ok catch-up at %s", j, restart)
+	}
+	second.clock.Advance(30 * time.Second)
+	jobs = waitJobs(t, h, 3)
+	if j := jobs[2]; j.Trigger != daemon.TriggerSchedule || !j.Started.Equal(restart.Add(30*time.Second)) {
+		t.Fatalf("the next job: %+v; want a scheduled one at the next minute", j)
+	}
+	want := []string{name("minutely", t0), name("minutely", restart), name("minutely", restart.Add(30*time.Second))}
+	if got := snapNames(t, bed, g); !slices.Equal(got, want) {
+		t.Fatalf("snapshots %v, want %v", got, want)
+	}
+}
+
+// TestDaemonReloadKeepsOldConfigOnError: reloading a broken policy file is refused
+// with the error and the old policies keep running; a valid one takes over.
+func TestDaemonReloadKeepsOldConfigOnError(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	g := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused})
+	cfg := snapshotConfig(t, "old", g.Name, "@every 2s", 5)
+	h := &daemon.MemoryHistory{}
+	hs := start(t, cfg, h, newClock(t0), daemon.Options{})
+	srv := httptest.NewServer(hs.d.Handler())
+	defer srv.Close()
+	waitJobs(t, h, 1)
+
+	broken := snapshotConfig(t, "new", g.Name, "@every soon", 5)
+	if err := hs.d.Reload(broken); err == nil || !strings.Contains(err.Error(), "@every soon") {
+		t.Fatalf("Reload(broken) = %v, want the schedule error", err)
+	}
+	if err := hs.d.ReloadWith(func() (*policy.Config, error) {
+		return nil, errString("autosnap.yaml:4: unknown key \"scedule\"")
+	}); err == nil {
+		t.Fatal("ReloadWith(failing load) = nil")
+	}
+	if hs.d.Config() != cfg {
+		t.Fatal("the daemon switched config after a failed reload")
+	}
+	hs.clock.waitSleeping(t, t0.Add(2*time.Second))
+	hs.clock.Advance(2 * time.Second)
+	jobs := waitJobs(t, h, 2)
+	if jobs[1].Policy != "old" || jobs[1].Outcome != history.OK {
+		t.Fatalf("after the failed reloads: job %+v, want the old policy's", jobs[1])
+	}
+
+	good := snapshotConfig(t, "new", g.Name, "@every 2s", 5)
+	if err := hs.d.Reload(good); err != nil {
+		t.Fatal(err)
+	}
+	jobs = waitJobs(t, h, 3) // a new policy never ran: due at once
+	if jobs[2].Policy != "new" {
+		t.Fatalf("after the good reload: job %+v, want policy new", jobs[2])
+	}
+	hs.clock.waitSleeping(t, t0.Add(4*time.Second))
+	if v := value(t, scrape(t, srv.URL), "autosnap_config_reload_errors_total", nil); v != 2 {
+		t.Errorf("autosnap_config_reload_errors_total = %v, want 2", v)
+	}
+	want := []string{name("new", t0.Add(2*time.Second)), name("old", t0), name("old", t0.Add(2*time.Second))}
+	if got := snapNames(t, bed, g); !slices.Equal(got, want) {
+		t.Fatalf("snapshots %v, want %v", got, want)
+	}
+	if !strings.Contains(hs.logs.String(), "reload refused") {
+		t.Errorf("the refused reload is not logged")
+	}
+}
+
+type errString string
+
+func (e errString) Error() string { return string(e) }
+
+// TestDaemonWebhook: a guest's first failure and its recovery are POSTed to the
+// webhook as signed JSON (a failure answered 503 is retried), a second failure in a
+// row is not, and the failures are counted in the metrics.
+func TestDaemonWebhook(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	g := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused}) // no agent: quiesce on fails
+	const secret = "s3cret-for-the-hook"
+	t.Setenv("AST_WEBHOOK_SECRET", secret)
+	var mu sync.Mutex
+	var events []daemon.Event
+	var badSig []string
+	posts := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		defer mu.Unlock()
+		posts++
+		if posts == 1 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		mac := hmac.New(sha256.New, []byte(secret))
+		mac.Write(body)
+		if want := "sha256=" + hex.EncodeToString(mac.Sum(nil)); r.Header.Get(daemon.SignatureHeader) != want {
+			badSig = append(badSig, r.Header.Get(daemon.SignatureHeader))
+		}
+		var e daemon.Event
+		if err := json.Unmarshal(body, &e); err != nil {
+			t.Errorf("webhook body %q: %v", body, err)
+		}
+		events = append(events, e)
+	}))
+	defer srv.Close()
+	waitEvents := func(n int) []daemon.Event {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			mu.Lock()
+			got := slices.Clone(events)
+			mu.Unlock()
+			if len(got) >= n {
+				return got
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatalf("%d webhook events, want %d", len(events), n)
+		return nil
+	}
+
+	cfg := snapshotConfig(t, "hooked", g.Name, "@every 2s", 3)
+	cfg.Policies[0].Snapshot.Quiesce = "on"
+	cfg.Notify = policy.Notify{Webhook: srv.URL, Secret: "env:AST_WEBHOOK_SECRET"}
+	h := &daemon.MemoryHistory{}
+	hs := start(t, cfg, h, newClock(t0), daemon.Options{})
+	metrics := httptest.NewServer(hs.d.Handler())
+	defer metrics.Close()
+
+	jobs := waitJobs(t, h, 1)
+	if jobs[0].Outcome != history.Failed || len(jobs[0].Guests) != 1 || !strings.Contains(jobs[0].Guests[0].Error, "quiesce") {
+		t.Fatalf("job 1: %+v, want the guest failed for quiesce", jobs[0])
+	}
+	ev := waitEvents(1)[0]
+	if ev.Event != "failure" || ev.Policy != "hooked" || ev.Guest != g.Name || ev.Kind != "snapshot" ||
+		ev.Failures != 1 || !strings.Contains(ev.Error, "quiesce") || ev.JobID != jobs[0].ID {
+		t.Fatalf("failure event %+v", ev)
+	}
+	hs.clock.waitSleeping(t, t0.Add(2*time.Second))
+	hs.clock.Advance(2 * time.Second)
+	waitJobs(t, h, 2)
+
+	fixed := snapshotConfig(t, "hooked", g.Name, "@every 2s", 3)
+	fixed.Notify = cfg.Notify
+	if err := hs.d.Reload(fixed); err != nil {
+		t.Fatal(err)
+	}
+	hs.clock.waitSleeping(t, t0.Add(4*time.Second))
+	hs.clock.Advance(2 * time.Second)
+	jobs = waitJobs(t, h, 3)
+	if jobs[2].Outcome != history.OK {
+		t.Fatalf("job 3: %+v, want ok", jobs[2])
+	}
+	got := waitEvents(2)
+	if rec := got[1]; rec.Event != "recovery" || rec.Guest != g.Name || rec.Failures != 2 || rec.Error != "" {
+		t.Fatalf("recovery event %+v, want recovery after 2 failures", rec)
+	}
+	time.Sleep(time.Second) // nothing more may arrive
+	mu.Lock()
+	if len(events) != 2 || posts != 3 || len(badSig) > 0 {
+		t.Errorf("%d events in %d posts (want 2 in 3: one retried), bad signatures %q", len(events), posts, badSig)
+	}
+	mu.Unlock()
+	if v := value(t, scrape(t, metrics.URL), "autosnap_guest_failures_total", map[string]string{"policy": "hooked", "guest": g.Name}); v != 2 {
+		t.Errorf("autosnap_guest_failures_total = %v, want 2", v)
+	}
+}
+
+// TestDaemonBackupLevelsAndPrune runs a backup policy (read from YAML) over a real
+// guest: the first run is a full (no point yet), the level rule makes the run after
+// its slot a full and the others inc, prune keeps the last 2 points, history has the
+// points and bytes, and autosnap_backup_bytes_total adds them up.
+func TestDaemonBackupLevelsAndPrune(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	g := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused})
+	target := t.TempDir()
+	cfg, err := policy.Parse([]byte(`timezone: UTC
+state_dir: `+t.TempDir()+`
+policies:
+  - name: nightly
+    host: qemu:///system
+    vmid: "`+g.Name+`"
+    backup:
+      schedule: "@every 10s"
+      target: `+target+`
+      quiesce: "off"
+      levels:
+        - level: full
+          schedule: "30 0 10 * * *"
+      level: inc
+      prune:
+        keep_last: 2
+`), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &daemon.MemoryHistory{}
+	g.WriteDisk(t, "vda", 0, 0xEE, 64<<10)
+	hs := start(t, cfg, h, newClock(t0), daemon.Options{})
+	srv := httptest.NewServer(hs.d.Handler())
+	defer srv.Close()
+
+	var total int64
+	var points []string
+	// Runs at 10:00:00 (first: the full rule has never run), :10, :20 (inc), :30 (the
+	// 10:00:30 full slot passed), :40 (inc).
+	wantLevel := []string{"full", "inc", "inc", "full", "inc"}
+	for c := range wantLevel {
+		at := t0.Add(time.Duration(10*c) * time.Second)
+		if c > 0 {
+			g.WriteDisk(t, "vda", int64(c)<<20, byte(c), 64<<10)
+			hs.clock.waitSleeping(t, at)
+			hs.clock.Advance(10 * time.Second)
+		}
+		jobs := waitJobs(t, h, c+1)
+		j := jobs[c]
+		if j.Outcome != history.OK || len(j.Guests) != 1 || len(j.Guests[0].Created) != 1 {
+			t.Fatalf("run %d: %+v", c, j)
+		}
+		gr := j.Guests[0]
+		if gr.Bytes <= 0 {
+			t.Errorf("run %d: %d bytes recorded", c, gr.Bytes)
+		}
+		total += gr.Bytes
+		point := gr.Created[0]
+		if !strings.Contains(point, wantLevel[c]) {
+			t.Errorf("run %d: point %s, want a %s", c, point, wantLevel[c])
+		}
+		points = append(points, point)
+		var wantRemoved []string
+		if len(points) > 2 {
+			wantRemoved = points[:len(points)-2]
+			points = points[len(points)-2:]
+		}
+		if !slices.Equal(gr.Removed, wantRemoved) {
+			t.Errorf("run %d: removed %v, want %v", c, gr.Removed, wantRemoved)
+		}
+	}
+	if v := value(t, scrape(t, srv.URL), "autosnap_backup_bytes_total", map[string]string{"policy": "nightly", "guest": g.Name}); v != float64(total) {
+		t.Errorf("autosnap_backup_bytes_total = %v, want %d", v, total)
+	}
+}
