@@ -14,6 +14,8 @@
     if (!iso || iso.indexOf("0001-") === 0) { return "—"; }
     return iso.replace("T", " ").replace(/\.\d+/, "").replace("+00:00", "Z");
   }
+  // progress is "done/total", or "done" when the total is not known yet.
+  function progress(ev) { return ev.total ? ev.done + "/" + ev.total : String(ev.done || 0); }
   function setOutcome(el, outcome) {
     if (!el) { return; }
     el.textContent = outcome;
@@ -47,13 +49,13 @@
       var sp = document.createElement("span");
       oc.appendChild(sp);
       setOutcome(sp, "running");
-      cell(row, "0/" + ev.total, "guests");
+      cell(row, progress(ev), "guests");
       cell(row, "", "errors");
       tbody.insertBefore(row, tbody.firstChild);
     }
     if (!row) { return; }
     if (ev.type === "guest") {
-      text(row.querySelector(".guests"), ev.done + "/" + ev.total);
+      text(row.querySelector(".guests"), progress(ev));
       if (ev.error) {
         var d = document.createElement("div");
         d.textContent = ev.guest + ": " + ev.error;
@@ -79,7 +81,7 @@
     var run = document.getElementById("run");
     if (!run || run.dataset.job !== String(ev.job)) { return; }
     if (ev.type === "guest") {
-      text(document.getElementById("run-done"), ev.done + "/" + ev.total);
+      text(document.getElementById("run-done"), progress(ev));
       var tbody = document.querySelector("#run-guests tbody");
       var tr = document.createElement("tr");
       tr.className = "guestrun";
