@@ -1,0 +1,217 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/autosnap/autosnap/internal/daemon"
+	"github.com/autosnap/autosnap/internal/testbed"
+)
+
+// TestDashboardRealGuests runs `autosnap daemon --listen` over a real guest with a
+// snapshot tree s1 → s2 → {s3, s4} and opens the dashboard in headless Chromium:
+// after the daemon's first (catch-up) run, the overview shows the guest shut off with
+// a fresh snapshot and its count, another test guest no policy selects as
+// unprotected, and the guest's page shows the same tree, in the same order and with
+// the same current snapshot, as `snapshot list --tree`. The browser reports no
+// console error.
+func TestDashboardRealGuests(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	d := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Shutoff, DiskMiB: 8})
+	other := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused})
+	const n = 64 << 10
+	for i := 1; i <= 3; i++ {
+		mustRun(t, "snapshot", "create", d.Name, fmt.Sprintf("s%d", i))
+		writeAny(t, d, "vda", int64(i*n), byte(i), n)
+	}
+	// Branch at s2 as a revert does: a fresh overlay on s2's state image.
+	chain := d.Chain(t, "vda") // [O_s3, O_s2, O_s1, base]
+	r := filepath.Join(d.Dir, "revert.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", chain[2], r).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	x := d.XML(t)
+	x.Devices.Disks[0].Source.File.File = r
+	x.Devices.Disks[0].BackingStore = nil
+	s, _ := x.Marshal()
+	if _, err := bed.Conn.DomainDefineXML(s); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, "snapshot", "current", d.Name, "s2")
+	mustRun(t, "snapshot", "create", d.Name, "s4")
+
+	stateDir := t.TempDir()
+	path := writePolicy(t, fmt.Sprintf(`timezone: UTC
+state_dir: %s
+policies:
+  - name: web
+    host: qemu:///system
+    vmid: %q
+    snapshot:
+      schedule: "@every 1h"
+      keep_last: 3
+`, stateDir, d.Name))
+	started := make(chan net.Addr, 1)
+	adjustDaemon = func(o *DaemonOptions) { o.started = func(_ *daemon.Daemon, a net.Addr) { started <- a } }
+	t.Cleanup(func() { adjustDaemon = nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr lockedBuffer
+	code := make(chan int, 1)
+	go func() {
+		code <- execute(ctx, []string{"--timeout", "60", "daemon", "--config", path, "--grace", "0s", "--listen", "127.0.0.1:0"}, &stdout, &stderr, nil)
+	}()
+	var base string
+	select {
+	case a := <-started:
+		base = "http://" + a.String()
+	case c := <-code:
+		t.Fatalf("daemon exited %d before starting:\n%s", c, stderr.String())
+	case <-time.After(time.Minute):
+		t.Fatal("the daemon did not start")
+	}
+	defer func() {
+		cancel()
+		select {
+		case c := <-code:
+			if c != 0 {
+				t.Errorf("daemon exited %d:\n%s", c, stderr.String())
+			}
+		case <-time.After(time.Minute):
+			t.Error("the daemon did not stop")
+		}
+	}()
+
+	// The catch-up run at start ends in the history, seen through the API.
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		var runs []struct {
+			Outcome string `json:"outcome"`
+			Trigger string `json:"trigger"`
+		}
+		resp, err := http.Get(base + "/api/v1/runs")
+		if err == nil {
+			err = json.NewDecoder(resp.Body).Decode(&runs)
+			resp.Body.Close()
+		}
+		if err == nil && len(runs) == 1 && runs[0].Outcome != "running" {
+			if runs[0].Outcome != "ok" {
+				t.Fatalf("first run %+v:\n%s", runs[0], stderr.String())
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no finished run (%v %+v):\n%s", err, runs, stderr.String())
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	want := snapshotList(t, d.Name, "--tree")
+	if len(want) != 5 {
+		t.Fatalf("snapshot list --tree: %+v", want)
+	}
+
+	b := newTestBrowser(t)
+	if err := chromedp.Do(b.ctx, chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.CSS("#guests"))); err != nil {
+		t.Fatal(err)
+	}
+	type row struct{ Status, Fresh, Snap, State, Policy string }
+	rowJS := func(name string) string {
+		return fmt.Sprintf(`(r => r && {Status: r.dataset.status, Fresh: r.querySelector('.snap-age').dataset.fresh,
+			Snap: r.querySelector('.snap-age').textContent.trim().replace(/\s+/g, ' '), State: r.querySelector('.state').textContent,
+			Policy: r.cells[2].textContent})(document.querySelector('tr[data-guest=%q]'))`, name)
+	}
+	got, err := chromedp.Run(b.ctx, chromedp.Evaluate[*row](rowJS(d.Name)))
+	if err != nil || got == nil {
+		t.Fatalf("overview row of %s: %v", d.Name, err)
+	}
+	if got.Status != "ok" || got.Fresh != "ok" || got.State != "shutoff" || got.Policy != "web" || !strings.HasSuffix(got.Snap, "/ 1h (5)") ||
+		!(strings.HasSuffix(strings.Fields(got.Snap)[0], "s") || strings.HasSuffix(strings.Fields(got.Snap)[0], "m")) {
+		t.Errorf("overview row of %s: %+v", d.Name, *got)
+	}
+	o, err := chromedp.Run(b.ctx, chromedp.Evaluate[*row](rowJS(other.Name)))
+	if err != nil || o == nil || o.Status != "unprotected" || o.State != "paused" || o.Policy != "" {
+		t.Errorf("overview row of %s: %+v %v", other.Name, o, err)
+	}
+
+	if err := chromedp.Do(b.ctx, chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-guest=%q] a`, d.Name))), chromedp.WaitVisible(chromedp.CSS("#snapshot-tree"))); err != nil {
+		t.Fatal(err)
+	}
+	type snap struct {
+		Name, Parent string
+		Current      bool
+	}
+	page, err := chromedp.Run(b.ctx, chromedp.Evaluate[[]snap](`[...document.querySelectorAll('#snapshot-tree tr.snap')].map(r =>
+		({Name: r.dataset.name, Parent: r.dataset.parent, Current: r.classList.contains('current')}))`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cli []snap
+	for _, w := range want {
+		cli = append(cli, snap{w.Name, w.Parent, w.Current})
+	}
+	if !slices.Equal(page, cli) {
+		t.Errorf("dashboard tree\n %+v\nsnapshot list --tree\n %+v", page, cli)
+	}
+	if cli[0].Name != "s1" || cli[2].Parent != "s2" || cli[3].Parent != "s2" {
+		t.Errorf("the test bed's tree is not s1 → s2 → {s3, s4 → daemon}: %+v", cli)
+	}
+}
+
+// testBrowser is headless Chromium whose console errors fail the test.
+type testBrowser struct {
+	ctx  context.Context
+	mu   sync.Mutex
+	msgs []string
+}
+
+func newTestBrowser(t *testing.T) *testBrowser {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath("/usr/bin/chromium"),
+		chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelCtx := chromedp.NewContext(actx)
+	ctx, cancelTimeout := context.WithTimeout(ctx, 3*time.Minute)
+	b := &testBrowser{ctx: ctx}
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("starting chromium (scripts/install-deps.sh installs it): %v", err)
+	}
+	msgs := chromedp.Console(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for m, err := range msgs {
+			if err != nil {
+				return
+			}
+			if m.Type == chromedp.ConsoleError || m.Type == chromedp.ConsoleWarning || m.Type == chromedp.ConsoleException {
+				b.mu.Lock()
+				b.msgs = append(b.msgs, fmt.Sprintf("%s %s (%s)", m.Type, m.Text, m.URL))
+				b.mu.Unlock()
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancelTimeout()
+		cancelCtx()
+		cancelAlloc()
+		<-done
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for _, m := range b.msgs {
+			t.Errorf("browser console: %s", m)
+		}
+	})
+	return b
+}
