@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -166,6 +167,72 @@ policies:
 	}
 	if cli[0].Name != "s1" || cli[2].Parent != "s2" || cli[3].Parent != "s2" {
 		t.Errorf("the test bed's tree is not s1 → s2 → {s3, s4 → daemon}: %+v", cli)
+	}
+
+	// A run started through the API (as the page's action does) runs the daemon's
+	// job now, is recorded with trigger web, and streams its events.
+	evResp, err := http.Get(base + "/api/v1/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer evResp.Body.Close()
+	events := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(evResp.Body)
+		for sc.Scan() {
+			if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+				events <- data
+			}
+		}
+		close(events)
+	}()
+	resp, err := http.Post(base+"/api/v1/policies/web/run", "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var webRun struct{ Job int64 }
+	_ = json.NewDecoder(resp.Body).Decode(&webRun)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted || webRun.Job == 0 {
+		t.Fatalf("POST run: %d %+v", resp.StatusCode, webRun)
+	}
+	var seen []string
+	for len(seen) < 3 {
+		select {
+		case e, ok := <-events:
+			if !ok {
+				t.Fatalf("event stream ended after %v", seen)
+			}
+			var ev struct {
+				Type, Guest, Outcome, Trigger string
+				Job                           int64
+			}
+			_ = json.Unmarshal([]byte(e), &ev)
+			if ev.Job == webRun.Job {
+				seen = append(seen, ev.Type+" "+ev.Guest+" "+ev.Outcome+" "+ev.Trigger)
+			}
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("events of job %d: %v", webRun.Job, seen)
+		}
+	}
+	if w := []string{"job-start   web", "guest " + d.Name + " ok ", "job-end  ok "}; !slices.Equal(seen, w) {
+		t.Errorf("events %q, want %q", seen, w)
+	}
+	resp, err = http.Get(fmt.Sprintf("%s/api/v1/runs/%d", base, webRun.Job))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var job struct {
+		Trigger, Outcome string
+		Guests           []struct{ Guest, Outcome string }
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&job)
+	resp.Body.Close()
+	if job.Trigger != "web" || job.Outcome != "ok" || len(job.Guests) != 1 || job.Guests[0].Guest != d.Name {
+		t.Errorf("recorded run %+v", job)
+	}
+	if n := len(snapshotList(t, d.Name)); n != 6 {
+		t.Errorf("%d snapshots after the web run, want 6", n)
 	}
 }
 
