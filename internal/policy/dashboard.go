@@ -34,7 +34,9 @@ func (p *parser) dashboard(e kv, d *Dashboard) {
 			}
 		}
 	}
-	if (d.TLSCert == "") != (d.TLSKey == "") {
+	_, hasCert := m["tls_cert"]
+	_, hasKey := m["tls_key"]
+	if hasCert != hasKey {
 		p.errorf(e.k, "dashboard: tls_cert and tls_key go together: give both or neither")
 	}
 	if kv, ok := m["token"]; ok {
