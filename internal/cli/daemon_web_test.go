@@ -3,6 +3,17 @@ package cli
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"log/slog"
+	"math/big"
+	"net/http/httptest"
+	"os"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -18,6 +29,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/autosnap/autosnap/internal/daemon"
+	"github.com/autosnap/autosnap/internal/policy"
 	"github.com/autosnap/autosnap/internal/testbed"
 )
 
@@ -281,4 +293,95 @@ func newTestBrowser(t *testing.T) *testBrowser {
 		}
 	})
 	return b
+}
+
+// TestMountDashboard: off loopback the daemon serves the dashboard only with the
+// policy file's TLS certificate and a token (then over TLS, login required), else it
+// logs why and serves /metrics alone; an unreadable certificate is an error.
+func TestMountDashboard(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "d.crt"), filepath.Join(dir, "d.key")
+	writeSelfSigned(t, certFile, keyFile)
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte("tok-123\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const pol = "policies:\n  - name: web\n    host: qemu:///system\n    vmid: nothing-here\n    snapshot:\n      schedule: \"@every 1h\"\n      keep_last: 1\n"
+	mount := func(extra string) (*daemon.Daemon, *tls.Config, string, error) {
+		cfg, err := policy.Parse([]byte(pol+extra), "p.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := &daemon.MemoryHistory{}
+		d, err := daemon.New(cfg, daemon.Options{Recorder: h, Reader: h})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var logs lockedBuffer
+		log, _ := daemon.NewLogger(&logs, "text", slog.LevelInfo, false)
+		tc, err := mountDashboard(d, h, cfg, "0.0.0.0:8460", log)
+		return d, tc, logs.String(), err
+	}
+	get := func(d *daemon.Daemon, path, auth string) int {
+		req := httptest.NewRequest(http.MethodGet, path, nil)
+		if auth != "" {
+			req.Header.Set("Authorization", "Bearer "+auth)
+		}
+		rec := httptest.NewRecorder()
+		d.Handler().ServeHTTP(rec, req)
+		return rec.Code
+	}
+
+	d, tc, logs, err := mount("")
+	if err != nil || tc != nil || !strings.Contains(logs, "dashboard is not served") || !strings.Contains(logs, "TLS") {
+		t.Errorf("no dashboard section: %v %v\n%s", err, tc, logs)
+	}
+	if c := get(d, "/metrics", ""); c != 200 {
+		t.Errorf("/metrics: %d", c)
+	}
+	if c := get(d, "/api/v1/guests", ""); c != 404 {
+		t.Errorf("insecure dashboard mounted: /api/v1/guests %d", c)
+	}
+
+	d, tc, logs, err = mount(fmt.Sprintf("dashboard:\n  tls_cert: %s\n  tls_key: %s\n  token: file:%s\n", certFile, keyFile, tokenFile))
+	if err != nil || tc == nil || len(tc.Certificates) != 1 {
+		t.Fatalf("TLS and token: %v %v\n%s", err, tc, logs)
+	}
+	if c := get(d, "/runs", ""); c != http.StatusSeeOther {
+		t.Errorf("anonymous page: %d, want the login redirect", c)
+	}
+	if c := get(d, "/api/v1/runs", "wrong"); c != http.StatusUnauthorized {
+		t.Errorf("wrong token: %d", c)
+	}
+	if c := get(d, "/api/v1/runs", "tok-123"); c != 200 {
+		t.Errorf("token from the file: %d", c)
+	}
+	if c := get(d, "/metrics", ""); c != 200 {
+		t.Errorf("/metrics: %d", c)
+	}
+
+	if _, _, _, err := mount("dashboard:\n  tls_cert: /nonexistent.crt\n  tls_key: /nonexistent.key\n"); err == nil || !strings.Contains(err.Error(), "/nonexistent.crt") {
+		t.Errorf("missing certificate: %v", err)
+	}
+}
+
+func writeSelfSigned(t *testing.T, certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "autosnap test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"localhost"}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
