@@ -6,14 +6,17 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -78,11 +81,13 @@ func freezeStatus(t *testing.T, d *testbed.Domain) string {
 	return ""
 }
 
-// TestDaemonStopWhileFrozen stops `autosnap daemon` (SIGTERM cancels the command's
-// context) while it holds a real guest's filesystems frozen through the agent
-// (quiesce on): the daemon exits 0, the guest is thawed, no snapshot or overlay is
-// left half made, the journal holds nothing to repair, the history says the job was
-// aborted, and the next `clean` has nothing to repair. /metrics was served meanwhile.
+// TestDaemonStopWhileFrozen runs `autosnap daemon --once` over a real guest with its
+// agent and quiesce on (the freeze is timed in the history and the metrics), then
+// stops a long-running daemon (SIGTERM cancels the command's context) while it holds
+// the guest's filesystems frozen: the daemon exits 0, the guest is thawed, the
+// snapshot being taken is not left half made, the journal holds nothing to repair,
+// the history says the job was aborted, and the next `clean` has nothing to repair.
+// /metrics was served meanwhile.
 func TestDaemonStopWhileFrozen(t *testing.T) {
 	bed := testbed.Libvirt(t)
 	dom := bed.NewDomain(t, testbed.DomainSpec{Guest: true, Writer: true})
@@ -95,17 +100,49 @@ policies:
     host: qemu:///system
     vmid: %q
     snapshot:
-      schedule: "@every 1h"
+      schedule: "@every 1s"
       keep_last: 2
       quiesce: "on"
 `, stateDir, dom.Name))
+	readJobs := func() []history.Job {
+		t.Helper()
+		hs, err := history.Open(history.PathIn(stateDir), history.Options{ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hs.Close()
+		jobs, err := hs.Jobs(context.Background(), history.Query{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return jobs
+	}
+
+	// A whole run first: frozen for the snapshot alone, and timed.
+	var onceD *daemon.Daemon
+	adjustDaemon = func(o *DaemonOptions) { o.started = func(d *daemon.Daemon, _ net.Addr) { onceD = d } }
+	t.Cleanup(func() { adjustDaemon = nil })
+	mustRun(t, "--timeout", "60", "daemon", "--config", path, "--once")
+	jobs := readJobs()
+	if len(jobs) != 1 || jobs[0].Outcome != history.OK || len(jobs[0].Guests) != 1 || jobs[0].Guests[0].Freeze <= 0 ||
+		len(jobs[0].Guests[0].Created) != 1 {
+		t.Fatalf("history after --once: %+v, want one ok job with a timed freeze", jobs)
+	}
+	first := jobs[0].Guests[0].Created[0]
+	msrv := httptest.NewServer(onceD.Handler())
+	fams := parseMetrics(t, msrv.URL)
+	msrv.Close()
+	if h := fams["autosnap_freeze_seconds"]; h == nil || h.GetMetric()[0].GetHistogram().GetSampleCount() != 1 ||
+		h.GetMetric()[0].GetHistogram().GetSampleSum() != jobs[0].Guests[0].Freeze.Seconds() {
+		t.Errorf("autosnap_freeze_seconds: %v, want one sample of %s", h, jobs[0].Guests[0].Freeze)
+	}
+	time.Sleep(1100 * time.Millisecond) // the next run is due
 
 	started := make(chan net.Addr, 1)
 	adjustDaemon = func(o *DaemonOptions) {
 		o.holdFrozen = 3 * time.Minute
 		o.started = func(_ *daemon.Daemon, a net.Addr) { started <- a }
 	}
-	t.Cleanup(func() { adjustDaemon = nil })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var stdout, stderr lockedBuffer
@@ -130,15 +167,8 @@ policies:
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	resp, err := http.Get("http://" + addr.String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(resp.Body)
-	resp.Body.Close()
-	if err != nil || fams["go_goroutines"] == nil {
-		t.Fatalf("/metrics while running: %v (%d families)", err, len(fams))
+	if fams := parseMetrics(t, "http://"+addr.String()); fams["go_goroutines"] == nil {
+		t.Fatalf("/metrics while running: %d families, no go_goroutines", len(fams))
 	}
 
 	stopAt := time.Now()
@@ -155,24 +185,19 @@ policies:
 	if s := freezeStatus(t, dom); s != "thawed" {
 		t.Fatalf("guest is %s after the daemon stopped", s)
 	}
-	if snaps := domainSnapshots(t, bed, dom); len(snaps) != 0 {
-		t.Errorf("snapshots %v after a stop during the freeze, want none", snaps)
+	if snaps := domainSnapshots(t, bed, dom); !slices.Equal(snaps, []string{first}) {
+		t.Errorf("snapshots %v after a stop during the freeze, want only %s", snaps, first)
 	}
-	if chain := dom.Chain(t, "vda"); len(chain) != 1 {
-		t.Errorf("chain of vda %v, want the base image alone", chain)
+	if chain := dom.Chain(t, "vda"); len(chain) != 2 {
+		t.Errorf("chain of vda %v, want the base and one overlay", chain)
 	}
 	keys, err := journal.Open(filepath.Join(stateDir, "journal")).Keys("")
 	if err != nil || len(keys) > 0 {
 		t.Errorf("journal after the stop: %v %v, want empty", keys, err)
 	}
-	hs, err := history.Open(history.PathIn(stateDir), history.Options{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	jobs, err := hs.Jobs(context.Background(), history.Query{})
-	hs.Close()
-	if err != nil || len(jobs) != 1 {
-		t.Fatalf("history: %v %+v, want one job", err, jobs)
+	jobs = readJobs()
+	if len(jobs) != 2 {
+		t.Fatalf("history: %+v, want two jobs", jobs)
 	}
 	if j := jobs[0]; j.Outcome != history.Aborted || j.Policy != "frz" || len(j.Guests) != 1 || j.Guests[0].Outcome != history.Aborted {
 		t.Errorf("history job %+v, want aborted with the guest aborted", j)
@@ -182,6 +207,22 @@ policies:
 	if r.code != 0 || strings.Contains(strings.ToLower(r.stdout+r.stderr), "repair") {
 		t.Errorf("clean after the stop: exit %d, output mentions a repair or failed:\n%s%s", r.code, r.stdout, r.stderr)
 	}
+}
+
+// parseMetrics scrapes base/metrics with the Prometheus text parser.
+func parseMetrics(t *testing.T, base string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parsing /metrics: %v", err)
+	}
+	return fams
 }
 
 // TestDaemonOnceMinimalFile runs `autosnap daemon --once` on the issue's minimal
@@ -244,5 +285,95 @@ policies:
 	}
 	if got := domainSnapshots(t, bed, test); len(got) != 0 {
 		t.Errorf("the excluded guest has snapshots %v", got)
+	}
+}
+
+// TestDaemonSIGHUP sends the test process a real SIGHUP while `autosnap daemon` runs:
+// a broken policy file is refused (logged with its line) and the old policies keep
+// taking snapshots; a valid file then takes over.
+func TestDaemonSIGHUP(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	dom := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused})
+	stateDir := t.TempDir()
+	file := func(name string) string {
+		return fmt.Sprintf("state_dir: %s\npolicies:\n  - name: %s\n    host: qemu:///system\n    vmid: %q\n    snapshot:\n      schedule: \"@every 2s\"\n      keep_last: 20\n      quiesce: \"off\"\n",
+			stateDir, name, dom.Name)
+	}
+	path := writePolicy(t, file("alpha"))
+	started := make(chan struct{}, 1)
+	adjustDaemon = func(o *DaemonOptions) { o.started = func(*daemon.Daemon, net.Addr) { started <- struct{}{} } }
+	t.Cleanup(func() { adjustDaemon = nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr lockedBuffer
+	code := make(chan int, 1)
+	go func() { code <- execute(ctx, []string{"daemon", "--config", path}, &stdout, &stderr, nil) }()
+	select {
+	case <-started:
+	case c := <-code:
+		t.Fatalf("daemon exited %d:\n%s", c, stderr.String())
+	}
+	// waitJob waits for a job of policy that started at or after since.
+	waitJob := func(policy string, since time.Time) {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for time.Now().Before(deadline) {
+			hs, err := history.Open(history.PathIn(stateDir), history.Options{ReadOnly: true})
+			if err == nil {
+				js, _ := hs.Jobs(context.Background(), history.Query{Policy: policy, Since: since})
+				hs.Close()
+				for _, j := range js {
+					if !j.Started.Before(since) && j.Outcome == history.OK {
+						return
+					}
+				}
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Fatalf("no ok job of %s since %s; log:\n%s", policy, since, stderr.String())
+	}
+	waitJob("alpha", time.Time{})
+
+	if err := os.WriteFile(path, []byte(strings.Replace(file("alpha"), "schedule:", "scedule:", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(stderr.String(), "reload refused") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the broken reload is not logged:\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(stderr.String(), `unknown key \"scedule\"`) || !strings.Contains(stderr.String(), "autosnap.yaml:") {
+		t.Errorf("the refusal does not name the key and line:\n%s", stderr.String())
+	}
+	waitJob("alpha", time.Now().Truncate(time.Second)) // the old policy runs on
+
+	if err := os.WriteFile(path, []byte(file("beta")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hup := time.Now().Truncate(time.Second)
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitJob("beta", hup)
+	cancel()
+	if c := <-code; c != 0 {
+		t.Fatalf("daemon exited %d, want 0:\n%s", c, stderr.String())
+	}
+	var alpha, beta int
+	for _, s := range domainSnapshots(t, bed, dom) {
+		switch {
+		case strings.HasPrefix(s, "autoalpha"):
+			alpha++
+		case strings.HasPrefix(s, "autobeta"):
+			beta++
+		}
+	}
+	if alpha < 2 || beta < 1 {
+		t.Errorf("snapshots: %d of alpha (want ≥2), %d of beta (want ≥1)", alpha, beta)
 	}
 }

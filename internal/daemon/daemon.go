@@ -101,19 +101,20 @@ type Daemon struct {
 	hostsMu sync.Mutex
 	hosts   map[string]chan struct{}
 
-	mu      sync.Mutex
-	cfg     *policy.Config
-	entries []*entry
-	state   map[jobKey]*jobState
-	loaded  bool // last runs read from the Reader
+	mu       sync.Mutex
+	cfg      *policy.Config
+	entries  []*entry
+	state    map[jobKey]*jobState
+	loaded   bool            // last runs read from the Reader
+	runCtx   context.Context // Run's context, for Trigger
+	stopping bool
 	// failedJobs counts jobs that did not end OK (RunOnce's result).
 	failedJobs int
 
-	wake    chan struct{}
-	jobs    sync.WaitGroup
-	stopped chan struct{} // closed when Run starts stopping
-	work    context.Context
-	abort   context.CancelFunc
+	wake  chan struct{}
+	jobs  sync.WaitGroup
+	work  context.Context
+	abort context.CancelFunc
 }
 
 type jobKey struct {
@@ -178,7 +179,7 @@ func New(cfg *policy.Config, o Options) (*Daemon, error) {
 		o: o, log: o.Log, clock: o.Clock, mux: http.NewServeMux(), metrics: newMetrics(),
 		global: make(chan struct{}, o.MaxJobs), hosts: map[string]chan struct{}{},
 		cfg: cfg, entries: entries, state: map[jobKey]*jobState{},
-		wake: make(chan struct{}, 1), stopped: make(chan struct{}), work: work, abort: abort,
+		wake: make(chan struct{}, 1), work: work, abort: abort,
 	}
 	secret, err := notifySecret(cfg)
 	if err != nil {
@@ -366,25 +367,66 @@ func (d *Daemon) startDue(stop context.Context, now time.Time, trigger string) t
 				tr = TriggerCatchUp
 			}
 		}
-		prev := st.last
-		st.running, st.last = true, now
-		d.jobs.Add(1)
-		go func(e *entry, cfg *policy.Config) {
-			defer d.jobs.Done()
-			d.runJob(stop, cfg, e, tr, prev)
-			d.mu.Lock()
-			st.running = false
-			d.mu.Unlock()
-			d.poke()
-		}(e, d.cfg)
+		d.launch(stop, e, st, tr, now)
 	}
 	return next
+}
+
+// ErrBusy is returned by Trigger when the job is running already.
+var ErrBusy = errors.New("the job is running already")
+
+// Trigger starts policy's job of kind now, outside its schedule (the dashboard's
+// "run now"), recorded with trigger (e.g. "manual", "web"). It returns at once; the
+// job counts as the job's last run for its schedule. Only while Run runs.
+func (d *Daemon) Trigger(policy string, kind history.Kind, trigger string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopping {
+		return errors.New("the daemon is stopping")
+	}
+	if d.runCtx == nil {
+		return errors.New("the daemon is not running")
+	}
+	for _, e := range d.entries {
+		if e.key != (jobKey{policy, kind}) {
+			continue
+		}
+		st := d.state[e.key]
+		if st == nil {
+			st = &jobState{}
+			d.state[e.key] = st
+		}
+		if st.running {
+			return fmt.Errorf("policy %s %s: %w", policy, kind, ErrBusy)
+		}
+		d.launch(d.runCtx, e, st, trigger, d.clock.Now())
+		return nil
+	}
+	return fmt.Errorf("policy %s has no %s job", policy, kind)
+}
+
+// launch starts e's job; d.mu is held.
+func (d *Daemon) launch(stop context.Context, e *entry, st *jobState, trigger string, now time.Time) {
+	prev := st.last
+	st.running, st.last = true, now
+	d.jobs.Add(1)
+	go func(cfg *policy.Config) {
+		defer d.jobs.Done()
+		d.runJob(stop, cfg, e, trigger, prev)
+		d.mu.Lock()
+		st.running = false
+		d.mu.Unlock()
+		d.poke()
+	}(d.cfg)
 }
 
 // Run schedules jobs until ctx is done, then stops taking work, lets running guests
 // go on for Grace, cancels them, waits for them and returns nil.
 func (d *Daemon) Run(ctx context.Context) error {
-	d.log.Info("daemon started", "policies", len(d.Config().Policies), "max_jobs", d.o.MaxJobs)
+	d.log.Info("daemon started", "policies", len(d.Config().Policies), "path", d.Config().Path, "max_jobs", d.o.MaxJobs)
+	d.mu.Lock()
+	d.runCtx = ctx
+	d.mu.Unlock()
 	for {
 		d.loadLastRuns(ctx)
 		now := d.clock.Now()
@@ -435,7 +477,9 @@ func (d *Daemon) Close() { d.notifier.close(30 * time.Second) }
 var ErrFailed = errors.New("scheduled work failed")
 
 func (d *Daemon) shutdown() {
-	close(d.stopped)
+	d.mu.Lock()
+	d.stopping = true
+	d.mu.Unlock()
 	d.log.Info("stopping: no new work; running guests may finish", "grace", d.o.Grace)
 	done := make(chan struct{})
 	go func() { d.jobs.Wait(); close(done) }()

@@ -7,10 +7,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -627,5 +630,135 @@ policies:
 	}
 	if v := value(t, scrape(t, srv.URL), "autosnap_backup_bytes_total", map[string]string{"policy": "nightly", "guest": g.Name}); v != float64(total) {
 		t.Errorf("autosnap_backup_bytes_total = %v, want %d", v, total)
+	}
+}
+
+// interval is one guest's snapshot or backup as a hook script saw it.
+type interval struct {
+	guest, what string
+	from, to    float64
+}
+
+// hookIntervals reads the hook log: "<unix time> <phase> <guest>" lines.
+func hookIntervals(t *testing.T, path string) []interval {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := map[string]float64{}
+	var out []interval
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var at float64
+		var phase, guest string
+		if _, err := fmt.Sscan(line, &at, &phase, &guest); err != nil {
+			continue // job phases have no guest
+		}
+		what, edge, _ := strings.Cut(phase, "-create-")
+		if what == phase {
+			what, edge, _ = strings.Cut(phase, "-")
+		}
+		switch edge {
+		case "pre":
+			open[guest+" "+what] = at
+		case "post", "abort":
+			out = append(out, interval{guest, what, open[guest+" "+what], at})
+		}
+	}
+	return out
+}
+
+const hookScript = `#!/bin/sh
+echo "$(date +%s.%N) $AUTOSNAP_PHASE $AUTOSNAP_VMNAME" >> "$HOOK_LOG"
+case "$AUTOSNAP_PHASE" in snap-create-pre|backup-pre) sleep 0.4 ;; esac
+`
+
+// TestDaemonBounds runs a policy with a snapshot and a backup job, both due at once,
+// over three real guests with max_parallel 3, first with --max-jobs 1 (never two
+// guests at once, in all), then with --max-jobs 4 (guests in parallel, but never a
+// snapshot and a backup of one guest at once). A hook script logs when each guest's
+// work begins and ends.
+func TestDaemonBounds(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	var doms []*testbed.Domain
+	var names []string
+	for range 3 {
+		d := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused})
+		d.WriteDisk(t, "vda", 0, 0x5A, 64<<10)
+		doms = append(doms, d)
+		names = append(names, d.Name)
+	}
+	dir := t.TempDir()
+	script := filepath.Join(dir, "hook.sh")
+	if err := os.WriteFile(script, []byte(hookScript), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, maxJobs := range []int{1, 4} {
+		logPath := filepath.Join(dir, fmt.Sprintf("hook-%d.log", maxJobs))
+		t.Setenv("HOOK_LOG", logPath)
+		cfg := snapshotConfig(t, fmt.Sprintf("p%d", maxJobs), strings.Join(names, ","), "@every 1h", 3)
+		cfg.Policies[0].MaxParallel = 3
+		cfg.Policies[0].Script = script
+		cfg.Policies[0].Backup = &policy.BackupRule{Schedule: policy.Schedule{Spec: "@every 1h"}, Target: t.TempDir(), Quiesce: "off"}
+		h := &daemon.MemoryHistory{}
+		hs := start(t, cfg, h, newClock(t0), daemon.Options{MaxJobs: maxJobs})
+		jobs := waitJobs(t, h, 2)
+		hs.stop(t)
+		for _, j := range jobs {
+			if j.Outcome != history.OK || len(j.Guests) != 3 {
+				t.Fatalf("max-jobs %d: job %+v", maxJobs, j)
+			}
+		}
+		ivs := hookIntervals(t, logPath)
+		if len(ivs) != 6 {
+			t.Fatalf("max-jobs %d: %d guest intervals in the hook log, want 6: %+v", maxJobs, len(ivs), ivs)
+		}
+		parallel := 0
+		for i, a := range ivs {
+			for _, b := range ivs[i+1:] {
+				if a.from < b.to && b.from < a.to {
+					parallel++
+					if maxJobs == 1 || a.guest == b.guest {
+						t.Errorf("max-jobs %d: %s of %s and %s of %s overlapped", maxJobs, a.what, a.guest, b.what, b.guest)
+					}
+				}
+			}
+		}
+		if maxJobs > 1 && parallel == 0 {
+			t.Errorf("max-jobs %d: no two guests ever ran at once: %+v", maxJobs, ivs)
+		}
+	}
+}
+
+// TestDaemonTrigger: a job started by hand (the dashboard's "run now") is recorded
+// with its trigger and counts as the job's last run; unknown jobs are refused.
+func TestDaemonTrigger(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	g := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused})
+	cfg := snapshotConfig(t, "hourly", g.Name, "@every 1h", 5)
+	h := &daemon.MemoryHistory{}
+	hs := start(t, cfg, h, newClock(t0), daemon.Options{})
+	waitJobs(t, h, 1)
+	hs.clock.waitSleeping(t, t0.Add(30*time.Second))
+	hs.clock.Advance(5 * time.Second)
+	if err := hs.d.Trigger("hourly", history.KindBackup, "manual"); err == nil {
+		t.Error("Trigger of a job the policy does not have = nil")
+	}
+	if err := hs.d.Trigger("hourly", history.KindSnapshot, "manual"); err != nil {
+		t.Fatal(err)
+	}
+	jobs := waitJobs(t, h, 2)
+	if j := jobs[1]; j.Trigger != "manual" || j.Outcome != history.OK || !j.Started.Equal(t0.Add(5*time.Second)) {
+		t.Fatalf("triggered job %+v", j)
+	}
+	// The next scheduled run counts from the manual one.
+	hs.clock.Advance(time.Hour - time.Second)
+	time.Sleep(500 * time.Millisecond)
+	if jobs, _ := h.Jobs(context.Background(), history.Query{}); len(jobs) != 2 {
+		t.Fatalf("%d jobs before the hour after the manual run, want 2", len(jobs))
+	}
+	hs.clock.Advance(time.Second)
+	if j := waitJobs(t, h, 3)[2]; j.Trigger != daemon.TriggerSchedule || !j.Started.Equal(t0.Add(time.Hour+5*time.Second)) {
+		t.Fatalf("scheduled job after the manual one: %+v", j)
 	}
 }
