@@ -480,68 +480,43 @@ func findRepoGuest(gs []*repo.Guest, g driver.Guest) *repo.Guest {
 }
 
 // RunPolicy implements web.Backend: it starts the policy's snapshot job (or its
-// backup job when it has no snapshots) now, as its schedule would, and returns the
-// job's ID. A dry run records the plan of the next day as a dry-run job and touches
-// no guest.
+// backup job when it has no snapshots) now through Trigger, as its schedule would,
+// and returns the job's ID. A dry run records the plan of the next day as a dry-run
+// job and touches no guest.
 func (b *WebBackend) RunPolicy(ctx context.Context, name string, dryRun bool) (int64, error) {
 	if dryRun {
 		return b.dryRun(ctx, name)
 	}
-	b.d.mu.Lock()
-	var e *entry
-	for _, k := range []history.Kind{history.KindSnapshot, history.KindBackup} {
-		for _, x := range b.d.entries {
-			if e == nil && x.key == (jobKey{name, k}) {
-				e = x
-			}
-		}
+	p := b.d.Config().Policy(name)
+	if p == nil {
+		return 0, fmt.Errorf("policy %s: %w in %s", name, web.ErrNotFound, b.d.Config().Path)
 	}
-	if e == nil {
-		b.d.mu.Unlock()
-		return 0, fmt.Errorf("policy %s: %w in %s", name, web.ErrNotFound, b.d.cfg.Path)
+	kind := history.KindSnapshot
+	if p.Snapshot == nil {
+		kind = history.KindBackup
 	}
-	select {
-	case <-b.d.stopped:
-		b.d.mu.Unlock()
-		return 0, fmt.Errorf("policy %s: the daemon is stopping; nothing started", name)
-	default:
-	}
-	st := b.d.state[e.key]
-	if st == nil {
-		st = &jobState{}
-		b.d.state[e.key] = st
-	}
-	if st.running {
-		b.d.mu.Unlock()
-		return 0, fmt.Errorf("policy %s: its %s job is running now; wait for it to end (see the runs page)", name, e.key.kind)
-	}
-	prev := st.last
-	st.running, st.last = true, b.d.clock.Now()
-	cfg := b.d.cfg
+	key := jobKey{name, kind}
 	got := make(chan int64, 1)
 	b.mu.Lock()
-	b.waiting[e.key] = got
+	if b.waiting[key] != nil {
+		b.mu.Unlock()
+		return 0, fmt.Errorf("policy %s: a run from the dashboard is starting already", name)
+	}
+	b.waiting[key] = got
 	b.mu.Unlock()
-	b.d.jobs.Add(1)
-	b.d.mu.Unlock()
-
-	stop, cancel := context.WithCancel(context.Background())
-	go func() {
-		select {
-		case <-b.d.stopped:
-			cancel()
-		case <-stop.Done():
+	defer func() {
+		b.mu.Lock()
+		if b.waiting[key] == got {
+			delete(b.waiting, key)
 		}
+		b.mu.Unlock()
 	}()
-	go func() {
-		defer b.d.jobs.Done()
-		defer cancel()
-		b.d.runJob(stop, cfg, e, TriggerWeb, prev)
-		b.d.mu.Lock()
-		st.running = false
-		b.d.mu.Unlock()
-		b.d.poke()
-	}()
+	if err := b.d.Trigger(name, kind, TriggerWeb); err != nil {
+		if errors.Is(err, ErrBusy) {
+			return 0, fmt.Errorf("policy %s: its %s job is running now; wait for it to end (see the runs page): %w", name, kind, err)
+		}
+		return 0, fmt.Errorf("policy %s: %w", name, err)
+	}
 	select {
 	case id := <-got:
 		return id, nil
