@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -383,5 +384,156 @@ func writeSelfSigned(t *testing.T, certFile, keyFile string) {
 	}
 	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// startDashboardDaemon runs `autosnap daemon --listen 127.0.0.1:0` on the policy
+// file and returns the base URL; the daemon is stopped (exit 0) at cleanup.
+func startDashboardDaemon(t *testing.T, path string) (string, *lockedBuffer) {
+	t.Helper()
+	started := make(chan net.Addr, 1)
+	adjustDaemon = func(o *DaemonOptions) { o.started = func(_ *daemon.Daemon, a net.Addr) { started <- a } }
+	t.Cleanup(func() { adjustDaemon = nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	var stdout, stderr lockedBuffer
+	code := make(chan int, 1)
+	go func() {
+		code <- execute(ctx, []string{"--timeout", "60", "daemon", "--config", path, "--grace", "0s", "--listen", "127.0.0.1:0"}, &stdout, &stderr, nil)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case c := <-code:
+			if c != 0 {
+				t.Errorf("daemon exited %d:\n%s", c, stderr.String())
+			}
+		case <-time.After(time.Minute):
+			t.Error("the daemon did not stop")
+		}
+	})
+	select {
+	case a := <-started:
+		return "http://" + a.String(), &stderr
+	case c := <-code:
+		t.Fatalf("daemon exited %d before starting:\n%s", c, stderr.String())
+	case <-time.After(time.Minute):
+		t.Fatal("the daemon did not start")
+	}
+	return "", nil
+}
+
+// waitRun polls /api/v1/runs/{id} until the job ended and returns it.
+func waitRun(t *testing.T, base string, id int64, logs *lockedBuffer) webJob {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		var j webJob
+		resp, err := http.Get(fmt.Sprintf("%s/api/v1/runs/%d", base, id))
+		if err == nil {
+			err = json.NewDecoder(resp.Body).Decode(&j)
+			resp.Body.Close()
+		}
+		if err == nil && j.Outcome != "running" && j.Outcome != "" {
+			return j
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %d did not end (%v %+v):\n%s", id, err, j, logs.String())
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}
+
+type webJob struct {
+	ID             int64
+	Kind, Trigger  string
+	Outcome, Error string
+	Guests         []struct{ Guest, Outcome, Error string }
+}
+
+// TestDashboardRealBackupVerify: the daemon backs a real guest up; the guest's page
+// data lists the repository's points (as `backup list -o json` does) with sizes, and
+// "verify" from the dashboard is recorded as a web verify job that passes, then fails
+// naming the damaged file once a point's image is changed.
+func TestDashboardRealBackupVerify(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	g := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused})
+	g.WriteDisk(t, "vda", 0, 0xAB, 256<<10)
+	target := t.TempDir()
+	path := writePolicy(t, fmt.Sprintf(`timezone: UTC
+state_dir: %s
+policies:
+  - name: bk
+    host: qemu:///system
+    vmid: %q
+    backup:
+      schedule: "@every 1h"
+      target: %s
+      quiesce: "off"
+`, t.TempDir(), g.Name, target))
+	base, logs := startDashboardDaemon(t, path)
+	waitRun(t, base, 1, logs)
+
+	var gs []struct{ ID, Name string }
+	resp, err := http.Get(base + "/api/v1/guests?policy=bk")
+	if err == nil {
+		err = json.NewDecoder(resp.Body).Decode(&gs)
+		resp.Body.Close()
+	}
+	if err != nil || len(gs) != 1 || gs[0].Name != g.Name {
+		t.Fatalf("guests of bk: %v %+v", err, gs)
+	}
+	id := url.PathEscape(gs[0].ID)
+	var detail struct {
+		Guest struct {
+			BackupStatus string `json:"backup_status"`
+			BackupPoints int    `json:"backup_points"`
+		} `json:"guest"`
+		Backups []struct {
+			ID, Level, Chain string
+			Size             uint64
+		} `json:"backups"`
+	}
+	resp, err = http.Get(base + "/api/v1/guests/" + id)
+	if err == nil {
+		err = json.NewDecoder(resp.Body).Decode(&detail)
+		resp.Body.Close()
+	}
+	if err != nil || len(detail.Backups) != 1 || detail.Backups[0].Level != "full" || detail.Backups[0].Size == 0 ||
+		detail.Guest.BackupStatus != "ok" || detail.Guest.BackupPoints != 1 {
+		t.Fatalf("guest detail: %v %+v", err, detail)
+	}
+	var listed []struct {
+		ID string `json:"id"`
+	}
+	out := mustRun(t, "--vmid", g.Name, "-o", "json", "backup", "list", "--target", target)
+	if err := json.Unmarshal([]byte(out.stdout), &listed); err != nil || len(listed) != 1 || listed[0].ID != detail.Backups[0].ID {
+		t.Errorf("backup list %v %s, dashboard %+v", err, out.stdout, detail.Backups)
+	}
+
+	verify := func() webJob {
+		resp, err := http.Post(base+"/api/v1/guests/"+id+"/verify", "application/json", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r struct{ Job int64 }
+		_ = json.NewDecoder(resp.Body).Decode(&r)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("verify: %d", resp.StatusCode)
+		}
+		return waitRun(t, base, r.Job, logs)
+	}
+	if j := verify(); j.Kind != "verify" || j.Trigger != "web" || j.Outcome != "ok" || len(j.Guests) != 1 || j.Guests[0].Outcome != "ok" {
+		t.Errorf("verify of a sound repository: %+v", j)
+	}
+	imgs, _ := filepath.Glob(filepath.Join(target, "*", "*", "*.qcow2"))
+	if len(imgs) == 0 {
+		t.Fatalf("no images under %s", target)
+	}
+	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x55 0 64k", imgs[0]).CombinedOutput(); err != nil {
+		t.Fatalf("damaging %s: %v %s", imgs[0], err, out)
+	}
+	if j := verify(); j.Outcome != "failed" || len(j.Guests) != 1 || !strings.Contains(j.Guests[0].Error, filepath.Base(imgs[0])) {
+		t.Errorf("verify of a damaged point: %+v", j)
 	}
 }
