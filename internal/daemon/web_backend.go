@@ -35,12 +35,13 @@ type WebBackend struct {
 	// invalidates it.
 	CacheTTL time.Duration
 
-	mu      sync.Mutex
-	cache   []web.Guest
-	cacheAt time.Time
-	conns   map[string]string // guest ID → connection host value (policy host)
-	running map[int64]*liveJob
-	waiting map[jobKey]chan int64
+	collecting sync.Mutex
+	mu         sync.Mutex
+	cache      []web.Guest
+	cacheAt    time.Time
+	conns      map[string]string // guest ID → connection host value (policy host)
+	running    map[int64]*liveJob
+	waiting    map[jobKey]chan int64
 }
 
 type liveJob struct {
@@ -156,6 +157,16 @@ func guestID(host string, g driver.Guest) string { return host + "|" + g.Key() }
 // Guests implements web.Backend: every guest on the policies' hosts, with the policy
 // that selects it (none: unprotected).
 func (b *WebBackend) Guests(ctx context.Context) ([]web.Guest, error) {
+	b.mu.Lock()
+	if b.cache != nil && time.Since(b.cacheAt) < b.CacheTTL {
+		gs := b.cache
+		b.mu.Unlock()
+		return gs, nil
+	}
+	b.mu.Unlock()
+	// One collection at a time: the others wait and take its result.
+	b.collecting.Lock()
+	defer b.collecting.Unlock()
 	b.mu.Lock()
 	if b.cache != nil && time.Since(b.cacheAt) < b.CacheTTL {
 		gs := b.cache
