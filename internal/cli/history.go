@@ -70,8 +70,8 @@ JSON (-o json|jsonpretty) is an array of jobs, newest first, with the keys:
 	f := cmd.Flags()
 	f.StringVar(&o.Config, "config", "", "policy `FILE` whose state_dir holds the database (default "+policy.DefaultPath+")")
 	f.StringVar(&o.DB, "db", "", "the history database `PATH` (overrides --config)")
-	f.StringVar(&o.Policy, "policy", "", "only jobs of this policy")
-	f.StringVar(&o.Kind, "kind", "", "only jobs of this kind: snapshot, backup, prune or verify")
+	f.StringVar(&o.Policy, "policy", "", "only jobs of policy `P`")
+	f.StringVar(&o.Kind, "kind", "", "only jobs of `KIND`: snapshot, backup, prune or verify")
 	f.StringVar(&o.Since, "since", "", "only jobs started since `DUR|TIME` (7d, 36h, 2026-11-30, RFC 3339)")
 	f.BoolVar(&o.Failed, "failed", false, "only failed jobs")
 	f.IntVar(&o.Limit, "limit", 50, "at most `N` jobs (0: all)")
@@ -135,7 +135,7 @@ func runHistory(ctx context.Context, g *GlobalOptions, o *HistoryOptions) error 
 		if j.DryRun {
 			trig += " (dry run)"
 		}
-		t.Rows = append(t.Rows, []any{j.ID, j.Policy, string(j.Kind), trig, fmt.Sprintf("%d guests", len(j.Guests)),
+		t.Rows = append(t.Rows, []any{j.ID, j.Policy, string(j.Kind), trig, guestCount(len(j.Guests)),
 			j.Started.Local().Format("2006-01-02 15:04:05"), span(j.Started, j.Ended), string(j.Outcome), "", "", "", j.Error})
 		for _, gr := range j.Guests {
 			var bytes any = ""
@@ -147,6 +147,13 @@ func runHistory(ctx context.Context, g *GlobalOptions, o *HistoryOptions) error 
 		}
 	}
 	return report.Render(g.stdout, g.format(), t)
+}
+
+func guestCount(n int) string {
+	if n == 1 {
+		return "1 guest"
+	}
+	return strconv.Itoa(n) + " guests"
 }
 
 func span(start, end time.Time) string {

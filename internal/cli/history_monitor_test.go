@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -198,6 +199,16 @@ func TestMonitorRealGuest(t *testing.T) {
 		t.Fatalf("monitor --warning 3 --critical 4: exit %d\n%s", r.code, r.stdout)
 	}
 
+	// A policy that snapshots only running guests does not check this shut-off one.
+	onlyRunning := monitorConfig(t, d.Name, "")
+	ob, _ := os.ReadFile(onlyRunning)
+	if err := os.WriteFile(onlyRunning, []byte(strings.Replace(string(ob), "      keep_last: 3\n", "      keep_last: 3\n      only_running: true\n", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(t, "monitor", "--config", onlyRunning); r.code != ExitMonitorOK || !strings.Contains(r.stdout, "only_running and the guest is shutoff") {
+		t.Fatalf("monitor of a shut-off guest under only_running: exit %d\n%s", r.code, r.stdout)
+	}
+
 	// A fresh snapshot through the CLI: OK.
 	mustRun(t, "--vmid", d.Name, "snap", "--label", "mon", "--keep", "3")
 	r = run(t, "monitor", "--config", cfg)
@@ -233,8 +244,13 @@ func TestMonitorRealGuest(t *testing.T) {
       keep_last: 1
 `)
 	r = run(t, "--timeout", "5", "monitor", "--config", bad)
-	if r.code != ExitMonitorUnknown || !strings.Contains(r.stdout, "policy far: host qemu+tcp://127.0.0.1:1/system unreachable") {
+	if r.code != ExitMonitorUnknown || !strings.Contains(r.stdout, "policy far: host qemu+tcp://127.0.0.1:1/system: cannot connect") {
 		t.Fatalf("monitor with an unreachable host: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	// A selection that matches nothing protects nothing: WARNING.
+	none := monitorConfig(t, "nomatch-"+d.Name+"%", "")
+	if r := run(t, "monitor", "--config", none); r.code != ExitMonitorWarning || !strings.HasPrefix(r.stdout, "AUTOSNAP WARNING - policy mon selects no guest") {
+		t.Fatalf("monitor of a policy selecting nothing: exit %d\n%s", r.code, r.stdout)
 	}
 	// --policy checks only the reachable one.
 	if r := run(t, "monitor", "--config", bad, "--policy", "mon"); r.code != ExitMonitorOK {
@@ -242,5 +258,48 @@ func TestMonitorRealGuest(t *testing.T) {
 	}
 	if r := run(t, "monitor", "--config", bad, "--policy", "nope"); r.code != ExitMonitorUnknown || !strings.Contains(r.stdout, `--policy "nope": no such policy`) {
 		t.Fatalf("monitor --policy nope: exit %d\n%s", r.code, r.stdout)
+	}
+}
+
+// The newest point in the policy's backup repository is checked against the backup
+// cadence, and backing chains against --max-chain-depth.
+func TestMonitorBackupAndChainDepth(t *testing.T) {
+	bed := testbed.Libvirt(t)
+	d := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Shutoff, DiskMiB: 16})
+	target := filepath.Join(t.TempDir(), "repo")
+	cfg := monitorConfig(t, d.Name, "")
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withBackup := strings.Replace(string(b), "    snapshot:\n", "    backup:\n      schedule: \"@every 1s\"\n      target: "+target+"\n    snapshot:\n", 1)
+	if err := os.WriteFile(cfg, []byte(withBackup), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, "--vmid", d.Name, "snap", "--label", "mon", "--keep", "3")
+
+	r := run(t, "monitor", "--config", cfg)
+	if r.code != ExitMonitorUnknown || !strings.Contains(r.stdout, "policy mon: backup repository "+target+" cannot be read") {
+		t.Fatalf("monitor before the repository exists: exit %d\n%s", r.code, r.stdout)
+	}
+	mustRun(t, "--vmid", d.Name, "backup", "--target", target)
+	r = run(t, "monitor", "--config", cfg)
+	if r.code != ExitMonitorOK || !strings.Contains(r.stdout, "oldest_backup_age=") {
+		t.Fatalf("monitor after a backup: exit %d\n%s", r.code, r.stdout)
+	}
+	time.Sleep(3500 * time.Millisecond) // past 3 × the 1s cadence
+	r = run(t, "monitor", "--config", cfg)
+	if r.code != ExitMonitorCritical || !regexp.MustCompile(regexp.QuoteMeta(d.Name)+` \(backup [3-9]s old, cadence 1s\)`).MatchString(r.stdout) {
+		t.Fatalf("monitor 3.5s after a backup with a 1s cadence: exit %d\n%s", r.code, r.stdout)
+	}
+
+	// A second snapshot: the disk's chain is two overlays deep.
+	mustRun(t, "--vmid", d.Name, "snap", "--label", "mon", "--keep", "3")
+	r = run(t, "monitor", "--config", cfg, "--max-chain-depth", "1")
+	if !strings.Contains(r.stdout, "1 with chains too deep: "+d.Name+" (chain depth 2 > 1)") {
+		t.Fatalf("monitor --max-chain-depth 1 with two overlays: exit %d\n%s", r.code, r.stdout)
+	}
+	if r := run(t, "monitor", "--config", cfg, "--max-chain-depth", "2"); strings.Contains(r.stdout, "chains too deep") {
+		t.Fatalf("monitor --max-chain-depth 2 with two overlays:\n%s", r.stdout)
 	}
 }

@@ -36,15 +36,19 @@ then one line per guest, problems first.
 
 For each guest a policy selects (listed live from its host):
   - its newest snapshot of the policy's label, by the time in its name, against
-    the policy's snapshot cadence (the interval of its schedule): WARNING when
-    older than --warning × cadence, CRITICAL when older than --critical ×
-    cadence or when there is none;
+    the policy's snapshot cadence (the interval of its schedule; for cron, the
+    longest gap between two runs over the next year): WARNING when older than
+    --warning × cadence, CRITICAL when older than --critical × cadence or when
+    there is none;
   - likewise its newest point in the policy's backup target;
   - WARNING when its last snapshot or backup run failed (from the history
     database, --db or history.db in the file's state_dir, when it exists; it is
     read while the daemon runs);
   - WARNING when a disk's backing chain has more overlays than
     monitor.max_chain_depth (--max-chain-depth).
+A policy that selects no guest is WARNING. Templates are not checked, nor the
+snapshot age of a guest that is not running under a policy with only_running.
+Guests are checked --max-parallel at a time.
 --warning, --critical and --max-chain-depth default to the file's monitor:
 section, else 2, 3 and off.
 
@@ -72,7 +76,7 @@ A malformed command line exits 2, as for every command.`,
 	f := cmd.Flags()
 	f.StringVar(&o.Config, "config", "", "the policy `FILE` (default "+policy.DefaultPath+")")
 	f.StringVar(&o.DB, "db", "", "the history database `PATH` (default history.db in the file's state_dir)")
-	f.StringVar(&o.Policy, "policy", "", "check only this policy")
+	f.StringVar(&o.Policy, "policy", "", "check only policy `P`")
 	f.Float64Var(&o.Warning, "warning", 0, "WARNING past `X` times the cadence (default: the file's monitor.warning, else 2)")
 	f.Float64Var(&o.Critical, "critical", 0, "CRITICAL past `Y` times the cadence (default: the file's monitor.critical, else 3)")
 	f.IntVar(&o.MaxChainDepth, "max-chain-depth", 0, "WARNING above `N` overlays in a disk's chain (default: the file's monitor.max_chain_depth, else off)")
@@ -138,7 +142,7 @@ func runMonitor(ctx context.Context, g *GlobalOptions, o *MonitorOptions) error 
 		return unknown("critical (%g) is below warning (%g): critical must be the larger multiple of the cadence", c, w)
 	}
 	in, err := monitor.Collect(ctx, monitor.Options{Config: cfg, Policy: o.Policy, History: hist,
-		Open: g.openDriver, Timeout: g.timeout(), Now: now()})
+		Open: g.openDriver, Timeout: g.timeout(), Now: now(), Parallel: g.MaxParallel})
 	if err != nil {
 		return unknown("%s", monitor.OneLine(err.Error()))
 	}

@@ -26,6 +26,14 @@ EXIT STATUS:
   3  --connect could not connect or authenticate to a policy's host
 `
 
+const policyPlanExitHelp = `
+EXIT STATUS:
+  0  the plan was printed
+  2  the policy file cannot be read or is invalid (every problem is printed with
+     its line), or a flag is wrong
+  3  --connect could not connect or authenticate to a policy's host
+`
+
 // policyOptions are the flags of `policy check` and `policy plan`.
 type policyOptions struct {
 	Config  string
@@ -93,7 +101,7 @@ each policy selects now. -o json prints the plan as JSON.`,
 	plan.Flags().IntVar(&po.Days, "days", 7, "days to simulate")
 	plan.Flags().StringVar(&po.Policy, "policy", "", "plan only this policy")
 	plan.Flags().IntVar(&po.MaxRuns, "max-runs", policy.DefaultPlanRuns, "runs listed per policy and job (the rest are counted); -1 lists all")
-	plan.SetHelpTemplate(plan.HelpTemplate() + policyExitHelp)
+	plan.SetHelpTemplate(plan.HelpTemplate() + policyPlanExitHelp)
 
 	cmd.AddCommand(check, plan)
 	return cmd
@@ -111,7 +119,7 @@ func policyLoadReport(g *GlobalOptions, path string) (*policy.Config, error) {
 		for _, e := range es {
 			fmt.Fprintln(g.stderr, e.Error())
 		}
-		return nil, usage(fmt.Errorf("%s: %d %s: fix them and run autosnap policy check again", path, len(es), policyPlural(len(es), "problem", "problems")))
+		return nil, usage(fmt.Errorf("%s: %d %s: fix and run autosnap policy check again", path, len(es), policyPlural(len(es), "problem", "problems")))
 	}
 	return nil, usage(err)
 }
@@ -147,7 +155,7 @@ func runPolicyCheck(ctx context.Context, g *GlobalOptions, o *policyOptions) err
 		for _, c := range conflicts {
 			fmt.Fprintf(g.stderr, "%s:%d: %s\n", o.Config, c.LineB, c.String())
 		}
-		return usage(fmt.Errorf("%s: %d %s over real guests: fix them and run autosnap policy check --connect again", o.Config, len(conflicts), policyPlural(len(conflicts), "overlap", "overlaps")))
+		return usage(fmt.Errorf("%s: %d %s over real guests: fix and run autosnap policy check --connect again", o.Config, len(conflicts), policyPlural(len(conflicts), "overlap", "overlaps")))
 	}
 	return nil
 }
@@ -304,6 +312,7 @@ func runPolicyPlan(ctx context.Context, g *GlobalOptions, o *policyPlanOptions) 
 	if o.now != nil {
 		at = o.now()
 	}
+	at = at.Truncate(time.Second)
 	if o.At != "" {
 		if at, err = policyParseAt(o.At, cfg.Location); err != nil {
 			return usage(err)
@@ -318,7 +327,7 @@ func runPolicyPlan(ctx context.Context, g *GlobalOptions, o *policyPlanOptions) 
 	}
 	plan, err := cfg.Simulate(policy.PlanOptions{At: at, Days: o.Days, Policy: o.Policy, MaxRuns: runs, Format: g.tsFormat()})
 	if err != nil {
-		return err
+		return usage(err)
 	}
 	if o.MaxRuns == 0 {
 		for _, pp := range plan.Policies {
@@ -373,7 +382,10 @@ func policyWritePlan(w io.Writer, p *policy.Plan, connected bool) {
 			if more := s.TotalRuns - len(s.Runs); more > 0 {
 				fmt.Fprintf(w, "    … %d more %s\n", more, policyPlural(more, "run", "runs"))
 			}
-			policyWriteKept(w, s.Keep, s.Kept, s.Removed, s.TotalRuns, "snapshot", "snapshots")
+			if s.Failed > 0 {
+				fmt.Fprintf(w, "  %d %s would fail: the snapshot name was taken by an earlier run\n", s.Failed, policyPlural(s.Failed, "run", "runs"))
+			}
+			policyWriteKept(w, s.Keep, s.Kept, s.Removed, s.TotalRuns-s.Failed, "snapshot", "snapshots")
 		}
 		if b := pp.Backup; b != nil {
 			var lv []string

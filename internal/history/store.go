@@ -267,10 +267,34 @@ func putGuest(tx *bolt.Tx, id int64, g GuestRun) error {
 	if err != nil {
 		return err
 	}
-	if err := gb.Put(append(idKey(id), idKey(int64(seq))...), b); err != nil {
+	key := append(idKey(id), idKey(int64(seq))...)
+	if err := gb.Put(key, b); err != nil {
 		return err
 	}
-	return tx.Bucket(bktByGuest).Put(indexKey(g.Guest, id), nil)
+	// The index entry lists the keys of the guest's records in the job, so a query
+	// by guest reads only those.
+	ik := indexKey(g.Guest, id)
+	ib := tx.Bucket(bktByGuest)
+	return ib.Put(ik, append(append([]byte(nil), ib.Get(ik)...), key...))
+}
+
+// getGuestRecords reads the guest records whose keys (16 bytes each) keys lists.
+func getGuestRecords(tx *bolt.Tx, id int64, keys []byte) ([]GuestRun, error) {
+	out := []GuestRun{}
+	gb := tx.Bucket(bktGuests)
+	for ; len(keys) >= 16; keys = keys[16:] {
+		v := gb.Get(keys[:16])
+		if v == nil {
+			continue
+		}
+		var g GuestRun
+		if err := json.Unmarshal(v, &g); err != nil {
+			return nil, fmt.Errorf("history job %d: a guest record is unreadable: %w", id, err)
+		}
+		normalizeGuest(&g)
+		out = append(out, g)
+	}
+	return out, nil
 }
 
 // getGuests returns job id's guest runs in the order they were recorded, with the
@@ -546,18 +570,18 @@ func (s *Store) scan(ctx context.Context, q Query, fn func(Job) bool) error {
 		default:
 			c = tx.Bucket(bktJobs).Cursor()
 		}
-		var k []byte
+		var k, v []byte
 		if prefix == nil {
-			k, _ = c.Last()
+			k, v = c.Last()
 		} else {
 			end := append(append([]byte(nil), prefix...), bytes.Repeat([]byte{0xff}, 9)...)
-			if k, _ = c.Seek(end); k == nil {
-				k, _ = c.Last()
+			if k, v = c.Seek(end); k == nil {
+				k, v = c.Last()
 			} else {
-				k, _ = c.Prev()
+				k, v = c.Prev()
 			}
 		}
-		for ; k != nil; k, _ = c.Prev() {
+		for ; k != nil; k, v = c.Prev() {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
@@ -582,7 +606,12 @@ func (s *Store) scan(ctx context.Context, q Query, fn func(Job) bool) error {
 				(q.Outcome != "" && j.Outcome != q.Outcome) {
 				continue
 			}
-			gs, _, err := getGuests(tx, id)
+			var gs []GuestRun
+			if q.Guest != "" && len(v) > 0 {
+				gs, err = getGuestRecords(tx, id, v)
+			} else {
+				gs, _, err = getGuests(tx, id)
+			}
 			if err != nil {
 				return err
 			}

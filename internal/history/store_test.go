@@ -458,23 +458,33 @@ func fill(b testing.TB, s *Store, jobs, guestsPer, policies, guests int) {
 	}
 }
 
-// BenchmarkStoreQuery: 100k guest runs (2000 jobs × 50 guests over 500 guests and
-// 20 policies); each query is one indexed lookup of the newest 20 jobs.
+// BenchmarkStoreQuery: 100k guest runs over 500 guests, recorded as 2000 jobs of 50
+// guests (20 policies) or as 200 jobs of all 500 guests (1 policy, the daemon's
+// shape for one big policy); each query is an indexed lookup.
 func BenchmarkStoreQuery(b *testing.B) {
-	s := openStore(b, filepath.Join(b.TempDir(), "h.db"), Options{NoSync: true})
-	fill(b, s, 2000, 50, 20, 500)
+	for _, shape := range []struct {
+		name                      string
+		jobs, per, policies, step int
+	}{{"2000x50", 2000, 50, 20, 1}, {"200x500", 200, 500, 1, 10}} {
+		s := openStore(b, filepath.Join(b.TempDir(), "h.db"), Options{NoSync: true})
+		fill(b, s, shape.jobs, shape.per, shape.policies, 500)
+		benchQueries(b, s, shape.name, shape.jobs)
+	}
+}
+
+func benchQueries(b *testing.B, s *Store, shape string, jobs int) {
 	ctx := context.Background()
 	for _, c := range []struct {
 		name string
 		q    Query
 	}{
 		{"guest-20", Query{Guest: "guest123", Limit: 20}},
-		{"policy-20", Query{Policy: "p7", Limit: 20}},
-		{"since-10min", Query{Since: t0.Add(1990 * time.Minute)}},
+		{"policy-20", Query{Policy: "p0", Limit: 20}},
+		{"since-10min", Query{Since: t0.Add(time.Duration(jobs-10) * time.Minute)}},
 		{"last-guest-run", Query{Guest: "guest7", Kind: KindSnapshot, Limit: 1}},
 	} {
 		q := c.q
-		b.Run(c.name, func(b *testing.B) {
+		b.Run(shape+"/"+c.name, func(b *testing.B) {
 			for b.Loop() {
 				js, err := s.Jobs(ctx, q)
 				if err != nil || len(js) == 0 {
@@ -482,5 +492,74 @@ func BenchmarkStoreQuery(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// Recorder methods are safe for concurrent use: jobs recorded from many goroutines
+// all read back whole.
+func TestStoreConcurrentRecording(t *testing.T) {
+	s := openStore(t, filepath.Join(t.TempDir(), "h.db"), Options{NoSync: true})
+	r := openStore(t, s.Path(), Options{ReadOnly: true})
+	ctx := context.Background()
+	const workers, jobs, guests = 8, 10, 5
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			for i := range jobs {
+				id, err := s.Begin(ctx, Job{Policy: "p" + strconv.Itoa(w), Kind: KindSnapshot, Started: t0.Add(time.Duration(i) * time.Minute)})
+				if err != nil {
+					errs <- err
+					return
+				}
+				for g := range guests {
+					if err := s.Guest(ctx, id, GuestRun{Guest: fmt.Sprintf("g%d-%d", w, g), Outcome: OK}); err != nil {
+						errs <- err
+						return
+					}
+				}
+				if err := s.End(ctx, id, OK, "", t0); err != nil {
+					errs <- err
+					return
+				}
+				if _, err := r.Jobs(ctx, Query{Policy: "p" + strconv.Itoa(w), Limit: 1}); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	js, err := s.Jobs(ctx, Query{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(js) != workers*jobs {
+		t.Fatalf("%d jobs recorded, want %d", len(js), workers*jobs)
+	}
+	for _, j := range js {
+		if len(j.Guests) != guests || j.Outcome != OK {
+			t.Fatalf("job %d: %d guests, outcome %s", j.ID, len(j.Guests), j.Outcome)
+		}
+	}
+}
+
+// BenchmarkStoreRecordGuest is the cost of recording one guest's result, durable
+// (fsync), as the daemon does.
+func BenchmarkStoreRecordGuest(b *testing.B) {
+	s := openStore(b, filepath.Join(b.TempDir(), "h.db"), Options{})
+	ctx := context.Background()
+	id, err := s.Begin(ctx, Job{Policy: "p", Kind: KindSnapshot, Started: t0})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := s.Guest(ctx, id, GuestRun{Guest: "guest1", Outcome: OK, Created: []string{"autoweb261130080000"}}); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/autosnap/autosnap/internal/driver"
@@ -33,6 +34,8 @@ type Options struct {
 	Timeout time.Duration
 	// Now is the instant the cadences are measured from.
 	Now time.Time
+	// Parallel is how many guests are checked at once; default 8.
+	Parallel int
 }
 
 // ErrNoPolicy is wrapped when Options.Policy names no policy of the file.
@@ -57,6 +60,9 @@ func Collect(ctx context.Context, o Options) (Input, error) {
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 30 * time.Second
+	}
+	if o.Parallel < 1 {
+		o.Parallel = 8
 	}
 	loc := cfg.Location
 	if loc == nil {
@@ -102,10 +108,14 @@ func Collect(ctx context.Context, o Options) (Input, error) {
 		if !ok {
 			c = &conn{}
 			conns[key] = c
-			c.d, c.guests, c.err = connect(ctx, open, host, cn, o.Timeout)
+			c.d, c.guests, c.err = connect(ctx, open, host, cn, cfg.StateDir, o.Timeout)
+		}
+		shown := host
+		if cn != nil {
+			shown = cn.Name + " (" + host + ")"
 		}
 		if c.err != nil {
-			in.Unknown = append(in.Unknown, fmt.Sprintf("policy %s: host %s unreachable: %v", p.Name, host, c.err))
+			in.Unknown = append(in.Unknown, fmt.Sprintf("policy %s: host %s: %v", p.Name, shown, c.err))
 			continue
 		}
 		var snapCad, backupCad time.Duration
@@ -146,70 +156,127 @@ func Collect(ctx context.Context, o Options) (Input, error) {
 			}
 			rguests = repos[t]
 		}
+		var sel []driver.Guest
 		for _, g := range p.SelectGuests(c.guests) {
-			if g.Template {
-				continue
+			if !g.Template {
+				sel = append(sel, g)
 			}
-			mg := Guest{Policy: p.Name, Host: host, Name: g.Name, ChainDepth: -1}
-			if snapCad > 0 {
-				mg.Snapshot.Cadence = snapCad
-				if err := newestSnapshot(ctx, c.d, g, rec, label, o.Timeout, &mg.Snapshot); err != nil {
-					in.Unknown = append(in.Unknown, fmt.Sprintf("policy %s: guest %s: listing snapshots failed: %v", p.Name, g.Name, err))
-					mg.Snapshot.Cadence = 0
-				}
-			}
-			if in.Thresholds.MaxChainDepth > 0 {
-				if cr, ok := c.d.(driver.ChainReporter); ok {
-					cctx, cancel := context.WithTimeout(ctx, o.Timeout)
-					chains, err := cr.Chains(cctx, g)
-					cancel()
-					if err != nil {
-						in.Unknown = append(in.Unknown, fmt.Sprintf("policy %s: guest %s: reading backing chains failed: %v", p.Name, g.Name, err))
-					}
-					for _, ch := range chains {
-						mg.ChainDepth = max(mg.ChainDepth, len(ch.Images)-1)
-					}
-				}
-			}
-			if backupCad > 0 {
-				mg.Backup.Cadence = backupCad
-				if rg := findRepoGuest(rguests, g); rg != nil {
-					ps, err := rg.Points()
-					if err != nil {
-						in.Unknown = append(in.Unknown, fmt.Sprintf("policy %s: guest %s: reading backup points in %s failed: %v", p.Name, g.Name, p.Backup.Target, err))
-						mg.Backup.Cadence = 0
-					}
-					for _, pt := range ps {
-						if pt.Started.After(mg.Backup.Newest) {
-							mg.Backup.Newest, mg.Backup.Name = pt.Started, pt.ID
-						}
-					}
-				}
-			}
-			if o.History != nil {
-				if err := lastFailure(ctx, o.History, p, g.Name, &mg); err != nil {
-					in.Unknown = append(in.Unknown, fmt.Sprintf("policy %s: guest %s: reading the run history failed: %v", p.Name, g.Name, err))
-				}
-			}
-			in.Guests = append(in.Guests, mg)
+		}
+		if len(sel) == 0 {
+			in.Empty = append(in.Empty, p.Name)
+		}
+		// Guests are checked in parallel (hypervisor round trips dominate); results
+		// keep the selection's order.
+		gs := make([]Guest, len(sel))
+		unk := make([][]string, len(sel))
+		sem := make(chan struct{}, o.Parallel)
+		var wg sync.WaitGroup
+		for i, g := range sel {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				gs[i], unk[i] = checkGuest(ctx, guestCheck{o: &o, p: p, d: c.d, g: g, host: shown, label: label, rec: rec,
+					snapCad: snapCad, backupCad: backupCad, rguests: rguests, maxChain: in.Thresholds.MaxChainDepth})
+			}()
+		}
+		wg.Wait()
+		in.Guests = append(in.Guests, gs...)
+		for _, u := range unk {
+			in.Unknown = append(in.Unknown, u...)
 		}
 	}
 	return in, nil
 }
 
-func connect(ctx context.Context, open func(context.Context, string, driver.Config) (driver.Driver, error), host string, cn *policy.Connection, timeout time.Duration) (driver.Driver, []driver.Guest, error) {
-	dc := driver.Config{Timeout: timeout}
-	if cn != nil {
-		secret, err := policy.ResolveSecret(cn.Secret)
-		if err != nil {
-			return nil, nil, fmt.Errorf("connection %s: %w", cn.Name, err)
+// guestCheck is what checkGuest needs about one guest under one policy.
+type guestCheck struct {
+	o                  *Options
+	p                  *policy.Policy
+	d                  driver.Driver
+	g                  driver.Guest
+	host, label        string
+	rec                naming.Recognizer
+	snapCad, backupCad time.Duration
+	rguests            []*repo.Guest
+	maxChain           int
+}
+
+// checkGuest gathers one guest's facts, and the checks that could not be made.
+func checkGuest(ctx context.Context, c guestCheck) (Guest, []string) {
+	p, g, o := c.p, c.g, c.o
+	var unknown []string
+	mg := Guest{Policy: p.Name, Host: c.host, Name: g.Name, ChainDepth: -1}
+	if c.snapCad > 0 && p.Snapshot.OnlyRunning && g.State != driver.StateRunning {
+		// The daemon skips it (only_running), so its snapshots age by design.
+		mg.Notes = append(mg.Notes, fmt.Sprintf("snapshot not checked: only_running and the guest is %s", g.State))
+	} else if c.snapCad > 0 {
+		mg.Snapshot.Cadence = c.snapCad
+		if err := newestSnapshot(ctx, c.d, g, c.rec, c.label, o.Timeout, &mg.Snapshot); err != nil {
+			unknown = append(unknown, fmt.Sprintf("policy %s: guest %s: listing snapshots failed: %v", p.Name, g.Name, err))
+			mg.Snapshot.Cadence = 0
 		}
-		dc.Fingerprint, dc.CAFile, dc.Insecure = cn.Fingerprint, cn.CAFile, cn.Insecure
-		// A Proxmox VE API token id is USER@REALM!TOKENID; its secret completes it.
-		if strings.Contains(cn.User, "!") {
-			dc.APIToken = cn.User + "=" + secret
-		} else {
-			dc.Username, dc.Password = cn.User, secret
+	}
+	if c.maxChain > 0 {
+		if cr, ok := c.d.(driver.ChainReporter); ok {
+			cctx, cancel := context.WithTimeout(ctx, o.Timeout)
+			chains, err := cr.Chains(cctx, g)
+			cancel()
+			if err != nil {
+				unknown = append(unknown, fmt.Sprintf("policy %s: guest %s: reading backing chains failed: %v", p.Name, g.Name, err))
+			}
+			for _, ch := range chains {
+				mg.ChainDepth = max(mg.ChainDepth, len(ch.Images)-1)
+			}
+		}
+	}
+	if c.backupCad > 0 {
+		mg.Backup.Cadence = c.backupCad
+		if rg := findRepoGuest(c.rguests, g); rg != nil {
+			ps, err := rg.Points()
+			if err != nil {
+				unknown = append(unknown, fmt.Sprintf("policy %s: guest %s: reading backup points in %s failed: %v", p.Name, g.Name, p.Backup.Target, err))
+				mg.Backup.Cadence = 0
+			}
+			for _, pt := range ps {
+				if pt.Started.After(mg.Backup.Newest) {
+					mg.Backup.Newest, mg.Backup.Name = pt.Started, pt.ID
+				}
+			}
+		}
+	}
+	if o.History != nil {
+		if err := lastFailure(ctx, o.History, p, g.Name, &mg); err != nil {
+			unknown = append(unknown, fmt.Sprintf("policy %s: guest %s: reading the run history failed: %v", p.Name, g.Name, err))
+		}
+	}
+	return mg, unknown
+}
+
+func connect(ctx context.Context, open func(context.Context, string, driver.Config) (driver.Driver, error), host string, cn *policy.Connection, stateDir string, timeout time.Duration) (driver.Driver, []driver.Guest, error) {
+	// As the daemon connects: a secret of a user that is a Proxmox VE API token id
+	// (USER@REALM!ID) is the token's, any other a password; api_token: wins.
+	dc := driver.Config{Host: host, Timeout: timeout, StateDir: stateDir}
+	if cn != nil {
+		dc.Fingerprint, dc.CAFile, dc.Insecure, dc.Username = cn.Fingerprint, cn.CAFile, cn.Insecure, cn.User
+		if cn.Secret != "" {
+			secret, err := policy.ResolveSecret(cn.Secret)
+			if err != nil {
+				return nil, nil, fmt.Errorf("connection %s: reading its secret: %w", cn.Name, err)
+			}
+			if strings.Contains(cn.User, "!") {
+				dc.Username, dc.APIToken = "", cn.User+"="+secret
+			} else {
+				dc.Password = secret
+			}
+		}
+		if cn.APIToken != "" {
+			tok, err := policy.ResolveSecret(cn.APIToken)
+			if err != nil {
+				return nil, nil, fmt.Errorf("connection %s: reading its API token: %w", cn.Name, err)
+			}
+			dc.APIToken = tok
 		}
 	}
 	cctx, cancel := context.WithTimeout(ctx, timeout)

@@ -88,6 +88,8 @@ type Guest struct {
 	// succeeded or there is no history); FailedKind says which kind of run.
 	Failed     string
 	FailedKind string
+	// Notes are shown in its long output line (e.g. why a check was not made).
+	Notes []string
 }
 
 // Input is everything Evaluate looks at.
@@ -98,6 +100,9 @@ type Input struct {
 	// Unknown are checks that could not be made, each saying which and why (a host
 	// that is unreachable, a repository that cannot be read).
 	Unknown []string
+	// Empty are the policies that select no guest (WARNING: a mistyped vmid
+	// protects nothing).
+	Empty []string
 }
 
 // Result is the plugin's output.
@@ -154,8 +159,8 @@ type guestEval struct {
 // item at all is CRITICAL, an age past Critical × cadence is CRITICAL and past
 // Warning × cadence WARNING; a failed last run is WARNING (staleness turns it
 // CRITICAL if it persists); a chain deeper than MaxChainDepth is WARNING. Each
-// unknown check is UNKNOWN. The worst wins, in the order CRITICAL, UNKNOWN,
-// WARNING, OK.
+// unknown check is UNKNOWN, each policy that selects no guest WARNING. The worst
+// wins, in the order CRITICAL, UNKNOWN, WARNING, OK.
 func Evaluate(in Input) Result {
 	th := in.Thresholds
 	if th.Warning <= 0 {
@@ -272,10 +277,15 @@ func Evaluate(in Input) Result {
 			parts = append(parts, e.deep.text)
 		}
 		parts = append(parts, e.okDetail...)
+		parts = append(parts, e.g.Notes...)
 		if len(parts) == 0 {
 			parts = []string{"nothing scheduled to check"}
 		}
 		long = append(long, fmt.Sprintf("[%s] %s (policy %s, host %s): %s", e.status, e.g.Name, e.g.Policy, e.g.Host, strings.Join(parts, ", ")))
+	}
+	for i := len(in.Empty) - 1; i >= 0; i-- {
+		status = worse(status, Warning)
+		long = append([]string{"[WARNING] policy " + in.Empty[i] + " selects no guest"}, long...)
 	}
 	for _, u := range in.Unknown {
 		status = worse(status, Unknown)
@@ -293,6 +303,13 @@ func Evaluate(in Input) Result {
 	if nDeep > 0 {
 		clauses = append(clauses, fmt.Sprintf("%d with chains too deep: %s", nDeep, named(deep, nDeep)))
 	}
+	if len(in.Empty) > 0 {
+		if len(in.Empty) == 1 {
+			clauses = append(clauses, "policy "+in.Empty[0]+" selects no guest")
+		} else {
+			clauses = append(clauses, fmt.Sprintf("%d policies select no guest: %s", len(in.Empty), named(in.Empty[:min(len(in.Empty), maxNamed)], len(in.Empty))))
+		}
+	}
 	if len(in.Unknown) > 0 {
 		us := make([]string, 0, len(in.Unknown))
 		for _, u := range in.Unknown[:min(len(in.Unknown), maxNamed)] {
@@ -302,7 +319,7 @@ func Evaluate(in Input) Result {
 	}
 	if len(clauses) == 0 {
 		if n == 0 {
-			clauses = []string{"no guests selected by any policy"}
+			clauses = []string{"no policy to check"}
 		} else {
 			clauses = []string{fmt.Sprintf("%s, all snapshots and backups within their cadence", plural(n, "guest"))}
 		}
@@ -354,7 +371,7 @@ func OneLine(s string) string {
 
 // Human renders a duration briefly: 45s, 12m, 7h, 7h30m, 3d, 3d4h.
 func Human(d time.Duration) string {
-	d = d.Round(time.Second)
+	d = d.Truncate(time.Second)
 	switch {
 	case d < time.Minute:
 		return fmt.Sprintf("%ds", int(d/time.Second))

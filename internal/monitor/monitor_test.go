@@ -58,6 +58,10 @@ func TestEvaluateGolden(t *testing.T) {
 			Unknown: []string{"policy db: host pve1: connection refused"}}, Unknown},
 		{"many-stale", many, Critical},
 		{"empty", Input{Now: now}, OK},
+		{"policy-selects-nothing", Input{Now: now, Guests: []Guest{fresh}, Empty: []string{"db"}}, Warning},
+		{"policies-select-nothing", Input{Now: now, Empty: []string{"db", "web"}}, Warning},
+		{"not-checked", Input{Now: now, Guests: []Guest{
+			{Policy: "web", Host: "h", Name: "web9", Notes: []string{"snapshot not checked: only_running and the guest is shutoff"}}}}, OK},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -76,6 +76,8 @@ type SnapshotPlan struct {
 	Kept []retention.GFSDecision `json:"kept"`
 	// Removed counts the simulated snapshots retention has removed by then.
 	Removed int `json:"removed"`
+	// Failed counts the runs that would fail because their name was taken.
+	Failed int `json:"failed,omitempty"`
 }
 
 // BackupPlan is the simulated backup runs of a policy.
@@ -119,10 +121,13 @@ func (b *BackupRule) LevelAt(t time.Time, last map[string]time.Time) (level, why
 }
 
 // runTimes returns the run times of s from from (the first run: a job never run is
-// due at once) up to before until, at most limit of them.
-func runTimes(s schedule.Schedule, from, until time.Time, limit int) []time.Time {
+// due at once) up to before until; it fails past limit runs.
+func runTimes(s schedule.Schedule, from, until time.Time, limit int) ([]time.Time, error) {
 	var out []time.Time
-	for t := from; t.Before(until) && len(out) < limit; {
+	for t := from; t.Before(until); {
+		if len(out) == limit {
+			return nil, fmt.Errorf("schedule %q runs more than %d times in the simulated time: simulate fewer days", s, limit)
+		}
 		out = append(out, t)
 		n := s.Next(t)
 		if n.IsZero() || !n.After(t) {
@@ -130,7 +135,7 @@ func runTimes(s schedule.Schedule, from, until time.Time, limit int) []time.Time
 		}
 		t = n
 	}
-	return out
+	return out, nil
 }
 
 // Simulate plans cfg's policies: each job runs at opts.At (the daemon runs a job
@@ -198,13 +203,24 @@ func runWhy(i int) string {
 
 func simulateSnapshots(r *SnapshotRule, f naming.Format, from, until time.Time, loc *time.Location, limit int) (*SnapshotPlan, error) {
 	sp := &SnapshotPlan{Schedule: r.Schedule.Spec, Label: r.Label, Keep: KeepString(r.Keep)}
-	times := runTimes(r.Schedule.Parsed(), from, until, maxSimulatedRuns)
+	times, err := runTimes(r.Schedule.Parsed(), from, until, maxSimulatedRuns)
+	if err != nil {
+		return nil, err
+	}
 	items := make([]retention.GFSItem, 0, len(times))
+	taken := map[string]time.Time{}
 	for i, t := range times {
 		name := naming.Name(r.Label, f, t.In(loc))
-		items = append(items, retention.GFSItem{ID: name, Time: t})
+		why := runWhy(i)
+		if first, dup := taken[name]; dup {
+			// The clock was set back (or the format lacks seconds): the name exists.
+			why = fmt.Sprintf("fails: the run at %s took this name (the clock went back, or the timestamp format is too coarse; timezone: UTC avoids it)", first.Format(time.RFC3339))
+		} else {
+			taken[name] = t
+			items = append(items, retention.GFSItem{ID: name, Time: t})
+		}
 		if listed(limit, len(sp.Runs)) {
-			sp.Runs = append(sp.Runs, PlannedRun{At: t, Name: name, Why: runWhy(i)})
+			sp.Runs = append(sp.Runs, PlannedRun{At: t, Name: name, Why: why})
 		}
 	}
 	sp.TotalRuns = len(times)
@@ -217,6 +233,7 @@ func simulateSnapshots(r *SnapshotRule, f naming.Format, from, until time.Time, 
 	if err != nil {
 		return nil, err
 	}
+	sp.Failed = len(times) - len(items)
 	for _, d := range ds {
 		if d.Keep {
 			sp.Kept = append(sp.Kept, d)
@@ -232,7 +249,10 @@ func simulateBackups(r *BackupRule, from, until time.Time, loc *time.Location, l
 	if !r.Prune.IsEmpty() {
 		bp.Prune = KeepString(r.Prune)
 	}
-	times := runTimes(r.Schedule.Parsed(), from, until, maxSimulatedRuns)
+	times, err := runTimes(r.Schedule.Parsed(), from, until, maxSimulatedRuns)
+	if err != nil {
+		return nil, err
+	}
 	last := map[string]time.Time{}
 	items := make([]retention.GFSItem, 0, len(times))
 	for i, t := range times {

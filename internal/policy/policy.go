@@ -83,8 +83,16 @@ type Schedule struct {
 }
 
 // Parsed returns the schedule parsed in the file's time zone, ready for Next, Due and
-// Cadence. It is the zero schedule.Schedule for a Schedule not made by Parse/Load.
-func (s Schedule) Parsed() schedule.Schedule { return s.parsed }
+// Cadence. A Schedule built in code (not by Parse or Load) has its Spec parsed in
+// time.Local; an invalid Spec then gives the zero schedule.Schedule, which must not
+// be used.
+func (s Schedule) Parsed() schedule.Schedule {
+	if s.parsed.String() == "" && s.Spec != "" {
+		ps, _ := schedule.Parse(s.Spec, nil)
+		return ps
+	}
+	return s.parsed
+}
 
 // SnapshotRule is a policy's `snapshot:` section.
 type SnapshotRule struct {

@@ -68,7 +68,7 @@ func (s Schedule) Next(t time.Time) time.Time {
 	if s.every > 0 {
 		return t.Add(s.every)
 	}
-	return s.s.Next(t.In(s.loc))
+	return s.cronNext(t)
 }
 
 // Cadence is the longest gap between two consecutive runs over the year after from:

@@ -35,8 +35,9 @@ func TestNext(t *testing.T) {
 		{"30 0 * * * *", time.UTC, time.Date(2026, 1, 1, 10, 0, 0, 0, time.UTC), time.Date(2026, 1, 1, 10, 0, 30, 0, time.UTC)},
 		{"@daily", time.UTC, time.Date(2026, 1, 1, 10, 0, 0, 0, time.UTC), time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)},
 		{"@every 2s", time.UTC, time.Date(2026, 1, 1, 10, 0, 0, 0, time.UTC), time.Date(2026, 1, 1, 10, 0, 2, 0, time.UTC)},
-		// 02:30 does not exist in Berlin that night: the next 02:30 is the day after.
-		{"30 2 * * *", berlin, at, time.Date(2026, 3, 30, 2, 30, 0, 0, berlin)},
+		// 02:30 does not exist in Berlin that night: it runs when the clock jumps, at
+		// 03:00 summer time, as cron daemons do (see TestNextDST).
+		{"30 2 * * *", berlin, at, time.Date(2026, 3, 29, 3, 0, 0, 0, berlin)},
 		{"0 3 * * *", berlin, at, time.Date(2026, 3, 29, 3, 0, 0, 0, berlin)},
 	} {
 		s, err := Parse(c.spec, c.loc)
