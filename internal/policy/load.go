@@ -251,7 +251,7 @@ func (p *parser) integer(e kv, lo, hi int) (int, bool) {
 		return 0, false
 	}
 	n, err := strconv.Atoi(s)
-	if err != nil || e.v.Tag != "!!int" {
+	if err != nil {
 		p.errorf(e.v, "%s: %q is not a whole number", e.k.Value, s)
 		return 0, false
 	}
@@ -367,7 +367,7 @@ func (p *parser) connections(e kv) []Connection {
 	var out []Connection
 	first := map[string]int{}
 	for _, n := range e.v.Content {
-		m := p.fields(n, "a connection", "name", "host", "user", "password", "api_token", "fingerprint", "ca_file", "insecure")
+		m := p.fields(n, "a connection", "name", "host", "user", "password", "secret", "api_token", "fingerprint", "ca_file", "insecure")
 		if m == nil {
 			continue
 		}
@@ -402,6 +402,13 @@ func (p *parser) connections(e kv) []Connection {
 		}
 		if kv, ok := m["password"]; ok {
 			c.Secret, _ = p.secretRef(kv)
+		}
+		if kv, ok := m["secret"]; ok {
+			if _, both := m["password"]; both {
+				p.errorf(kv.k, "connection %q: secret: is another name for password:; give one of them", c.Name)
+			} else {
+				c.Secret, _ = p.secretRef(kv)
+			}
 		}
 		if kv, ok := m["api_token"]; ok {
 			c.APIToken, _ = p.secretRef(kv)

@@ -216,6 +216,7 @@ func TestParseErrors(t *testing.T) {
 		{"prune keeps nothing", pol("    backup:\n      schedule: \"@daily\"\n      target: /b\n      prune:\n        keep_daily: 0\n"), 8, "prune: the retention keeps nothing"},
 		{"include and exclude", pol("    backup:\n      schedule: \"@daily\"\n      target: /b\n      include_disks: [vda]\n      exclude_disks: [vdb]\n"), 8, "not both"},
 		{"literal password", "connections:\n  - name: c\n    host: h\n    password: hunter2\n" + snapLine(), 4, "not the secret itself"},
+		{"password and secret", "connections:\n  - name: c\n    host: h\n    password: env:A\n    secret: env:B\n" + snapLine(), 5, "give one of them"},
 		{"connection without host", "connections:\n  - name: c\n" + snapLine(), 2, "needs a host"},
 		{"duplicate connection", "connections:\n  - {name: c, host: h}\n  - {name: c, host: h2}\n" + snapLine(), 3, `connection "c" is defined twice (first on line 2)`},
 		{"monitor critical below warning", "monitor:\n  warning: 3\n  critical: 2\n" + snapLine(), 3, "below warning"},
@@ -255,7 +256,11 @@ func snapLine() string {
 // TestParseSecretNeverEchoed: a literal secret in the file is refused without
 // repeating it.
 func TestParseSecretNeverEchoed(t *testing.T) {
-	_, err := Parse([]byte("connections:\n  - name: c\n    host: h\n    password: hunter2\n"+snapLine()), "s.yaml")
+	cfg, err := Parse([]byte("connections:\n  - name: c\n    host: h\n    secret: file:/etc/autosnap/c.secret\n"+snapLine()), "s.yaml")
+	if err != nil || cfg.Connections[0].Secret != "file:/etc/autosnap/c.secret" {
+		t.Fatalf("secret: alias: %v %+v", err, cfg)
+	}
+	_, err = Parse([]byte("connections:\n  - name: c\n    host: h\n    password: hunter2\n"+snapLine()), "s.yaml")
 	if err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("error = %v", err)
 	}
