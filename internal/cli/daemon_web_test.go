@@ -308,6 +308,7 @@ func TestMountDashboard(t *testing.T) {
 		t.Fatal(err)
 	}
 	const pol = "policies:\n  - name: web\n    host: qemu:///system\n    vmid: nothing-here\n    snapshot:\n      schedule: \"@every 1h\"\n      keep_last: 1\n"
+	const down = "  - name: gone\n    host: qemu+tcp://127.0.0.1:1/system\n    vmid: \"@all\"\n    snapshot:\n      schedule: \"@every 1h\"\n      keep_last: 1\n"
 	mount := func(extra string) (*daemon.Daemon, *tls.Config, string, error) {
 		cfg, err := policy.Parse([]byte(pol+extra), "p.yaml")
 		if err != nil {
@@ -359,6 +360,21 @@ func TestMountDashboard(t *testing.T) {
 	}
 	if c := get(d, "/metrics", ""); c != 200 {
 		t.Errorf("/metrics: %d", c)
+	}
+
+	// A host that cannot be reached is reported, not silently left out.
+	d, _, logs, err = mount(down + fmt.Sprintf("dashboard:\n  tls_cert: %s\n  tls_key: %s\n  token: file:%s\n", certFile, keyFile, tokenFile))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, logs)
+	}
+	req := httptest.NewRequest(http.MethodGet, "/api/v1/problems", nil)
+	req.Header.Set("Authorization", "Bearer tok-123")
+	rec := httptest.NewRecorder()
+	d.Handler().ServeHTTP(rec, req)
+	var problems []string
+	if err := json.Unmarshal(rec.Body.Bytes(), &problems); err != nil || len(problems) != 1 ||
+		!strings.Contains(problems[0], "policy gone") || !strings.Contains(problems[0], "127.0.0.1:1") {
+		t.Errorf("problems: %d %v %s", rec.Code, err, rec.Body.String())
 	}
 
 	if _, _, _, err := mount("dashboard:\n  tls_cert: /nonexistent.crt\n  tls_key: /nonexistent.key\n"); err == nil || !strings.Contains(err.Error(), "/nonexistent.crt") {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"slices"
 	"sort"
 	"strings"
@@ -40,6 +41,7 @@ type WebBackend struct {
 	cache      []web.Guest
 	cacheAt    time.Time
 	conns      map[string]string // guest ID → connection host value (policy host)
+	problems   []string          // the checks the last collection could not make
 	running    map[int64]*liveJob
 	waiting    map[jobKey]chan int64
 }
@@ -108,6 +110,17 @@ func (t webTap) End(ctx context.Context, id int64, outcome history.Outcome, errT
 	return err
 }
 
+// Problems implements web.ProblemReporter: the hosts and repositories the last
+// guest collection could not read.
+func (b *WebBackend) Problems(ctx context.Context) []string {
+	if _, err := b.Guests(ctx); err != nil {
+		return []string{err.Error()}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.problems)
+}
+
 // Subscribe implements web.Backend.
 func (b *WebBackend) Subscribe() (<-chan web.Event, func()) { return b.hub.Subscribe() }
 
@@ -174,12 +187,12 @@ func (b *WebBackend) Guests(ctx context.Context) ([]web.Guest, error) {
 		return gs, nil
 	}
 	b.mu.Unlock()
-	gs, conns, err := b.collect(ctx)
+	gs, conns, problems, err := b.collect(ctx)
 	if err != nil {
 		return nil, err
 	}
 	b.mu.Lock()
-	b.cache, b.cacheAt, b.conns = gs, time.Now(), conns
+	b.cache, b.cacheAt, b.conns, b.problems = gs, time.Now(), conns, problems
 	b.mu.Unlock()
 	return gs, nil
 }
@@ -214,7 +227,7 @@ func (b *WebBackend) connect(ctx context.Context, cfg *policy.Config, host strin
 	return hostGuests{drv: drv, guests: gs}
 }
 
-func (b *WebBackend) collect(ctx context.Context) ([]web.Guest, map[string]string, error) {
+func (b *WebBackend) collect(ctx context.Context) ([]web.Guest, map[string]string, []string, error) {
 	cfg := b.d.Config()
 	now := b.d.clock.Now()
 	loc := cfg.Location
@@ -231,6 +244,7 @@ func (b *WebBackend) collect(ctx context.Context) ([]web.Guest, map[string]strin
 		}
 	}()
 	var out []web.Guest
+	var problems []string
 	conns := map[string]string{}
 	seen := map[string]bool{}
 	var hostOrder []string
@@ -243,7 +257,7 @@ func (b *WebBackend) collect(ctx context.Context) ([]web.Guest, map[string]strin
 			hostOrder = append(hostOrder, p.Host)
 		}
 		if h.err != nil {
-			b.d.log.Warn("dashboard: a policy's host cannot be read", "policy", p.Name, "err", h.err)
+			problems = append(problems, fmt.Sprintf("policy %s: %v", p.Name, h.err))
 			continue
 		}
 		label := ""
@@ -255,8 +269,12 @@ func (b *WebBackend) collect(ctx context.Context) ([]web.Guest, map[string]strin
 		var rguests []*repo.Guest
 		if p.Backup != nil {
 			backupCad = cadence(p.Backup.Schedule, loc, now)
-			if r, err := repo.OpenExisting(p.Backup.Target); err == nil {
-				rguests, _ = r.Guests()
+			r, err := repo.OpenExisting(p.Backup.Target)
+			if err == nil {
+				rguests, err = r.Guests()
+			}
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				problems = append(problems, fmt.Sprintf("policy %s: backup repository %s cannot be read: %v", p.Name, p.Backup.Target, err))
 			}
 		}
 		for _, g := range p.SelectGuests(h.guests) {
@@ -307,7 +325,7 @@ func (b *WebBackend) collect(ctx context.Context) ([]web.Guest, map[string]strin
 		}
 		return out[i].Name < out[j].Name
 	})
-	return out, conns, nil
+	return out, conns, problems, nil
 }
 
 func cadence(s policy.Schedule, loc *time.Location, now time.Time) time.Duration {
@@ -686,4 +704,7 @@ func (b *WebBackend) VerifyBackup(ctx context.Context, id string) (int64, error)
 	return jid, nil
 }
 
-var _ web.Backend = (*WebBackend)(nil)
+var (
+	_ web.Backend         = (*WebBackend)(nil)
+	_ web.ProblemReporter = (*WebBackend)(nil)
+)

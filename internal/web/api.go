@@ -119,6 +119,16 @@ func (s *server) apiPolicies(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, ps)
 }
 
+// apiProblems lists the checks the backend could not make (an empty list when it
+// reports none).
+func (s *server) apiProblems(w http.ResponseWriter, r *http.Request) {
+	out := []string{}
+	if pr, ok := s.b.(ProblemReporter); ok {
+		out = append(out, pr.Problems(r.Context())...)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
 // apiRunPolicy starts a policy run. Body (optional): {"dry_run": true}.
 func (s *server) apiRunPolicy(w http.ResponseWriter, r *http.Request) {
 	var body struct {

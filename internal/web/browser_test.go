@@ -189,6 +189,11 @@ func TestBrowserOverview(t *testing.T) {
 	// The stylesheet loaded (CSP allows it) and marks the failing guest.
 	check("web2", "background", got["web2"].Background, "rgb(255, 235, 233)")
 	check("web1", "background", got["web1"].Background, "rgba(0, 0, 0, 0)")
+	var problems []string
+	b.eval(t, `[...document.querySelectorAll('#problems li')].map(li => li.textContent)`, &problems)
+	if !slices.Equal(problems, []string{"policy lab: host host-c: connecting: connection refused"}) {
+		t.Errorf("problems shown: %q", problems)
+	}
 	var tip string
 	b.eval(t, `document.querySelector('tr[data-guest="web2"] .outcome a').title`, &tip)
 	check("web2", "error tooltip", tip, "guest agent did not answer")

@@ -28,6 +28,13 @@ type fakeBackend struct {
 	failing  map[string]bool
 	gate     chan struct{}
 	actions  []string
+	problems []string
+}
+
+func (f *fakeBackend) Problems(ctx context.Context) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.problems)
 }
 
 func newFake() *fakeBackend {
@@ -208,6 +215,7 @@ func (f *fakeBackend) actionLog() []string {
 // db1 has a snapshot tree: base → {a → a1, b (current)}.
 func smallFleet() *fakeBackend {
 	f := newFake()
+	f.problems = []string{"policy lab: host host-c: connecting: connection refused"}
 	f.policies = []Policy{
 		{Name: "web", Host: "host-a", VMID: "web%", SnapshotSchedule: "@every 1h", BackupSchedule: "@daily", Guests: []string{"host-a/web1", "host-a/web2"}},
 		{Name: "db", Host: "host-b", VMID: "db1", SnapshotSchedule: "@every 1h", Tags: []string{"prod"}, Guests: []string{"host-b/db1"}},

@@ -146,6 +146,8 @@ type overview struct {
 	Filter guestFilter
 	Facets facets
 	Title  string
+	// Problems are the backend's checks that could not be made.
+	Problems []string
 }
 
 func (s *server) overviewData(r *http.Request) (overview, error) {
@@ -155,6 +157,9 @@ func (s *server) overviewData(r *http.Request) (overview, error) {
 	}
 	f := parseFilter(r.URL.Query())
 	o := overview{Total: len(gs), Counts: map[string]int{}, Filter: f, Facets: facetsOf(gs), Title: "Overview"}
+	if pr, ok := s.b.(ProblemReporter); ok {
+		o.Problems = pr.Problems(r.Context())
+	}
 	for _, g := range gs {
 		v := s.view(g)
 		o.Counts[v.Status]++

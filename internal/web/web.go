@@ -64,6 +64,14 @@ type Backend interface {
 	VerifyBackup(ctx context.Context, guestID string) (jobID int64, err error)
 }
 
+// ProblemReporter is an optional Backend capability: the checks that could not be
+// made (an unreachable host, an unreadable repository), each saying which and why.
+// The overview shows them above the guests, so that guests that cannot be seen are
+// not mistaken for guests that do not exist.
+type ProblemReporter interface {
+	Problems(ctx context.Context) []string
+}
+
 // Guest is one guest's protection status.
 type Guest struct {
 	// ID identifies the guest in URLs and Backend.Guest; unique across hosts.
@@ -301,6 +309,7 @@ func (s *server) routes() {
 	m.HandleFunc("GET /api/v1/runs", s.apiRuns)
 	m.HandleFunc("GET /api/v1/runs/{id}", s.apiRun)
 	m.HandleFunc("GET /api/v1/policies", s.apiPolicies)
+	m.HandleFunc("GET /api/v1/problems", s.apiProblems)
 	m.HandleFunc("POST /api/v1/policies/{name}/run", s.apiRunPolicy)
 	m.HandleFunc("POST /api/v1/policies/{name}/plan", s.apiPlan)
 	m.HandleFunc("GET /api/v1/events", s.events)
