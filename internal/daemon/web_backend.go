@@ -111,10 +111,15 @@ func (t webTap) End(ctx context.Context, id int64, outcome history.Outcome, errT
 }
 
 // Problems implements web.ProblemReporter: the hosts and repositories the last
-// guest collection could not read.
+// guest collection could not read (it collects when none was made yet).
 func (b *WebBackend) Problems(ctx context.Context) []string {
-	if _, err := b.Guests(ctx); err != nil {
-		return []string{err.Error()}
+	b.mu.Lock()
+	never := b.cache == nil
+	b.mu.Unlock()
+	if never {
+		if _, err := b.Guests(ctx); err != nil {
+			return []string{err.Error()}
+		}
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
