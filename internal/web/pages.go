@@ -281,7 +281,15 @@ func (s *server) confirmPage(w http.ResponseWriter, r *http.Request) {
 	case "plan":
 		c.What, c.URL = "Plan policy "+t+": show what a run now would take and keep, with reasons.", "/policies/"+url.PathEscape(t)+"/plan"
 	case "verify":
-		c.What, c.URL = "Verify the backups of guest "+t+": read every point and check its checksums.", "/guests/"+url.PathEscape(t)+"/verify"
+		name := t
+		if gs, err := s.b.Guests(r.Context()); err == nil {
+			for _, g := range gs {
+				if g.ID == t {
+					name = g.Name + " (" + g.Host + ")"
+				}
+			}
+		}
+		c.What, c.URL = "Verify the backups of guest "+name+": check every point's files and checksums.", "/guests/"+url.PathEscape(t)+"/verify"
 	default:
 		httpError(w, r, http.StatusNotFound, "no such action")
 		return
