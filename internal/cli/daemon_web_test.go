@@ -247,6 +247,39 @@ policies:
 	if n := len(snapshotList(t, d.Name)); n != 6 {
 		t.Errorf("%d snapshots after the web run, want 6", n)
 	}
+
+	// A plan is recorded as a dry run and changes nothing.
+	resp, err = http.Post(base+"/api/v1/policies/web/plan", "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plan struct {
+		Job   int64
+		Items []struct{ Guest, Action, Name string }
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&plan)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || plan.Job == 0 || len(plan.Items) == 0 || plan.Items[0].Guest != d.Name || plan.Items[0].Action != "snapshot" ||
+		!strings.HasPrefix(plan.Items[0].Name, "autoweb") {
+		t.Fatalf("plan: %d %+v", resp.StatusCode, plan)
+	}
+	resp, err = http.Get(fmt.Sprintf("%s/api/v1/runs/%d", base, plan.Job))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dry struct {
+		DryRun  bool `json:"dry_run"`
+		Trigger string
+		Guests  []struct{ Guest, Outcome string }
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&dry)
+	resp.Body.Close()
+	if !dry.DryRun || dry.Trigger != "web" || len(dry.Guests) != 1 || dry.Guests[0].Outcome != "skipped" {
+		t.Errorf("recorded plan %+v", dry)
+	}
+	if n := len(snapshotList(t, d.Name)); n != 6 {
+		t.Errorf("%d snapshots after the plan, want still 6", n)
+	}
 }
 
 // testBrowser is headless Chromium whose console errors fail the test.

@@ -576,7 +576,8 @@ func (b *WebBackend) planOf(name string) (*policy.PolicyPlan, time.Time, error) 
 }
 
 // PlanPolicy implements web.Backend: the policy's runs over the next day for each
-// guest it selects now, and what its retention keeps, as `policy plan` says.
+// guest it selects now, and what its retention keeps, as `policy plan` says; it is
+// recorded as a dry-run job.
 func (b *WebBackend) PlanPolicy(ctx context.Context, name string) (web.Plan, error) {
 	pp, now, err := b.planOf(name)
 	if err != nil {
@@ -606,7 +607,8 @@ func (b *WebBackend) PlanPolicy(ctx context.Context, name string) (web.Plan, err
 			}
 		}
 	}
-	return out, nil
+	out.JobID, err = b.dryRun(ctx, name)
+	return out, err
 }
 
 // dryRun records the policy's next planned run of each guest as a dry-run job.

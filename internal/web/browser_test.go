@@ -389,6 +389,11 @@ func TestBrowserEveryPage(t *testing.T) {
 	if n != 2 {
 		t.Errorf("plan rows %d, want 2", n)
 	}
+	var rec string
+	b.eval(t, `document.getElementById('plan-recorded').textContent`, &rec)
+	if !strings.Contains(rec, "dry run 2") {
+		t.Errorf("plan not recorded: %q", rec)
+	}
 	b.run(t, chromedp.Navigate(srv.URL+"/charts"), chromedp.WaitVisible(chromedp.CSS("#chart-durations")))
 	b.eval(t, `document.querySelectorAll('svg.chart rect.bar, svg.chart polyline').length`, &n)
 	if n < 2 {

@@ -180,9 +180,12 @@ func (f *fakeBackend) PlanPolicy(ctx context.Context, name string) (Plan, error)
 	f.actions = append(f.actions, "plan "+name)
 	f.mu.Unlock()
 	pl := Plan{Policy: name, At: testNow}
+	j := history.Job{Policy: name, Kind: history.KindSnapshot, Trigger: "web", DryRun: true, Started: testNow, Ended: testNow, Outcome: history.OK}
 	for _, g := range p.Guests {
 		pl.Items = append(pl.Items, PlanItem{Guest: g, Action: "create", Name: "auto" + name + "new", Reason: "due"})
+		j.Guests = append(j.Guests, history.GuestRun{Guest: g, Outcome: history.Skipped, Created: []string{"auto" + name + "new"}})
 	}
+	pl.JobID = f.addJob(j)
 	return pl, nil
 }
 

@@ -57,7 +57,8 @@ type Backend interface {
 	// RunPolicy starts a job of the policy now (a dry run changes nothing) and returns
 	// its history job ID without waiting for it to end.
 	RunPolicy(ctx context.Context, policy string, dryRun bool) (jobID int64, err error)
-	// PlanPolicy says what running the policy now would take and keep, with reasons.
+	// PlanPolicy says what running the policy now would take and keep, with reasons,
+	// and records it as a dry-run job.
 	PlanPolicy(ctx context.Context, policy string) (Plan, error)
 	// VerifyBackup starts a verification of the guest's backup points and returns its
 	// history job ID.
@@ -147,6 +148,8 @@ type Plan struct {
 	Policy string     `json:"policy"`
 	At     time.Time  `json:"at"`
 	Items  []PlanItem `json:"items"`
+	// JobID is the dry-run job the backend recorded the plan as (0: not recorded).
+	JobID int64 `json:"job,omitempty"`
 }
 
 // PlanItem is one planned step or kept item.
