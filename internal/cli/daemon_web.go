@@ -34,7 +34,8 @@ func mountDashboard(d *daemon.Daemon, r history.Reader, cfg *policy.Config, addr
 	h, err := web.New(daemon.NewWebBackend(d, r), web.Options{Addr: addr, TLS: tlsCfg != nil, Token: token, Users: dc.Users,
 		Warning: cfg.Monitor.Warning, Critical: cfg.Monitor.Critical})
 	if errors.Is(err, web.ErrInsecure) {
-		log.Error("the dashboard is not served; /metrics is", "err", err)
+		log.Error("the dashboard is not served; /metrics is", "err", err,
+			"fix", "set dashboard: tls_cert, tls_key and token or users in "+cfg.Path+" (docs/dashboard.md), or listen on 127.0.0.1")
 		return tlsCfg, nil
 	}
 	if err != nil {

@@ -363,8 +363,6 @@ func TestBrowserGuestPage(t *testing.T) {
 		t.Errorf("web1 page: %+v", page)
 	}
 	// Verify: confirmation, then the recorded job.
-	f := smallFleet()
-	_ = f
 	b.run(t, chromedp.Click(chromedp.CSS(`a[href^="/confirm/verify/"]`)), chromedp.WaitVisible(chromedp.CSS("#confirm-button")))
 	b.run(t, chromedp.Click(chromedp.CSS("#confirm-button")))
 	b.waitJS(t, "the verify run", `location.pathname.startsWith('/runs/') && !!document.getElementById('run')`)

@@ -32,7 +32,7 @@ func esc(s string) string { return template.HTMLEscapeString(s) }
 
 // lineChart draws a time series as an inline SVG. Only presentation attributes and
 // classes are used: the CSP forbids inline style.
-func lineChart(id, title, unit string, pts []point, format func(float64) string) template.HTML {
+func lineChart(id, title string, pts []point, format func(float64) string) template.HTML {
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg id="%s" class="chart" viewBox="0 0 %g %g" role="img" aria-label="%s"><title>%s</title>`, esc(id), chartW, chartH, esc(title), esc(title))
 	if len(pts) == 0 {
@@ -197,8 +197,8 @@ func buildCharts(jobs []history.Job, currentSnapshots int, guest string) chartSe
 		return b
 	}
 	count := func(v float64) string { return strconv.Itoa(int(v)) }
-	cs.Snapshots = lineChart("chart-snapshots", "Snapshots over time", "", downsample(snaps, maxPoints), count)
-	cs.BackupBytes = lineChart("chart-backup-bytes", "Backup bytes written (cumulative)", "B", downsample(bytesPts, maxPoints), func(v float64) string { return humanBytes(uint64(v)) })
+	cs.Snapshots = lineChart("chart-snapshots", "Snapshots over time", downsample(snaps, maxPoints), count)
+	cs.BackupBytes = lineChart("chart-backup-bytes", "Backup bytes written (cumulative)", downsample(bytesPts, maxPoints), func(v float64) string { return humanBytes(uint64(v)) })
 	cs.Durations = barChart("chart-durations", "Job durations", last(durs, maxBars), func(v float64) string {
 		return (time.Duration(v * float64(time.Second))).Round(time.Second / 10).String()
 	})

@@ -18,7 +18,7 @@ import (
 )
 
 // pages are the templates rendered inside layout.html.
-var pages = []string{"overview", "guest", "runs", "run", "policies", "confirm", "plan", "charts", "login", "error"}
+var pages = []string{"overview", "guest", "runs", "run", "policies", "confirm", "plan", "charts", "login"}
 
 func parseTemplates() (map[string]*template.Template, error) {
 	funcs := template.FuncMap{

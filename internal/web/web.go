@@ -218,13 +218,12 @@ var ErrInsecure = errors.New("dashboard refused")
 
 // server is the dashboard's handler state.
 type server struct {
-	b     Backend
-	o     Options
-	auth  bool // authentication required
-	tmpl  map[string]*template.Template
-	sess  *sessions
-	mux   *http.ServeMux
-	start time.Time
+	b    Backend
+	o    Options
+	auth bool // authentication required
+	tmpl map[string]*template.Template
+	sess *sessions
+	mux  *http.ServeMux
 	// dummyHash is compared against for unknown users.
 	dummyHash string
 }
@@ -270,7 +269,7 @@ func New(b Backend, o Options) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &server{b: b, o: o, auth: hasAuth, tmpl: tm, sess: newSessions(o.SessionTTL, o.Now), start: o.Now()}
+	s := &server{b: b, o: o, auth: hasAuth, tmpl: tm, sess: newSessions(o.SessionTTL, o.Now)}
 	if len(o.Users) > 0 {
 		h, err := bcrypt.GenerateFromPassword([]byte(randomID()), bcrypt.DefaultCost)
 		if err != nil {
