@@ -92,7 +92,7 @@ func barChart(id, title string, bars []bar, format func(float64) string) templat
 	if hi == 0 {
 		hi = 1
 	}
-	w := (chartW - 2*pad) / float64(len(bars))
+	w := min((chartW-2*pad)/float64(len(bars)), 40)
 	for i, x := range bars {
 		h := (chartH - pad) * x.V / hi
 		fmt.Fprintf(&b, `<rect class="bar %s" x="%.1f" y="%.1f" width="%.1f" height="%.1f"><title>%s: %s</title></rect>`,
