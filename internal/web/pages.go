@@ -60,7 +60,8 @@ func parseTemplates() (map[string]*template.Template, error) {
 		"dict2": func(runs []jobView, now time.Time) map[string]any {
 			return map[string]any{"Runs": runs, "Now": now}
 		},
-		"secs": func(d time.Duration) string { return d.Round(time.Millisecond).String() },
+		"secs":  func(d time.Duration) string { return d.Round(time.Millisecond).String() },
+		"nsdur": func(ns int64) time.Duration { return time.Duration(ns) },
 	}
 	out := map[string]*template.Template{}
 	layout, err := fs.ReadFile(assets, "templates/layout.html")

@@ -242,7 +242,8 @@ func humanBytes(n uint64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-// jobView is a history.Job as the API and pages show it.
+// jobView is a history.Job as `autosnap history -o json` prints it (the same keys),
+// plus duration_seconds.
 type jobView struct {
 	ID       int64           `json:"id"`
 	Policy   string          `json:"policy"`
@@ -250,10 +251,10 @@ type jobView struct {
 	Trigger  string          `json:"trigger"`
 	DryRun   bool            `json:"dry_run"`
 	Started  time.Time       `json:"started"`
-	Ended    time.Time       `json:"ended,omitzero"`
+	Ended    time.Time       `json:"ended"`
 	Duration float64         `json:"duration_seconds"`
 	Outcome  history.Outcome `json:"outcome"`
-	Error    string          `json:"error,omitempty"`
+	Error    string          `json:"error"`
 	Guests   []guestRunView  `json:"guests"`
 }
 
@@ -261,13 +262,13 @@ type guestRunView struct {
 	Host     string          `json:"host"`
 	Guest    string          `json:"guest"`
 	Started  time.Time       `json:"started"`
-	Ended    time.Time       `json:"ended,omitzero"`
+	Ended    time.Time       `json:"ended"`
 	Outcome  history.Outcome `json:"outcome"`
-	Error    string          `json:"error,omitempty"`
+	Error    string          `json:"error"`
 	Created  []string        `json:"created"`
 	Removed  []string        `json:"removed"`
 	Bytes    int64           `json:"bytes"`
-	FreezeMS int64           `json:"freeze_ms"`
+	FreezeNS int64           `json:"freeze_ns"`
 }
 
 func (s *server) jobView(j history.Job) jobView {
@@ -281,7 +282,7 @@ func (s *server) jobView(j history.Job) jobView {
 	for _, g := range j.Guests {
 		v.Guests = append(v.Guests, guestRunView{Host: g.Host, Guest: g.Guest, Started: g.Started, Ended: g.Ended,
 			Outcome: g.Outcome, Error: g.Error, Created: nonNil(g.Created), Removed: nonNil(g.Removed),
-			Bytes: g.Bytes, FreezeMS: g.Freeze.Milliseconds()})
+			Bytes: g.Bytes, FreezeNS: int64(g.Freeze)})
 	}
 	return v
 }

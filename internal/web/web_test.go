@@ -251,7 +251,7 @@ func TestAPIGuests(t *testing.T) {
 	if resp.StatusCode != 200 || json.Unmarshal([]byte(body), &d) != nil {
 		t.Fatalf("guest: %d %s", resp.StatusCode, body)
 	}
-	if len(d.Snapshots) != 1 || d.Snapshots[0]["name"] != "autoweb1" || len(d.Backups) != 2 || len(d.Runs) != 1 || d.Runs[0].Guests[0].FreezeMS != 120 {
+	if len(d.Snapshots) != 1 || d.Snapshots[0]["name"] != "autoweb1" || len(d.Backups) != 2 || len(d.Runs) != 1 || d.Runs[0].Guests[0].FreezeNS != int64(120*time.Millisecond) {
 		t.Errorf("guest detail: %s", body)
 	}
 	resp, _ = get(t, c, srv.URL+"/api/v1/guests/nope")
