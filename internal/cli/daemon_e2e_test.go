@@ -313,26 +313,34 @@ func TestDaemonSIGHUP(t *testing.T) {
 	case c := <-code:
 		t.Fatalf("daemon exited %d:\n%s", c, stderr.String())
 	}
-	// waitJob waits for a job of policy that started at or after since.
-	waitJob := func(policy string, since time.Time) {
+	// okJobs counts the ok jobs of policy.
+	okJobs := func(policy string) int {
+		hs, err := history.Open(history.PathIn(stateDir), history.Options{ReadOnly: true})
+		if err != nil {
+			return 0
+		}
+		defer hs.Close()
+		js, _ := hs.Jobs(context.Background(), history.Query{Policy: policy})
+		n := 0
+		for _, j := range js {
+			if j.Outcome == history.OK {
+				n++
+			}
+		}
+		return n
+	}
+	// waitJob waits until policy has more than n ok jobs.
+	waitJob := func(policy string, n int) {
 		t.Helper()
 		deadline := time.Now().Add(time.Minute)
-		for time.Now().Before(deadline) {
-			hs, err := history.Open(history.PathIn(stateDir), history.Options{ReadOnly: true})
-			if err == nil {
-				js, _ := hs.Jobs(context.Background(), history.Query{Policy: policy, Since: since})
-				hs.Close()
-				for _, j := range js {
-					if !j.Started.Before(since) && j.Outcome == history.OK {
-						return
-					}
-				}
+		for okJobs(policy) <= n {
+			if time.Now().After(deadline) {
+				t.Fatalf("no new ok job of %s; log:\n%s", policy, stderr.String())
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
-		t.Fatalf("no ok job of %s since %s; log:\n%s", policy, since, stderr.String())
 	}
-	waitJob("alpha", time.Time{})
+	waitJob("alpha", 0)
 
 	if err := os.WriteFile(path, []byte(strings.Replace(file("alpha"), "schedule:", "scedule:", 1)), 0o600); err != nil {
 		t.Fatal(err)
@@ -350,16 +358,15 @@ func TestDaemonSIGHUP(t *testing.T) {
 	if !strings.Contains(stderr.String(), `unknown key \"scedule\"`) || !strings.Contains(stderr.String(), "autosnap.yaml:") {
 		t.Errorf("the refusal does not name the key and line:\n%s", stderr.String())
 	}
-	waitJob("alpha", time.Now().Truncate(time.Second)) // the old policy runs on
+	waitJob("alpha", okJobs("alpha")) // the old policy runs on
 
 	if err := os.WriteFile(path, []byte(file("beta")), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	hup := time.Now().Truncate(time.Second)
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitJob("beta", hup)
+	waitJob("beta", 0)
 	cancel()
 	if c := <-code; c != 0 {
 		t.Fatalf("daemon exited %d, want 0:\n%s", c, stderr.String())

@@ -19,7 +19,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"slices"
 	"sync"
 	"time"
 
@@ -372,6 +371,36 @@ func (d *Daemon) startDue(stop context.Context, now time.Time, trigger string) t
 	return next
 }
 
+// JobStatus is one scheduled job as the daemon sees it now.
+type JobStatus struct {
+	Policy   string
+	Kind     history.Kind
+	Schedule string
+	// LastRun is when the job last started (zero: never, or not read yet).
+	LastRun time.Time
+	// Next is when it is due next (now or earlier: due, waiting for its turn).
+	Next    time.Time
+	Running bool
+}
+
+// Jobs lists the current config's jobs with their last and next runs, in file order
+// (for the dashboard).
+func (d *Daemon) Jobs() []JobStatus {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := d.clock.Now()
+	out := make([]JobStatus, 0, len(d.entries))
+	for _, e := range d.entries {
+		js := JobStatus{Policy: e.key.policy, Kind: e.key.kind, Schedule: e.sched.String()}
+		if st := d.state[e.key]; st != nil {
+			js.LastRun, js.Running = st.last, st.running
+		}
+		_, js.Next = e.sched.Due(js.LastRun, now)
+		out = append(out, js)
+	}
+	return out
+}
+
 // ErrBusy is returned by Trigger when the job is running already.
 var ErrBusy = errors.New("the job is running already")
 
@@ -540,20 +569,6 @@ func acquire(ctx context.Context, sem chan struct{}) (func(), error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-}
-
-// Busy reports the guests being worked on now, for tests and the dashboard.
-func (d *Daemon) Busy() []string {
-	d.guests.mu.Lock()
-	defer d.guests.mu.Unlock()
-	var out []string
-	for k, c := range d.guests.m {
-		if len(c) > 0 {
-			out = append(out, k)
-		}
-	}
-	slices.Sort(out)
-	return out
 }
 
 type slogPromLogger struct{ l *slog.Logger }

@@ -25,8 +25,11 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/autosnap/autosnap/internal/daemon"
+	"github.com/autosnap/autosnap/internal/driver"
 	_ "github.com/autosnap/autosnap/internal/driver/libvirt"
+	"github.com/autosnap/autosnap/internal/engine"
 	"github.com/autosnap/autosnap/internal/history"
+	"github.com/autosnap/autosnap/internal/journal"
 	"github.com/autosnap/autosnap/internal/naming"
 	"github.com/autosnap/autosnap/internal/policy"
 	"github.com/autosnap/autosnap/internal/retention"
@@ -371,7 +374,8 @@ func histCount(t *testing.T, fams map[string]*dto.MetricFamily, fam string, labe
 
 // TestDaemonCatchesUpOnce: a daemon that was down for an hour over an every-minute
 // schedule runs the job once when it starts again (as a catch-up), not once per
-// missed slot, and then keeps to the schedule.
+// missed slot, and then keeps to the schedule; a clock jump of two hours while it
+// runs (a suspend) is caught up once as well.
 func TestDaemonCatchesUpOnce(t *testing.T) {
 	bed := testbed.Libvirt(t)
 	g := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused})
@@ -400,7 +404,21 @@ func TestDaemonCatchesUpOnce(t *testing.T) {
 	if j := jobs[2]; j.Trigger != daemon.TriggerSchedule || !j.Started.Equal(restart.Add(30*time.Second)) {
 		t.Fatalf("the next job: %+v; want a scheduled one at the next minute", j)
 	}
-	want := []string{name("minutely", t0), name("minutely", restart), name("minutely", restart.Add(30*time.Second))}
+	// A suspend or clock jump of two hours while running: one catch-up, then the
+	// schedule again.
+	second.clock.waitSleeping(t, restart.Add(60*time.Second))
+	second.clock.Advance(2 * time.Hour)
+	woke := restart.Add(30*time.Second + 2*time.Hour)
+	jobs = waitJobs(t, h, 4)
+	second.clock.waitSleeping(t, woke.Add(30*time.Second))
+	if jobs, _ := h.Jobs(context.Background(), history.Query{}); len(jobs) != 4 {
+		t.Fatalf("%d jobs after the clock jump, want 4 (one catch-up)", len(jobs))
+	}
+	if j := jobs[3]; j.Trigger != daemon.TriggerCatchUp || !j.Started.Equal(woke) {
+		t.Fatalf("the job after the jump: %+v; want a catch-up at %s", j, woke)
+	}
+	want := []string{name("minutely", t0), name("minutely", restart), name("minutely", restart.Add(30*time.Second)),
+		name("minutely", woke)}
 	if got := snapNames(t, bed, g); !slices.Equal(got, want) {
 		t.Fatalf("snapshots %v, want %v", got, want)
 	}
@@ -752,6 +770,15 @@ func TestDaemonTrigger(t *testing.T) {
 		t.Fatalf("triggered job %+v", j)
 	}
 	// The next scheduled run counts from the manual one.
+	js := hs.d.Jobs()
+	for i := 0; i < 100 && len(js) == 1 && js[0].Running; i++ { // the job's end is recorded just before
+		time.Sleep(10 * time.Millisecond)
+		js = hs.d.Jobs()
+	}
+	if len(js) != 1 || js[0].Policy != "hourly" || js[0].Running ||
+		!js[0].LastRun.Equal(t0.Add(5*time.Second)) || !js[0].Next.Equal(t0.Add(time.Hour+5*time.Second)) {
+		t.Errorf("Jobs() = %+v", js)
+	}
 	hs.clock.Advance(time.Hour - time.Second)
 	time.Sleep(500 * time.Millisecond)
 	if jobs, _ := h.Jobs(context.Background(), history.Query{}); len(jobs) != 2 {
@@ -761,4 +788,126 @@ func TestDaemonTrigger(t *testing.T) {
 	if j := waitJobs(t, h, 3)[2]; j.Trigger != daemon.TriggerSchedule || !j.Started.Equal(t0.Add(time.Hour+5*time.Second)) {
 		t.Fatalf("scheduled job after the manual one: %+v", j)
 	}
+}
+
+// TestDaemonStopDuringMerge stops the daemon while the removal of an old snapshot
+// merges a large overlay into its base. With a grace period the merge finishes and
+// the daemon exits with nothing left to repair. Without one the merge is aborted:
+// the snapshots and the chain still agree, no block job runs, every written byte
+// reads back, and the journal records the partly merged snapshot, which the next
+// clean finishes (the engine's designed path), leaving nothing behind.
+func TestDaemonStopDuringMerge(t *testing.T) {
+	for _, grace := range []time.Duration{3 * time.Minute, 0} {
+		t.Run("grace="+grace.String(), func(t *testing.T) { stopDuringMerge(t, grace) })
+	}
+}
+
+func stopDuringMerge(t *testing.T, grace time.Duration) {
+	bed := testbed.Libvirt(t)
+	g := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused, DiskMiB: 512})
+	cfg := snapshotConfig(t, "mrg", g.Name, "@every 2s", 1)
+	const big = 160 << 20
+	g.WriteDisk(t, "vda", 0, 0x11, 1<<20)
+	h := &daemon.MemoryHistory{}
+	hs := start(t, cfg, h, newClock(t0), daemon.Options{Grace: grace})
+	waitJobs(t, h, 1)
+	g.WriteDisk(t, "vda", 64<<20, 0x77, big) // into the first snapshot's overlay
+	hs.clock.waitSleeping(t, t0.Add(2*time.Second))
+	hs.clock.Advance(2 * time.Second) // snapshot 2, then snapshot 1 is merged away
+
+	merging := false
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) && !merging {
+		found, _, _, cur, end, err := bed.Conn.DomainGetBlockJobInfo(g.Dom, "vda", 0)
+		if err == nil && found > 0 {
+			t.Logf("stopping the daemon during the merge at %d of %d bytes", cur, end)
+			merging = true
+		}
+		if jobs, _ := h.Jobs(context.Background(), history.Query{}); len(jobs) == 2 && jobs[0].Outcome != history.Running {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !merging {
+		t.Fatal("the merge was never seen running: the test did not stop the daemon during it")
+	}
+	hs.stop(t)
+	jobs, _ := h.Jobs(context.Background(), history.Query{})
+	j := jobs[0]
+	t.Logf("job 2: %+v", j)
+
+	snaps := snapNames(t, bed, g)
+	first, second := name("mrg", t0), name("mrg", t0.Add(2*time.Second))
+	wantSnaps := []string{second}
+	if grace == 0 {
+		wantSnaps = []string{first, second}
+	}
+	if !slices.Equal(snaps, wantSnaps) {
+		t.Fatalf("snapshots %v after the stop, want %v", snaps, wantSnaps)
+	}
+	if chain := g.Chain(t, "vda"); len(chain) != len(snaps)+1 {
+		t.Errorf("chain %v for snapshots %v", chain, snaps)
+	}
+	if found, _, _, _, _, err := bed.Conn.DomainGetBlockJobInfo(g.Dom, "vda", 0); err != nil || found > 0 {
+		t.Errorf("a block job still runs on vda after the stop (%v)", err)
+	}
+	jdir := filepath.Join(cfg.StateDir, "journal")
+	keys, err := journal.Open(jdir).Keys("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case grace > 0 && (j.Outcome != history.OK || len(keys) > 0):
+		t.Errorf("with a grace period: job %s, journal %v; want the merge finished, nothing to repair", j.Outcome, keys)
+	case grace == 0 && (j.Outcome != history.Aborted || len(keys) != 1):
+		t.Errorf("without a grace period: job %s, journal %v; want aborted with the partly merged snapshot journaled", j.Outcome, keys)
+	}
+	checkData := func(when string) {
+		top := g.Chain(t, "vda")[0]
+		if !bytes.Equal(testbed.ReadImage(t, top, 0, 1<<20), bytes.Repeat([]byte{0x11}, 1<<20)) {
+			t.Errorf("%s: the first MiB changed", when)
+		}
+		if !bytes.Equal(testbed.ReadImage(t, top, 64<<20, big), bytes.Repeat([]byte{0x77}, big)) {
+			t.Errorf("%s: the data written before snapshot 2 changed", when)
+		}
+	}
+	checkData("after the stop")
+
+	// The next clean of the label.
+	drv, err := daemon.OpenDriver(context.Background(), driver.Config{Host: testbed.URI, StateDir: cfg.StateDir, Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drv.Close()
+	all, err := drv.Guests(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	f, _ := naming.ParseFormat(naming.DefaultFormat)
+	job := &engine.Job{Driver: drv, Label: "mrg", Keep: 1, Format: f, Location: time.UTC, Timeout: time.Minute,
+		LockDir: t.TempDir(), Out: &out}
+	var guest []driver.Guest
+	for _, x := range all {
+		if x.Name == g.Name {
+			guest = append(guest, x)
+		}
+	}
+	if _, err := job.Clean(context.Background(), guest); err != nil {
+		t.Fatalf("clean after the stop: %v\n%s", err, out.String())
+	}
+	repaired := strings.Contains(out.String(), "interrupted")
+	if repaired != (grace == 0) {
+		t.Errorf("clean after the stop (grace %s) finished an interrupted removal: %v, want %v:\n%s", grace, repaired, grace == 0, out.String())
+	}
+	if got := snapNames(t, bed, g); !slices.Equal(got, []string{second}) {
+		t.Errorf("snapshots after clean %v, want [%s]", got, second)
+	}
+	if chain := g.Chain(t, "vda"); len(chain) != 2 {
+		t.Errorf("chain after clean %v, want 2 images", chain)
+	}
+	if keys, err := journal.Open(jdir).Keys(""); err != nil || len(keys) > 0 {
+		t.Errorf("journal after clean: %v %v, want empty", keys, err)
+	}
+	checkData("after clean")
 }
