@@ -131,6 +131,20 @@ policies:
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
+	var pols []struct {
+		Name string
+		Jobs []struct {
+			Kind    string
+			LastRun time.Time `json:"last_run"`
+		}
+	}
+	if resp, err := http.Get(base + "/api/v1/policies"); err == nil {
+		_ = json.NewDecoder(resp.Body).Decode(&pols)
+		resp.Body.Close()
+	}
+	if len(pols) != 1 || len(pols[0].Jobs) != 1 || pols[0].Jobs[0].Kind != "snapshot" || pols[0].Jobs[0].LastRun.IsZero() {
+		t.Errorf("policies: %+v", pols)
+	}
 	want := snapshotList(t, d.Name, "--tree")
 	if len(want) != 5 {
 		t.Fatalf("snapshot list --tree: %+v", want)

@@ -150,6 +150,7 @@ func (b *WebBackend) Policies(ctx context.Context) ([]web.Policy, error) {
 	if err != nil {
 		return nil, err
 	}
+	jobs := b.d.Jobs()
 	var out []web.Policy
 	for _, p := range cfg.Policies {
 		wp := web.Policy{Name: p.Name, Host: p.Host, VMID: p.VMID, Tags: p.Tags, Guests: []string{}}
@@ -162,6 +163,11 @@ func (b *WebBackend) Policies(ctx context.Context) ([]web.Policy, error) {
 		for _, g := range gs {
 			if g.Policy == p.Name {
 				wp.Guests = append(wp.Guests, g.ID)
+			}
+		}
+		for _, j := range jobs {
+			if j.Policy == p.Name {
+				wp.Jobs = append(wp.Jobs, web.PolicyJob{Kind: j.Kind, Schedule: j.Schedule, LastRun: j.LastRun, Next: j.Next, Running: j.Running})
 			}
 		}
 		out = append(out, wp)

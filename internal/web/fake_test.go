@@ -220,7 +220,9 @@ func smallFleet() *fakeBackend {
 	f := newFake()
 	f.problems = []string{"policy lab: host host-c: connecting: connection refused"}
 	f.policies = []Policy{
-		{Name: "web", Host: "host-a", VMID: "web%", SnapshotSchedule: "@every 1h", BackupSchedule: "@daily", Guests: []string{"host-a/web1", "host-a/web2"}},
+		{Name: "web", Host: "host-a", VMID: "web%", SnapshotSchedule: "@every 1h", BackupSchedule: "@daily", Guests: []string{"host-a/web1", "host-a/web2"},
+			Jobs: []PolicyJob{{Kind: history.KindSnapshot, Schedule: "@every 1h", LastRun: testNow.Add(-6 * time.Minute), Next: testNow.Add(54 * time.Minute)},
+				{Kind: history.KindBackup, Schedule: "@daily", Next: testNow}}},
 		{Name: "db", Host: "host-b", VMID: "db1", SnapshotSchedule: "@every 1h", Tags: []string{"prod"}, Guests: []string{"host-b/db1"}},
 	}
 	snap := func(name, parent string, age time.Duration, current bool, c driver.Consistency, size uint64) Snapshot {

@@ -62,6 +62,12 @@ func parseTemplates() (map[string]*template.Template, error) {
 		},
 		"secs":  func(d time.Duration) string { return d.Round(time.Millisecond).String() },
 		"nsdur": func(ns int64) time.Duration { return time.Duration(ns) },
+		"until": func(now, t time.Time) string {
+			if !t.After(now) {
+				return "now"
+			}
+			return "in " + humanAge(t.Sub(now))
+		},
 	}
 	out := map[string]*template.Template{}
 	layout, err := fs.ReadFile(assets, "templates/layout.html")

@@ -141,6 +141,17 @@ type Policy struct {
 	BackupSchedule   string   `json:"backup_schedule,omitempty"`
 	// Guests are the IDs of the guests it selects now.
 	Guests []string `json:"guests"`
+	// Jobs are its scheduled jobs (snapshot, backup) with their last and next runs.
+	Jobs []PolicyJob `json:"jobs"`
+}
+
+// PolicyJob is one scheduled job of a policy.
+type PolicyJob struct {
+	Kind     history.Kind `json:"kind"`
+	Schedule string       `json:"schedule"`
+	LastRun  time.Time    `json:"last_run,omitzero"` // zero: never
+	Next     time.Time    `json:"next"`
+	Running  bool         `json:"running"`
 }
 
 // Plan is what a policy run would do now.

@@ -264,8 +264,12 @@ func TestAPIGuests(t *testing.T) {
 		t.Errorf("runs: %d %s", resp.StatusCode, body)
 	}
 	resp, body = get(t, c, srv.URL+"/api/v1/policies")
-	if resp.StatusCode != 200 || !strings.Contains(body, `"snapshot_schedule": "@every 1h"`) {
+	if resp.StatusCode != 200 || !strings.Contains(body, `"snapshot_schedule": "@every 1h"`) || !strings.Contains(body, `"next": "2026-11-30T10:54:00Z"`) {
 		t.Errorf("policies: %d %s", resp.StatusCode, body)
+	}
+	_, page := get(t, c, srv.URL+"/policies")
+	if !strings.Contains(page, "snapshot: last 6m ago, next in 54m") || !strings.Contains(page, "backup: last never, next now") {
+		t.Errorf("policies page lacks the jobs' last and next runs:\n%s", page)
 	}
 }
 
