@@ -6,7 +6,8 @@ set -euo pipefail
 pkgs=(qemu-system-x86 qemu-utils qemu-guest-agent libvirt-daemon-system libvirt-clients
       libvirt-daemon-driver-qemu linux-image-cloud-amd64 busybox-static e2fsprogs cpio
       kmod procps openssh-server openssh-client
-      virtnbdbackup) # virtnbdbackup: the comparison in bench/backup.sh
+      virtnbdbackup # virtnbdbackup: the comparison in bench/backup.sh
+      chromium) # chromium: the dashboard browser tests (internal/web)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

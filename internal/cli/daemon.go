@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -61,7 +62,10 @@ one keeps running. SIGTERM or SIGINT stops taking work; guests being worked on
 get --grace to finish, then are cancelled safely (filesystems thawed, merges
 aborted with the chains intact) and the daemon exits 0.
 
---listen ADDR serves Prometheus metrics at /metrics (off by default). Logs go to
+--listen ADDR serves Prometheus metrics at /metrics and the web dashboard with
+its JSON API at / (off by default; see docs/dashboard.md). Off loopback the
+dashboard needs the policy file's dashboard: section (TLS and a token or users);
+without them only /metrics is served. Logs go to
 stderr (--log-format text or json; text without timestamps under systemd, where
 journald adds its own). --once runs what is due now and exits, for systemd timers
 and cron: exit status 1 when a job or guest failed.`,
@@ -75,7 +79,7 @@ and cron: exit status 1 when a job or guest failed.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.Config, "config", envOr("AUTOSNAP_CONFIG", policy.DefaultPath), "policy `FILE` (env AUTOSNAP_CONFIG)")
-	f.StringVar(&o.Listen, "listen", "", "serve /metrics on `ADDR` (host:port; default off)")
+	f.StringVar(&o.Listen, "listen", "", "serve /metrics and the dashboard on `ADDR` (host:port, e.g. 127.0.0.1:8460; default off)")
 	f.StringVar(&o.LogFormat, "log-format", "text", "text or json")
 	f.BoolVar(&o.Once, "once", false, "run the jobs due now, wait for them and exit")
 	f.IntVar(&o.MaxJobs, "max-jobs", 4, "guests worked on at once by the whole daemon")
@@ -125,9 +129,16 @@ func runDaemon(ctx context.Context, g *GlobalOptions, o *DaemonOptions) error {
 	}
 	var addr net.Addr
 	if o.Listen != "" {
+		tlsCfg, err := mountDashboard(d, store, cfg, o.Listen, log)
+		if err != nil {
+			return usage(err)
+		}
 		ln, err := net.Listen("tcp", o.Listen)
 		if err != nil {
 			return usage(fmt.Errorf("--listen %s: %w", o.Listen, err))
+		}
+		if tlsCfg != nil {
+			ln = tls.NewListener(ln, tlsCfg)
 		}
 		srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		go func() {

@@ -99,7 +99,7 @@ func (p *parser) parse(data []byte) *Config {
 		return nil
 	}
 	root := doc.Content[0]
-	m := p.fields(root, "the file", "timezone", "state_dir", "connections", "policies", "monitor", "notify")
+	m := p.fields(root, "the file", "timezone", "state_dir", "connections", "policies", "monitor", "notify", "dashboard")
 	if m == nil {
 		return nil
 	}
@@ -136,6 +136,9 @@ func (p *parser) parse(data []byte) *Config {
 	}
 	if kv, ok := m["notify"]; ok {
 		p.notify(kv, &cfg.Notify)
+	}
+	if kv, ok := m["dashboard"]; ok {
+		p.dashboard(kv, &cfg.Dashboard)
 	}
 	if len(p.errs) == 0 {
 		for _, c := range cfg.staticConflicts() {

@@ -31,6 +31,8 @@ type Config struct {
 	Monitor Monitor
 	// Notify holds the failure/recovery webhook.
 	Notify Notify
+	// Dashboard configures the web dashboard (TLS, token, users).
+	Dashboard Dashboard
 }
 
 // Connection is a named hypervisor connection, any --host value.
