@@ -1,6 +1,7 @@
 package qcow2
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -173,4 +174,28 @@ func mustAllocated(t *testing.T, img string) uint64 {
 func itoa(n uint64) string {
 	b, _ := json.Marshal(n)
 	return string(b)
+}
+
+// TestAllocatedBytesFallsBackToQemuImgMap: an image the in-process readers refuse
+// (extended L2) still gets qemu-img map's answer; a readable one gets Allocated's.
+func TestAllocatedBytesFallsBackToQemuImgMap(t *testing.T) {
+	dir := t.TempDir()
+	ext := filepath.Join(dir, "ext.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", ext, "4M")
+	qemuIO(t, ext, "write -P 7 1M 256k")
+	plain := filepath.Join(dir, "plain.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", plain, "4M")
+	qemuIO(t, plain, "write -P 7 1M 256k")
+	for _, img := range []string{ext, plain} {
+		got, err := AllocatedBytes(context.Background(), img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := mapAllocated(t, img); got != want || want == 0 {
+			t.Errorf("%s: AllocatedBytes %d, qemu-img map %d", filepath.Base(img), got, want)
+		}
+	}
+	if _, err := AllocatedBytes(context.Background(), filepath.Join(dir, "missing.qcow2")); err == nil {
+		t.Error("AllocatedBytes of a missing file: no error")
+	}
 }

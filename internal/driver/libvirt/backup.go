@@ -2,7 +2,6 @@ package libvirt
 
 import (
 	"context"
-	"encoding/json"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -395,7 +394,7 @@ func (d *Driver) backupLive(ctx context.Context, g driver.Guest, dom golibvirt.D
 	}
 	res := driver.BackupResult{Instant: instant, Bytes: map[string]uint64{}}
 	for _, t := range req.Targets {
-		n, err := allocatedBytes(ctx, t.File)
+		n, err := qcow2.AllocatedBytes(ctx, t.File)
 		if err != nil {
 			return driver.BackupResult{}, fmt.Errorf("guest %s disk %s: %w", g.Name, t.Disk, err)
 		}
@@ -556,35 +555,6 @@ func (d *Driver) abortStaleBackup(ctx context.Context, dom golibvirt.Domain) err
 		time.Sleep(backupPoll)
 	}
 	return fmt.Errorf("a backup job left by an interrupted run did not stop after an abort; check virsh domjobinfo %s", dom.Name)
-}
-
-// allocatedBytes is how much data the top layer of a qcow2 file holds (its own data
-// clusters, not its backing file's, not zero clusters): read from its tables
-// in-process, through qemu-img map for images internal/qcow2 does not interpret.
-func allocatedBytes(ctx context.Context, file string) (uint64, error) {
-	if n, err := qcow2.Allocated(file); !errors.Is(err, qcow2.ErrUnsupported) {
-		return n, err
-	}
-	out, err := runCmd(ctx, "qemu-img", "map", "-U", "-f", "qcow2", "--output=json", file)
-	if err != nil {
-		return 0, err
-	}
-	var ext []struct {
-		Length uint64 `json:"length"`
-		Depth  int    `json:"depth"`
-		Data   bool   `json:"data"`
-		Zero   bool   `json:"zero"`
-	}
-	if err := json.Unmarshal(out, &ext); err != nil {
-		return 0, fmt.Errorf("qemu-img map %s: unreadable output: %w", file, err)
-	}
-	var n uint64
-	for _, e := range ext {
-		if e.Depth == 0 && e.Data && !e.Zero {
-			n += e.Length
-		}
-	}
-	return n, nil
 }
 
 // absBacking resolves a target's backing name against the target's directory, as

@@ -15,6 +15,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/autosnap/autosnap/internal/driver"
+	"github.com/autosnap/autosnap/internal/qcow2"
 )
 
 // backupOffline backs up a shut-off guest with qemu-storage-daemon on its images
@@ -222,7 +223,7 @@ func (d *Driver) backupOffline(ctx context.Context, g driver.Guest, dom golibvir
 	}
 	res := driver.BackupResult{Instant: instant, Bytes: map[string]uint64{}}
 	for _, j := range jobs {
-		n, err := allocatedBytes(ctx, j.t.File)
+		n, err := qcow2.AllocatedBytes(ctx, j.t.File)
 		if err != nil {
 			return driver.BackupResult{}, fmt.Errorf("guest %s disk %s: %w", g.Name, j.t.Disk, err)
 		}

@@ -598,41 +598,13 @@ func (d *Driver) Backup(ctx context.Context, g driver.Guest, req driver.BackupRe
 	}
 	res := driver.BackupResult{Instant: instant, Bytes: map[string]uint64{}}
 	for _, t := range req.Targets {
-		n, err := allocatedBytes(ctx, t.File)
+		n, err := qcow2.AllocatedBytes(ctx, t.File)
 		if err != nil {
 			return driver.BackupResult{}, fmt.Errorf("guest %s disk %s: %w", name, t.Disk, err)
 		}
 		res.Bytes[t.Disk] = n
 	}
 	return res, nil
-}
-
-// allocatedBytes is how much data the top layer of a qcow2 file holds (its own data
-// clusters, not its backing file's, not zero clusters).
-func allocatedBytes(ctx context.Context, file string) (uint64, error) {
-	if n, err := qcow2.Allocated(file); !errors.Is(err, qcow2.ErrUnsupported) {
-		return n, err
-	}
-	out, err := runTool(ctx, "qemu-img", "map", "-U", "-f", "qcow2", "--output=json", file)
-	if err != nil {
-		return 0, err
-	}
-	var ext []struct {
-		Length uint64 `json:"length"`
-		Depth  int    `json:"depth"`
-		Data   bool   `json:"data"`
-		Zero   bool   `json:"zero"`
-	}
-	if err := json.Unmarshal(out, &ext); err != nil {
-		return 0, fmt.Errorf("qemu-img map %s: unreadable output: %w", file, err)
-	}
-	var n uint64
-	for _, e := range ext {
-		if e.Depth == 0 && e.Data && !e.Zero {
-			n += e.Length
-		}
-	}
-	return n, nil
 }
 
 // DeleteCheckpoint implements driver.Backupper: the checkpoint's bitmap goes from
