@@ -298,7 +298,7 @@ func (b *WebBackend) collect(ctx context.Context) ([]web.Guest, map[string]strin
 			wg := web.Guest{ID: id, Name: g.Name, Host: p.Host, Node: g.Node, Policy: p.Name, State: g.State,
 				Tags: mergeTags(g.Tags, p.Tags), SnapshotCadence: snapCad, BackupCadence: backupCad, ChainDepth: 1}
 			b.fillSnapshots(ctx, h.drv, g, rec, label, &wg)
-			if rg := findRepoGuest(rguests, g); rg != nil {
+			if rg := repo.FindGuest(rguests, g.UUID, g.ID, g.Node, g.Name); rg != nil {
 				if ps, err := rg.Points(); err == nil {
 					wg.BackupPoints = len(ps)
 					for _, pt := range ps {
@@ -483,7 +483,7 @@ func (b *WebBackend) Guest(ctx context.Context, id string) (web.GuestDetail, err
 	if p := cfg.Policy(wg.Policy); p != nil && p.Backup != nil {
 		if r, err := repo.OpenExisting(p.Backup.Target); err == nil {
 			rgs, _ := r.Guests()
-			if rg := findRepoGuest(rgs, g); rg != nil {
+			if rg := repo.FindGuest(rgs, g.UUID, g.ID, g.Node, g.Name); rg != nil {
 				ps, err := rg.Points()
 				if err != nil {
 					return web.GuestDetail{}, fmt.Errorf("guest %s: reading backup points in %s: %w", wg.Name, p.Backup.Target, err)
@@ -496,27 +496,6 @@ func (b *WebBackend) Guest(ctx context.Context, id string) (web.GuestDetail, err
 		}
 	}
 	return d, nil
-}
-
-// findRepoGuest finds g's directory in a repository: by UUID, else by node and
-// numeric id, else by name.
-func findRepoGuest(gs []*repo.Guest, g driver.Guest) *repo.Guest {
-	for _, rg := range gs {
-		if g.UUID != "" && strings.EqualFold(rg.ID.UUID, g.UUID) {
-			return rg
-		}
-	}
-	for _, rg := range gs {
-		if g.UUID == "" && g.ID > 0 && rg.ID.ID == g.ID && rg.ID.Node == g.Node {
-			return rg
-		}
-	}
-	for _, rg := range gs {
-		if g.UUID == "" && rg.ID.Name == g.Name {
-			return rg
-		}
-	}
-	return nil
 }
 
 // RunPolicy implements web.Backend: it starts the policy's snapshot job (or its

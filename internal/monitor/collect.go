@@ -233,7 +233,7 @@ func checkGuest(ctx context.Context, c guestCheck) (Guest, []string) {
 	}
 	if c.backupCad > 0 {
 		mg.Backup.Cadence = c.backupCad
-		if rg := findRepoGuest(c.rguests, g); rg != nil {
+		if rg := repo.FindGuest(c.rguests, g.UUID, g.ID, g.Node, g.Name); rg != nil {
 			ps, err := rg.Points()
 			if err != nil {
 				unknown = append(unknown, fmt.Sprintf("policy %s: guest %s: reading backup points in %s failed: %v", p.Name, g.Name, p.Backup.Target, err))
@@ -316,27 +316,6 @@ func newestSnapshot(ctx context.Context, d driver.Driver, g driver.Guest, rec na
 		}
 		if r.Time.After(it.Newest) {
 			it.Newest, it.Name = r.Time, s.Name
-		}
-	}
-	return nil
-}
-
-// findRepoGuest finds g's directory in a repository: by UUID, else by node and
-// numeric id, else by name.
-func findRepoGuest(gs []*repo.Guest, g driver.Guest) *repo.Guest {
-	for _, rg := range gs {
-		if g.UUID != "" && strings.EqualFold(rg.ID.UUID, g.UUID) {
-			return rg
-		}
-	}
-	for _, rg := range gs {
-		if g.UUID == "" && g.ID > 0 && rg.ID.ID == g.ID && rg.ID.Node == g.Node {
-			return rg
-		}
-	}
-	for _, rg := range gs {
-		if g.UUID == "" && rg.ID.Name == g.Name {
-			return rg
 		}
 	}
 	return nil

@@ -352,3 +352,27 @@ func (g *Guest) lockReaders(ctx context.Context) (unlock func(), err error) {
 	}
 	return unlock, nil
 }
+
+// FindGuest finds a live guest's directory among gs: by UUID when the guest has one,
+// else by node and numeric id, else by name. Nil when none matches.
+func FindGuest(gs []*Guest, uuid string, id int, node, name string) *Guest {
+	for _, rg := range gs {
+		if uuid != "" && strings.EqualFold(rg.ID.UUID, uuid) {
+			return rg
+		}
+	}
+	if uuid != "" {
+		return nil
+	}
+	for _, rg := range gs {
+		if id > 0 && rg.ID.ID == id && rg.ID.Node == node {
+			return rg
+		}
+	}
+	for _, rg := range gs {
+		if rg.ID.Name == name {
+			return rg
+		}
+	}
+	return nil
+}
