@@ -12,6 +12,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -217,6 +218,12 @@ func safeNext(n string) string {
 }
 
 func (s *server) loginPost(w http.ResponseWriter, r *http.Request) {
+	client := clientOf(r.RemoteAddr)
+	if no, wait := s.logins.blocked(client); no {
+		w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
+		httpError(w, r, http.StatusTooManyRequests, fmt.Sprintf("too many failed logins from this address: try again in %d s", int(wait.Seconds())+1))
+		return
+	}
 	user, pass := r.PostFormValue("user"), r.PostFormValue("password")
 	ok := false
 	switch {
@@ -232,6 +239,7 @@ func (s *server) loginPost(w http.ResponseWriter, r *http.Request) {
 		ok = bcrypt.CompareHashAndPassword([]byte(h), []byte(pass)) == nil && known
 	}
 	if !ok {
+		s.logins.failed(client)
 		w.WriteHeader(http.StatusUnauthorized)
 		s.render(w, r, "login", map[string]any{"Next": safeNext(r.PostFormValue("next")), "Failed": true, "User": r.PostFormValue("user")})
 		return
@@ -239,6 +247,7 @@ func (s *server) loginPost(w http.ResponseWriter, r *http.Request) {
 	if a := authOf(r.Context()); a.sess != nil {
 		s.sess.drop(a.sess.id)
 	}
+	s.logins.succeeded(client)
 	sess := s.sess.create(user)
 	s.setCookie(w, sess)
 	http.Redirect(w, r, safeNext(r.PostFormValue("next")), http.StatusSeeOther)

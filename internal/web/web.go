@@ -234,7 +234,9 @@ type server struct {
 	auth bool // authentication required
 	tmpl map[string]*template.Template
 	sess *sessions
-	mux  *http.ServeMux
+	// logins throttles failed logins per client address.
+	logins *loginThrottle
+	mux    *http.ServeMux
 	// dummyHash is compared against for unknown users.
 	dummyHash string
 }
@@ -280,7 +282,7 @@ func New(b Backend, o Options) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &server{b: b, o: o, auth: hasAuth, tmpl: tm, sess: newSessions(o.SessionTTL, o.Now)}
+	s := &server{b: b, o: o, auth: hasAuth, tmpl: tm, sess: newSessions(o.SessionTTL, o.Now), logins: newLoginThrottle(o.Now)}
 	if len(o.Users) > 0 {
 		h, err := bcrypt.GenerateFromPassword([]byte(randomID()), bcrypt.DefaultCost)
 		if err != nil {
