@@ -502,17 +502,21 @@ func (b *WebBackend) Guest(ctx context.Context, id string) (web.GuestDetail, err
 // backup job when it has no snapshots) now through Trigger, as its schedule would,
 // and returns the job's ID. A dry run records the plan of the next day as a dry-run
 // job and touches no guest.
-func (b *WebBackend) RunPolicy(ctx context.Context, name string, dryRun bool) (int64, error) {
-	if dryRun {
-		return b.dryRun(ctx, name)
-	}
+func (b *WebBackend) RunPolicy(ctx context.Context, name string, kind history.Kind, dryRun bool) (int64, error) {
 	p := b.d.Config().Policy(name)
 	if p == nil {
 		return 0, fmt.Errorf("policy %s: %w in %s", name, web.ErrNotFound, b.d.Config().Path)
 	}
-	kind := history.KindSnapshot
-	if p.Snapshot == nil {
+	switch {
+	case kind == "" && p.Snapshot == nil:
 		kind = history.KindBackup
+	case kind == "":
+		kind = history.KindSnapshot
+	case kind == history.KindSnapshot && p.Snapshot == nil, kind == history.KindBackup && p.Backup == nil:
+		return 0, fmt.Errorf("policy %s has no %s job: %w", name, kind, web.ErrNotFound)
+	}
+	if dryRun {
+		return b.dryRun(ctx, name, kind)
 	}
 	key := jobKey{name, kind}
 	got := make(chan int64, 1)
@@ -592,12 +596,12 @@ func (b *WebBackend) PlanPolicy(ctx context.Context, name string) (web.Plan, err
 			}
 		}
 	}
-	out.JobID, err = b.dryRun(ctx, name)
+	out.JobID, err = b.dryRun(ctx, name, "")
 	return out, err
 }
 
 // dryRun records the policy's next planned run of each guest as a dry-run job.
-func (b *WebBackend) dryRun(ctx context.Context, name string) (int64, error) {
+func (b *WebBackend) dryRun(ctx context.Context, name string, kind history.Kind) (int64, error) {
 	pp, now, err := b.planOf(name)
 	if err != nil {
 		return 0, err
@@ -606,9 +610,11 @@ func (b *WebBackend) dryRun(ctx context.Context, name string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	kind := history.KindSnapshot
-	if pp.Snapshot == nil {
-		kind = history.KindBackup
+	if kind == "" {
+		kind = history.KindSnapshot
+		if pp.Snapshot == nil {
+			kind = history.KindBackup
+		}
 	}
 	rec := b.d.o.Recorder
 	id, err := rec.Begin(ctx, history.Job{Policy: name, Kind: kind, Trigger: TriggerWeb, DryRun: true, Started: now, Outcome: history.Running})
@@ -620,8 +626,11 @@ func (b *WebBackend) dryRun(ctx context.Context, name string) (int64, error) {
 			continue
 		}
 		gr := history.GuestRun{Host: g.Host, Guest: g.Name, Started: now, Ended: now, Outcome: history.Skipped, Error: "dry run: nothing changed"}
-		if s := pp.Snapshot; s != nil && len(s.Runs) > 0 {
-			gr.Created = []string{s.Runs[0].Name}
+		switch {
+		case kind == history.KindSnapshot && pp.Snapshot != nil && len(pp.Snapshot.Runs) > 0:
+			gr.Created = []string{pp.Snapshot.Runs[0].Name}
+		case kind == history.KindBackup && pp.Backup != nil && len(pp.Backup.Runs) > 0:
+			gr.Error = "dry run: nothing changed; the backup would be " + pp.Backup.Runs[0].Level
 		}
 		if err := rec.Guest(ctx, id, gr); err != nil {
 			return id, err

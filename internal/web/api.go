@@ -129,16 +129,23 @@ func (s *server) apiProblems(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// apiRunPolicy starts a policy run. Body (optional): {"dry_run": true}.
+// apiRunPolicy starts a policy run. Body (optional): {"dry_run": true, "kind":
+// "snapshot"|"backup"} (no kind: the policy's snapshot job, else its backup job).
 func (s *server) apiRunPolicy(w http.ResponseWriter, r *http.Request) {
 	var body struct {
-		DryRun bool `json:"dry_run"`
+		DryRun bool   `json:"dry_run"`
+		Kind   string `json:"kind"`
 	}
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&body); err != nil && err != io.EOF {
 		httpError(w, r, http.StatusBadRequest, "body: "+err.Error())
 		return
 	}
-	id, err := s.b.RunPolicy(r.Context(), r.PathValue("name"), body.DryRun)
+	kind, ok := runKind(body.Kind)
+	if !ok {
+		httpError(w, r, http.StatusBadRequest, "kind: use snapshot or backup")
+		return
+	}
+	id, err := s.b.RunPolicy(r.Context(), r.PathValue("name"), kind, body.DryRun)
 	if err != nil {
 		s.fail(w, r, err)
 		return

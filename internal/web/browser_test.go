@@ -297,7 +297,7 @@ func TestBrowserLiveRun(t *testing.T) {
 	gate := f.gate
 	f.mu.Unlock()
 	delete(f.failing, "host-a/web2")
-	id2, err := f.RunPolicy(t.Context(), "web", false)
+	id2, err := f.RunPolicy(t.Context(), "web", "", false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -135,17 +135,24 @@ func (f *fakeBackend) policy(name string) (Policy, error) {
 	return Policy{}, fmt.Errorf("policy %s: %w", name, ErrNotFound)
 }
 
-func (f *fakeBackend) RunPolicy(ctx context.Context, name string, dryRun bool) (int64, error) {
+func (f *fakeBackend) RunPolicy(ctx context.Context, name string, kind history.Kind, dryRun bool) (int64, error) {
 	p, err := f.policy(name)
 	if err != nil {
 		return 0, err
 	}
-	id := f.addJob(history.Job{Policy: name, Kind: history.KindSnapshot, Trigger: "web", DryRun: dryRun, Started: testNow, Outcome: history.Running})
+	if kind == "" {
+		kind = history.KindSnapshot
+	}
+	id := f.addJob(history.Job{Policy: name, Kind: kind, Trigger: "web", DryRun: dryRun, Started: testNow, Outcome: history.Running})
 	f.mu.Lock()
-	f.actions = append(f.actions, fmt.Sprintf("run %s dry=%v", name, dryRun))
+	if kind == history.KindSnapshot {
+		f.actions = append(f.actions, fmt.Sprintf("run %s dry=%v", name, dryRun))
+	} else {
+		f.actions = append(f.actions, fmt.Sprintf("run %s %s dry=%v", name, kind, dryRun))
+	}
 	gate := f.gate
 	f.mu.Unlock()
-	f.Publish(Event{Type: "job-start", JobID: id, Policy: name, Kind: history.KindSnapshot, Trigger: "web", DryRun: dryRun, Total: len(p.Guests), Time: testNow})
+	f.Publish(Event{Type: "job-start", JobID: id, Policy: name, Kind: kind, Trigger: "web", DryRun: dryRun, Total: len(p.Guests), Time: testNow})
 	go func() {
 		if gate != nil {
 			<-gate

@@ -275,16 +275,39 @@ func (s *server) policiesPage(w http.ResponseWriter, r *http.Request) {
 type confirmation struct {
 	Action, Target, What, URL string
 	DryRun                    bool
+	// Kind is the job a run or dry run starts ("": the policy's first job).
+	Kind history.Kind
+}
+
+// runKind reads the kind of job a run asks for: "", snapshot or backup.
+func runKind(v string) (history.Kind, bool) {
+	switch k := history.Kind(v); k {
+	case "", history.KindSnapshot, history.KindBackup:
+		return k, true
+	}
+	return "", false
 }
 
 func (s *server) confirmPage(w http.ResponseWriter, r *http.Request) {
 	t := r.PathValue("target")
 	c := confirmation{Action: r.PathValue("action"), Target: t}
+	kind, ok := runKind(r.URL.Query().Get("kind"))
+	if !ok {
+		httpError(w, r, http.StatusBadRequest, "kind: use snapshot or backup")
+		return
+	}
+	job := "its snapshots/backups"
+	switch kind {
+	case history.KindSnapshot:
+		job = "its snapshot job"
+	case history.KindBackup:
+		job = "its backup job"
+	}
 	switch c.Action {
 	case "run":
-		c.What, c.URL = "Run policy "+t+" now: take its snapshots/backups and apply its retention.", "/policies/"+url.PathEscape(t)+"/run"
+		c.What, c.URL, c.Kind = "Run policy "+t+" now: "+job+", with its retention.", "/policies/"+url.PathEscape(t)+"/run", kind
 	case "dryrun":
-		c.What, c.URL, c.DryRun = "Dry run of policy "+t+": go through every guest, change nothing.", "/policies/"+url.PathEscape(t)+"/run", true
+		c.What, c.URL, c.DryRun, c.Kind = "Dry run of policy "+t+" ("+job+"): go through every guest, change nothing.", "/policies/"+url.PathEscape(t)+"/run", true, kind
 	case "plan":
 		c.What, c.URL = "Plan policy "+t+": show what a run now would take and keep, with reasons.", "/policies/"+url.PathEscape(t)+"/plan"
 	case "verify":
@@ -310,7 +333,11 @@ func confirmed(w http.ResponseWriter, r *http.Request, action, target string) bo
 	if r.PostFormValue("confirm") == "yes" {
 		return true
 	}
-	http.Redirect(w, r, "/confirm/"+action+"/"+url.PathEscape(target), http.StatusSeeOther)
+	to := "/confirm/" + action + "/" + url.PathEscape(target)
+	if k := r.PostFormValue("kind"); k != "" {
+		to += "?kind=" + url.QueryEscape(k)
+	}
+	http.Redirect(w, r, to, http.StatusSeeOther)
 	return false
 }
 
@@ -321,10 +348,15 @@ func (s *server) runPost(w http.ResponseWriter, r *http.Request) {
 	if dry {
 		action = "dryrun"
 	}
+	kind, ok := runKind(r.PostFormValue("kind"))
+	if !ok {
+		httpError(w, r, http.StatusBadRequest, "kind: use snapshot or backup")
+		return
+	}
 	if !confirmed(w, r, action, name) {
 		return
 	}
-	id, err := s.b.RunPolicy(r.Context(), name, dry)
+	id, err := s.b.RunPolicy(r.Context(), name, kind, dry)
 	if err != nil {
 		s.fail(w, r, err)
 		return

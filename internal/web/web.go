@@ -54,9 +54,10 @@ type Backend interface {
 	// Subscribe delivers live job events until cancel is called. A slow subscriber
 	// may miss events; it must not block the jobs.
 	Subscribe() (events <-chan Event, cancel func())
-	// RunPolicy starts a job of the policy now (a dry run changes nothing) and returns
-	// its history job ID without waiting for it to end.
-	RunPolicy(ctx context.Context, policy string, dryRun bool) (jobID int64, err error)
+	// RunPolicy starts the policy's job of that kind now (a dry run changes nothing)
+	// and returns its history job ID without waiting for it to end. Kind "" is the
+	// policy's snapshot job, or its backup job when it takes no snapshots.
+	RunPolicy(ctx context.Context, policy string, kind history.Kind, dryRun bool) (jobID int64, err error)
 	// PlanPolicy says what running the policy now would take and keep, with reasons,
 	// and records it as a dry-run job.
 	PlanPolicy(ctx context.Context, policy string) (Plan, error)

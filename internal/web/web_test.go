@@ -441,3 +441,42 @@ func mustJobs(t *testing.T, b Backend) []historyJob {
 	}
 	return js
 }
+
+// TestRunEachJobKind: a policy with a snapshot and a backup job offers "run now" for
+// each; the chosen kind goes through the confirmation to the backend, and an unknown
+// kind is refused.
+func TestRunEachJobKind(t *testing.T) {
+	f := smallFleet()
+	srv := serve(t, f, Options{})
+	c := client(t, srv)
+	_, page := get(t, c, srv.URL+"/policies")
+	for _, want := range []string{`href="/confirm/run/web?kind=snapshot"`, `href="/confirm/run/web?kind=backup"`, `href="/confirm/run/db"`} {
+		if !strings.Contains(page, want) {
+			t.Errorf("policies page lacks %s", want)
+		}
+	}
+	resp, page := get(t, c, srv.URL+"/confirm/run/web?kind=backup")
+	if resp.StatusCode != 200 || !strings.Contains(page, `name="kind" value="backup"`) || !strings.Contains(page, "its backup job") {
+		t.Fatalf("confirmation of a backup run: %d\n%s", resp.StatusCode, page)
+	}
+	tok := csrfOf(t, page)
+	// Without the confirmation the kind survives the detour through the confirm page.
+	if resp, _ := post(t, c, srv.URL+"/policies/web/run", "application/x-www-form-urlencoded", "kind=backup&csrf="+tok); resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/confirm/run/web?kind=backup" {
+		t.Errorf("unconfirmed run: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if resp, _ := post(t, c, srv.URL+"/policies/web/run", "application/x-www-form-urlencoded", "kind=backup&confirm=yes&csrf="+tok); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("confirmed backup run: %d", resp.StatusCode)
+	}
+	if resp, _ := post(t, c, srv.URL+"/policies/web/run", "application/x-www-form-urlencoded", "kind=reboot&confirm=yes&csrf="+tok); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("unknown kind: %d, want 400", resp.StatusCode)
+	}
+	if resp, body := post(t, c, srv.URL+"/api/v1/policies/web/run", "application/json", `{"kind":"backup","dry_run":true}`, "X-CSRF-Token", tok); resp.StatusCode != http.StatusAccepted {
+		t.Errorf("API backup dry run: %d %s", resp.StatusCode, body)
+	}
+	f.mu.Lock()
+	got := strings.Join(f.actions, "; ")
+	f.mu.Unlock()
+	if got != "run web backup dry=false; run web backup dry=true" {
+		t.Errorf("backend saw %q", got)
+	}
+}
