@@ -192,9 +192,19 @@ func TestDebInstall(t *testing.T) {
 		}
 	}
 	unit, _ := os.ReadFile(in("/lib/systemd/system/autosnap.service"))
-	for _, want := range []string{"\nExecStart=/usr/bin/autosnap daemon --config /etc/autosnap/autosnap.yaml\n", "\nKillSignal=SIGTERM\n", "\nRestart=on-failure\n", "\nStateDirectoryMode=0700\n"} {
+	for _, want := range []string{"\nExecStart=/usr/bin/autosnap daemon --config /etc/autosnap/autosnap.yaml --grace 10m\n", "\nKillSignal=SIGTERM\n", "\nRestart=on-failure\n", "\nStateDirectoryMode=0700\n"} {
 		if !strings.Contains(string(unit), want) {
 			t.Errorf("autosnap.service lacks %q", strings.TrimSpace(want))
+		}
+	}
+	// The installed binary accepts the unit's command line (its flags are parsed before
+	// --help is honoured, so a value it cannot read fails here, not at boot).
+	for _, line := range strings.Split(string(unit), "\n") {
+		if cmdline, ok := strings.CutPrefix(line, "ExecStart="); ok {
+			args := strings.Fields(cmdline)
+			if out, err := exec.Command(in(args[0]), append(args[1:], "--help")...).CombinedOutput(); err != nil {
+				t.Errorf("the unit's ExecStart is refused by the installed binary: %v\n%s", err, out)
+			}
 		}
 	}
 	verify := filepath.Join(dir, "verify")
