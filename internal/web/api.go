@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/autosnap/autosnap/internal/history"
 )
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -42,19 +41,9 @@ func (s *server) apiGuests(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) apiGuest(w http.ResponseWriter, r *http.Request) {
-	d, err := s.b.Guest(r.Context(), r.PathValue("id"))
-	if err != nil {
-		s.fail(w, r, err)
+	d, runs, ok := s.guestWithRuns(w, r)
+	if !ok {
 		return
-	}
-	jobs, err := s.b.Jobs(r.Context(), history.Query{Guest: d.Name, Limit: 50})
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	runs := []jobView{}
-	for _, j := range jobs {
-		runs = append(runs, s.jobView(j))
 	}
 	tree := []treeRow{}
 	tree = append(tree, snapshotTree(d.Snapshots)...)

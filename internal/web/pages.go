@@ -202,20 +202,30 @@ func (s *server) overviewPage(w http.ResponseWriter, r *http.Request) {
 	s.render(w, r, "overview", o)
 }
 
-func (s *server) guestPage(w http.ResponseWriter, r *http.Request) {
+// guestWithRuns reads the guest the request names and its 50 newest runs; it answers
+// the request itself on error.
+func (s *server) guestWithRuns(w http.ResponseWriter, r *http.Request) (GuestDetail, []jobView, bool) {
 	d, err := s.b.Guest(r.Context(), r.PathValue("id"))
 	if err != nil {
 		s.fail(w, r, err)
-		return
+		return d, nil, false
 	}
 	jobs, err := s.b.Jobs(r.Context(), history.Query{Guest: d.Name, Limit: 50})
 	if err != nil {
 		s.fail(w, r, err)
-		return
+		return d, nil, false
 	}
-	var runs []jobView
+	runs := []jobView{}
 	for _, j := range jobs {
 		runs = append(runs, s.jobView(j))
+	}
+	return d, runs, true
+}
+
+func (s *server) guestPage(w http.ResponseWriter, r *http.Request) {
+	d, runs, ok := s.guestWithRuns(w, r)
+	if !ok {
+		return
 	}
 	s.render(w, r, "guest", map[string]any{
 		"Title": d.Name, "G": s.view(d.Guest), "Tree": snapshotTree(d.Snapshots),
