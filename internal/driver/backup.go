@@ -2,6 +2,8 @@ package driver
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"time"
 )
 
@@ -115,4 +117,44 @@ type Backupper interface {
 	// losing the changes later checkpoints track. It returns an error wrapping
 	// ErrNotFound when there is no such checkpoint.
 	DeleteCheckpoint(ctx context.Context, g Guest, name string) error
+}
+
+// CheckpointPrefix starts the name of every checkpoint (and bitmap) autosnap creates;
+// drivers never touch one without it.
+const CheckpointPrefix = "autosnap-"
+
+// Check validates r for guest as every Backupper must before doing anything: a known
+// level, the checkpoint an inc or diff starts from, autosnap's own checkpoint names,
+// and a target file per disk with a backing file only for inc and diff.
+func (r BackupRequest) Check(guest string) error {
+	switch r.Level {
+	case LevelFull, LevelCopy:
+	case LevelInc, LevelDiff:
+		if r.Since == "" {
+			return fmt.Errorf("guest %s: an %s backup needs the checkpoint it starts from", guest, r.Level)
+		}
+	default:
+		return fmt.Errorf("guest %s: unknown backup level %q", guest, r.Level)
+	}
+	if r.Level == LevelCopy && r.Checkpoint != "" {
+		return fmt.Errorf("guest %s: a copy creates no checkpoint, but checkpoint %s was asked for", guest, r.Checkpoint)
+	}
+	if r.Level != LevelCopy && !strings.HasPrefix(r.Checkpoint, CheckpointPrefix) {
+		return fmt.Errorf("guest %s: a %s backup creates a checkpoint named %s…, not %q", guest, r.Level, CheckpointPrefix, r.Checkpoint)
+	}
+	if r.Since != "" && !strings.HasPrefix(r.Since, CheckpointPrefix) {
+		return fmt.Errorf("guest %s: checkpoint %s is not autosnap's; backups only start from autosnap's own", guest, r.Since)
+	}
+	if len(r.Targets) == 0 {
+		return fmt.Errorf("guest %s: the backup names no disk", guest)
+	}
+	for _, t := range r.Targets {
+		if t.File == "" {
+			return fmt.Errorf("guest %s disk %s: no target file", guest, t.Disk)
+		}
+		if t.Backing != "" && r.Level != LevelInc && r.Level != LevelDiff {
+			return fmt.Errorf("guest %s disk %s: a %s backup has no backing file", guest, t.Disk, r.Level)
+		}
+	}
+	return nil
 }

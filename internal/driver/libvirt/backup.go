@@ -190,7 +190,7 @@ type backupDiskXML struct {
 // the bitmap marks; blocks that became zero are written as zero clusters, which hide
 // the backing file's data (TestBackupZeroedRegion).
 func (d *Driver) Backup(ctx context.Context, g driver.Guest, req driver.BackupRequest) (driver.BackupResult, error) {
-	if err := checkRequest(g, req); err != nil {
+	if err := req.Check(g.Name); err != nil {
 		return driver.BackupResult{}, err
 	}
 	if !d.local {
@@ -222,39 +222,6 @@ func (d *Driver) Backup(ctx context.Context, g driver.Guest, req driver.BackupRe
 		return d.backupOffline(ctx, g, dom, x, disks, req)
 	}
 	return d.backupLive(ctx, g, dom, x, disks, req)
-}
-
-func checkRequest(g driver.Guest, req driver.BackupRequest) error {
-	switch req.Level {
-	case driver.LevelFull, driver.LevelCopy:
-	case driver.LevelInc, driver.LevelDiff:
-		if req.Since == "" {
-			return fmt.Errorf("guest %s: an %s backup needs the checkpoint it starts from", g.Name, req.Level)
-		}
-	default:
-		return fmt.Errorf("guest %s: unknown backup level %q", g.Name, req.Level)
-	}
-	if req.Level == driver.LevelCopy && req.Checkpoint != "" {
-		return fmt.Errorf("guest %s: a copy creates no checkpoint, but checkpoint %s was asked for", g.Name, req.Checkpoint)
-	}
-	if req.Level != driver.LevelCopy && !IsOwnCheckpoint(req.Checkpoint) {
-		return fmt.Errorf("guest %s: a %s backup creates a checkpoint named %s…, not %q", g.Name, req.Level, CheckpointPrefix, req.Checkpoint)
-	}
-	if req.Since != "" && !IsOwnCheckpoint(req.Since) {
-		return fmt.Errorf("guest %s: checkpoint %s is not autosnap's; backups only start from autosnap's own", g.Name, req.Since)
-	}
-	if len(req.Targets) == 0 {
-		return fmt.Errorf("guest %s: the backup names no disk", g.Name)
-	}
-	for _, t := range req.Targets {
-		if t.File == "" {
-			return fmt.Errorf("guest %s disk %s: no target file", g.Name, t.Disk)
-		}
-		if t.Backing != "" && req.Level != driver.LevelInc && req.Level != driver.LevelDiff {
-			return fmt.Errorf("guest %s disk %s: a %s backup has no backing file", g.Name, t.Disk, req.Level)
-		}
-	}
-	return nil
 }
 
 // incremental reports whether disk t is copied relative to req.Since: an inc or diff of

@@ -20,7 +20,7 @@ import (
 // CheckpointPrefix starts the name of every checkpoint (and dirty bitmap) autosnap
 // creates. Checkpoints without it belong to someone else and are never listed, used or
 // removed.
-const CheckpointPrefix = "autosnap-"
+const CheckpointPrefix = driver.CheckpointPrefix
 
 // IsOwnCheckpoint reports whether a checkpoint name is one of autosnap's.
 func IsOwnCheckpoint(name string) bool { return strings.HasPrefix(name, CheckpointPrefix) }

@@ -162,7 +162,7 @@ func undo(ctx context.Context, s *session, p *bkPending, dropCheckpoint bool) er
 	if err != nil {
 		return err
 	}
-	var bs []bkBlockInfo
+	var bs []blockInfo
 	if err := m.Execute(ctx, "query-block", nil, &bs); err != nil {
 		return err
 	}
@@ -270,39 +270,6 @@ func (d *Driver) BackupSource(ctx context.Context, g driver.Guest) (driver.Backu
 	return src, nil
 }
 
-func checkRequest(g driver.Guest, req driver.BackupRequest) error {
-	switch req.Level {
-	case driver.LevelFull, driver.LevelCopy:
-	case driver.LevelInc, driver.LevelDiff:
-		if req.Since == "" {
-			return fmt.Errorf("guest %s: an %s backup needs the checkpoint it starts from", g.Name, req.Level)
-		}
-	default:
-		return fmt.Errorf("guest %s: unknown backup level %q", g.Name, req.Level)
-	}
-	if req.Level == driver.LevelCopy && req.Checkpoint != "" {
-		return fmt.Errorf("guest %s: a copy creates no checkpoint, but checkpoint %s was asked for", g.Name, req.Checkpoint)
-	}
-	if req.Level != driver.LevelCopy && !strings.HasPrefix(req.Checkpoint, CheckpointPrefix) {
-		return fmt.Errorf("guest %s: a %s backup creates a checkpoint named %s…, not %q", g.Name, req.Level, CheckpointPrefix, req.Checkpoint)
-	}
-	if req.Since != "" && !strings.HasPrefix(req.Since, CheckpointPrefix) {
-		return fmt.Errorf("guest %s: checkpoint %s is not autosnap's; backups only start from autosnap's own", g.Name, req.Since)
-	}
-	if len(req.Targets) == 0 {
-		return fmt.Errorf("guest %s: the backup names no disk", g.Name)
-	}
-	for _, t := range req.Targets {
-		if t.File == "" {
-			return fmt.Errorf("guest %s disk %s: no target file", g.Name, t.Disk)
-		}
-		if t.Backing != "" && req.Level != driver.LevelInc && req.Level != driver.LevelDiff {
-			return fmt.Errorf("guest %s disk %s: a %s backup has no backing file", g.Name, t.Disk, req.Level)
-		}
-	}
-	return nil
-}
-
 // createFile creates a qcow2 file of size bytes, mode 0600, on backing when not "".
 func createFile(ctx context.Context, file string, size uint64, backing string) error {
 	if _, err := os.Lstat(file); err == nil {
@@ -363,7 +330,7 @@ func fleeceFile(ctx context.Context, x bkDisk, target string) (string, error) {
 // by QEMU without their backing chain: blocks that became zero are written as zero
 // clusters.
 func (d *Driver) Backup(ctx context.Context, g driver.Guest, req driver.BackupRequest) (driver.BackupResult, error) {
-	if err := checkRequest(g, req); err != nil {
+	if err := req.Check(g.Name); err != nil {
 		return driver.BackupResult{}, err
 	}
 	v, err := d.openBk(ctx, g)

@@ -17,7 +17,7 @@ import (
 // persistent dirty bitmap that holds it in each disk's image. Bitmaps without it
 // belong to someone else (qmpbackup-…, a user's) and are never used or removed,
 // except qmpbackup's on explicit request (RemoveQMPBackupBitmaps).
-const CheckpointPrefix = "autosnap-"
+const CheckpointPrefix = driver.CheckpointPrefix
 
 // bkSuffix ends the name of a guest's backup sidecar, beside NAME.autosnap.json:
 // checkpoints and the journal of a backup in progress.
@@ -187,27 +187,10 @@ type bkDisk struct {
 	Bitmaps []qbitmap
 }
 
-type bkBlockInfo struct {
-	Device   string `json:"device"`
-	Qdev     string `json:"qdev"`
-	Inserted *struct {
-		NodeName string `json:"node-name"`
-		File     string `json:"file"`
-		Drv      string `json:"drv"`
-		RO       bool   `json:"ro"`
-		Image    struct {
-			Filename    string `json:"filename"`
-			Format      string `json:"format"`
-			VirtualSize uint64 `json:"virtual-size"`
-		} `json:"image"`
-		Bitmaps []qbitmap `json:"dirty-bitmaps"`
-	} `json:"inserted"`
-}
-
 // bkDisks lists the running guest's writable disks with their bitmaps, named as
 // queryDisks names them (drive id, else qdev id, else node name).
 func bkDisks(ctx context.Context, s *session) ([]bkDisk, error) {
-	var bs []bkBlockInfo
+	var bs []blockInfo
 	if err := s.m.Execute(ctx, "query-block", nil, &bs); err != nil {
 		return nil, fmt.Errorf("guest %s: query-block: %w", s.e.name, err)
 	}

@@ -138,7 +138,7 @@ func peerPid(m *qc.Monitor) int {
 	return pid
 }
 
-// blockInfo is the part of query-block autosnap reads.
+// blockInfo is the part of query-block autosnap reads (snapshots and backups).
 type blockInfo struct {
 	Device   string `json:"device"`
 	Qdev     string `json:"qdev"`
@@ -148,10 +148,12 @@ type blockInfo struct {
 		Drv      string `json:"drv"`
 		RO       bool   `json:"ro"`
 		Image    struct {
-			Filename  string     `json:"filename"`
-			Format    string     `json:"format"`
-			Snapshots []snapInfo `json:"snapshots"`
+			Filename    string     `json:"filename"`
+			Format      string     `json:"format"`
+			VirtualSize uint64     `json:"virtual-size"`
+			Snapshots   []snapInfo `json:"snapshots"`
 		} `json:"image"`
+		Bitmaps []qbitmap `json:"dirty-bitmaps"`
 	} `json:"inserted"`
 }
 
