@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strconv"
 	"time"
-
 )
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
