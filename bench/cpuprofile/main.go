@@ -3,6 +3,7 @@
 //
 //	go run ./bench/cpuprofile -o /tmp/cpu.out -n 3 -- --vmid 'astbench-st-%' status
 //	go tool pprof -top /tmp/cpu.out
+//	go run ./bench/cpuprofile -o /tmp/cpu.out -mem /tmp/mem.out -- status; go tool pprof -sample_index=alloc_space -top /tmp/mem.out
 package main
 
 import (
@@ -35,6 +36,7 @@ func init() {
 func main() {
 	out := flag.String("o", "cpu.out", "profile file")
 	n := flag.Int("n", 1, "runs")
+	mem := flag.String("mem", "", "also write an allocation profile (alloc_space) to this file")
 	flag.Parse()
 	f, err := os.Create(*out)
 	if err != nil {
@@ -52,7 +54,27 @@ func main() {
 		}
 	}
 	pprof.StopCPUProfile()
+	if *mem != "" {
+		if err := writeHeap(*mem); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
 	fmt.Printf("per run: wall %.3f s, CPU %.3f s\n", time.Since(t0).Seconds()/float64(*n), (cpu()-c0).Seconds()/float64(*n))
+}
+
+// writeHeap writes the allocation profile; go tool pprof -sample_index=alloc_space reads
+// where the runs allocated, which is what page faults and GC cost in status follow.
+func writeHeap(name string) error {
+	f, err := os.Create(name)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 func cpu() time.Duration {

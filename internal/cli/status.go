@@ -128,7 +128,7 @@ func runStatus(ctx context.Context, g *GlobalOptions, o *StatusOptions) error {
 			columns = append(slices.Clone(columns), report.Column{Header: "KEEP", Key: "keep"})
 		}
 	}
-	t := report.Table{Columns: columns}
+	t := report.Table{Columns: columns, Rows: make([][]any, 0, len(rows))}
 	for _, r := range rows {
 		var tm any = r.Time.Local().Format("2006-01-02 15:04:05")
 		if machine {

@@ -145,7 +145,7 @@ func validNameRune(r rune) bool {
 // them), nothing else is: a description an admin edited — "cv4pve-autosnap\nkeep me",
 // or any other line added — is no longer ours, and retention never touches it.
 func IsOurs(description string) bool {
-	_, ok := parseOurs(description)
+	_, ok := parseOurs(description, false)
 	return ok
 }
 
@@ -166,21 +166,35 @@ const (
 // KnownFields are the description fields autosnap writes; a description with any
 // other field is not ours (see IsOurs). A new field must be added here, or snapshots
 // carrying it would never be rotated out.
-var KnownFields = []string{FieldConsistency, FieldLabel, FieldFormat, FieldProtected}
+var KnownFields = [...]string{FieldConsistency, FieldLabel, FieldFormat, FieldProtected}
 
 // ours is a description IsOurs accepts, taken apart.
 type ours struct {
 	header string
-	lines  []string // the "key: value" lines, trimmed, in order
-	fields map[string]string
+	lines  []string // the "key: value" lines, trimmed, in order (when asked for)
+	vals   [len(KnownFields)]string
+}
+
+// field returns the value of the known field k ("" when absent).
+func (o *ours) field(k string) string {
+	for i, f := range KnownFields {
+		if f == k {
+			return o.vals[i]
+		}
+	}
+	return ""
 }
 
 func isMarker(s string) bool { return s == Marker || s == LegacyMarker || s == EveMarker }
 
-// parseOurs takes apart a description IsOurs accepts.
-func parseOurs(description string) (ours, bool) {
-	var o ours
-	for line := range strings.Lines(strings.ReplaceAll(description, "\r\n", "\n")) {
+// parseOurs takes apart a description IsOurs accepts; o.lines is filled only when
+// withLines is set. Listings call it for every snapshot of every guest, so it
+// allocates nothing else.
+func parseOurs(description string, withLines bool) (o ours, ok bool) {
+	for description != "" {
+		var line string
+		line, description, _ = strings.Cut(description, "\n")
+		// TrimSpace also drops the '\r' of a "\r\n" line end.
 		line = strings.TrimSpace(line)
 		if line == "" {
 			continue
@@ -190,7 +204,6 @@ func parseOurs(description string) (ours, bool) {
 				return ours{}, false
 			}
 			o.header = line
-			o.fields = map[string]string{}
 			continue
 		}
 		k, v, ok := strings.Cut(line, ":")
@@ -198,8 +211,14 @@ func parseOurs(description string) (ours, bool) {
 		if !ok || !validField(k, v) {
 			return ours{}, false
 		}
-		o.lines = append(o.lines, k+": "+v)
-		o.fields[k] = v
+		if withLines {
+			o.lines = append(o.lines, k+": "+v)
+		}
+		for i, f := range KnownFields {
+			if f == k {
+				o.vals[i] = v
+			}
+		}
 	}
 	return o, o.header != ""
 }
@@ -237,8 +256,8 @@ func IsProtected(description string) bool {
 	if !strings.Contains(description, FieldProtected) {
 		return false
 	}
-	o, ok := parseOurs(description)
-	return ok && o.fields[FieldProtected] == ProtectedValue
+	o, ok := parseOurs(description, false)
+	return ok && o.field(FieldProtected) == ProtectedValue
 }
 
 // WithProtected returns the description of one of our snapshots with the protected
@@ -250,7 +269,7 @@ func IsProtected(description string) bool {
 // LegacyMarker. A description that is not ours is an error: retention never touches
 // that snapshot, so there is nothing to protect it from.
 func WithProtected(description string, on bool) (string, error) {
-	o, ok := parseOurs(description)
+	o, ok := parseOurs(description, true)
 	if !ok {
 		return "", fmt.Errorf("its description %q was not written by autosnap (nor cv4pve-autosnap), so snap and clean never remove it: nothing to protect", description)
 	}

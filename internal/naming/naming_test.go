@@ -213,7 +213,7 @@ func TestDescription(t *testing.T) {
 		// Only the fields autosnap records keep a description ours.
 		known := true
 		for k := range c.fields {
-			known = known && slices.Contains(KnownFields, k)
+			known = known && slices.Contains(KnownFields[:], k)
 		}
 		if IsOurs(got) != known {
 			t.Errorf("IsOurs(Description(%v)) = %v, want %v", c.extra, !known, known)

@@ -62,7 +62,8 @@ const plausibleSlack = 26 * time.Hour
 // plausible reading with r.Format wins, then the longest plausible generic timestamp
 // (labels rarely end in digits).
 func (r Recognizer) Recognize(name, description string, created time.Time, label string) (Recognized, bool) {
-	if !IsOurs(description) {
+	o, ours := parseOurs(description, false)
+	if !ours {
 		return Recognized{}, false
 	}
 	rest, ok := strings.CutPrefix(name, Prefix)
@@ -73,8 +74,7 @@ func (r Recognizer) Recognize(name, description string, created time.Time, label
 	if loc == nil {
 		loc = time.UTC
 	}
-	fields := DescriptionFields(description)
-	if recorded := fields[FieldLabel]; recorded != "" {
+	if recorded := o.field(FieldLabel); recorded != "" {
 		if label != "" && recorded != label {
 			return Recognized{}, false
 		}
@@ -82,7 +82,7 @@ func (r Recognizer) Recognize(name, description string, created time.Time, label
 		if !ok || ts == "" {
 			return Recognized{}, false
 		}
-		if fs := fields[FieldFormat]; fs != "" {
+		if fs := o.field(FieldFormat); fs != "" {
 			if f, err := ParseFormat(fs); err == nil {
 				if t, err := f.Parse(ts, loc); err == nil {
 					return Recognized{recorded, t}, true

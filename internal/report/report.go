@@ -104,6 +104,18 @@ func Render(w io.Writer, f Format, t Table) error {
 }
 
 func renderTable(w io.Writer, f Format, t Table) error {
+	return renderTableWith(w, f, t, true)
+}
+
+// renderTableWith renders t with go-pretty, or with renderBoxed when boxed is set and
+// it can.
+func renderTableWith(w io.Writer, f Format, t Table, boxed bool) error {
+	style := tableStyle(f)
+	if boxed && (f == FormatText || f == FormatUnicode || f == FormatUnicodeAlt) {
+		if done, err := renderBoxed(w, style, t); done {
+			return err
+		}
+	}
 	tw := table.NewWriter()
 
 	header := make(table.Row, len(t.Columns))
@@ -132,19 +144,6 @@ func renderTable(w io.Writer, f Format, t Table) error {
 		tw.AppendRow(cells)
 	}
 
-	var style table.Style
-	switch f {
-	case FormatUnicode:
-		style = table.StyleLight
-	case FormatUnicodeAlt:
-		style = table.StyleDouble
-	default:
-		// Markdown, HTML and CSV ignore the box but honour Format and HTML.
-		style = table.StyleDefault
-	}
-	style.Format.Header = text.FormatDefault // keep the header as given
-	style.Color = table.ColorOptions{}
-	style.HTML.ConvertColorsToSpans = false
 	tw.SetStyle(style)
 
 	var s string
@@ -160,6 +159,24 @@ func renderTable(w io.Writer, f Format, t Table) error {
 	}
 	_, err := io.WriteString(w, s+"\n")
 	return err
+}
+
+// tableStyle is go-pretty's style for the table formats, never coloured.
+func tableStyle(f Format) table.Style {
+	var style table.Style
+	switch f {
+	case FormatUnicode:
+		style = table.StyleLight
+	case FormatUnicodeAlt:
+		style = table.StyleDouble
+	default:
+		// Markdown, HTML and CSV ignore the box but honour Format and HTML.
+		style = table.StyleDefault
+	}
+	style.Format.Header = text.FormatDefault // keep the header as given
+	style.Color = table.ColorOptions{}
+	style.HTML.ConvertColorsToSpans = false
+	return style
 }
 
 // markdownCell escapes what Markdown would otherwise interpret in a table cell: a

@@ -14,6 +14,22 @@ import (
 // reads the merge journal only (no RPC): the snapshots a started step of the recorded
 // delete changed are partly merged until that delete is finished.
 func (d *Driver) incompleteReasons(ctx context.Context, g driver.Guest, dom golibvirt.Domain) (map[string]string, error) {
+	// In a listing scope the journal directory is read once, not opened per guest.
+	st := d.store()
+	keys, scoped, err := driver.InScope(ctx, mergeKeysScope{st.Dir}, func() (map[string]bool, error) {
+		ks, err := st.Keys("merge/")
+		m := make(map[string]bool, len(ks))
+		for _, k := range ks {
+			m[k] = true
+		}
+		return m, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading the merge journal of %s: %w", g.Name, err)
+	}
+	if scoped && !keys[mergeKey(d.node, dom)] {
+		return nil, nil
+	}
 	rec, _, err := d.loadMerge(dom)
 	if err != nil {
 		return nil, fmt.Errorf("reading the merge journal of %s: %w", g.Name, err)
@@ -23,6 +39,10 @@ func (d *Driver) incompleteReasons(ctx context.Context, g driver.Guest, dom goli
 	}
 	return rec.incomplete(), nil
 }
+
+// mergeKeysScope keys, in a driver.ListingScope, the merge records a journal
+// directory holds.
+type mergeKeysScope struct{ dir string }
 
 // settle finishes (or undoes) whatever an interrupted earlier run left half done on
 // g — a merge, a create — before anything else changes the guest. Every entry point

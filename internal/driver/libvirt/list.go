@@ -184,12 +184,17 @@ func (l listing) collect(got []driver.Snapshot, ok []bool, errs []error) (listin
 			return l, err
 		}
 	}
-	l.snaps = make([]driver.Snapshot, 0, len(got))
+	// In place: got is ours, and a second slice of every snapshot was a tenth of a
+	// fleet listing's allocations.
+	n := 0
 	for i := range got {
 		if ok[i] {
-			l.snaps = append(l.snaps, got[i])
+			got[n] = got[i]
+			n++
 		}
 	}
+	clear(got[n:])
+	l.snaps = got[:n:n]
 	return l, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"sort"
 	"strings"
@@ -181,15 +182,24 @@ func (e *mergeEnv) stateOf(t *testing.T, snap string) string {
 }
 
 // incomplete returns the snapshots and their Incomplete reasons (empty: whole).
+// incomplete returns every snapshot's Incomplete; a listing in a driver.ListingScope
+// (status's, which reads the journal directory once) must say the same.
 func (e *mergeEnv) incomplete(t *testing.T) map[string]string {
 	t.Helper()
-	snaps, err := e.d.Snapshots(mctx(t), e.guest())
-	if err != nil {
-		t.Fatal(err)
+	read := func(ctx context.Context) map[string]string {
+		snaps, err := e.d.Snapshots(ctx, e.guest())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, s := range snaps {
+			out[s.Name] = s.Incomplete
+		}
+		return out
 	}
-	out := map[string]string{}
-	for _, s := range snaps {
-		out[s.Name] = s.Incomplete
+	out := read(mctx(t))
+	if scoped := read(driver.WithListingScope(mctx(t))); !maps.Equal(out, scoped) {
+		t.Errorf("a listing scope reads incomplete snapshots %v, outside one %v", scoped, out)
 	}
 	return out
 }
