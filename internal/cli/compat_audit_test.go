@@ -1,0 +1,95 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/autosnap/autosnap/internal/pveemu"
+)
+
+// TestCV4PVEBrokenHookStillSnapshots: in cv4pve mode too, a --script that is missing
+// or not executable does not cost the guests their snapshots: snap and clean do their
+// work without it, the problem is named on stderr, and the run exits 1 at the end.
+// stdout keeps cv4pve's lines (no hook line, the guests' own lines unchanged).
+func TestCV4PVEBrokenHookStillSnapshots(t *testing.T) {
+	e := cvCluster(t)
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "ran")
+	noExec := filepath.Join(dir, "noexec.sh")
+	if err := os.WriteFile(noExec, []byte("#!/bin/sh\ntouch "+marker+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "missing.sh")
+	clk := &cvClock{t: time.Date(2026, 9, 28, 7, 0, 2, 0, time.UTC), step: 856 * time.Millisecond}
+	for i, tc := range []struct{ script, says string }{
+		{noExec, "not executable: run chmod +x " + noExec},
+		{missing, "hook script " + missing + ": not found"},
+	} {
+		before := len(e.snapNames(200))
+		label := []string{"hka", "hkb"}[i]
+		r := cvRun(t, CV4PVEName, clk, e.cvArgs("--vmid", "200", "snap", "--label", label, "--keep", "5", "--script", tc.script)...)
+		if r.code != 1 {
+			t.Errorf("%s: exit %d, want 1", tc.script, r.code)
+		}
+		if got := len(e.snapNames(200)); got != before+1 {
+			t.Errorf("%s: CT 200 has %d snapshots after the run, want %d: the snapshot must still be taken", tc.script, got, before+1)
+		}
+		if !strings.Contains(r.stderr, tc.says) {
+			t.Errorf("%s: stderr does not name the problem (%q):\n%s", tc.script, tc.says, r.stderr)
+		}
+		if want := "----- VM 200 lxc running -----\nCreate snapshot: auto" + label + "260928070002\nVM execution 00:00:00.8560000\nTotal execution"; !strings.Contains(r.stdout, want) {
+			t.Errorf("%s: stdout is not cv4pve's:\n%s\nwant it to contain:\n%s", tc.script, r.stdout, want)
+		}
+		clk.t = time.Date(2026, 9, 28, 7, 0, 2, 0, time.UTC)
+	}
+	r := cvRun(t, CV4PVEName, clk, e.cvArgs("--vmid", "200", "clean", "--label", "hka", "--keep", "0", "--script", missing)...)
+	if r.code != 1 || len(e.snapNames(200)) != 2 || !strings.Contains(r.stdout, "Remove snapshot: autohka260928070002\n") {
+		t.Errorf("clean with a missing hook: exit %d, snapshots left %v", r.code, e.snapNames(200))
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Errorf("the non-executable hook ran")
+	}
+}
+
+// TestCV4PVEFingerprintHint: a cv4pve cron line has no --fingerprint (cv4pve does not
+// verify certificates). Verification stays on in cv4pve mode; the run fails with
+// exit 1 and, where cv4pve prints its errors (ERROR: on stdout), the exact
+// --fingerprint to add; with it, or with --ca-file, the same line works.
+func TestCV4PVEFingerprintHint(t *testing.T) {
+	c := pveemu.New(pveemu.Options{Nodes: []string{"pve1", "pve2"}, TaskDuration: 30 * time.Millisecond,
+		Tokens: map[string]string{pveTokenID: pveSecret}, ClusterCA: true})
+	t.Cleanup(c.Close)
+	var hosts []string
+	for _, n := range c.Nodes() {
+		a, err := c.ListenNode(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hosts = append(hosts, a)
+	}
+	c.AddGuest(pveemu.Guest{Node: "pve1", VMID: 100, Name: "web1", Kind: "qemu", Status: "stopped", Agent: "1"})
+	cron := []string{"--host", strings.Join(hosts, ","), "--api-token", pveTokenID + "=" + pveSecret, "--vmid", "100"}
+	with := func(a ...string) []string { return append(append([]string{}, cron...), a...) }
+
+	r := cvRun(t, CV4PVEName, nil, with("snap", "--label", "hourly", "--keep", "1")...)
+	flag := "--fingerprint " + c.NodeFingerprint("pve1") + "," + c.NodeFingerprint("pve2")
+	if r.code != 1 || !strings.HasPrefix(r.stdout, "ERROR: ") || !strings.Contains(r.stdout, "add "+flag+" to the command line") {
+		t.Errorf("untrusted certificate in cv4pve mode: exit %d, stdout %q; want exit 1 and ERROR: with %q", r.code, r.stdout, flag)
+	}
+	if n := len(c.Snapshots(100)); n != 0 {
+		t.Errorf("%d snapshots taken over an unverified connection", n)
+	}
+	if r := cvRun(t, CV4PVEName, nil, with(append(strings.Fields(flag), "snap", "--label", "hourly", "--keep", "1")...)...); r.code != 0 {
+		t.Errorf("with the advised %s: exit %d", flag, r.code)
+	}
+	ca := filepath.Join(t.TempDir(), "pve-root-ca.pem")
+	if err := os.WriteFile(ca, c.CACertPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := cvRun(t, CV4PVEName, nil, with("--ca-file", ca, "status", "-o", "json")...); r.code != 0 || !strings.HasPrefix(r.stdout, `[{"NODE":"pve1","VM":100,`) {
+		t.Errorf("with --ca-file: exit %d, %q", r.code, r.stdout)
+	}
+}
