@@ -93,3 +93,41 @@ func TestCV4PVEFingerprintHint(t *testing.T) {
 		t.Errorf("with --ca-file: exit %d, %q", r.code, r.stdout)
 	}
 }
+
+// TestCV4PVESkipLines pins the skip lines the snap golden does not reach, as
+// AutoSnapEngine.SnapAsync prints them: --only-running for a stopped VM (not a
+// failure, no agent hint, no VM execution) and, as cv4pve 2.1+, a guest on an offline
+// node (a failure: exit 1).
+func TestCV4PVESkipLines(t *testing.T) {
+	e := cvCluster(t)
+	clk := &cvClock{t: time.Date(2026, 9, 28, 7, 0, 2, 0, time.UTC), step: 856 * time.Millisecond}
+	r := cvRun(t, CV4PVEName, clk, e.cvArgs("--vmid", "100,101", "snap", "--label", "hourly", "--keep", "9", "--only-running")...)
+	if r.code != 0 {
+		t.Errorf("--only-running skipping a stopped VM: exit %d, want 0", r.code)
+	}
+	want := "Only running:     True\n" +
+		"Timeout:          30 sec.\n" +
+		"Timestamp format: yyMMddHHmmss\n" +
+		"Max % Storage :   95%\n" +
+		"                  Storage      Type     Valid   Used %    Disk Size  Disk Usage\n" +
+		"           pve1/local-lvm   lvmthin        Ok        24   536.87 GB   128.85 GB\n" +
+		"----- VM 100 qemu running -----\n" +
+		"Create snapshot: autohourly260928070002\n" +
+		"VM execution 00:00:00.8560000\n" +
+		"----- VM 101 qemu stopped -----\n" +
+		"Skip VM '--only-running' parameter used!\n" +
+		"Total execution "
+	if !strings.Contains(r.stdout, want) {
+		t.Errorf("snap --only-running:\n%s\nwant it to contain:\n%s", r.stdout, want)
+	}
+
+	e.c.SetNodeOnline("pve2", false)
+	r = cvRun(t, CV4PVEName, clk, e.cvArgs("--vmid", "100,200", "snap", "--label", "daily", "--keep", "9")...)
+	if r.code != 1 {
+		t.Errorf("a guest on an offline node: exit %d, want 1", r.code)
+	}
+	want = "----- VM 200 lxc unknown -----\nSkip VM status unknown: node offline or not reachable\nTotal execution "
+	if !strings.Contains(r.stdout, want) || strings.Count(r.stdout, "VM execution") != 1 {
+		t.Errorf("snap with pve2 offline:\n%s\nwant it to contain:\n%s", r.stdout, want)
+	}
+}
