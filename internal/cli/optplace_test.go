@@ -56,6 +56,11 @@ func TestPVECv4pveOptionPlacement(t *testing.T) {
 		e.mustRun(t, append(slices.Clone(globals), cmd...)...)
 		e.mustRun(t, append(slices.Clone(cmd), globals...)...)
 		e.mustRun(t, append(append([]string{"--dry-run", "--debug"}, globals...), cmd...)...)
+		// Every option after the command, the connection options too.
+		conn := []string{"--host", e.hosts(), "--api-token", pveTokenID + "=" + pveSecret, "--fingerprint", e.c.Fingerprint(),
+			"--timestamp-format", fmtMS, "--dry-run", "--debug"}
+		mustRun(t, append(append(slices.Clone(cmd), globals...), conn...)...)
+		mustRun(t, append(append(slices.Clone(cmd), globals...), append([]string{"--compat", "cv4pve"}, conn...)...)...)
 	}
 	if n := len(e.snapNames(100)); n != 2 {
 		t.Errorf("%d snapshots, want 2 (two real snap runs)", n)
