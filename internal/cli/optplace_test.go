@@ -29,6 +29,8 @@ func TestExpandOptionSpellings(t *testing.T) {
 		{[]string{"--nosuch:x", "--state", "--", "true"}, []string{"--nosuch:x", "--state", "--", "true"}},
 		{[]string{"-?"}, []string{"--help"}},
 		{[]string{"snap", "/?"}, []string{"snap", "--help"}},
+		{[]string{"status", "/h"}, []string{"status", "--help"}},
+		{[]string{"--vmid", "/h"}, []string{"--vmid", "/h"}},
 		{[]string{"--vmid", "-?"}, []string{"--vmid", "-?"}},
 	} {
 		got, err := expandArgs(root, c.in, io.Discard)
