@@ -131,3 +131,42 @@ func TestCV4PVESkipLines(t *testing.T) {
 		t.Errorf("snap with pve2 offline:\n%s\nwant it to contain:\n%s", r.stdout, want)
 	}
 }
+
+// TestCV4PVECleanSkipLines: clean prints each guest's line before its skip line, as
+// cv4pve-autosnap 2.1+ does (2.0.1 printed a template's "Skip VM is template" without
+// its guest line, so it read as the previous guest's); a guest on an offline node is
+// skipped the same way and fails the run.
+func TestCV4PVECleanSkipLines(t *testing.T) {
+	e := cvCluster(t)
+	e.c.SetNodeOnline("pve2", false)
+	r := cvRun(t, CV4PVEName, nil, e.cvArgs("--vmid", "101,102,200", "clean", "--label", "hourly", "--keep", "9")...)
+	want := "Timestamp format: yyMMddHHmmss\n" +
+		"----- VM 101 qemu -----\n" +
+		"----- VM 102 qemu -----\n" +
+		"Skip VM is template\n" +
+		"----- VM 200 lxc -----\n" +
+		"Skip VM status unknown: node offline or not reachable\n"
+	if r.code != 1 || !strings.HasSuffix(r.stdout, want) {
+		t.Errorf("clean: exit %d\n%s\nwant exit 1 and it to end with:\n%s", r.code, r.stdout, want)
+	}
+}
+
+// TestCV4PVENotFoundPool: a selection with @pool- that finds nothing adds cv4pve's
+// pool permission hint (Pool.Audit since PVE 9) to the NOT FOUND lines, in snap and
+// clean.
+func TestCV4PVENotFoundPool(t *testing.T) {
+	e := cvCluster(t)
+	const lines = "----- VMs with '@pool-nosuch' NOT FOUND -----\n" +
+		"----- POSSIBLE PROBLEM PERMISSION 'VM.Audit' -----\n" +
+		"----- POSSIBLE PROBLEM PERMISSION 'Pool.Audit' (PVE 9+) / 'Pool.Allocate' (PVE 8 and earlier) -----\n"
+	for _, cmd := range []string{"snap", "clean"} {
+		r := cvRun(t, CV4PVEName, nil, e.cvArgs("--vmid", "@pool-nosuch", cmd, "--label", "hourly", "--keep", "2")...)
+		if r.code != 1 || !strings.Contains(r.stdout, "Timestamp format: yyMMddHHmmss\n"+lines) && !strings.Contains(r.stdout, "Max % Storage :   95%\n"+lines) {
+			t.Errorf("%s --vmid @pool-nosuch: exit %d\n%s\nwant exit 1 and the lines\n%s", cmd, r.code, r.stdout, lines)
+		}
+	}
+	r := cvRun(t, CV4PVEName, nil, e.cvArgs("--vmid", "999", "clean", "--label", "hourly", "--keep", "2")...)
+	if strings.Contains(r.stdout, "Pool.Audit") {
+		t.Errorf("the pool hint without @pool-:\n%s", r.stdout)
+	}
+}
