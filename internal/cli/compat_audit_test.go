@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -168,5 +170,41 @@ func TestCV4PVENotFoundPool(t *testing.T) {
 	r := cvRun(t, CV4PVEName, nil, e.cvArgs("--vmid", "999", "clean", "--label", "hourly", "--keep", "2")...)
 	if strings.Contains(r.stdout, "Pool.Audit") {
 		t.Errorf("the pool hint without @pool-:\n%s", r.stdout)
+	}
+}
+
+// TestPVEMaxParallelOneSelectionOrder: with --max-parallel 1 (and in cv4pve mode,
+// where it is the default) the guests are snapshotted one after the other in the order
+// --vmid selects them — not by id, not the last one first — and each guest's snapshot
+// and removals are done before the next guest's snapshot is requested.
+func TestPVEMaxParallelOneSelectionOrder(t *testing.T) {
+	e := cvCluster(t)
+	for _, id := range []int{300, 301} {
+		e.c.AddGuest(pveemu.Guest{Node: "pve1", VMID: id, Name: fmt.Sprintf("app%d", id), Kind: "qemu", Status: "running", Agent: "1", AgentRunning: true})
+	}
+	for i, args := range [][]string{
+		{"--max-parallel", "1", "--vmid", "301,100,300,200", "snap", "--label", "ord", "--keep", "1"},
+		{"--compat", "cv4pve", "--vmid", "301,100,300,200", "snap", "--label", "ord", "--keep", "1"},
+	} {
+		e.c.ResetRequests()
+		clk := &cvClock{t: time.Date(2026, 9, 28, 7, i, 2, 0, time.UTC), step: time.Second}
+		if r := cvRun(t, "autosnap", clk, e.cvArgs(args...)...); r.code != 0 {
+			t.Fatalf("%v: exit %d", args, r.code)
+		}
+		var order []string
+		for _, q := range e.c.Requests() {
+			p := strings.Split(q.Path, "/")
+			// POST /nodes/N/KIND/ID/snapshot and DELETE /nodes/N/KIND/ID/snapshot/NAME
+			if len(p) >= 6 && p[5] == "snapshot" && (q.Method == "POST" || q.Method == "DELETE") {
+				order = append(order, q.Method+" "+p[4])
+			}
+		}
+		want := []string{"POST 301", "POST 100", "POST 300", "POST 200"}
+		if i == 1 {
+			want = []string{"POST 301", "DELETE 301", "POST 100", "DELETE 100", "POST 300", "DELETE 300", "POST 200", "DELETE 200"}
+		}
+		if !slices.Equal(order, want) {
+			t.Errorf("%v: snapshot requests %v, want %v", args, order, want)
+		}
 	}
 }
