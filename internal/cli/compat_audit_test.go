@@ -208,3 +208,18 @@ func TestPVEMaxParallelOneSelectionOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestCV4PVEEveryUnsnapshottableDisk: cv4pve 2.1+ names every bind mount or device
+// that keeps Proxmox VE from snapshotting a guest, comma-separated.
+func TestCV4PVEEveryUnsnapshottableDisk(t *testing.T) {
+	e := cvCluster(t)
+	e.c.AddGuest(pveemu.Guest{Node: "pve2", VMID: 204, Name: "ct3", Kind: "lxc", Status: "running",
+		Disks: map[string]string{"rootfs": "local-lvm:subvol-204-disk-0,size=8G", "mp0": "/mnt/a,mp=/a", "mp1": "local-lvm:subvol-204-disk-1,mp=/b", "mp2": "/dev/sdb1,mp=/c"}})
+	r := cvRun(t, CV4PVEName, nil, e.cvArgs("--vmid", "204", "snap", "--label", "hourly", "--keep", "2")...)
+	if want := "----- VM 204 lxc running -----\nSkip VM Proxmox VE cannot snapshot it, bind mount or device: mp0, mp2\n"; r.code != 0 || !strings.Contains(r.stdout, want) {
+		t.Errorf("exit %d\n%s\nwant exit 0 and\n%s", r.code, r.stdout, want)
+	}
+	if r := cvRun(t, "autosnap", nil, e.cvArgs("--vmid", "204", "snap", "--label", "hourly", "--keep", "2")...); !strings.Contains(r.stdout, "mp0 is a bind mount (/mnt/a), mp2 is a device mount (/dev/sdb1)") {
+		t.Errorf("native output does not name both mounts:\n%s", r.stdout)
+	}
+}

@@ -71,7 +71,8 @@ var (
 	cvTaskFailed = regexp.MustCompile(`Proxmox VE task \S+ on node \S+ failed: (.*)$`)
 	cvHookExit   = regexp.MustCompile(`^WARNING: hook script .* exited with status (\d+)$`)
 	cvRemove     = regexp.MustCompile(`^Remove snapshot: (\S+)`)
-	cvCannot     = regexp.MustCompile(`cannot snapshot: (\S+) is a (?:bind mount|device mount|passthrough device) `)
+	cvCannot     = regexp.MustCompile(`cannot snapshot: \S+ is a (?:bind mount|device mount|passthrough device) `)
+	cvCannotDisk = regexp.MustCompile(`(?:: |, )(\S+) is a (?:bind mount|device mount|passthrough device) \(`)
 )
 
 // cvDropped matches the engine lines cv4pve has no counterpart of (and not lines a
@@ -152,8 +153,12 @@ func (c *cvWriter) line(l string) error {
 	if strings.HasPrefix(l, "Skip VM ") {
 		// cv4pve goes on to the next guest: no hint, no execution time.
 		c.hint, c.failed = false, true
-		if m := cvCannot.FindStringSubmatch(l); m != nil {
-			l = "Skip VM Proxmox VE cannot snapshot it, bind mount or device: " + m[1]
+		if cvCannot.MatchString(l) {
+			var keys []string
+			for _, m := range cvCannotDisk.FindAllStringSubmatch(l, -1) {
+				keys = append(keys, m[1])
+			}
+			l = "Skip VM Proxmox VE cannot snapshot it, bind mount or device: " + strings.Join(keys, ", ")
 		}
 	}
 	if took, ok := strings.CutPrefix(l, "VM execution "); ok && c.inGuest {
