@@ -223,3 +223,27 @@ func TestCV4PVEEveryUnsnapshottableDisk(t *testing.T) {
 		t.Errorf("native output does not name both mounts:\n%s", r.stdout)
 	}
 }
+
+// TestCV4PVECompatFlagCommandLineErrors: with --compat cv4pve a command line that
+// cannot be parsed (an unknown option before --compat, an @file that does not exist,
+// an unknown command) still exits 1, as cv4pve-autosnap does, not autosnap's 2.
+func TestCV4PVECompatFlagCommandLineErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"--compat", "cv4pve", "@/nonexistent/creds.rsp", "--vmid", "100", "status"},
+		{"--nosuch", "--compat", "cv4pve", "--vmid", "100", "status"},
+		{"--compat=cv4pve", "--vmid", "100", "nosuch"},
+		{"--vmid", "100", "snap", "--label", "x", "--compat:cv4pve"},
+	} {
+		if r := run(t, args...); r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, "ERROR: ") {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q; want exit 1 and the error on stderr", args, r.code, r.stdout, r.stderr)
+		}
+	}
+	// Without --compat the same lines are usage errors (2); --compat native after
+	// --compat cv4pve wins, as the last value of a flag does.
+	if r := run(t, "--compat", "cv4pve", "--compat", "native", "@/nonexistent/creds.rsp", "status"); r.code != ExitUsage {
+		t.Errorf("--compat native last: exit %d, want %d", r.code, ExitUsage)
+	}
+	if r := run(t, "@/nonexistent/creds.rsp", "status"); r.code != ExitUsage {
+		t.Errorf("native: exit %d, want %d", r.code, ExitUsage)
+	}
+}
