@@ -31,7 +31,7 @@ const maxArgFileDepth = 32
 //   - --name:value is --name=value (System.CommandLine splits at the first ':' or '=').
 //   - A boolean option followed by true or false (any case) takes it as its value:
 //     --state true, --validate-certificate false.
-//   - -? and /? ask for help, as -h and --help do.
+//   - -?, /? and /h ask for help, as -h and --help do (System.CommandLine's aliases).
 //
 // The files' contents never appear in errors: they are where cv4pve's maintainer
 // recommends keeping credentials. A file that holds --password or --api-token and
@@ -74,7 +74,7 @@ func (x *argExpander) push(tok string) error {
 		x.dashdash = true
 	case isFile:
 		return x.file(tok[1:])
-	case tok == "-?" || tok == "/?":
+	case tok == "-?" || tok == "/?" || tok == "/h":
 		tok = "--help"
 	case !strings.HasPrefix(tok, "-") || tok == "-":
 		if sub := findSub(x.cmd, tok); sub != nil {

@@ -52,6 +52,23 @@ func (m *compatMode) Set(s string) error {
 	return nil
 }
 
+// scan sets the mode from the --compat options in args (the last one wins, as when
+// cobra parses them), before cobra does: a command line that fails to expand or
+// parse then still fails as the mode it asks for does (exit 1 in cv4pve mode).
+func (m *compatMode) scan(args []string) {
+	for i, a := range args {
+		if a == "--" {
+			return
+		}
+		switch {
+		case a == "--compat" && i+1 < len(args):
+			_ = m.Set(args[i+1])
+		case strings.HasPrefix(a, "--compat=") || strings.HasPrefix(a, "--compat:"):
+			_ = m.Set(a[len("--compat="):])
+		}
+	}
+}
+
 // addCompatFlags registers --compat on the root's persistent flags.
 func addCompatFlags(f *pflag.FlagSet, g *GlobalOptions) {
 	f.Var(&g.compat.mode, "compat", "output and exit codes: native, or cv4pve (exactly as cv4pve-autosnap; also when run as "+CV4PVEName+", see docs/cv4pve-mode.md)")

@@ -84,6 +84,10 @@ func (g *GlobalOptions) runJobCV4PVE(ctx context.Context, job *engine.Job, actio
 		// cv4pve goes on with no guest: its job-end phase (failed) and, for snap,
 		// the total time follow the NOT FOUND lines.
 		fmt.Fprintf(w, "----- VMs with '%s' NOT FOUND -----\n----- POSSIBLE PROBLEM PERMISSION 'VM.Audit' -----\n", g.VMID)
+		if strings.Contains(g.VMID, "@pool-") {
+			// cv4pve 2.1+: reading a pool needs Pool.Audit (Pool.Allocate up to PVE 8).
+			fmt.Fprintln(w, "----- POSSIBLE PROBLEM PERMISSION 'Pool.Audit' (PVE 9+) / 'Pool.Allocate' (PVE 8 and earlier) -----")
+		}
 		jobEnd.Duration = g.clock().Sub(start)
 		cvJobHook(ctx, job.Hooks, job, jobEnd, w)
 		if ferr := w.Flush(); ferr != nil {

@@ -17,7 +17,8 @@ import (
 // as the engine streams them (one guest at a time, in selection order):
 //
 //	----- VM 101 qemu shutoff (pve1/web) -----  →  ----- VM 101 qemu stopped -----
-//	                                               (clean: ----- VM 101 qemu -----)
+//	                                               (clean: ----- VM 101 qemu -----, as 2.1+
+//	                                               also before a template's skip line)
 //	Remove snapshot: NAME (reason)              →  Remove snapshot: NAME
 //	ERROR: … task … failed: VM is locked        →  Error in task: VM is locked
 //	ERROR: … still running …                    →  Error task in run... increase the timeout!
@@ -36,7 +37,7 @@ import (
 type cvWriter struct {
 	mu    sync.Mutex
 	w     io.Writer
-	clean bool // clean's guest line has no state and templates get none
+	clean bool // clean's guest line has no state
 	// maxPerc is --max-perc-storage as cv4pve prints it.
 	maxPerc string
 	// agentOff holds the ids of the VMs whose agent option is off.
@@ -50,9 +51,8 @@ type cvWriter struct {
 	// the current guest
 	id      string
 	start   time.Time
-	failed  bool   // failed or skipped: no "VM execution" line
-	header  string // a line held back: clean's guest line, until the guest is not a template
-	hint    bool   // the agent hint is still due
+	failed  bool // failed or skipped: no "VM execution" line
+	hint    bool // the agent hint is still due
 	inGuest bool
 	// verbatim is set between cvHookBegin and cvHookEnd: a hook's lines pass unchanged.
 	verbatim bool
@@ -71,7 +71,8 @@ var (
 	cvTaskFailed = regexp.MustCompile(`Proxmox VE task \S+ on node \S+ failed: (.*)$`)
 	cvHookExit   = regexp.MustCompile(`^WARNING: hook script .* exited with status (\d+)$`)
 	cvRemove     = regexp.MustCompile(`^Remove snapshot: (\S+)`)
-	cvCannot     = regexp.MustCompile(`cannot snapshot: (\S+) is a (?:bind mount|device mount|passthrough device) `)
+	cvCannot     = regexp.MustCompile(`cannot snapshot: \S+ is a (?:bind mount|device mount|passthrough device) `)
+	cvCannotDisk = regexp.MustCompile(`(?:: |, )(\S+) is a (?:bind mount|device mount|passthrough device) \(`)
 )
 
 // cvDropped matches the engine lines cv4pve has no counterpart of (and not lines a
@@ -96,7 +97,7 @@ func (c *cvWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Flush handles a last line without a newline and writes any line still held back.
+// Flush handles a last line without a newline.
 func (c *cvWriter) Flush() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -107,21 +108,12 @@ func (c *cvWriter) Flush() error {
 			return err
 		}
 	}
-	return c.emitHeld()
+	return nil
 }
 
 func (c *cvWriter) emit(s string) error {
 	_, err := io.WriteString(c.w, s+"\n")
 	return err
-}
-
-func (c *cvWriter) emitHeld() error {
-	if c.header == "" {
-		return nil
-	}
-	h := c.header
-	c.header = ""
-	return c.emit(h)
 }
 
 // cvState is the guest state as Proxmox VE's status field spells it.
@@ -139,11 +131,7 @@ func (c *cvWriter) line(l string) error {
 	switch {
 	case l == cvHookBegin:
 		c.verbatim = true
-		// What cv4pve prints before any hook of the guest: clean's guest line, the
-		// agent hint.
-		if err := c.emitHeld(); err != nil {
-			return err
-		}
+		// What cv4pve prints before any hook of the guest: the agent hint.
 		return c.emitHint()
 	case l == cvHookEnd:
 		c.verbatim = false
@@ -158,23 +146,20 @@ func (c *cvWriter) line(l string) error {
 		}
 		c.hint = c.agentOff[c.id]
 		if c.clean {
-			c.header = fmt.Sprintf("----- VM %s %s -----", m[1], m[2])
-			return nil
+			return c.emit(fmt.Sprintf("----- VM %s %s -----", m[1], m[2]))
 		}
 		return c.emit(fmt.Sprintf("----- VM %s %s %s -----", m[1], m[2], cvState(m[3])))
 	}
 	if strings.HasPrefix(l, "Skip VM ") {
 		// cv4pve goes on to the next guest: no hint, no execution time.
 		c.hint, c.failed = false, true
-		if c.clean && l == "Skip VM is template" {
-			c.header = "" // cv4pve's clean says nothing else about a template
+		if cvCannot.MatchString(l) {
+			var keys []string
+			for _, m := range cvCannotDisk.FindAllStringSubmatch(l, -1) {
+				keys = append(keys, m[1])
+			}
+			l = "Skip VM Proxmox VE cannot snapshot it, bind mount or device: " + strings.Join(keys, ", ")
 		}
-		if m := cvCannot.FindStringSubmatch(l); m != nil {
-			l = "Skip VM Proxmox VE cannot snapshot it, bind mount or device: " + m[1]
-		}
-	}
-	if err := c.emitHeld(); err != nil {
-		return err
 	}
 	if took, ok := strings.CutPrefix(l, "VM execution "); ok && c.inGuest {
 		c.inGuest = false

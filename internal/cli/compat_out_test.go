@@ -105,6 +105,7 @@ func TestCVWriter(t *testing.T) {
 	wantClean := strings.Join([]string{
 		"----- VM 100 qemu -----",
 		"Remove snapshot: autohourly260928050002",
+		"----- VM 102 qemu -----",
 		"Skip VM is template",
 		"----- VM 200 lxc -----",
 		"----- VM 201 lxc -----",

@@ -29,6 +29,8 @@ func TestExpandOptionSpellings(t *testing.T) {
 		{[]string{"--nosuch:x", "--state", "--", "true"}, []string{"--nosuch:x", "--state", "--", "true"}},
 		{[]string{"-?"}, []string{"--help"}},
 		{[]string{"snap", "/?"}, []string{"snap", "--help"}},
+		{[]string{"status", "/h"}, []string{"status", "--help"}},
+		{[]string{"--vmid", "/h"}, []string{"--vmid", "/h"}},
 		{[]string{"--vmid", "-?"}, []string{"--vmid", "-?"}},
 	} {
 		got, err := expandArgs(root, c.in, io.Discard)
@@ -56,6 +58,11 @@ func TestPVECv4pveOptionPlacement(t *testing.T) {
 		e.mustRun(t, append(slices.Clone(globals), cmd...)...)
 		e.mustRun(t, append(slices.Clone(cmd), globals...)...)
 		e.mustRun(t, append(append([]string{"--dry-run", "--debug"}, globals...), cmd...)...)
+		// Every option after the command, the connection options too.
+		conn := []string{"--host", e.hosts(), "--api-token", pveTokenID + "=" + pveSecret, "--fingerprint", e.c.Fingerprint(),
+			"--timestamp-format", fmtMS, "--dry-run", "--debug"}
+		mustRun(t, append(append(slices.Clone(cmd), globals...), conn...)...)
+		mustRun(t, append(append(slices.Clone(cmd), globals...), append([]string{"--compat", "cv4pve"}, conn...)...)...)
 	}
 	if n := len(e.snapNames(100)); n != 2 {
 		t.Errorf("%d snapshots, want 2 (two real snap runs)", n)

@@ -294,8 +294,10 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer, setup
 		setup(g)
 	}
 	// @files and cv4pve's option spellings are resolved before cobra sees the line.
+	g.compat.mode.scan(args)
 	args, err := expandArgs(root, args, stderr)
 	if err == nil {
+		g.compat.mode.scan(args)
 		root.SetArgs(args)
 		err = root.ExecuteContext(ctx)
 	}

@@ -58,3 +58,22 @@ func TestRunBinaryNotHandedToShell(t *testing.T) {
 		}
 	}
 }
+
+// The interpreter of a script without #! is /bin/sh itself (on Debian dash), not
+// bash and not autosnap's own shell: the process running the script is /bin/sh's
+// executable.
+func TestRunScriptWithoutShebangUsesBinSh(t *testing.T) {
+	want, err := filepath.EvalSymlinks("/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := writeScript(t, t.TempDir(), "which", "readlink /proc/$$/exe\n")
+	var out bytes.Buffer
+	if err := (&Runner{Path: p}).Run(context.Background(), Env{Phase: SnapJobStart}, &out); err != nil {
+		t.Fatal(err)
+	}
+	got, err := filepath.EvalSymlinks(strings.TrimSpace(out.String()))
+	if err != nil || got != want {
+		t.Errorf("script without #! ran under %q (%v), want /bin/sh = %s", out.String(), err, want)
+	}
+}

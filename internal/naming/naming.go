@@ -139,8 +139,9 @@ func validNameRune(r rune) bool {
 // or its predecessor eve4pve-autosnap) wrote, so that retention may count and remove
 // the snapshot. After trimming the whole description it is either exactly
 // LegacyMarker or EveMarker, or a header line (Marker, LegacyMarker or EveMarker)
-// followed only by the "key: value" lines autosnap records (see KnownFields): the
-// consistency, the label and timestamp format of the name, and the protected flag.
+// followed only by the "key: value" lines autosnap records (see KnownFields), each
+// with a value autosnap writes: the consistency (one of ConsistencyLevels), the label
+// and timestamp format of the name, and the protected flag.
 // Blank lines and whitespace around a line are ignored (Proxmox VE and editors add
 // them), nothing else is: a description an admin edited — "cv4pve-autosnap\nkeep me",
 // or any other line added — is no longer ours, and retention never touches it.
@@ -162,6 +163,11 @@ const (
 	FieldProtected = "protected"
 	ProtectedValue = "yes"
 )
+
+// ConsistencyLevels are the values autosnap writes in the FieldConsistency line (the
+// levels of driver.Consistency); a description whose line holds anything else was
+// edited, and is not ours.
+var ConsistencyLevels = []string{"quiesced", "crash", "offline", "memory"}
 
 // KnownFields are the description fields autosnap writes; a description with any
 // other field is not ours (see IsOurs). A new field must be added here, or snapshots
@@ -227,8 +233,7 @@ func parseOurs(description string, withLines bool) (o ours, ok bool) {
 func validField(k, v string) bool {
 	switch k {
 	case FieldConsistency:
-		// Any value: autosnap rewrites this line itself (snapshot create and edit).
-		return true
+		return slices.Contains(ConsistencyLevels, v)
 	case FieldLabel:
 		if v == "" {
 			return false

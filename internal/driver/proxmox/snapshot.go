@@ -211,10 +211,14 @@ func (d *Driver) checkSnapshottable(g driver.Guest, cfg *guestConfig, opts drive
 	if cfg.Template {
 		return fmt.Errorf("it is a template: Proxmox VE does not snapshot templates: %w", driver.ErrUnsupported)
 	}
+	var whys []string
 	for _, disk := range cfg.Disks {
 		if why := disk.unsupported(); why != "" {
-			return fmt.Errorf("cannot snapshot: %s; Proxmox VE snapshots only storage volumes: exclude the guest (--vmid …,-%d) or move the data to a volume: %w", why, g.ID, driver.ErrUnsupported)
+			whys = append(whys, why)
 		}
+	}
+	if len(whys) > 0 {
+		return fmt.Errorf("cannot snapshot: %s; Proxmox VE snapshots only storage volumes: exclude the guest (--vmid …,-%d) or move the data to a volume: %w", strings.Join(whys, ", "), g.ID, driver.ErrUnsupported)
 	}
 	if !opts.Quiesce {
 		return nil

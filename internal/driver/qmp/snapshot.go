@@ -174,6 +174,7 @@ func (v *view) list() []driver.Snapshot {
 		s := driver.Snapshot{Name: name, Created: a.first, Memory: a.memory, Location: driver.LocationInternal}
 		if sm != nil {
 			s.Description = sm.Description
+			s.Protected = naming.IsProtected(sm.Description)
 			s.Consistency = driver.Consistency(sm.Consistency)
 			s.GuestState = sm.GuestState
 			if _, ok := by[sm.Parent]; ok {
