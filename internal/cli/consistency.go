@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/autosnap/autosnap/internal/driver"
@@ -37,13 +38,16 @@ func withConsistency(desc string, c driver.Consistency) string {
 }
 
 // linesWithoutConsistency splits desc into lines and drops a consistency line after
-// the first (the first line tells autosnap's snapshots from the user's and stays).
+// the first (the first line tells autosnap's snapshots from the user's and stays)
+// that records one of naming.ConsistencyLevels. A consistency line with any other
+// value is an admin's text: it stays, so rewriting the recorded line never makes a
+// snapshot autosnap's that was not (naming.IsOurs) nor hides the admin's words.
 func linesWithoutConsistency(desc string) []string {
 	first, rest, _ := strings.Cut(desc, "\n")
 	lines := []string{first}
 	for line := range strings.Lines(rest) {
-		k, _, ok := strings.Cut(line, ":")
-		if ok && strings.TrimSpace(k) == consistencyField {
+		k, v, ok := strings.Cut(line, ":")
+		if ok && strings.TrimSpace(k) == consistencyField && slices.Contains(naming.ConsistencyLevels, strings.TrimSpace(v)) {
 			continue
 		}
 		lines = append(lines, strings.TrimRight(line, "\r\n"))

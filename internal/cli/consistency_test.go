@@ -2,6 +2,7 @@ package cli
 
 import (
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -22,6 +23,8 @@ func TestWithConsistency(t *testing.T) {
 		{"a\n", driver.ConsistencyMemory, "a\nconsistency: memory"},
 		{"a\n\nb", driver.ConsistencyCrash, "a\n\nb\nconsistency: crash"},
 		{"a", driver.ConsistencyUnknown, "a"},
+		// An admin's note on the consistency line is theirs: kept, and still not ours.
+		{"cv4pve-autosnap\nconsistency: crash, keep until the audit", driver.ConsistencyQuiesced, "cv4pve-autosnap\nconsistency: crash, keep until the audit\nconsistency: quiesced"},
 	} {
 		if got := withConsistency(tc.desc, tc.c); got != tc.want {
 			t.Errorf("withConsistency(%q, %q) = %q, want %q", tc.desc, tc.c, got, tc.want)
@@ -60,7 +63,8 @@ func TestWithConsistencyProperties(t *testing.T) {
 		if again := withConsistency(got, c); again != got {
 			t.Fatalf("not stable: %q then %q", got, again)
 		}
-		if _, ok := naming.DescriptionFields(shownDescription(got))["consistency"]; ok {
+		// The recorded line is hidden; a consistency line in an admin's words stays.
+		if v, ok := naming.DescriptionFields(shownDescription(got))["consistency"]; ok && slices.Contains(naming.ConsistencyLevels, v) {
 			t.Fatalf("shownDescription(%q) = %q still shows the recorded line", got, shownDescription(got))
 		}
 	}
