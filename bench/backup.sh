@@ -70,16 +70,22 @@ done
 now() { date +%s%N; }
 secs() { echo "$1 $2" | awk '{ printf "%.3f\n", ($2 - $1) / 1e9 }'; }
 
-floor() { # [DOMAIN CHECKPOINT] → seconds of one bare push backup: full, or incremental since CHECKPOINT
-  local dom=${1:-$name} inc=${2:+<incremental>$2</incremental>} out=$dir/floor.qcow2 t0 t1
+floor() { # [DOMAIN CHECKPOINT [NEWCP]] → seconds of one bare push backup: full, or incremental
+  # since CHECKPOINT; with NEWCP it also creates checkpoint NEWCP (as every backup of an
+  # incremental chain must), which is then deleted again, untimed
+  local dom=${1:-$name} inc=${2:+<incremental>$2</incremental>} out=$dir/floor.qcow2 t0 t1 cp=()
   rm -f "$out"
   qemu-img create -q -f qcow2 "$out" 2G
   cat > "$dir/backup.xml" <<XML
 <domainbackup mode='push'>$inc<disks><disk name='vda' backup='yes' type='file'><driver type='qcow2'/><target file='$out'/></disk></disks></domainbackup>
 XML
+  if [ -n "${3:-}" ]; then
+    echo "<domaincheckpoint><name>$3</name><disks><disk name='vda' checkpoint='bitmap'/></disks></domaincheckpoint>" > "$dir/cp.xml"
+    cp=("$dir/cp.xml")
+  fi
   sync
   t0=$(now)
-  virsh backup-begin "$name" "$dir/backup.xml" --reuse-external >/dev/null
+  virsh backup-begin "$name" "$dir/backup.xml" "${cp[@]}" --reuse-external >/dev/null
   # (Output captured first: grep -q closing the pipe early would fail it under pipefail.)
   local s
   while s=$(virsh domjobinfo "$name") && [[ $s == *Unbounded* ]]; do sleep 0.02; done
@@ -87,6 +93,7 @@ XML
   s=$(virsh domjobinfo "$name" --completed)
   [[ $s == *Completed* ]] || { echo "floor backup failed: $s" >&2; exit 1; }
   rm -f "$out"
+  [ -z "${3:-}" ] || virsh checkpoint-delete "$name" "$3" >/dev/null
   secs "$t0" "$t1"
 }
 
@@ -137,7 +144,7 @@ b = max(bms, key=lambda b: b["name"])
 print("%.1f %d" % (b["count"] / 2**20, b["granularity"] // 1024))'
 }
 
-: > "$dir/r.dirty"; : > "$dir/r.incown"; : > "$dir/r.floor"; : > "$dir/r.ifloor"; : > "$dir/r.full"; : > "$dir/r.vfull"; : > "$dir/r.inc"; : > "$dir/r.vinc"; : > "$dir/r.rest"; : > "$dir/r.vrest"
+: > "$dir/r.dirty"; : > "$dir/r.incown"; : > "$dir/r.floor"; : > "$dir/r.ifloor"; : > "$dir/r.ifloorcp"; : > "$dir/r.full"; : > "$dir/r.vfull"; : > "$dir/r.inc"; : > "$dir/r.vinc"; : > "$dir/r.rest"; : > "$dir/r.vrest"
 for i in $(seq 1 "$R"); do
   rm -rf "$dir/repo" "$dir/vnb" "$dir/rest" "$dir/vrest"
   floor >> "$dir/r.floor"
@@ -153,6 +160,9 @@ for i in $(seq 1 "$R"); do
   sed -n 's/^Total execution \([0-9.]*\)\(m\?s\)$/\1 \2/p' "$dir/cmd.out" | awk '{ print ($2 == "ms") ? $1 / 1000 : $1 }' >> "$dir/r.incown"
   # The inc floor: a bare push of the same 64 MiB (changes since the full's checkpoint).
   floor "$name" "$(virsh checkpoint-list "$name" --name --topological | head -1)" >> "$dir/r.ifloor"
+  # The same with the new checkpoint an incremental chain needs: libvirt then also
+  # parses and schema-validates the checkpoint's XML.
+  floor "$name" "$(virsh checkpoint-list "$name" --name --topological | head -1)" "astbench-floor-$i" >> "$dir/r.ifloorcp"
   durable "$dir/vnb" virtnbdbackup -d "$twin" -l inc -o "$dir/vnb" -n >> "$dir/r.vinc"
   timed "$bin" --vmid "$name" restore --target "$dir/repo" --to "$dir/rest" >> "$dir/r.rest"
   durable "$dir/vrest" virtnbdrestore -i "$dir/vnb" -o "$dir/vrest" -n >> "$dir/r.vrest"
@@ -181,7 +191,7 @@ med() { # FILE [COLUMN] → the median of that column (1 by default)
   awk -v c="${2:-1}" '{ print $c }' "$1" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
 }
 f=$(med "$dir/r.floor"); a=$(med "$dir/r.full"); v=$(med "$dir/r.vfull"); vd=$(med "$dir/r.vfull" 2)
-ai=$(med "$dir/r.inc"); flo=$(med "$dir/r.ifloor"); vi=$(med "$dir/r.vinc"); vid=$(med "$dir/r.vinc" 2)
+ai=$(med "$dir/r.inc"); flo=$(med "$dir/r.ifloor"); flocp=$(med "$dir/r.ifloorcp"); vi=$(med "$dir/r.vinc"); vid=$(med "$dir/r.vinc" 2)
 ar=$(med "$dir/r.rest"); vr=$(med "$dir/r.vrest"); vrd=$(med "$dir/r.vrest" 2)
 printf '2 GiB disk, 1 GiB random data; medians of %d rounds (seconds, whole process runs); load average at the end: %s\n' "$R" "$(cut -d' ' -f1-3 /proc/loadavg)"
 printf 'floor (virsh backup-begin push, waited)  %7.2f\n' "$f"
@@ -192,7 +202,8 @@ read -r dm dg < <(sort -n "$dir/r.dirty" | awk '{ a[NR] = $0 } END { print a[int
 printf 'changed data before each inc: %s MiB marked dirty at the bitmap granularity of %s KiB (median)\n' "$dm" "$dg"
 printf 'autosnap inc (64 MiB scattered)          %7.2f   %.1f%% of full    (goal <= 10%%)\n' "$ai" "$(echo "100 * $ai / $a" | bc -l)"
 printf '  of which after the guest selection     %7.2f   (autosnap'"'"'s own "Total execution")\n' "$(med "$dir/r.incown")"
-printf 'inc floor (bare push of the same 64 MiB)  %7.2f   autosnap inc %.2fx it\n' "$flo" "$(echo "$ai / $flo" | bc -l)"
+printf 'inc floor (bare push of the same 64 MiB)  %7.2f   autosnap inc %.2fx it; %.1f%% of full\n' "$flo" "$(echo "$ai / $flo" | bc -l)" "$(echo "100 * $flo / $a" | bc -l)"
+printf '  the same, creating the next checkpoint   %7.2f   autosnap inc %.2fx it; %.1f%% of full\n' "$flocp" "$(echo "$ai / $flocp" | bc -l)" "$(echo "100 * $flocp / $a" | bc -l)"
 printf 'virtnbdbackup -l inc (returns; on disk)  %7.2f   %.2fx autosnap inc; %.2f, %.2fx\n' "$vi" "$(echo "$vi / $ai" | bc -l)" "$vid" "$(echo "$vid / $ai" | bc -l)"
 printf 'autosnap restore (newest, qcow2)         %7.2f\n' "$ar"
 printf 'virtnbdrestore, as it returns            %7.2f   %.2fx autosnap\n' "$vr" "$(echo "$vr / $ar" | bc -l)"

@@ -33,7 +33,8 @@ func TestMain(m *testing.M) {
 			os.Exit(Main(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 		}
 	}
-	os.Exit(m.Run())
+	// Journals and history the tests write stay out of the host's state directory.
+	os.Exit(testbed.RunWithStateDir(m))
 }
 
 // fmtMS gives names millisecond resolution so tests need not wait between runs.

@@ -113,19 +113,10 @@ func (d *Driver) cachedScan(ctx context.Context) (*hostUsers, error) {
 func (d *Driver) scanHost(ctx context.Context) (*hostUsers, error) {
 	fs := d.imageFS()
 	h := newHostUsers()
-	recs, err := call(ctx, func() ([]golibvirt.DomainStatsRecord, error) {
-		// Nowait: a guest busy with a long job (a memory snapshot) must not hold the
-		// scan up; the images come from the definitions, not from QEMU.
-		return d.l.ConnectGetAllDomainStats(nil, uint32(golibvirt.DomainStatsBlock),
-			uint32(golibvirt.ConnectGetAllDomainsStatsBacking|golibvirt.ConnectGetAllDomainsStatsNowait))
-	})
-	if err != nil {
-		return nil, fmt.Errorf("listing the disks of every guest on %s: %w", d.node, err)
-	}
-	for _, r := range recs {
-		uuid := formatUUID(r.Dom.UUID)
-		for disk, chain := range blockChains(r.Params) {
-			if r.Dom.ID <= 0 && len(chain) == 1 {
+	add := func(dom golibvirt.Domain, chains map[string][]string) {
+		uuid := formatUUID(dom.UUID)
+		for disk, chain := range chains {
+			if dom.ID <= 0 && len(chain) == 1 {
 				// libvirt does not read the chains of shut-off guests; remotely
 				// they stay unknown (see CollapseChain).
 				if fs != nil {
@@ -133,14 +124,160 @@ func (d *Driver) scanHost(ctx context.Context) (*hostUsers, error) {
 				}
 			}
 			for _, p := range chain {
-				h.add(p, imageUser{what: fmt.Sprintf("guest %s disk %s", r.Dom.Name, disk), uuid: uuid, disk: disk})
+				h.add(p, imageUser{what: fmt.Sprintf("guest %s disk %s", dom.Name, disk), uuid: uuid, disk: disk})
 			}
+		}
+	}
+	live, rest, err := d.liveChains(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range live {
+		add(l.dom, l.chains)
+	}
+	if len(rest) > 0 {
+		recs, err := call(ctx, func() ([]golibvirt.DomainStatsRecord, error) {
+			// Nowait: a guest busy with a long job (a memory snapshot) must not hold
+			// the scan up; the images come from the definitions, not from QEMU.
+			return d.l.ConnectGetAllDomainStats(rest, uint32(golibvirt.DomainStatsBlock),
+				uint32(golibvirt.ConnectGetAllDomainsStatsBacking|golibvirt.ConnectGetAllDomainsStatsNowait))
+		})
+		if err != nil {
+			// A guest undefined since the listing fails the whole call: ask for
+			// every guest instead (the previous way, one call).
+			if recs, err = call(ctx, func() ([]golibvirt.DomainStatsRecord, error) {
+				return d.l.ConnectGetAllDomainStats(nil, uint32(golibvirt.DomainStatsBlock),
+					uint32(golibvirt.ConnectGetAllDomainsStatsBacking|golibvirt.ConnectGetAllDomainsStatsNowait))
+			}); err != nil {
+				return nil, fmt.Errorf("listing the disks of every guest on %s: %w", d.node, err)
+			}
+		}
+		for _, r := range recs {
+			add(r.Dom, blockChains(r.Params))
 		}
 	}
 	if err := d.scanPools(ctx, fs, h); err != nil {
 		return nil, err
 	}
 	return h, nil
+}
+
+// liveGuest is a running guest's disk chains (disk → images, top first), as its live
+// definition states them.
+type liveGuest struct {
+	dom    golibvirt.Domain
+	chains map[string][]string
+}
+
+// liveScanWorkers is how many live definitions liveChains reads at once.
+const liveScanWorkers = 4
+
+// liveChains lists every guest once and reads the disk chains of the running ones
+// from their live definitions, which libvirt keeps current: block statistics would
+// ask every guest's QEMU instead, which costs libvirtd and QEMU about 5 ms per
+// running guest (100–200 ms with 24 running) on every run that merges. rest are the
+// guests left to block statistics: shut-off ones (cheap: no QEMU), and running ones
+// with a disk that is not a plain file or block device (a pool volume or network
+// disk, whose path only statistics give) or whose definition could not be read.
+// Listing once and then reading each guest misses none that changes state meanwhile.
+func (d *Driver) liveChains(ctx context.Context) (live []liveGuest, rest []golibvirt.Domain, err error) {
+	doms, err := call(ctx, func() ([]golibvirt.Domain, error) {
+		ds, _, err := d.l.ConnectListAllDomains(1, 0)
+		return ds, err
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("listing the guests on %s: %w", d.node, err)
+	}
+	var running []golibvirt.Domain
+	for _, dom := range doms {
+		if dom.ID > 0 {
+			running = append(running, dom)
+		} else {
+			rest = append(rest, dom)
+		}
+	}
+	got := make([]*liveGuest, len(running))
+	var wg sync.WaitGroup
+	next := atomic.Int32{}
+	for range min(liveScanWorkers, len(running)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < len(running); i = int(next.Add(1) - 1) {
+				dom := running[i]
+				raw, err := call(ctx, func() (string, error) { return d.l.DomainGetXMLDesc(dom, 0) })
+				if err != nil {
+					continue
+				}
+				var x libvirtxml.Domain
+				if x.Unmarshal(raw) != nil {
+					continue
+				}
+				if chains, ok := definedChains(&x); ok {
+					got[i] = &liveGuest{dom: dom, chains: chains}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, nil, fmt.Errorf("listing the disks of every guest on %s: %w", d.node, err)
+	}
+	for i, g := range got {
+		if g == nil {
+			rest = append(rest, running[i])
+		} else {
+			live = append(live, *g)
+		}
+	}
+	return live, rest, nil
+}
+
+// definedChains returns the disk chains (top first) a live definition states; ok is
+// false when a disk with a source is not a plain file or block device.
+func definedChains(x *libvirtxml.Domain) (map[string][]string, bool) {
+	chains := map[string][]string{}
+	if x.Devices == nil {
+		return chains, true
+	}
+	path := func(src *libvirtxml.DomainDiskSource) (string, bool) {
+		switch {
+		case src == nil:
+			return "", true
+		case src.File != nil:
+			return src.File.File, true
+		case src.Block != nil:
+			return src.Block.Dev, true
+		case src.Dir == nil && src.Network == nil && src.Volume == nil && src.NVME == nil && src.VHostUser == nil && src.VHostVDPA == nil:
+			return "", true // no source at all (an empty drive)
+		}
+		return "", false
+	}
+	for _, dk := range x.Devices.Disks {
+		if dk.Target == nil {
+			continue
+		}
+		p, ok := path(dk.Source)
+		if !ok {
+			return nil, false
+		}
+		if p == "" {
+			continue
+		}
+		chain := []string{p}
+		for b := dk.BackingStore; b != nil; b = b.BackingStore {
+			p, ok := path(b.Source)
+			if !ok {
+				return nil, false
+			}
+			if p == "" {
+				break
+			}
+			chain = append(chain, p)
+		}
+		chains[dk.Target.Dev] = chain
+	}
+	return chains, true
 }
 
 // identified returns a copy of h in which the users of every image that is a local
