@@ -44,8 +44,8 @@ type imageUser struct {
 }
 
 // hostUsers records, for each image, what on the host uses it: every guest's disk
-// chain (one RPC: running guests' chains come from libvirt, shut-off guests' from
-// their images' headers when autosnap runs on the host) and every storage pool
+// chain (running guests' from their live definitions, shut-off guests' from their
+// images' headers when autosnap runs on the host; see liveChains) and every storage pool
 // volume built on it (on the local host by reading the headers of the files in each
 // directory pool). Files that are in no storage pool and no guest's chain are not
 // seen here; the planner looks at the images' own directories for those. Over a
