@@ -61,17 +61,7 @@ func TestCV4PVEBrokenHookStillSnapshots(t *testing.T) {
 // exit 1 and, where cv4pve prints its errors (ERROR: on stdout), the exact
 // --fingerprint to add; with it, or with --ca-file, the same line works.
 func TestCV4PVEFingerprintHint(t *testing.T) {
-	c := pveemu.New(pveemu.Options{Nodes: []string{"pve1", "pve2"}, TaskDuration: 30 * time.Millisecond,
-		Tokens: map[string]string{pveTokenID: pveSecret}, ClusterCA: true})
-	t.Cleanup(c.Close)
-	var hosts []string
-	for _, n := range c.Nodes() {
-		a, err := c.ListenNode(n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		hosts = append(hosts, a)
-	}
+	c, hosts := caCluster(t)
 	c.AddGuest(pveemu.Guest{Node: "pve1", VMID: 100, Name: "web1", Kind: "qemu", Status: "stopped", Agent: "1"})
 	cron := []string{"--host", strings.Join(hosts, ","), "--api-token", pveTokenID + "=" + pveSecret, "--vmid", "100"}
 	with := func(a ...string) []string { return append(append([]string{}, cron...), a...) }

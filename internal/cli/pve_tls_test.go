@@ -10,10 +10,10 @@ import (
 	"github.com/autosnap/autosnap/internal/pveemu"
 )
 
-// TestPVECAFileAndFingerprintHint: verification stays on; a cron line without
-// --fingerprint fails (exit 3) with the exact flag to add for every node, and works
-// once it is added; --ca-file with the cluster CA trusts every node at once.
-func TestPVECAFileAndFingerprintHint(t *testing.T) {
+// caCluster starts a two-node emulated cluster whose node certificates its own CA
+// signed (not trusted by the system), listening on TLS; it returns the nodes' addresses.
+func caCluster(t *testing.T) (*pveemu.Cluster, []string) {
+	t.Helper()
 	c := pveemu.New(pveemu.Options{Nodes: []string{"pve1", "pve2"}, TaskDuration: 30 * time.Millisecond,
 		Tokens: map[string]string{pveTokenID: pveSecret}, ClusterCA: true})
 	t.Cleanup(c.Close)
@@ -25,6 +25,14 @@ func TestPVECAFileAndFingerprintHint(t *testing.T) {
 		}
 		hosts = append(hosts, a)
 	}
+	return c, hosts
+}
+
+// TestPVECAFileAndFingerprintHint: verification stays on; a cron line without
+// --fingerprint fails (exit 3) with the exact flag to add for every node, and works
+// once it is added; --ca-file with the cluster CA trusts every node at once.
+func TestPVECAFileAndFingerprintHint(t *testing.T) {
+	c, hosts := caCluster(t)
 	c.AddGuest(pveemu.Guest{Node: "pve2", VMID: 100, Name: "web1", Kind: "qemu", Status: "stopped"})
 	base := []string{"--host", strings.Join(hosts, ","), "--api-token", pveTokenID + "=" + pveSecret, "--vmid", "100"}
 	with := func(a ...string) []string { return append(append([]string{}, base...), a...) }

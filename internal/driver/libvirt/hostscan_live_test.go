@@ -14,19 +14,8 @@ import (
 // refuse belongs to a running guest, whose chain the host scan reads from its live
 // definition (not from block statistics): the merge still refuses, naming it.
 func TestDeleteRefusesSharedBaseOfRunningClone(t *testing.T) {
-	bed := testbed.Libvirt(t)
-	a := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused, DiskMiB: 16})
+	bed, d, ctx, a, g := sbTwoSnapshots(t)
 	base := a.Disks[0].Path
-	d := open(t)
-	g := sbGuest(d, a, driver.StatePaused)
-	ctx := sbCtx(t)
-	a.WriteDisk(t, "vda", 0, 0x11, sbBlk)
-	for i, n := range []string{"s1", "s2"} {
-		if _, err := d.CreateSnapshot(ctx, g, driver.CreateOptions{Name: n}); err != nil {
-			t.Fatal(err)
-		}
-		a.WriteDisk(t, "vda", int64(i+1)*sbBlk, byte(0x22+0x11*i), sbBlk)
-	}
 	b := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Shutoff, DiskMiB: 16})
 	clone := b.Dir + "/clone-of-a.qcow2"
 	sbClone(t, base, clone)

@@ -144,14 +144,12 @@ func sbGuest(d interface{ Node() string }, dom *testbed.Domain, st driver.State)
 	return driver.Guest{Node: d.Node(), Name: dom.Name, UUID: dom.UUID, State: st, Kind: driver.KindQEMU}
 }
 
-// TestDeleteRefusesSharedBase: a retention merge would commit the deleted snapshot's
-// overlay into its state image, the guest's own disk. A linked clone of that disk,
-// defined as another guest in another directory, makes the merge refuse: the
-// snapshot stays and neither the disk nor the clone changes.
-func TestDeleteRefusesSharedBase(t *testing.T) {
+// sbTwoSnapshots makes a paused guest whose disk has snapshots s1 and s2, 1 MiB
+// written before each and after the last (0x11, 0x22, 0x33).
+func sbTwoSnapshots(t *testing.T) (*testbed.Bed, *libvirt.Driver, context.Context, *testbed.Domain, driver.Guest) {
+	t.Helper()
 	bed := testbed.Libvirt(t)
 	a := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Paused, DiskMiB: 16})
-	base := a.Disks[0].Path
 	d := open(t)
 	g := sbGuest(d, a, driver.StatePaused)
 	ctx := sbCtx(t)
@@ -162,6 +160,16 @@ func TestDeleteRefusesSharedBase(t *testing.T) {
 		}
 		a.WriteDisk(t, "vda", int64(i+1)*sbBlk, byte(0x22+0x11*i), sbBlk)
 	}
+	return bed, d, ctx, a, g
+}
+
+// TestDeleteRefusesSharedBase: a retention merge would commit the deleted snapshot's
+// overlay into its state image, the guest's own disk. A linked clone of that disk,
+// defined as another guest in another directory, makes the merge refuse: the
+// snapshot stays and neither the disk nor the clone changes.
+func TestDeleteRefusesSharedBase(t *testing.T) {
+	bed, d, ctx, a, g := sbTwoSnapshots(t)
+	base := a.Disks[0].Path
 	b := bed.NewDomain(t, testbed.DomainSpec{State: testbed.Shutoff, DiskMiB: 16})
 	clone := filepath.Join(b.Dir, "clone-of-a.qcow2")
 	sbClone(t, base, clone)
