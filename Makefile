@@ -99,7 +99,7 @@ crashtest: deps
 test-unit:
 	CGO_ENABLED=1 $(GO) test -race -count=1 ./internal/naming/ ./internal/selector/ ./internal/retention/ ./internal/report/ ./internal/hook/ \
 		./internal/engine/ ./internal/journal/ ./internal/retry/ ./internal/driver/ ./internal/driver/drivertest/
-	CGO_ENABLED=1 $(GO) test -race -count=1 -run '^(TestPlan|TestGraph|TestHostUsers)' ./internal/driver/libvirt/
+	CGO_ENABLED=1 $(GO) test -race -count=1 -run '^(TestPlan|TestGraph|TestHostUsers|TestDefinedChains)' ./internal/driver/libvirt/
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=30s ./internal/selector/

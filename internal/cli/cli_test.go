@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 			os.Exit(Main(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 		}
 	}
-	// Journals and history the tests write stay out of the host's state directory.
+	// Journals the tests write stay out of the host's state directory.
 	os.Exit(testbed.RunWithStateDir(m))
 }
 

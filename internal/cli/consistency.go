@@ -55,10 +55,12 @@ func linesWithoutConsistency(desc string) []string {
 	return lines
 }
 
-// statesConsistency reports whether desc records a consistency itself.
+// statesConsistency reports whether desc records a consistency itself: a
+// consistency line with one of naming.ConsistencyLevels (any other value is an
+// admin's text, see linesWithoutConsistency).
 func statesConsistency(desc string) bool {
-	_, ok := naming.DescriptionFields(desc)[consistencyField]
-	return ok
+	v, ok := naming.DescriptionFields(desc)[consistencyField]
+	return ok && slices.Contains(naming.ConsistencyLevels, v)
 }
 
 // shownDescription is desc as list and info show it: without the consistency line,

@@ -69,3 +69,23 @@ func TestWithConsistencyProperties(t *testing.T) {
 		}
 	}
 }
+
+// TestStatesConsistency: only a level autosnap records counts as the description
+// stating its consistency; an admin's words on that line do not, so snapshot edit
+// still carries the recorded level over.
+func TestStatesConsistency(t *testing.T) {
+	for desc, want := range map[string]bool{
+		"note\nconsistency: crash":    true,
+		"note\nconsistency: quiesced": true,
+		"note\nconsistency: keep me":  false,
+		"note":                        false,
+		"consistency: crash":          false, // a first line is the header, not a field
+	} {
+		if got := statesConsistency(desc); got != want {
+			t.Errorf("statesConsistency(%q) = %v, want %v", desc, got, want)
+		}
+	}
+	if got := withConsistency("note\nconsistency: keep me", driver.ConsistencyCrash); !strings.HasSuffix(got, "\nconsistency: crash") || !strings.Contains(got, "keep me") {
+		t.Errorf("withConsistency kept %q", got)
+	}
+}

@@ -128,14 +128,20 @@ func (d *Driver) scanHost(ctx context.Context) (*hostUsers, error) {
 			}
 		}
 	}
-	live, rest, err := d.liveChains(ctx)
-	if err != nil {
-		return nil, err
+	var live []liveGuest
+	var rest []golibvirt.Domain // nil: every guest, in one call
+	if fs != nil {
+		// Remotely a read per running guest costs a round trip each: one statistics
+		// call is cheaper there.
+		var err error
+		if live, rest, err = d.liveChains(ctx); err != nil {
+			return nil, err
+		}
 	}
 	for _, l := range live {
 		add(l.dom, l.chains)
 	}
-	if len(rest) > 0 {
+	if fs == nil || len(rest) > 0 {
 		recs, err := call(ctx, func() ([]golibvirt.DomainStatsRecord, error) {
 			// Nowait: a guest busy with a long job (a memory snapshot) must not hold
 			// the scan up; the images come from the definitions, not from QEMU.
@@ -144,7 +150,10 @@ func (d *Driver) scanHost(ctx context.Context) (*hostUsers, error) {
 		})
 		if err != nil {
 			// A guest undefined since the listing fails the whole call: ask for
-			// every guest instead (the previous way, one call).
+			// every guest instead.
+			if rest == nil {
+				return nil, fmt.Errorf("listing the disks of every guest on %s: %w", d.node, err)
+			}
 			if recs, err = call(ctx, func() ([]golibvirt.DomainStatsRecord, error) {
 				return d.l.ConnectGetAllDomainStats(nil, uint32(golibvirt.DomainStatsBlock),
 					uint32(golibvirt.ConnectGetAllDomainsStatsBacking|golibvirt.ConnectGetAllDomainsStatsNowait))
@@ -178,8 +187,10 @@ const liveScanWorkers = 4
 // running guest (100–200 ms with 24 running) on every run that merges. rest are the
 // guests left to block statistics: shut-off ones (cheap: no QEMU), and running ones
 // with a disk that is not a plain file or block device (a pool volume or network
-// disk, whose path only statistics give) or whose definition could not be read.
-// Listing once and then reading each guest misses none that changes state meanwhile.
+// disk, whose path only statistics give), whose definition could not be read, or that
+// stopped before it was read (its definition is then the stored one, without the
+// chain below the top images: statistics report it shut off, and the chain is read
+// from the images' headers). Listing once, then reading each guest, misses none.
 func (d *Driver) liveChains(ctx context.Context) (live []liveGuest, rest []golibvirt.Domain, err error) {
 	doms, err := call(ctx, func() ([]golibvirt.Domain, error) {
 		ds, _, err := d.l.ConnectListAllDomains(1, 0)
@@ -203,17 +214,13 @@ func (d *Driver) liveChains(ctx context.Context) (live []liveGuest, rest []golib
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := int(next.Add(1) - 1); i < len(running); i = int(next.Add(1) - 1) {
+			for i := int(next.Add(1) - 1); i < len(running) && ctx.Err() == nil; i = int(next.Add(1) - 1) {
 				dom := running[i]
 				raw, err := call(ctx, func() (string, error) { return d.l.DomainGetXMLDesc(dom, 0) })
 				if err != nil {
 					continue
 				}
-				var x libvirtxml.Domain
-				if x.Unmarshal(raw) != nil {
-					continue
-				}
-				if chains, ok := definedChains(&x); ok {
+				if chains, ok := liveDefinedChains(raw); ok {
 					got[i] = &liveGuest{dom: dom, chains: chains}
 				}
 			}
@@ -231,6 +238,18 @@ func (d *Driver) liveChains(ctx context.Context) (live []liveGuest, rest []golib
 		}
 	}
 	return live, rest, nil
+}
+
+// liveDefinedChains returns the disk chains a running guest's definition states; ok
+// is false when raw is not one (unreadable, or the stored definition of a guest that
+// has stopped, which lacks the chain below the top images) or definedChains cannot
+// tell.
+func liveDefinedChains(raw string) (map[string][]string, bool) {
+	var x libvirtxml.Domain
+	if x.Unmarshal(raw) != nil || x.ID == nil {
+		return nil, false
+	}
+	return definedChains(&x)
 }
 
 // definedChains returns the disk chains (top first) a live definition states; ok is
