@@ -41,11 +41,13 @@ type fakeClock struct {
 	mu      sync.Mutex
 	now     time.Time
 	waiters []waiter
+	seq     int // timers made so far
 }
 
 type waiter struct {
-	at time.Time
-	c  chan time.Time
+	at  time.Time
+	c   chan time.Time
+	seq int
 }
 
 func newClock(t time.Time) *fakeClock { return &fakeClock{now: t} }
@@ -64,7 +66,8 @@ func (c *fakeClock) After(d time.Duration) <-chan time.Time {
 		ch <- c.now
 		return ch
 	}
-	c.waiters = append(c.waiters, waiter{c.now.Add(d), ch})
+	c.seq++
+	c.waiters = append(c.waiters, waiter{c.now.Add(d), ch, c.seq})
 	return ch
 }
 
@@ -87,10 +90,26 @@ func (c *fakeClock) Advance(d time.Duration) {
 // waitSleeping waits until the daemon sleeps until at (a timer for at exists).
 func (c *fakeClock) waitSleeping(t *testing.T, at time.Time) {
 	t.Helper()
+	c.waitSleepingSince(t, at, 0)
+}
+
+// timers returns how many timers were made so far, for waitSleepingSince.
+func (c *fakeClock) timers() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.seq
+}
+
+// waitSleepingSince waits for a timer for at made after the first since timers: after
+// a Reload, the daemon's sleep from before it must not count, or the clock could be
+// moved on while the daemon is still planning its new sleep (which would then start
+// from the moved clock and never end).
+func (c *fakeClock) waitSleepingSince(t *testing.T, at time.Time, since int) {
+	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		c.mu.Lock()
-		found := slices.ContainsFunc(c.waiters, func(w waiter) bool { return w.at.Equal(at) })
+		found := slices.ContainsFunc(c.waiters, func(w waiter) bool { return w.at.Equal(at) && w.seq > since })
 		c.mu.Unlock()
 		if found {
 			return
@@ -456,6 +475,7 @@ func TestDaemonReloadKeepsOldConfigOnError(t *testing.T) {
 	}
 
 	good := snapshotConfig(t, "new", g.Name, "@every 2s", 5)
+	slept := hs.clock.timers()
 	if err := hs.d.Reload(good); err != nil {
 		t.Fatal(err)
 	}
@@ -463,7 +483,7 @@ func TestDaemonReloadKeepsOldConfigOnError(t *testing.T) {
 	if jobs[2].Policy != "new" {
 		t.Fatalf("after the good reload: job %+v, want policy new", jobs[2])
 	}
-	hs.clock.waitSleeping(t, t0.Add(4*time.Second))
+	hs.clock.waitSleepingSince(t, t0.Add(4*time.Second), slept)
 	if v := value(t, scrape(t, srv.URL), "autosnap_config_reload_errors_total", nil); v != 2 {
 		t.Errorf("autosnap_config_reload_errors_total = %v, want 2", v)
 	}
@@ -552,10 +572,11 @@ func TestDaemonWebhook(t *testing.T) {
 
 	fixed := snapshotConfig(t, "hooked", g.Name, "@every 2s", 3)
 	fixed.Notify = cfg.Notify
+	slept := hs.clock.timers()
 	if err := hs.d.Reload(fixed); err != nil {
 		t.Fatal(err)
 	}
-	hs.clock.waitSleeping(t, t0.Add(4*time.Second))
+	hs.clock.waitSleepingSince(t, t0.Add(4*time.Second), slept)
 	hs.clock.Advance(2 * time.Second)
 	jobs = waitJobs(t, h, 3)
 	if jobs[2].Outcome != history.OK {
