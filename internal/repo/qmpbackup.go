@@ -607,12 +607,7 @@ func (g *QmpbackupGuest) RestoreDisk(ctx context.Context, p QmpbackupPoint, disk
 		_ = os.Remove(tmp)
 		return fmt.Errorf("qmpbackup target %s: restoring disk %s of point %s to %s: %w", g.Dir, disk, p.ID, out, err)
 	}
-	if srcFmt == "raw" {
-		err = qbConvertRaw(ctx, src, tmp, format)
-	} else {
-		err = convertOut(ctx, src, tmp, format)
-	}
-	if err != nil {
+	if err := convertOut(ctx, src, srcFmt, tmp, format); err != nil {
 		return fail(err)
 	}
 	if err := os.Chmod(tmp, 0o600); err != nil {
@@ -656,25 +651,4 @@ func chainSpec(ctx context.Context, chain []string) (string, string, error) {
 		return "", "", err
 	}
 	return "json:" + string(b), "qcow2", nil
-}
-
-// qbConvertRaw writes the raw image src to the new image file tmp in format, thin,
-// like convertOut does for qcow2 sources.
-func qbConvertRaw(ctx context.Context, src, tmp, format string) error {
-	args := func(cache string) []string {
-		a := []string{"convert", "-W", "-t", cache, "-f", "raw", "-O", format}
-		if format == "qcow2" {
-			a = append(a, "-o", "compat=1.1")
-		}
-		return append(a, src, tmp)
-	}
-	_, err := qemuImg(ctx, args("none")...)
-	if err == nil || ctx.Err() != nil {
-		return err
-	}
-	_ = os.Remove(tmp)
-	if _, err2 := qemuImg(ctx, args("writeback")...); err2 != nil {
-		return fmt.Errorf("%w (with O_DIRECT: %v)", err2, err)
-	}
-	return nil
 }

@@ -33,7 +33,7 @@ func (g *Guest) RestoreDisk(ctx context.Context, point Point, disk, out, format 
 	}
 	tmp := filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+".restoring")
 	_ = os.Remove(tmp)
-	if err := convertOut(ctx, src, tmp, format); err != nil {
+	if err := convertOut(ctx, src, "qcow2", tmp, format); err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("guest %s: restoring disk %s of point %s to %s: %w", g.ID.Name, disk, point.ID, out, err)
 	}
@@ -91,15 +91,16 @@ func (g *Guest) restoreToDevice(ctx context.Context, point Point, disk, src, dev
 	return syncFile(dev)
 }
 
-// convertOut writes the chain ending in src to the new image file tmp in format, thin.
+// convertOut writes the image src (srcFormat: a qcow2 chain's top, or raw) to the new
+// image file tmp in format, thin.
 // The target is written with O_DIRECT (-t none: no second copy through the page
 // cache, no write-back storm for the final flush to wait on) and out of order (-W:
 // the coroutines do not wait for each other; the result is the same image). Where the
 // target's file system refuses O_DIRECT (tmpfs), it falls back to the page cache.
 // Either way qemu-img flushes the target when it closes it.
-func convertOut(ctx context.Context, src, tmp, format string) error {
+func convertOut(ctx context.Context, src, srcFormat, tmp, format string) error {
 	args := func(cache string) []string {
-		a := []string{"convert", "-W", "-t", cache, "-f", "qcow2", "-O", format}
+		a := []string{"convert", "-W", "-t", cache, "-f", srcFormat, "-O", format}
 		if format == "qcow2" {
 			a = append(a, "-o", "compat=1.1")
 		}
