@@ -382,13 +382,7 @@ nothing.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.Target, "target", "", "the backup repository `DIR`")
-	f.Var(keepCount{&o.Policy.Last}, "keep-last", "keep the newest N points")
-	f.Var(keepCount{&o.Policy.Hourly}, "keep-hourly", "keep the newest point of each of N hours")
-	f.Var(keepCount{&o.Policy.Daily}, "keep-daily", "keep the newest point of each of N days")
-	f.Var(keepCount{&o.Policy.Weekly}, "keep-weekly", "keep the newest point of each of N ISO weeks")
-	f.Var(keepCount{&o.Policy.Monthly}, "keep-monthly", "keep the newest point of each of N months")
-	f.Var(keepCount{&o.Policy.Yearly}, "keep-yearly", "keep the newest point of each of N years")
-	f.Var(spanValue{&o.Policy.Within}, "keep-within", "keep every point taken within DURATION of now (e.g. 7d, 1y6m, 36h)")
+	addGFSFlags(f, &o.Policy, "", "point", "", "taken")
 	return cmd
 }
 

@@ -18,16 +18,26 @@ type gfsFlags struct {
 // gfsFlagNames are the calendar retention options, in the order they count.
 var gfsFlagNames = []string{"keep-within", "keep-last", "keep-hourly", "keep-daily", "keep-weekly", "keep-monthly", "keep-yearly"}
 
-// add registers --keep-last … --keep-within on f; what says what is kept ("snapshots").
+// add registers --keep-last … --keep-within on f for snapshots.
 func (o *gfsFlags) add(f *pflag.FlagSet) {
 	o.set = f
-	f.Var(keepCount{&o.Policy.Last}, "keep-last", "calendar retention: keep the newest N snapshots of the label (or unlimited)")
-	f.Var(keepCount{&o.Policy.Hourly}, "keep-hourly", "calendar retention: keep the newest snapshot of each of N hours")
-	f.Var(keepCount{&o.Policy.Daily}, "keep-daily", "calendar retention: keep the newest snapshot of each of N days")
-	f.Var(keepCount{&o.Policy.Weekly}, "keep-weekly", "calendar retention: keep the newest snapshot of each of N ISO weeks")
-	f.Var(keepCount{&o.Policy.Monthly}, "keep-monthly", "calendar retention: keep the newest snapshot of each of N months")
-	f.Var(keepCount{&o.Policy.Yearly}, "keep-yearly", "calendar retention: keep the newest snapshot of each of N years")
-	f.Var(spanValue{&o.Policy.Within}, "keep-within", "calendar retention: keep every snapshot whose name is within DURATION of now (e.g. 7d, 1y6m, 36h)")
+	addGFSFlags(f, &o.Policy, "calendar retention: ", "snapshot", " of the label", "whose name is")
+}
+
+// addGFSFlags registers the calendar retention options into p: lead starts each help
+// text, item is what is kept ("snapshot", "point"), scope follows --keep-last's
+// "newest N items" and when says how an item's time is read for --keep-within.
+func addGFSFlags(f *pflag.FlagSet, p *retention.GFS, lead, item, scope, when string) {
+	f.Var(keepCount{&p.Last}, "keep-last", lead+"keep the newest N "+item+"s"+scope+" (or unlimited)")
+	for _, c := range []struct {
+		n    *int
+		name string
+		unit string
+	}{{&p.Hourly, "keep-hourly", "hours"}, {&p.Daily, "keep-daily", "days"}, {&p.Weekly, "keep-weekly", "ISO weeks"},
+		{&p.Monthly, "keep-monthly", "months"}, {&p.Yearly, "keep-yearly", "years"}} {
+		f.Var(keepCount{c.n}, c.name, lead+"keep the newest "+item+" of each of N "+c.unit)
+	}
+	f.Var(spanValue{&p.Within}, "keep-within", lead+"keep every "+item+" "+when+" within DURATION of now (e.g. 7d, 1y6m, 36h)")
 }
 
 // given reports whether any calendar option was on the command line.
