@@ -101,7 +101,8 @@ func (j *Job) list(ctx context.Context, gr *guestRun) (listing, bool) {
 // unreadable reports whether s looks like a snapshot of label that naming cannot
 // read: our description (not recording another label) and the name auto+label+….
 func unreadable(s driver.Snapshot, label string) bool {
-	if !naming.IsOurs(s.Description) || !strings.HasPrefix(s.Name, naming.Prefix+label) {
+	// The name first: it is cheap, and most snapshots a listing skips fail it.
+	if !strings.HasPrefix(s.Name, naming.Prefix+label) || !naming.IsOurs(s.Description) {
 		return false
 	}
 	rec := naming.DescriptionFields(s.Description)[naming.FieldLabel]

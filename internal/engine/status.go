@@ -32,8 +32,6 @@ type StatusRow struct {
 	Protected bool
 	// Named is the timestamp in the name, which calendar retention dates it by.
 	Named time.Time
-	// KeepChecked says KeepStatus decided Keep and KeepReasons.
-	KeepChecked bool
 	// Keep and KeepReasons are what calendar rules decide for the snapshot now (see
 	// KeepStatus): the reasons it is kept, or why it would be removed.
 	Keep        bool
@@ -132,7 +130,6 @@ func KeepStatus(rows []StatusRow, p retention.GFS, now time.Time) {
 		var items []retention.Item
 		for _, i := range idx[k] {
 			r := &rows[i]
-			r.KeepChecked = true
 			if r.Protected {
 				r.Keep, r.KeepReasons = true, []string{protectedReason}
 				continue
