@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -232,7 +233,7 @@ func offlineDisks(ctx context.Context, m *meta) ([]bkDisk, error) {
 		bd.Size = info.VirtualSize
 		for _, b := range info.Spec.Data.Bitmaps {
 			bd.Bitmaps = append(bd.Bitmaps, qbitmap{Name: b.Name, Granularity: b.Granularity, Persistent: true,
-				Recording: contains(b.Flags, "auto"), Inconsistent: contains(b.Flags, "in-use")})
+				Recording: slices.Contains(b.Flags, "auto"), Inconsistent: slices.Contains(b.Flags, "in-use")})
 		}
 		out = append(out, bd)
 	}
@@ -263,15 +264,6 @@ func qemuImgInfo(ctx context.Context, file string) (imgInfo, error) {
 		return imgInfo{}, fmt.Errorf("qemu-img info %s: unreadable output: %w", file, err)
 	}
 	return info, nil
-}
-
-func contains(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // checkpoints lists the sidecar's checkpoints with their usability judged from the
