@@ -19,7 +19,8 @@ func renderBoxed(w io.Writer, style table.Style, t Table) (bool, error) {
 	if len(t.Rows) == 0 || len(t.Columns) == 0 {
 		return false, nil
 	}
-	cells := make([]string, 0, (len(t.Rows)+1)*len(t.Columns))
+	n := (len(t.Rows) + 1) * len(t.Columns)
+	cells, cellWidths := make([]string, 0, n), make([]int, 0, n)
 	widths := make([]int, len(t.Columns))
 	add := func(i int, s string) bool {
 		n, ok := plainWidth(s)
@@ -27,7 +28,7 @@ func renderBoxed(w io.Writer, style table.Style, t Table) (bool, error) {
 			return false
 		}
 		widths[i] = max(widths[i], n)
-		cells = append(cells, s)
+		cells, cellWidths = append(cells, s), append(cellWidths, n)
 		return true
 	}
 	for i, c := range t.Columns {
@@ -66,14 +67,14 @@ func renderBoxed(w io.Writer, style table.Style, t Table) (bool, error) {
 		out.WriteString(right)
 		out.WriteByte('\n')
 	}
-	row := func(r []string) {
+	row := func(r []string, rw []int) {
 		out.WriteString(b.Left)
 		for i, s := range r {
 			if i > 0 {
 				out.WriteString(b.MiddleVertical)
 			}
 			out.WriteString(b.PaddingLeft)
-			pad := widths[i] - cellWidth(s)
+			pad := widths[i] - rw[i]
 			if t.Columns[i].AlignRight {
 				out.WriteString(strings.Repeat(" ", pad))
 				out.WriteString(s)
@@ -88,10 +89,10 @@ func renderBoxed(w io.Writer, style table.Style, t Table) (bool, error) {
 	}
 	cols := len(t.Columns)
 	line(b.TopLeft, h.HeaderTop, b.TopSeparator, b.TopRight)
-	row(cells[:cols])
+	row(cells[:cols], cellWidths[:cols])
 	line(b.LeftSeparator, h.HeaderBottom, b.MiddleSeparator, b.RightSeparator)
 	for i := cols; i < len(cells); i += cols {
-		row(cells[i : i+cols])
+		row(cells[i:i+cols], cellWidths[i:i+cols])
 	}
 	line(b.BottomLeft, h.RowBottom, b.BottomSeparator, b.BottomRight)
 	_, err := io.WriteString(w, out.String())
@@ -121,10 +122,4 @@ func plainWidth(s string) (int, bool) {
 		}
 	}
 	return text.StringWidthWithoutEscSequences(s), true
-}
-
-// cellWidth is plainWidth of a cell already accepted.
-func cellWidth(s string) int {
-	n, _ := plainWidth(s)
-	return n
 }

@@ -142,24 +142,23 @@ func (d *Driver) scanHost(ctx context.Context) (*hostUsers, error) {
 		add(l.dom, l.chains)
 	}
 	if fs == nil || len(rest) > 0 {
-		recs, err := call(ctx, func() ([]golibvirt.DomainStatsRecord, error) {
-			// Nowait: a guest busy with a long job (a memory snapshot) must not hold
-			// the scan up; the images come from the definitions, not from QEMU.
-			return d.l.ConnectGetAllDomainStats(rest, uint32(golibvirt.DomainStatsBlock),
-				uint32(golibvirt.ConnectGetAllDomainsStatsBacking|golibvirt.ConnectGetAllDomainsStatsNowait))
-		})
-		if err != nil {
+		// Nowait: a guest busy with a long job (a memory snapshot) must not hold the
+		// scan up; the images come from the definitions, not from QEMU. nil asks for
+		// every guest.
+		stats := func(doms []golibvirt.Domain) ([]golibvirt.DomainStatsRecord, error) {
+			return call(ctx, func() ([]golibvirt.DomainStatsRecord, error) {
+				return d.l.ConnectGetAllDomainStats(doms, uint32(golibvirt.DomainStatsBlock),
+					uint32(golibvirt.ConnectGetAllDomainsStatsBacking|golibvirt.ConnectGetAllDomainsStatsNowait))
+			})
+		}
+		recs, err := stats(rest)
+		if err != nil && rest != nil {
 			// A guest undefined since the listing fails the whole call: ask for
 			// every guest instead.
-			if rest == nil {
-				return nil, fmt.Errorf("listing the disks of every guest on %s: %w", d.node, err)
-			}
-			if recs, err = call(ctx, func() ([]golibvirt.DomainStatsRecord, error) {
-				return d.l.ConnectGetAllDomainStats(nil, uint32(golibvirt.DomainStatsBlock),
-					uint32(golibvirt.ConnectGetAllDomainsStatsBacking|golibvirt.ConnectGetAllDomainsStatsNowait))
-			}); err != nil {
-				return nil, fmt.Errorf("listing the disks of every guest on %s: %w", d.node, err)
-			}
+			recs, err = stats(nil)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("listing the disks of every guest on %s: %w", d.node, err)
 		}
 		for _, r := range recs {
 			add(r.Dom, blockChains(r.Params))
