@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"runtime"
@@ -104,11 +103,7 @@ platform and the drivers linked in. -o json (or jsonpretty) prints one JSON obje
 func runVersion(w io.Writer, f report.Format, b BuildInfo) error {
 	switch f {
 	case report.FormatJSON, report.FormatJSONPretty:
-		enc := json.NewEncoder(w)
-		if f == report.FormatJSONPretty {
-			enc.SetIndent("", "  ")
-		}
-		return enc.Encode(b)
+		return report.JSON(w, f == report.FormatJSONPretty, b)
 	default:
 		return b.writeText(w)
 	}
