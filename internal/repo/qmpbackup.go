@@ -592,14 +592,8 @@ func (g *QmpbackupGuest) RestoreDisk(ctx context.Context, p QmpbackupPoint, disk
 		return fmt.Errorf("qmpbackup target %s: disk %s of point %s: %w", g.Dir, disk, p.ID, err)
 	}
 	if st, err := os.Stat(out); err == nil && st.Mode()&os.ModeDevice != 0 {
-		if srcFmt == "raw" && format == "raw" {
-			if _, err := qemuImg(ctx, "convert", "-n", "-W", "-f", "raw", "-O", "raw", "-t", "none", src, out); err != nil {
-				return fmt.Errorf("qmpbackup target %s: restoring disk %s of point %s into %s: %w", g.Dir, disk, p.ID, out, err)
-			}
-			return syncFile(out)
-		}
 		rg := &Guest{ID: g.ID, Dir: g.Dir}
-		return rg.restoreToDevice(ctx, p.Point, disk, src, out, format, d.VirtualSize)
+		return rg.restoreToDevice(ctx, p.Point, disk, src, srcFmt, out, format, d.VirtualSize)
 	}
 	tmp := filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+".restoring")
 	_ = os.Remove(tmp)

@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -331,6 +332,42 @@ func TestQmpbackupRaw(t *testing.T) {
 			t.Errorf("raw FULL restored as %s differs", f)
 		}
 	}
+	// Into block devices: one too small is refused before anything is written; one
+	// large enough receives the disk.
+	for _, size := range []int{1 << 20, 4 << 20} {
+		backing := filepath.Join(t.TempDir(), "dev.img")
+		if err := os.WriteFile(backing, bytes.Repeat([]byte{0xff}, size), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		b, err := exec.Command("losetup", "-f", "--show", backing).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dev := strings.TrimSpace(string(b))
+		defer exec.Command("losetup", "-d", dev).Run()
+		err = g.RestoreDisk(ctx, ps[0], "disk3", dev, "raw")
+		got, rerr := os.ReadFile(dev)
+		if rerr != nil {
+			t.Fatal(rerr)
+		}
+		if size < 4<<20 {
+			if err == nil || !strings.Contains(err.Error(), "use a larger one") || !bytes.Equal(got, bytes.Repeat([]byte{0xff}, size)) {
+				t.Errorf("raw FULL into a %d-byte device: %v (device changed: %v), want a refusal that writes nothing", size, err, !bytes.Equal(got, bytes.Repeat([]byte{0xff}, size)))
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		copyOut := filepath.Join(t.TempDir(), "dev.raw")
+		if err := os.WriteFile(copyOut, got, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if rawSum(t, copyOut) != want {
+			t.Errorf("raw FULL restored into a device differs")
+		}
+	}
+
 	err = g.RestoreDisk(ctx, ps[1], "disk3", filepath.Join(t.TempDir(), "x.qcow2"), "qcow2")
 	if err == nil || !strings.Contains(err.Error(), "raw incs mark unchanged blocks by holes") {
 		t.Errorf("restore of a raw inc chain: %v", err)

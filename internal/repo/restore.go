@@ -29,7 +29,7 @@ func (g *Guest) RestoreDisk(ctx context.Context, point Point, disk, out, format 
 	}
 	src := point.Path(d)
 	if st, err := os.Stat(out); err == nil && st.Mode()&os.ModeDevice != 0 {
-		return g.restoreToDevice(ctx, point, disk, src, out, format, d.VirtualSize)
+		return g.restoreToDevice(ctx, point, disk, src, "qcow2", out, format, d.VirtualSize)
 	}
 	tmp := filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+".restoring")
 	_ = os.Remove(tmp)
@@ -66,10 +66,10 @@ func diskNames(p Point) string {
 	return s
 }
 
-// restoreToDevice writes the disk into the block device dev, which must be at least
-// the disk's virtual size: `qemu-img convert -n` writes every block, zeroes included,
-// since a device has no holes to leave.
-func (g *Guest) restoreToDevice(ctx context.Context, point Point, disk, src, dev, format string, size uint64) error {
+// restoreToDevice writes the disk src (in srcFormat) into the block device dev, which
+// must be at least the disk's virtual size: `qemu-img convert -n` writes every block,
+// zeroes included, since a device has no holes to leave.
+func (g *Guest) restoreToDevice(ctx context.Context, point Point, disk, src, srcFormat, dev, format string, size uint64) error {
 	if format != "raw" {
 		return fmt.Errorf("guest %s: %s is a block device: restore into it with format raw", g.ID.Name, dev)
 	}
@@ -85,7 +85,7 @@ func (g *Guest) restoreToDevice(ctx context.Context, point Point, disk, src, dev
 	if uint64(devSize) < size {
 		return fmt.Errorf("guest %s: disk %s of point %s is %d bytes, the device %s only %d: use a larger one", g.ID.Name, disk, point.ID, size, dev, devSize)
 	}
-	if _, err := qemuImg(ctx, "convert", "-n", "-W", "-f", "qcow2", "-O", "raw", "-t", "none", src, dev); err != nil {
+	if _, err := qemuImg(ctx, "convert", "-n", "-W", "-f", srcFormat, "-O", "raw", "-t", "none", src, dev); err != nil {
 		return fmt.Errorf("guest %s: restoring disk %s of point %s into %s: %w", g.ID.Name, disk, point.ID, dev, err)
 	}
 	return syncFile(dev)
